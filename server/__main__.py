@@ -1,0 +1,132 @@
+"""The command line: serve, user and platform administration, demo data."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from server import __version__
+from server.db import Database
+from server.errors import HubError
+from server.settings import Settings
+from server.store import DEMO_USERS, PLATFORM_KINDS, add_platform, add_user, seed_demo
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hub`` command line."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_environ(
+            database_url=getattr(args, "database_url", None),
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+        return int(args.run(settings, args) or 0)
+    except (HubError, ValueError) as error:
+        print(f"hub: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hub {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--database-url", help="SQLAlchemy URL (default: $HUB_DATABASE_URL)")
+        return sub
+
+    serve = command("serve", "Create the schema if needed and serve the hub.")
+    serve.add_argument("--host", help="interface to bind (default: $HUB_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: $HUB_PORT or 8000)")
+    serve.set_defaults(run=_serve)
+
+    user = commands.add_parser("user", help="Manage users.").add_subparsers(required=True)
+    user_add = user.add_parser("add", help="Create a user.")
+    user_add.add_argument("--database-url")
+    user_add.add_argument("name")
+    user_add.add_argument("--password", required=True)
+    user_add.set_defaults(run=_user_add)
+
+    platform = commands.add_parser("platform", help="Manage platforms.").add_subparsers(
+        required=True
+    )
+    platform_add = platform.add_parser("add", help="Connect a platform account to a user.")
+    platform_add.add_argument("--database-url")
+    platform_add.add_argument("user")
+    platform_add.add_argument("name")
+    platform_add.add_argument("--kind", required=True, choices=PLATFORM_KINDS)
+    platform_add.add_argument("--instance-url", required=True)
+    platform_add.add_argument("--username", required=True)
+    platform_add.add_argument("--default", action="store_true", help="make it the default")
+    platform_add.set_defaults(run=_platform_add)
+
+    demo = command("demo", "Create the demo users and their platforms, and print their logins.")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app, uvicorn_config
+
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    return 0
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        database = Database(settings)
+        try:
+            await database.create_schema()
+            return await work(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
+def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+    user_id = _with_database(settings, lambda db: add_user(db, args.name, args.password))
+    print(f"created user {args.name} (id {user_id})")
+    return 0
+
+
+def _platform_add(settings: Settings, args: argparse.Namespace) -> int:
+    platform_id = _with_database(
+        settings,
+        lambda db: add_platform(
+            db,
+            args.user,
+            args.name,
+            kind=args.kind,
+            instance_url=args.instance_url,
+            username=args.username,
+            default=args.default,
+        ),
+    )
+    print(f"added platform {args.name} to {args.user} (id {platform_id})")
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    created = _with_database(settings, seed_demo)
+    print(f"demo users in {settings.database_url} ({len(created)} created now):")
+    for user in DEMO_USERS:
+        platforms = ", ".join(p.name for p in user.platforms)
+        print(f"  {user.name:<6} password {user.password:<14} platforms: {platforms}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

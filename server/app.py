@@ -1,0 +1,384 @@
+"""create_app(settings): routes, lifespan and thin HTTP and WebSocket endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server import __version__, sessions
+from server.db import Clock, Database, utcnow
+from server.errors import AuthenticationError, BadMessage, StoreUnavailable
+from server.hub import Hub, TabLimitReached, TransportClosed
+from server.protocol import (
+    CloseCode,
+    ErrorBody,
+    ErrorCode,
+    LoginRequest,
+    Rejected,
+    RejectReason,
+    SessionEndReason,
+    SessionInfo,
+    SessionView,
+    StateResponse,
+    Switch,
+    SwitchRequest,
+    UserInfo,
+    decode_body,
+    encode,
+)
+from server.sessions import LoginSession, format_time
+from server.settings import Settings
+from server.store import SqlStore
+
+__all__ = ["COOKIE", "create_app", "uvicorn_config"]
+
+COOKIE = "hub_session"
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+_TAB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+_REJECT_STATUS = {
+    RejectReason.STALE: 409,
+    RejectReason.INACTIVE_PLATFORM: 409,
+    RejectReason.UNKNOWN_PLATFORM: 404,
+    RejectReason.RATE_LIMITED: 429,
+    RejectReason.UNAVAILABLE: 503,
+    RejectReason.BAD_REQUEST: 422,
+}
+
+
+def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
+    """Build the hub's ASGI app; the database, hub and background tasks live in its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        database = Database(settings, clock=clock)
+        await database.create_schema()
+        hub = Hub(
+            SqlStore(database),
+            heartbeat_s=settings.heartbeat_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_tabs_per_user=settings.max_tabs_per_user,
+            messages_per_second=settings.messages_per_second,
+            message_burst=settings.message_burst,
+            max_bad_messages=settings.max_bad_messages,
+            outbox_size=settings.outbox_size,
+        )
+        app.state.database, app.state.hub = database, hub
+        tasks = [
+            asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
+            asyncio.create_task(sessions.collect_forever(database), name="session-collector"),
+        ]
+        try:
+            yield {"database": database, "hub": hub, "settings": settings}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await hub.close(CloseCode.SERVICE_RESTART)
+            await database.dispose()
+
+    routes = [
+        Route("/", _index),
+        Route("/healthz", _healthz),
+        Route("/api/login", _login, methods=["POST"]),
+        Route("/api/logout", _logout, methods=["POST"]),
+        Route("/api/logout-all", _logout_all, methods=["POST"]),
+        Route("/api/session/extend", _extend, methods=["POST"]),
+        Route("/api/state", _state),
+        Route("/api/switch", _switch, methods=["POST"]),
+        WebSocketRoute("/ws", _websocket),
+        Mount("/client", StaticFiles(directory=CLIENT_DIR), name="client"),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """Return the uvicorn configuration the hub is served with (frame limit, no compression)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws_max_size": settings.max_message_bytes,
+        "ws_per_message_deflate": False,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+        "lifespan": "on",
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+# HTTP endpoints.
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(CLIENT_DIR / "index.html")
+
+
+async def _healthz(request: Request) -> Response:
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        await database.read(_ping_database)
+        status, code = "ok", 200
+    except StoreUnavailable:
+        status, code = "unavailable", 503
+    body = {"status": status, "version": __version__, "tabs": len(hub.tabs())}
+    return Response(encode(body), status_code=code, media_type="application/json")
+
+
+async def _ping_database(session: Any) -> None:
+    await session.connection()
+
+
+async def _login(request: Request) -> Response:
+    if not _origin_allowed(request):
+        return _forbidden_origin()
+    database: Database = request.state.database
+    try:
+        body = decode_body(await request.body(), LoginRequest)
+        token, login = await sessions.log_in(
+            database,
+            body.username,
+            body.password,
+            user_agent=request.headers.get("user-agent"),
+            ip=request.client.host if request.client else None,
+        )
+    except BadMessage as error:
+        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+    except AuthenticationError as error:
+        return _error(401, ErrorCode.INVALID_CREDENTIALS, str(error))
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    response = _json(200, _session_view(login))
+    settings: Settings = request.state.settings
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int(settings.session_absolute_s),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+    )
+    return response
+
+
+async def _logout(request: Request) -> Response:
+    return await _end_sessions(request, everywhere=False)
+
+
+async def _logout_all(request: Request) -> Response:
+    return await _end_sessions(request, everywhere=True)
+
+
+async def _end_sessions(request: Request, *, everywhere: bool) -> Response:
+    if not _origin_allowed(request):
+        return _forbidden_origin()
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        login = await sessions.authenticate(database, _token(request), touch=False)
+        if everywhere:
+            ended = await sessions.revoke_all(database, login.user_id, SessionEndReason.LOGOUT)
+        else:
+            await sessions.revoke(database, login.id, SessionEndReason.LOGOUT)
+            ended = [login.id]
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    tabs = sum(hub.end_session(session_id, SessionEndReason.LOGOUT) for session_id in ended)
+    response = _json(200, {"sessions": len(ended), "tabs": tabs})
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+async def _extend(request: Request) -> Response:
+    if not _origin_allowed(request):
+        return _forbidden_origin()
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        login = await sessions.authenticate(database, _token(request), touch=False)
+        extended = await sessions.extend(database, login)
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    if extended is None:
+        return _unauthenticated(AuthenticationError("expired", "The session ended meanwhile."))
+    hub.extend_session(extended.id, format_time(extended.expires_at))
+    return _json(200, _session_view(extended))
+
+
+async def _state(request: Request) -> Response:
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        login = await sessions.authenticate(database, _token(request))
+        state = await hub.store.load_state(login.user_id)
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    body = StateResponse(
+        user=UserInfo(id=login.user_id, name=login.user_name),
+        state=state,
+        session=SessionInfo(expires_at=format_time(login.expires_at)),
+    )
+    return _json(200, body)
+
+
+async def _switch(request: Request) -> Response:
+    if not _origin_allowed(request):
+        return _forbidden_origin()
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        login = await sessions.authenticate(database, _token(request))
+        body = decode_body(await request.body(), SwitchRequest)
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except BadMessage as error:
+        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    request_ = Switch(id=body.id, platform=body.platform, base=body.base)
+    reply = await hub.switch(login.user_id, login.id, request_)
+    if reply is None:
+        return _unauthenticated(AuthenticationError("expired", "The session ended."))
+    if isinstance(reply, Rejected):
+        return _json(_REJECT_STATUS[reply.reason], reply)
+    return _json(200, reply)
+
+
+# The WebSocket endpoint.
+
+
+class _Transport:
+    """Adapt a Starlette WebSocket to the hub's Transport, with one error for a lost link."""
+
+    __slots__ = ("_websocket",)
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send_text(self, data: str) -> None:
+        try:
+            await self._websocket.send_text(data)
+        except (WebSocketDisconnect, RuntimeError, OSError) as error:
+            raise TransportClosed(str(error)) from error
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError, OSError) as error:
+            raise TransportClosed(str(error)) from error
+
+
+async def _websocket(websocket: WebSocket) -> None:
+    database: Database = websocket.state.database
+    hub: Hub = websocket.state.hub
+    if not _origin_allowed(websocket):
+        await websocket.send_denial_response(_forbidden_origin())
+        return
+    tab_id = websocket.query_params.get("tab") or secrets.token_urlsafe(12)
+    if not _TAB_ID.fullmatch(tab_id):
+        problem = "The tab id must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -."
+        await websocket.send_denial_response(_error(400, ErrorCode.BAD_REQUEST, problem))
+        return
+    try:
+        login = await sessions.authenticate(database, _token(websocket))
+    except AuthenticationError as error:
+        await websocket.send_denial_response(_unauthenticated(error))
+        return
+    except StoreUnavailable as error:
+        await websocket.send_denial_response(_error(503, ErrorCode.UNAVAILABLE, str(error)))
+        return
+
+    await websocket.accept()
+    try:
+        tab = await hub.join(
+            _Transport(websocket),
+            tab_id=tab_id,
+            user=UserInfo(id=login.user_id, name=login.user_name),
+            session_id=login.id,
+            expires_at=format_time(login.expires_at),
+        )
+    except TabLimitReached as error:
+        await websocket.close(CloseCode.TAB_LIMIT, str(error))
+        return
+    except StoreUnavailable:
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, "database unavailable")
+        return
+    try:
+        # Only this loop reads; the tab's writer task sends. No database session is held
+        # here between messages: each switch is its own unit of work.
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            await hub.receive(tab, text if text is not None else message.get("bytes") or b"")
+    finally:
+        await hub.leave(tab)
+
+
+# Helpers of the endpoints.
+
+
+def _origin_allowed(connection: HTTPConnection) -> bool:
+    origin = connection.headers.get("origin")
+    if origin is None:
+        # Not a browser: cross-site requests always carry an Origin.
+        return True
+    settings: Settings = connection.state.settings
+    if origin in settings.allowed_origins:
+        return True
+    scheme = {"ws": "http", "wss": "https"}.get(connection.url.scheme, connection.url.scheme)
+    return origin == f"{scheme}://{connection.headers.get('host', '')}"
+
+
+def _token(connection: HTTPConnection) -> str | None:
+    authorization = connection.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return connection.cookies.get(COOKIE)
+
+
+def _session_view(login: LoginSession) -> SessionView:
+    return SessionView(
+        user=UserInfo(id=login.user_id, name=login.user_name),
+        expires_at=format_time(login.expires_at),
+    )
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(encode(body), status_code=status, media_type="application/json")
+
+
+def _error(status: int, code: ErrorCode, message: str, reason: str | None = None) -> Response:
+    return _json(status, ErrorBody(error=code, message=message, reason=reason))
+
+
+def _unauthenticated(error: AuthenticationError) -> Response:
+    response = _error(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
+    return response
+
+
+def _forbidden_origin() -> Response:
+    return _error(403, ErrorCode.FORBIDDEN_ORIGIN, "This origin may not use the hub.")

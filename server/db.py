@@ -1,0 +1,264 @@
+"""Models, the engine, and the one unit-of-work idiom for every database access."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+    exc,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from server.errors import StoreUnavailable
+from server.settings import Settings
+
+__all__ = [
+    "Base",
+    "Clock",
+    "Database",
+    "LoginSessionRow",
+    "PlatformRow",
+    "PlatformStateRow",
+    "SwitchLogRow",
+    "UserRow",
+    "utcnow",
+]
+
+T = TypeVar("T")
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    """Return the current time as an aware UTC datetime."""
+    return dt.datetime.now(dt.UTC)
+
+
+class _UTCDateTime(TypeDecorator[dt.datetime]):
+    """Store naive UTC, hand back aware UTC, so SQLite and PostgreSQL compare alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the hub's tables."""
+
+    # BIGINT on PostgreSQL; plain INTEGER on SQLite, where only that makes a rowid primary key.
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads this class attribute)
+        dt.datetime: _UTCDateTime,
+        int: BigInteger().with_variant(Integer, "sqlite"),
+    }
+
+
+class UserRow(Base):
+    """A person who can log in."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime]
+
+
+class PlatformRow(Base):
+    """A platform account connected by a user; credentials live in the host app, not here."""
+
+    __tablename__ = "platforms"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        UniqueConstraint("user_id", "instance_url", "username"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(32))
+    instance_url: Mapped[str] = mapped_column(String(500))
+    username: Mapped[str] = mapped_column(String(200))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    last_used_at: Mapped[dt.datetime | None]
+
+
+class PlatformStateRow(Base):
+    """The authoritative (version, active platform) of one user."""
+
+    __tablename__ = "platform_states"
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(default=0)
+    # Only meaningful from version 1 on: version 0 means "never switched", and then the
+    # active platform follows the default rule (see store.effective_active).
+    active_platform_id: Mapped[int | None] = mapped_column(
+        ForeignKey("platforms.id", ondelete="SET NULL")
+    )
+    updated_at: Mapped[dt.datetime]
+
+
+class LoginSessionRow(Base):
+    """A login session; only a SHA-256 of its 256-bit token is stored."""
+
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    idle_expires_at: Mapped[dt.datetime]
+    absolute_expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(16))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    ip: Mapped[str | None] = mapped_column(String(64))
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        """Return the moment the session ends unless extended: the earlier of its two expiries."""
+        return min(self.idle_expires_at, self.absolute_expires_at)
+
+
+class SwitchLogRow(Base):
+    """The decision taken on one switch request, kept for idempotent retries."""
+
+    __tablename__ = "switch_log"
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    version: Mapped[int]
+    platform_id: Mapped[int]
+    tab_id: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+# Errors that mean "the database is not there right now", as opposed to a bug or a conflict.
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+
+
+class Database:
+    """Own the engine and run units of work: one session, one transaction, one task."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.engine: AsyncEngine = create_async_engine(settings.database_url)
+        if settings.is_sqlite:
+            _configure_sqlite(self.engine, settings)
+        self._read = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write = async_sessionmaker(
+            self.engine.execution_options(hub_write=True), expire_on_commit=False
+        )
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def create_schema(self) -> None:
+        """Create any missing table."""
+        async with self.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+
+    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run ``work`` in a read transaction and return its result."""
+        return await self._run(self._read, work)
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run ``work`` in a write transaction, committed when it returns."""
+        return await self._run(self._write, work)
+
+    def checked_out(self) -> int:
+        """Return how many pooled connections are checked out right now."""
+        checkedout = getattr(self.engine.pool, "checkedout", None)
+        return int(checkedout()) if checkedout else 0
+
+    async def dispose(self) -> None:
+        """Wait for running units of work, then close every pooled connection."""
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=10)
+        await self.engine.dispose()
+
+    async def _run(
+        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+    ) -> T:
+        # The unit of work runs in a task of its own and the caller awaits it through a
+        # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
+        # cannot interrupt the commit or rollback, so no connection is ever left checked out.
+        task = asyncio.ensure_future(self._transact(maker, work))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def _transact(
+        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+    ) -> T:
+        try:
+            async with maker.begin() as session:
+                return await work(session)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable(f"The database is unavailable: {_first_line(error)}") from error
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+    synchronous = settings.sqlite_synchronous.upper()
+    busy_timeout = int(settings.sqlite_busy_timeout_ms)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver: pysqlite would otherwise open
+        # transactions lazily, only at the first write, so a read-then-write unit of
+        # work would not be atomic.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL: a committed transaction survives a crash of the
+        # hub process (it is in the OS's page cache); FULL also survives power loss.
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A write unit of work takes the write lock up front (IMMEDIATE) so it waits on
+        # busy_timeout instead of failing with SQLITE_BUSY when it upgrades a read lock.
+        if connection.get_execution_options().get("hub_write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,35 @@
+"""The hub's one exception tree."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BadMessage",
+    "HubError",
+    "StoreUnavailable",
+    "UsageError",
+]
+
+
+class HubError(Exception):
+    """Base class of every error the hub raises on purpose."""
+
+
+class BadMessage(HubError):
+    """A frame from a tab is not a valid protocol message."""
+
+
+class StoreUnavailable(HubError):
+    """The database could not be reached or stayed locked; nothing was changed."""
+
+
+class AuthenticationError(HubError):
+    """A request carries no usable login session."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UsageError(HubError):
+    """A command-line or administrative request cannot be carried out as asked."""

@@ -1,0 +1,516 @@
+"""Per-user state, tabs and fan-out. Pure asyncio: no Starlette, no SQL.
+
+The hub never awaits a tab. Each tab has a bounded outbox drained by its own writer task;
+a newer state replaces an older unsent one, so a slow tab costs one frame, not a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from typing import Protocol
+
+from server.errors import BadMessage, HubError, StoreUnavailable
+from server.protocol import (
+    PROTOCOL_VERSION,
+    Cause,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Hello,
+    Ping,
+    Pong,
+    Rejected,
+    RejectReason,
+    SessionEnded,
+    SessionEndReason,
+    SessionExpiring,
+    SessionInfo,
+    StateMessage,
+    StateView,
+    Switch,
+    Switched,
+    UserInfo,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "Hub",
+    "Outbox",
+    "Store",
+    "SwitchOutcome",
+    "Tab",
+    "TabLimitReached",
+    "Transport",
+    "TransportClosed",
+    "describe",
+]
+
+logger = logging.getLogger("hub")
+
+
+class TransportClosed(HubError):
+    """The connection under a tab is gone."""
+
+
+class TabLimitReached(HubError):
+    """The user already has the maximum number of tabs connected."""
+
+
+class Transport(Protocol):
+    """The connection a tab writes to."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SwitchOutcome:
+    """The store's committed decision on one switch request."""
+
+    accepted: bool
+    # None only for "unavailable" when the hub has no state of this user in memory.
+    state: StateView | None
+    version: int = 0
+    reason: RejectReason | None = None
+    # True when the switch created a new version, which must then be broadcast.
+    changed: bool = False
+    # Set when the login session had ended: nothing was applied.
+    ended: SessionEndReason | None = None
+
+
+class Store(Protocol):
+    """The durable side of the hub: it decides switches and holds the state."""
+
+    async def load_state(self, user_id: int) -> StateView: ...
+
+    async def switch(
+        self, user_id: int, session_id: int, request: Switch, tab_id: str | None
+    ) -> SwitchOutcome: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Outbox:
+    """Hold a tab's unsent frames: bounded, with states coalesced and never going backwards."""
+
+    def __init__(self, size: int) -> None:
+        self._frames: collections.deque[tuple[int | None, str]] = collections.deque()
+        self._size = size
+        self._ready = asyncio.Event()
+        self._close: _Close | None = None
+        # Highest state version queued or sent; states at or below it are dropped.
+        self.version = -1
+        self.coalesced = 0
+
+    def put(self, frame: str) -> bool:
+        """Queue a frame; return False if the outbox is full or closing."""
+        if self._close is not None:
+            return True
+        if len(self._frames) >= self._size:
+            return False
+        self._frames.append((None, frame))
+        self._ready.set()
+        return True
+
+    def put_state(self, version: int, frame: str, *, first: bool = False) -> None:
+        """Queue a state frame, replacing any older unsent state.
+
+        ``first`` is for the hello: it goes in front, and queued states it covers are dropped.
+        """
+        if self._close is not None:
+            return
+        if first:
+            self._frames = collections.deque(
+                f for f in self._frames if f[0] is None or f[0] > version
+            )
+            self._frames.appendleft((version, frame))
+            self.version = max(self.version, version)
+        else:
+            if version <= self.version:
+                return
+            before = len(self._frames)
+            self._frames = collections.deque(f for f in self._frames if f[0] is None)
+            self.coalesced += before - len(self._frames)
+            self._frames.append((version, frame))
+            self.version = version
+        self._ready.set()
+
+    @property
+    def closing(self) -> bool:
+        """Tell whether a close is queued."""
+        return self._close is not None
+
+    def close(self, code: int, reason: str, last: str | None = None) -> None:
+        """Drop what is unsent, queue ``last`` if given, then the close."""
+        if self._close is not None:
+            return
+        self._frames.clear()
+        if last is not None:
+            self._frames.append((None, last))
+        self._close = _Close(code, reason)
+        self._ready.set()
+
+    async def get(self) -> str | _Close:
+        """Wait for the next frame, or the close once every frame is out."""
+        while not self._frames:
+            if self._close is not None:
+                return self._close
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()[1]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Tab:
+    """One browser tab's connection: its identity, outbox and writer."""
+
+    def __init__(
+        self, hub: Hub, transport: Transport, *, tab_id: str, user: UserInfo, session_id: int
+    ) -> None:
+        self.id = tab_id
+        self.user = user
+        self.session_id = session_id
+        self.transport = transport
+        self.outbox = Outbox(hub.outbox_size)
+        self.bucket = _Bucket(hub.messages_per_second, hub.message_burst)
+        self.bad_messages = 0
+        self.last_heard = time.monotonic()
+        self.warned_for: str | None = None
+        self.expires_at: str = ""
+        self.writer: asyncio.Task[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        """Tell whether the tab is being closed."""
+        return self.outbox.closing
+
+    def send(self, frame: str) -> None:
+        """Queue a frame; a tab that cannot keep up is closed instead."""
+        if not self.outbox.put(frame):
+            logger.warning("closing slow tab %s of user %s", self.id, self.user.id)
+            self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
+
+    def close(self, code: int, reason: str, last: str | None = None) -> None:
+        """Close the tab after sending ``last``, without waiting."""
+        self.outbox.close(code, reason, last)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, _Close):
+                    await self.transport.close(item.code, item.reason)
+                    return
+                await self.transport.send_text(item)
+        except TransportClosed:
+            return
+
+
+class _Room:
+    __slots__ = ("state", "tabs")
+
+    def __init__(self) -> None:
+        self.tabs: dict[str, Tab] = {}
+        self.state: StateView | None = None
+
+
+class Hub:
+    """Own every connected tab, grouped by user, and every user's latest committed state."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        heartbeat_s: float = 25,
+        idle_timeout_s: float = 75,
+        max_tabs_per_user: int = 100,
+        messages_per_second: float = 20,
+        message_burst: int = 40,
+        max_bad_messages: int = 10,
+        outbox_size: int = 64,
+    ) -> None:
+        self.store = store
+        self.heartbeat_s = heartbeat_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_tabs_per_user = max_tabs_per_user
+        self.messages_per_second = messages_per_second
+        self.message_burst = message_burst
+        self.max_bad_messages = max_bad_messages
+        self.outbox_size = outbox_size
+        self._rooms: dict[int, _Room] = {}
+
+    # Tabs joining and leaving.
+
+    async def join(
+        self,
+        transport: Transport,
+        *,
+        tab_id: str,
+        user: UserInfo,
+        session_id: int,
+        expires_at: str,
+    ) -> Tab:
+        """Register a tab, queue its hello and start its writer; raise TabLimitReached when full."""
+        room = self._rooms.setdefault(user.id, _Room())
+        previous = room.tabs.get(tab_id)
+        if previous is None and len(room.tabs) >= self.max_tabs_per_user:
+            self._forget_if_empty(user.id)
+            raise TabLimitReached(f"at most {self.max_tabs_per_user} tabs per user")
+        if previous is not None:
+            previous.close(CloseCode.TAB_REPLACED, "tab id reused by a newer connection")
+        tab = Tab(self, transport, tab_id=tab_id, user=user, session_id=session_id)
+        tab.expires_at = expires_at
+        # Registered before the snapshot is read, so no broadcast can fall between the two;
+        # the outbox drops whatever the snapshot already covers.
+        room.tabs[tab_id] = tab
+        try:
+            state = await self.store.load_state(user.id)
+        except BaseException:
+            self._remove(tab)
+            raise
+        self._remember(room, state)
+        state = room.state or state
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            tab=tab_id,
+            user=user,
+            state=state,
+            session=SessionInfo(expires_at=expires_at),
+            heartbeat_s=self.heartbeat_s,
+        )
+        tab.outbox.put_state(state.version, encode(hello), first=True)
+        tab.writer = asyncio.create_task(tab._write(), name=f"tab-writer-{tab_id}")
+        return tab
+
+    async def leave(self, tab: Tab) -> None:
+        """Forget a tab whose connection has ended, and stop its writer."""
+        self._remove(tab)
+        if tab.writer is not None and not tab.writer.done():
+            tab.writer.cancel()
+            await asyncio.gather(tab.writer, return_exceptions=True)
+
+    def tabs(self, user_id: int | None = None) -> list[Tab]:
+        """Return the connected tabs, of one user or of all."""
+        if user_id is not None:
+            room = self._rooms.get(user_id)
+            return list(room.tabs.values()) if room else []
+        return [tab for room in self._rooms.values() for tab in room.tabs.values()]
+
+    def state_of(self, user_id: int) -> StateView | None:
+        """Return the newest state the hub has seen for a user with tabs."""
+        room = self._rooms.get(user_id)
+        return room.state if room else None
+
+    # Messages from tabs.
+
+    async def receive(self, tab: Tab, frame: str | bytes) -> None:
+        """Handle one frame from a tab."""
+        tab.last_heard = time.monotonic()
+        if tab.closing:
+            return
+        try:
+            if isinstance(frame, bytes):
+                raise BadMessage("Binary frames are not supported; send JSON text frames")
+            message = decode(frame)
+        except BadMessage as error:
+            self._bad_message(tab, str(error))
+            return
+        if not tab.bucket.take():
+            if isinstance(message, Switch):
+                self._reply_rejected(tab, message, RejectReason.RATE_LIMITED)
+            else:
+                tab.send(encode(Error(code=ErrorCode.RATE_LIMITED, message=_RATE_MESSAGE)))
+            return
+        if isinstance(message, Ping):
+            tab.send(_PONG)
+        else:
+            await self.switch(tab.user.id, tab.session_id, message, tab=tab)
+
+    async def switch(
+        self, user_id: int, session_id: int, request: Switch, *, tab: Tab | None = None
+    ) -> Switched | Rejected | None:
+        """Decide a switch, answer ``tab`` if given, broadcast any new version, return the answer.
+
+        Returns None when the login session had ended: its tabs are being closed.
+        """
+        tab_id = tab.id if tab else None
+        try:
+            outcome = await self.store.switch(user_id, session_id, request, tab_id)
+        except StoreUnavailable as error:
+            logger.warning("switch %s of user %s: %s", request.id, user_id, error)
+            outcome = SwitchOutcome(
+                accepted=False, state=self.state_of(user_id), reason=RejectReason.UNAVAILABLE
+            )
+        if outcome.ended is not None:
+            self.end_session(session_id, outcome.ended)
+            return None
+        reply: Switched | Rejected
+        if outcome.accepted:
+            reply = Switched(id=request.id, version=outcome.version)
+        else:
+            assert outcome.reason is not None
+            message = describe(outcome.reason, outcome.state)
+            reply = Rejected(
+                id=request.id, reason=outcome.reason, message=message, state=outcome.state
+            )
+        # The asking tab hears its decision before the broadcast of what it caused.
+        if tab is not None and not tab.closing:
+            tab.send(encode(reply))
+        if outcome.state is not None:
+            if outcome.changed:
+                cause = Cause(kind="switch", tab=tab_id, request=request.id)
+                self.publish(user_id, outcome.state, cause)
+            else:
+                self._remember(self._rooms.get(user_id), outcome.state)
+        return reply
+
+    def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
+        """Send a committed state to every tab of its user; never waits for a tab."""
+        room = self._rooms.get(user_id)
+        if room is None:
+            return
+        # Fan out even when the room already knows this version: a tab that joined in
+        # between may have read it, but the older tabs have not seen it yet. Each outbox
+        # drops what it already has.
+        self._remember(room, state)
+        frame = encode(StateMessage(state=state, cause=cause))
+        for tab in list(room.tabs.values()):
+            tab.outbox.put_state(state.version, frame)
+
+    # Sessions.
+
+    def session_ids(self) -> dict[int, str]:
+        """Return each login session with tabs here, with the expiry its tabs were told."""
+        return {tab.session_id: tab.expires_at for tab in self.tabs()}
+
+    def end_session(self, session_id: int, reason: SessionEndReason) -> int:
+        """Send session_ended to every tab of a login session and close each with 4001."""
+        frame = encode(SessionEnded(reason=reason))
+        ended = 0
+        for tab in self.tabs():
+            if tab.session_id == session_id and not tab.closing:
+                tab.close(CloseCode.SESSION_ENDED, f"session {reason}", frame)
+                ended += 1
+        return ended
+
+    def warn_session(self, session_id: int, expires_at: str) -> None:
+        """Tell the tabs of a session that it expires soon, once per expiry time."""
+        frame = encode(SessionExpiring(expires_at=expires_at))
+        for tab in self.tabs():
+            if tab.session_id == session_id and tab.warned_for != expires_at:
+                tab.warned_for = expires_at
+                tab.expires_at = expires_at
+                tab.send(frame)
+
+    def extend_session(self, session_id: int, expires_at: str) -> None:
+        """Record a later expiry for the tabs of a session, so it may warn again later."""
+        for tab in self.tabs():
+            if tab.session_id == session_id:
+                tab.expires_at = expires_at
+                if tab.warned_for is not None and tab.warned_for != expires_at:
+                    tab.warned_for = None
+
+    # Housekeeping.
+
+    def close_idle(self) -> int:
+        """Close every tab that sent nothing for the idle timeout; return how many."""
+        deadline = time.monotonic() - self.idle_timeout_s
+        idle = [tab for tab in self.tabs() if tab.last_heard < deadline and not tab.closing]
+        for tab in idle:
+            tab.close(CloseCode.IDLE_TIMEOUT, "no message within the idle timeout")
+        return len(idle)
+
+    async def close(self, code: int = CloseCode.SERVICE_RESTART) -> None:
+        """Close every tab with ``code`` and wait briefly for the closes to go out."""
+        tabs = self.tabs()
+        for tab in tabs:
+            tab.close(code, "hub shutting down")
+        writers = [tab.writer for tab in tabs if tab.writer is not None]
+        if writers:
+            await asyncio.wait(writers, timeout=2)
+
+    # Internals.
+
+    def _bad_message(self, tab: Tab, detail: str) -> None:
+        tab.bad_messages += 1
+        if tab.bad_messages > self.max_bad_messages:
+            tab.close(CloseCode.PROTOCOL_ABUSE, "too many malformed messages")
+            return
+        tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))
+
+    def _reply_rejected(self, tab: Tab, request: Switch, reason: RejectReason) -> None:
+        state = self.state_of(tab.user.id)
+        rejected = Rejected(
+            id=request.id, reason=reason, message=describe(reason, state), state=state
+        )
+        tab.send(encode(rejected))
+
+    def _remember(self, room: _Room | None, state: StateView) -> None:
+        if room is not None and (room.state is None or state.version > room.state.version):
+            room.state = state
+
+    def _remove(self, tab: Tab) -> None:
+        room = self._rooms.get(tab.user.id)
+        if room is not None and room.tabs.get(tab.id) is tab:
+            del room.tabs[tab.id]
+            self._forget_if_empty(tab.user.id)
+
+    def _forget_if_empty(self, user_id: int) -> None:
+        room = self._rooms.get(user_id)
+        if room is not None and not room.tabs:
+            del self._rooms[user_id]
+
+
+_PONG = encode(Pong())
+_RATE_MESSAGE = "Too many messages; slow down"
+
+
+def describe(reason: RejectReason, state: StateView | None) -> str:
+    """Say in plain words why a switch was refused."""
+    active = state.platform(state.active) if state else None
+    now = f"{active.name} ({active.username})" if active else "no platform"
+    match reason:
+        case RejectReason.STALE:
+            return f"Another tab switched first; the active platform is now {now}."
+        case RejectReason.UNKNOWN_PLATFORM:
+            return "There is no such platform on this account."
+        case RejectReason.INACTIVE_PLATFORM:
+            return "That platform is deactivated; reactivate it before switching to it."
+        case RejectReason.RATE_LIMITED:
+            return "Too many requests; wait a moment and try again."
+        case RejectReason.UNAVAILABLE:
+            return "The hub cannot reach its database right now; nothing was changed. Try again."
+        case RejectReason.BAD_REQUEST:
+            return "The switch request is malformed."

@@ -1,0 +1,326 @@
+"""Wire messages, rejection reasons, error and close codes, and their one encode/decode pair.
+
+Every JSON text frame between a tab and the hub is one of the structs below, tagged by its
+``type`` field. ``docs/protocol.md`` documents each one; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+from server.errors import BadMessage
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Cause",
+    "ClientMessage",
+    "CloseCode",
+    "Error",
+    "ErrorCode",
+    "Hello",
+    "Ping",
+    "PlatformView",
+    "Pong",
+    "RejectReason",
+    "Rejected",
+    "ServerMessage",
+    "SessionEndReason",
+    "SessionEnded",
+    "SessionExpiring",
+    "SessionInfo",
+    "StateMessage",
+    "StateView",
+    "Switch",
+    "Switched",
+    "UserInfo",
+    "ErrorBody",
+    "LoginRequest",
+    "SessionView",
+    "StateResponse",
+    "SwitchRequest",
+    "decode",
+    "decode_body",
+    "decode_server",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+T = TypeVar("T")
+
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+PlatformId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the hub uses; 4000-4999 are the hub's own."""
+
+    NORMAL = 1000
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    # Terminal: the login session is over. Clients must not reconnect.
+    SESSION_ENDED = 4001
+    # Too many malformed messages on one connection.
+    PROTOCOL_ABUSE = 4002
+    # The user already has the maximum number of tabs connected.
+    TAB_LIMIT = 4003
+    # The tab sent nothing, not even a ping, for the idle timeout.
+    IDLE_TIMEOUT = 4004
+    # Another connection with the same tab id took this one's place.
+    TAB_REPLACED = 4005
+    # The tab did not read its messages and its outbox overflowed.
+    SLOW_CONSUMER = 4008
+
+
+class RejectReason(enum.StrEnum):
+    """Why a switch was refused; every rejection also carries the current state."""
+
+    STALE = "stale"
+    UNKNOWN_PLATFORM = "unknown_platform"
+    INACTIVE_PLATFORM = "inactive_platform"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    BAD_REQUEST = "bad_request"
+
+
+class ErrorCode(enum.StrEnum):
+    """Error codes of ``error`` messages and of HTTP error bodies."""
+
+    BAD_MESSAGE = "bad_message"
+    BAD_REQUEST = "bad_request"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
+    UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
+
+
+class SessionEndReason(enum.StrEnum):
+    """Why a login session ended."""
+
+    LOGOUT = "logout"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class PlatformView(_Frozen, frozen=True):
+    """One of the user's active platforms, as tabs see it (never its credentials)."""
+
+    id: int
+    name: str
+    kind: str
+    instance_url: str
+    username: str
+    is_default: bool
+
+
+class StateView(_Frozen, frozen=True):
+    """The authoritative state of one user: version, active platform and platforms."""
+
+    version: int
+    active: int | None
+    platforms: tuple[PlatformView, ...]
+
+    def platform(self, platform_id: int | None) -> PlatformView | None:
+        """Return the platform with this id, if the user has it."""
+        return next((p for p in self.platforms if p.id == platform_id), None)
+
+
+class UserInfo(_Frozen, frozen=True):
+    """The user a connection belongs to."""
+
+    id: int
+    name: str
+
+
+class SessionInfo(_Frozen, frozen=True):
+    """What a tab may know of its login session."""
+
+    expires_at: str
+
+
+class Cause(_Frozen, frozen=True):
+    """What produced a state broadcast."""
+
+    kind: Literal["switch"]
+    tab: str | None
+    request: str
+
+
+# From a tab.
+
+
+class Switch(_Frozen, frozen=True, tag="switch", tag_field="type"):
+    """Ask to make ``platform`` active, given that the tab last saw version ``base``."""
+
+    id: RequestId
+    platform: PlatformId
+    base: Version
+
+
+class Ping(_Frozen, frozen=True, tag="ping", tag_field="type"):
+    """Check that the connection is alive; answered with ``pong``."""
+
+
+ClientMessage = Switch | Ping
+
+
+# From the hub.
+
+
+class Hello(_Frozen, frozen=True, tag="hello", tag_field="type"):
+    """Greet a new connection with a snapshot of the state."""
+
+    protocol: int
+    tab: str
+    user: UserInfo
+    state: StateView
+    session: SessionInfo
+    heartbeat_s: float
+
+
+class Pong(_Frozen, frozen=True, tag="pong", tag_field="type"):
+    """Answer a ping."""
+
+
+class Switched(_Frozen, frozen=True, tag="switched", tag_field="type"):
+    """Tell the asking tab its switch was accepted and committed at ``version``."""
+
+    id: str
+    version: int
+
+
+class Rejected(_Frozen, frozen=True, tag="rejected", tag_field="type"):
+    """Tell the asking tab its switch was refused, why, and what the state is."""
+
+    id: str
+    reason: RejectReason
+    message: str
+    # Null only when the database is unreachable and the hub holds no state of this user.
+    state: StateView | None
+
+
+class StateMessage(_Frozen, frozen=True, tag="state", tag_field="type"):
+    """Broadcast a committed state to every tab of the user."""
+
+    state: StateView
+    cause: Cause
+
+
+class SessionExpiring(_Frozen, frozen=True, tag="session_expiring", tag_field="type"):
+    """Warn that the login session expires at ``expires_at`` unless extended."""
+
+    expires_at: str
+
+
+class SessionEnded(_Frozen, frozen=True, tag="session_ended", tag_field="type"):
+    """Announce that the login session is over; close code 4001 follows."""
+
+    reason: SessionEndReason
+
+
+class Error(_Frozen, frozen=True, tag="error", tag_field="type"):
+    """Report a frame the hub could not accept; the connection stays open."""
+
+    code: ErrorCode
+    message: str
+
+
+# HTTP bodies.
+
+
+class LoginRequest(_Frozen, frozen=True):
+    """Body of ``POST /api/login``."""
+
+    username: Annotated[str, msgspec.Meta(max_length=200)]
+    password: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class SwitchRequest(_Frozen, frozen=True):
+    """Body of ``POST /api/switch``: the fields of a ``switch`` message."""
+
+    id: RequestId
+    platform: PlatformId
+    base: Version
+
+
+class SessionView(_Frozen, frozen=True):
+    """Body of ``POST /api/login`` and ``POST /api/session/extend``."""
+
+    user: UserInfo
+    expires_at: str
+
+
+class StateResponse(_Frozen, frozen=True):
+    """Body of ``GET /api/state``."""
+
+    user: UserInfo
+    state: StateView
+    session: SessionInfo
+
+
+class ErrorBody(_Frozen, frozen=True):
+    """Body of every HTTP error; ``reason`` says why a session is not usable."""
+
+    error: ErrorCode
+    message: str
+    reason: str | None = None
+
+
+ServerMessage = (
+    Hello | Pong | Switched | Rejected | StateMessage | SessionExpiring | SessionEnded | Error
+)
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def decode(frame: str | bytes) -> ClientMessage:
+    """Decode a tab's frame, or raise BadMessage saying precisely what is wrong."""
+    try:
+        message: ClientMessage = _client_decoder.decode(frame)
+        return message
+    except msgspec.ValidationError as error:
+        raise BadMessage(_explain(str(error))) from None
+    except msgspec.DecodeError as error:
+        raise BadMessage(f"Frame is not valid JSON: {error}") from None
+
+
+def decode_server(frame: str | bytes) -> ServerMessage:
+    """Decode a hub's frame (for clients and tests)."""
+    message: ServerMessage = _server_decoder.decode(frame)
+    return message
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """Decode an HTTP JSON body, or raise BadMessage saying what is wrong."""
+    try:
+        decoded: T = msgspec.json.decode(body, type=kind)
+        return decoded
+    except msgspec.ValidationError as error:
+        raise BadMessage(f"Invalid request body: {error}") from None
+    except msgspec.DecodeError as error:
+        raise BadMessage(f"Request body is not valid JSON: {error}") from None
+
+
+def encode(message: object) -> str:
+    """Encode a message (or an HTTP body) as JSON text."""
+    return _encoder.encode(message).decode()
+
+
+def _explain(detail: str) -> str:
+    if "Invalid value" in detail and "`$.type`" in detail:
+        return f"Unknown message type ({detail}); expected one of: switch, ping"
+    if "missing required field `type`" in detail:
+        return "Message has no `type` field; expected one of: switch, ping"
+    return f"Invalid message: {detail}"

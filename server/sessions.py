@@ -1,0 +1,325 @@
+"""Login sessions: create, authenticate, extend, revoke, watch and collect.
+
+Only the SHA-256 of a session's 256-bit random token is stored, so a copy of the database
+cannot be replayed as a login. Idle expiry slides with activity; absolute expiry never moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
+from server.errors import AuthenticationError, StoreUnavailable
+from server.hub import Hub
+from server.passwords import DUMMY_HASH, verify_password
+from server.protocol import SessionEndReason
+
+__all__ = [
+    "LoginSession",
+    "authenticate",
+    "check",
+    "ended_reason",
+    "collect",
+    "collect_forever",
+    "extend",
+    "format_time",
+    "log_in",
+    "revoke",
+    "revoke_all",
+    "watch_forever",
+]
+
+logger = logging.getLogger("hub.sessions")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoginSession:
+    """An authenticated login session."""
+
+    id: int
+    user_id: int
+    user_name: str
+    expires_at: dt.datetime
+
+
+def format_time(moment: dt.datetime) -> str:
+    """Format a moment as ISO 8601 UTC with a Z, to the millisecond."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def log_in(
+    database: Database,
+    name: str,
+    password: str,
+    *,
+    user_agent: str | None = None,
+    ip: str | None = None,
+) -> tuple[str, LoginSession]:
+    """Check a password and open a fresh session; return its token and the session.
+
+    Raises AuthenticationError("invalid_credentials") for an unknown user and a wrong
+    password alike, after the same amount of hashing.
+    """
+
+    async def find(session: AsyncSession) -> tuple[int, str] | None:
+        row = (
+            await session.execute(
+                select(UserRow.id, UserRow.password_hash).where(UserRow.name == name)
+            )
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    found = await database.read(find)
+    encoded = found[1] if found else DUMMY_HASH
+    valid = await asyncio.to_thread(verify_password, password, encoded)
+    if found is None or not valid:
+        raise AuthenticationError("invalid_credentials", "Unknown user name or wrong password.")
+    user_id = found[0]
+    token = secrets.token_urlsafe(32)
+    settings = database.settings
+    now = database.clock()
+    absolute = now + dt.timedelta(seconds=settings.session_absolute_s)
+    row = LoginSessionRow(
+        user_id=user_id,
+        token_hash=_hash(token),
+        created_at=now,
+        last_seen_at=now,
+        idle_expires_at=min(now + dt.timedelta(seconds=settings.session_idle_s), absolute),
+        absolute_expires_at=absolute,
+        user_agent=(user_agent or "")[:300] or None,
+        ip=ip,
+    )
+
+    async def store(session: AsyncSession) -> LoginSession:
+        session.add(row)
+        await session.flush()
+        return LoginSession(row.id, user_id, name, row.expires_at)
+
+    return token, await database.write(store)
+
+
+async def authenticate(
+    database: Database, token: str | None, *, touch: bool = True
+) -> LoginSession:
+    """Return the live session of ``token``, extending its idle expiry if due.
+
+    Raises AuthenticationError with reason "missing", "invalid", "expired", "logout" or
+    "revoked".
+    """
+    if not token:
+        raise AuthenticationError("missing", "Log in first: no session was presented.")
+    now = database.clock()
+    token_hash = _hash(token)
+
+    async def find(session: AsyncSession) -> tuple[LoginSessionRow, str] | None:
+        row = (
+            await session.execute(
+                select(LoginSessionRow, UserRow.name)
+                .join(UserRow, UserRow.id == LoginSessionRow.user_id)
+                .where(LoginSessionRow.token_hash == token_hash)
+            )
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    found = await database.read(find)
+    if found is None:
+        raise AuthenticationError(
+            "invalid", "The session is unknown or was collected; log in again."
+        )
+    row, name = found
+    ended = ended_reason(row, now)
+    if ended is not None:
+        raise AuthenticationError(ended.value, _ENDED_MESSAGES[ended])
+    login = LoginSession(row.id, row.user_id, name, row.expires_at)
+    if touch and (now - row.last_seen_at).total_seconds() >= database.settings.session_touch_s:
+        login = await extend(database, login) or login
+    return login
+
+
+async def extend(database: Database, login: LoginSession) -> LoginSession | None:
+    """Slide a live session's idle expiry forward; return it, or None if it has ended."""
+    settings = database.settings
+    now = database.clock()
+
+    async def work(session: AsyncSession) -> LoginSession | None:
+        row = await session.get(LoginSessionRow, login.id)
+        if row is None or ended_reason(row, now) is not None:
+            return None
+        row.last_seen_at = now
+        row.idle_expires_at = min(
+            now + dt.timedelta(seconds=settings.session_idle_s), row.absolute_expires_at
+        )
+        return dataclasses.replace(login, expires_at=row.expires_at)
+
+    return await database.write(work)
+
+
+async def revoke(database: Database, session_id: int, reason: SessionEndReason) -> bool:
+    """Revoke one session; return whether it was live."""
+    now = database.clock()
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(LoginSessionRow)
+            .where(LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason.value)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    return await database.write(work)
+
+
+async def revoke_all(database: Database, user_id: int, reason: SessionEndReason) -> list[int]:
+    """Revoke every live session of a user; return their ids."""
+    now = database.clock()
+
+    async def work(session: AsyncSession) -> list[int]:
+        ids = list(
+            (
+                await session.scalars(
+                    select(LoginSessionRow.id).where(
+                        LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None)
+                    )
+                )
+            ).all()
+        )
+        if ids:
+            await session.execute(
+                update(LoginSessionRow)
+                .where(LoginSessionRow.id.in_(ids))
+                .values(revoked_at=now, revoked_reason=reason.value)
+            )
+        return ids
+
+    return await database.write(work)
+
+
+def ended_reason(row: LoginSessionRow, now: dt.datetime) -> SessionEndReason | None:
+    """Return why a session has ended, or None while it is live."""
+    if row.revoked_at is not None:
+        return SessionEndReason(row.revoked_reason or SessionEndReason.REVOKED)
+    if row.expires_at <= now:
+        return SessionEndReason.EXPIRED
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collected:
+    """What one collection deleted."""
+
+    sessions: int
+    switches: int
+
+
+async def collect(database: Database) -> Collected:
+    """Delete ended sessions and switch-log rows older than the retention."""
+    now = database.clock()
+    cutoff = now - dt.timedelta(seconds=database.settings.switch_log_ttl_s)
+
+    async def work(session: AsyncSession) -> Collected:
+        sessions = await session.execute(
+            delete(LoginSessionRow).where(
+                or_(
+                    LoginSessionRow.revoked_at.is_not(None),
+                    LoginSessionRow.idle_expires_at <= now,
+                    LoginSessionRow.absolute_expires_at <= now,
+                )
+            )
+        )
+        switches = await session.execute(
+            delete(SwitchLogRow).where(SwitchLogRow.decided_at < cutoff)
+        )
+        return Collected(getattr(sessions, "rowcount", 0), getattr(switches, "rowcount", 0))
+
+    return await database.write(work)
+
+
+async def _statuses(
+    database: Database, ids: Iterable[int]
+) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
+    now = database.clock()
+    wanted = list(ids)
+
+    async def work(session: AsyncSession) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
+        found: dict[int, tuple[SessionEndReason | None, dt.datetime]] = {}
+        for start in range(0, len(wanted), 500):
+            rows = await session.scalars(
+                select(LoginSessionRow).where(LoginSessionRow.id.in_(wanted[start : start + 500]))
+            )
+            for row in rows:
+                found[row.id] = (ended_reason(row, now), row.expires_at)
+        return found
+
+    return await database.read(work)
+
+
+async def check(database: Database, hub: Hub) -> None:
+    """End the tabs of sessions that ended, and warn those of sessions about to expire."""
+    told = hub.session_ids()
+    if not told:
+        return
+    statuses = await _statuses(database, told)
+    now = database.clock()
+    warning = dt.timedelta(seconds=database.settings.session_warning_s)
+    for session_id in told:
+        status = statuses.get(session_id)
+        if status is None:
+            # Collected already: it was revoked or it expired; say which we can tell.
+            hub.end_session(session_id, SessionEndReason.REVOKED)
+            continue
+        ended, expires_at = status
+        if ended is not None:
+            hub.end_session(session_id, ended)
+        elif expires_at - now <= warning:
+            hub.warn_session(session_id, format_time(expires_at))
+        else:
+            hub.extend_session(session_id, format_time(expires_at))
+
+
+async def watch_forever(database: Database, hub: Hub) -> None:
+    """Check connected sessions and idle tabs every ``session_check_s``, until cancelled."""
+    interval = database.settings.session_check_s
+    while True:
+        await asyncio.sleep(interval)
+        hub.close_idle()
+        try:
+            await check(database, hub)
+        except StoreUnavailable as error:
+            logger.warning("session check skipped: %s", error)
+
+
+async def collect_forever(database: Database) -> None:
+    """Collect ended sessions and old switch-log rows every ``collect_interval_s``."""
+    while True:
+        await asyncio.sleep(database.settings.collect_interval_s)
+        try:
+            collected = await collect(database)
+        except StoreUnavailable as error:
+            logger.warning("collection skipped: %s", error)
+            continue
+        if collected.sessions or collected.switches:
+            logger.info(
+                "collected %d sessions and %d switch-log rows",
+                collected.sessions,
+                collected.switches,
+            )
+
+
+_ENDED_MESSAGES = {
+    SessionEndReason.EXPIRED: "The session expired; log in again.",
+    SessionEndReason.LOGOUT: "The session was logged out; log in again.",
+    SessionEndReason.REVOKED: "The session was revoked; log in again.",
+}

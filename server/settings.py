@@ -1,0 +1,102 @@
+"""Configuration: one frozen Settings, read from ``HUB_*`` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Hold every tunable of the hub; each field maps to the ``HUB_<FIELD>`` variable."""
+
+    database_url: str = "sqlite+aiosqlite:///hub.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Origins allowed to open a WebSocket or change state. Empty means "the hub's own origin".
+    allowed_origins: tuple[str, ...] = ()
+    cookie_secure: bool = False
+
+    # Login sessions.
+    session_idle_s: float = 24 * 3600
+    session_absolute_s: float = 7 * 24 * 3600
+    session_warning_s: float = 15 * 60
+    # Activity extends the idle expiry, but writes at most once per this many seconds.
+    session_touch_s: float = 60
+    # How often connected tabs' sessions are checked for expiry, revocation and warnings.
+    session_check_s: float = 2.0
+    # How often expired and revoked sessions and old switch-log rows are deleted.
+    collect_interval_s: float = 300
+    # How long a switch decision is remembered for idempotent retries (at least 600 s).
+    switch_log_ttl_s: float = 24 * 3600
+
+    # Per-tab and per-user limits.
+    max_tabs_per_user: int = 100
+    messages_per_second: float = 20
+    message_burst: int = 40
+    max_message_bytes: int = 64 * 1024
+    max_bad_messages: int = 10
+    outbox_size: int = 64
+    heartbeat_s: float = 25
+    # A tab that sends nothing (not even a ping) for this long is closed.
+    idle_timeout_s: float = 75
+
+    # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
+    sqlite_synchronous: str = "NORMAL"
+    sqlite_busy_timeout_ms: int = 5000
+
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.switch_log_ttl_s < 600:
+            raise ValueError("switch_log_ttl_s must be at least 600 seconds")
+        if self.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
+            raise ValueError("sqlite_synchronous must be NORMAL, FULL or EXTRA")
+        if self.session_idle_s <= 0 or self.session_absolute_s <= 0:
+            raise ValueError("session lifetimes must be positive")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build Settings from ``HUB_*`` variables, then apply explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(f"HUB_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = _parse(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the database is SQLite."""
+        return self.database_url.startswith("sqlite")
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = str(field.type)
+    try:
+        if kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"HUB_{field.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

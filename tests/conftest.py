@@ -1,0 +1,199 @@
+"""Harness: a real hub (uvicorn on 127.0.0.1, port 0) on a real SQLite file, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import exc as sa_exc
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from server.app import COOKIE, create_app, uvicorn_config
+from server.db import Database
+from server.hub import Hub
+from server.settings import Settings
+from server.store import seed_demo
+
+# SQLAlchemy's warnings (such as a connection garbage-collected while checked out) fail tests.
+warnings.simplefilter("error", sa_exc.SAWarning)
+
+TIMEOUT = 5.0
+
+
+class RunningHub:
+    """A hub served by uvicorn in this event loop, on its own port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database(self) -> Database:
+        database: Database = self.app.state.database
+        return database
+
+    @property
+    def hub(self) -> Hub:
+        hub: Hub = self.app.state.hub
+        return hub
+
+    async def start(self) -> RunningHub:
+        self._task = asyncio.create_task(self.server.serve(sockets=[self._sock]))
+        async with asyncio.timeout(TIMEOUT):
+            while not self.server.started:
+                if self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        await asyncio.wait_for(self._task, 15)
+        self._task = None
+        self._sock.close()
+
+    async def login(self, name: str, password: str | None = None) -> str:
+        """Log in over HTTP and return the session token from the cookie."""
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            response = await client.post(
+                "/api/login", json={"username": name, "password": password or f"{name}-demo-pw"}
+            )
+        assert response.status_code == 200, response.text
+        return response.cookies[COOKIE]
+
+    def http(self, token: str | None = None, **headers: str) -> httpx.AsyncClient:
+        """Return an HTTP client carrying ``token`` as the session cookie."""
+        cookies = {COOKIE: token} if token else None
+        return httpx.AsyncClient(
+            base_url=self.url, cookies=cookies, headers=headers, timeout=TIMEOUT
+        )
+
+    async def tab(self, token: str, tab: str | None = None, **kwargs: Any) -> Tab:
+        """Open a WebSocket as a tab and read its hello."""
+        query = f"?tab={tab}" if tab else ""
+        connection = await connect(
+            f"ws://127.0.0.1:{self.port}/ws{query}",
+            additional_headers={"Authorization": f"Bearer {token}"},
+            open_timeout=TIMEOUT,
+            **kwargs,
+        )
+        opened = Tab(connection)
+        opened.hello = await opened.receive()
+        assert opened.hello["type"] == "hello", opened.hello
+        opened.version = opened.hello["state"]["version"]
+        return opened
+
+
+class Tab:
+    """A WebSocket client standing in for a browser tab, recording what it received."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.hello: dict[str, Any] = {}
+        self.version = -1
+        self.received: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.connection.send(
+            message if isinstance(message, str | bytes) else json.dumps(message)
+        )
+
+    async def receive(self, within: float = TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.connection.recv(), within)
+        message: dict[str, Any] = json.loads(frame)
+        self.received.append(message)
+        if "state" in message and message["state"] and message["type"] in {"hello", "state"}:
+            self.version = message["state"]["version"]
+        return message
+
+    async def receive_type(self, kind: str, within: float = TIMEOUT) -> dict[str, Any]:
+        """Receive until a message of ``kind`` arrives."""
+        async with asyncio.timeout(within):
+            while True:
+                message = await self.receive()
+                if message["type"] == kind:
+                    return message
+
+    async def switch(self, request: str, platform: int, base: int | None = None) -> dict[str, Any]:
+        """Send a switch and return the answer to it (switched or rejected)."""
+        base = self.version if base is None else base
+        await self.send({"type": "switch", "id": request, "platform": platform, "base": base})
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                message = await self.receive()
+                if message["type"] in {"switched", "rejected"} and message["id"] == request:
+                    return message
+
+    async def closed(self, within: float = TIMEOUT) -> tuple[int | None, list[dict[str, Any]]]:
+        """Read until the hub closes the connection; return the close code and what came."""
+        messages = []
+        async with asyncio.timeout(within):
+            while True:
+                try:
+                    messages.append(await self.receive(within))
+                except ConnectionClosed:
+                    break
+        return self.connection.close_code, messages
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Return Settings for a test: a fresh SQLite file and fast timers."""
+    base: dict[str, Any] = {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}",
+        "session_check_s": 0.1,
+        "collect_interval_s": 3600,
+        "heartbeat_s": 5,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[RunningHub]:
+    """A running hub seeded with the demo users (alice, bob, carol)."""
+    hub = await RunningHub(settings).start()
+    await seed_demo(hub.database)
+    yield hub
+    database = hub.database
+    await hub.stop()
+    # Database hygiene: once the hub has stopped, no pooled connection is checked out.
+    assert database.checked_out() == 0
+
+
+def platform_ids(tab: Tab) -> list[int]:
+    return [p["id"] for p in tab.hello["state"]["platforms"]]
+
+
+def other_platform(state: dict[str, Any]) -> int:
+    return next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
