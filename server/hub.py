@@ -150,11 +150,12 @@ class Outbox:
         """Tell whether a close is queued."""
         return self._close is not None
 
-    def close(self, code: int, reason: str, last: str | None = None) -> None:
-        """Drop what is unsent, queue ``last`` if given, then the close."""
+    def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
+        """Queue ``last`` if given, then the close; ``drop`` discards what is unsent first."""
         if self._close is not None:
             return
-        self._frames.clear()
+        if drop:
+            self._frames.clear()
         if last is not None:
             self._frames.append((None, last))
         self._close = _Close(code, reason)
@@ -222,9 +223,9 @@ class Tab:
             logger.warning("closing slow tab %s of user %s", self.id, self.user.id)
             self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
 
-    def close(self, code: int, reason: str, last: str | None = None) -> None:
+    def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
         """Close the tab after sending ``last``, without waiting."""
-        self.outbox.close(code, reason, last)
+        self.outbox.close(code, reason, last, drop=drop)
 
     async def _write(self) -> None:
         try:
@@ -466,7 +467,8 @@ class Hub:
     def _bad_message(self, tab: Tab, detail: str) -> None:
         tab.bad_messages += 1
         if tab.bad_messages > self.max_bad_messages:
-            tab.close(CloseCode.PROTOCOL_ABUSE, "too many malformed messages")
+            # Keep the queued errors: they tell the client what it did wrong.
+            tab.close(CloseCode.PROTOCOL_ABUSE, "too many malformed messages", drop=False)
             return
         tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))
 

@@ -1,0 +1,230 @@
+"""Login sessions end to end: login, logout, logout-all, expiry, warning and collection."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from websockets.exceptions import InvalidStatus
+
+from server.app import COOKIE
+from server.db import LoginSessionRow
+from server.sessions import collect
+from server.store import seed_demo
+from tests.conftest import RunningHub, make_settings
+
+
+async def session_rows(running: RunningHub) -> list[LoginSessionRow]:
+    async def work(session: Any) -> list[LoginSessionRow]:
+        return list((await session.scalars(select(LoginSessionRow))).all())
+
+    rows: list[LoginSessionRow] = await running.database.read(work)
+    return rows
+
+
+async def test_login_sets_a_fresh_http_only_cookie_and_stores_only_a_hash(
+    running: RunningHub,
+) -> None:
+    """Each login issues a new token in an HttpOnly, SameSite=Lax cookie; only its hash is kept."""
+    async with running.http() as client:
+        first = await client.post(
+            "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+        )
+        second = await client.post(
+            "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+        )
+    assert first.status_code == second.status_code == 200
+    body = first.json()
+    assert body["user"]["name"] == "alice" and body["expires_at"].endswith("Z")
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "Path=/" in cookie and "Secure" not in cookie
+    tokens = [first.cookies[COOKIE], second.cookies[COOKIE]]
+    assert tokens[0] != tokens[1] and len(tokens[0]) >= 43  # 256 bits, base64url
+    stored = {row.token_hash for row in await session_rows(running)}
+    assert stored == {hashlib.sha256(t.encode()).hexdigest() for t in tokens}
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(running: RunningHub) -> None:
+    """Both failures get the same 401 invalid_credentials body."""
+    async with running.http() as client:
+        wrong = await client.post("/api/login", json={"username": "alice", "password": "nope-nope"})
+        unknown = await client.post(
+            "/api/login", json={"username": "mallory", "password": "nope-nope"}
+        )
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert wrong.json()["error"] == "invalid_credentials"
+    assert COOKIE not in wrong.cookies
+
+
+async def test_logout_ends_every_tab_of_that_session_only(running: RunningHub) -> None:
+    """Logout sends session_ended and 4001 to the session's tabs within 1 s; others stay."""
+    token = await running.login("alice")
+    other_device = await running.login("alice")
+    tabs = [await running.tab(token, f"t{i}") for i in range(3)]
+    survivor = await running.tab(other_device, "other")
+
+    async with running.http(token) as client:
+        response = await client.post("/api/logout")
+    assert response.status_code == 200 and response.json() == {"sessions": 1, "tabs": 3}
+
+    for tab in tabs:
+        code, messages = await tab.closed(within=1.0)
+        assert code == 4001
+        assert messages == [{"type": "session_ended", "reason": "logout"}]
+    await survivor.send({"type": "ping"})
+    assert await survivor.receive() == {"type": "pong"}
+    async with running.http(token) as client:
+        after = await client.get("/api/state")
+    assert after.status_code == 401 and after.json()["reason"] == "logout"
+    async with running.http(other_device) as client:
+        assert (await client.get("/api/state")).status_code == 200
+    await survivor.close()
+
+
+async def test_logout_all_ends_every_session_of_the_user(running: RunningHub) -> None:
+    """Logout-all ends the tabs of all the user's sessions, and no other user's."""
+    phone, laptop = await running.login("alice"), await running.login("alice")
+    tabs = [
+        await running.tab(phone, "p"),
+        await running.tab(laptop, "l1"),
+        await running.tab(laptop, "l2"),
+    ]
+    bob = await running.tab(await running.login("bob"), "b")
+
+    async with running.http(phone) as client:
+        response = await client.post("/api/logout-all")
+    assert response.json() == {"sessions": 2, "tabs": 3}
+    for tab in tabs:
+        assert (await tab.closed(within=1.0))[0] == 4001
+    await bob.send({"type": "ping"})
+    assert await bob.receive() == {"type": "pong"}
+    for token in (phone, laptop):
+        async with running.http(token) as client:
+            assert (await client.post("/api/logout")).status_code == 401
+    await bob.close()
+
+
+async def test_logout_without_a_session_is_refused(running: RunningHub) -> None:
+    """Logout needs a session: without one it is 401 and ends nothing."""
+    tab = await running.tab(await running.login("alice"), "a")
+    async with running.http() as client:
+        response = await client.post("/api/logout")
+    assert response.status_code == 401 and response.json()["reason"] == "missing"
+    await tab.send({"type": "ping"})
+    assert await tab.receive() == {"type": "pong"}
+    await tab.close()
+
+
+async def test_idle_expiry_warns_then_ends_tabs(tmp_path: Path) -> None:
+    """With a short idle TTL a tab is warned, then told the session expired, then closed 4001."""
+    settings = make_settings(
+        tmp_path, session_idle_s=1.5, session_warning_s=1.0, session_touch_s=60
+    )
+    running = await RunningHub(settings).start()
+    try:
+        await seed_demo(running.database)
+        token = await running.login("alice")
+        tab = await running.tab(token, "a")
+        warning = await tab.receive_type("session_expiring", within=3)
+        assert warning["expires_at"] == tab.hello["session"]["expires_at"]
+        code, messages = await tab.closed(within=3)
+        assert code == 4001 and messages[-1] == {"type": "session_ended", "reason": "expired"}
+        async with running.http(token) as client:
+            response = await client.get("/api/state")
+        assert response.status_code == 401 and response.json()["reason"] == "expired"
+        # Reconnecting with the expired session is refused before the upgrade.
+        try:
+            await running.tab(token, "again")
+        except InvalidStatus as refused:
+            assert refused.response.status_code == 401
+        else:
+            raise AssertionError("an expired session was let in")
+    finally:
+        await running.stop()
+
+
+async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path) -> None:
+    """Requests extend the idle expiry (writes throttled); the absolute expiry caps it."""
+    settings = make_settings(
+        tmp_path,
+        session_idle_s=2.0,
+        session_absolute_s=3.0,
+        session_touch_s=0.2,
+        session_warning_s=0,
+    )
+    running = await RunningHub(settings).start()
+    try:
+        await seed_demo(running.database)
+        token = await running.login("alice")
+        async with running.http(token) as client:
+            first = (await client.get("/api/state")).json()["session"]["expires_at"]
+            await asyncio.sleep(0.5)
+            second = (await client.get("/api/state")).json()["session"]["expires_at"]
+            assert second > first
+            extended = await client.post("/api/session/extend")
+            assert extended.status_code == 200
+            for _ in range(6):
+                await asyncio.sleep(0.5)
+                response = await client.get("/api/state")
+                if response.status_code == 401:
+                    break
+            assert response.status_code == 401 and response.json()["reason"] == "expired"
+        [row] = await session_rows(running)
+        assert row.expires_at == row.absolute_expires_at
+    finally:
+        await running.stop()
+
+
+async def test_collection_deletes_ended_sessions_and_old_switch_log(tmp_path: Path) -> None:
+    """The collector deletes revoked and expired sessions and keeps the live one."""
+    settings = make_settings(tmp_path, session_idle_s=0.5, session_touch_s=60)
+    running = await RunningHub(settings).start()
+    try:
+        await seed_demo(running.database)
+        expired = await running.login("alice")
+        revoked = await running.login("bob")
+        async with running.http(revoked) as client:
+            await client.post("/api/logout")
+        await asyncio.sleep(0.6)
+        live = await running.login("carol")
+        assert len(await session_rows(running)) == 3
+
+        collected = await collect(running.database)
+
+        assert collected.sessions == 2
+        rows = await session_rows(running)
+        assert [row.user_id for row in rows] == [3]
+        for token in (expired, revoked):
+            async with running.http(token) as client:
+                response = await client.get("/api/state")
+            assert response.status_code == 401 and response.json()["reason"] == "invalid"
+        async with running.http(live) as client:
+            assert (await client.get("/api/state")).status_code == 200
+
+        async def count(session: Any) -> int:
+            return int(await session.scalar(select(func.count()).select_from(LoginSessionRow)))
+
+        assert await running.database.read(count) == 1
+    finally:
+        await running.stop()
+
+
+async def test_collector_runs_by_itself(tmp_path: Path) -> None:
+    """The background collector removes ended sessions without being asked."""
+    settings = make_settings(tmp_path, collect_interval_s=0.2)
+    running = await RunningHub(settings).start()
+    try:
+        await seed_demo(running.database)
+        token = await running.login("alice")
+        async with running.http(token) as client:
+            await client.post("/api/logout")
+        async with asyncio.timeout(5):
+            while await session_rows(running):  # noqa: ASYNC110 - polls the database
+                await asyncio.sleep(0.1)
+    finally:
+        await running.stop()
