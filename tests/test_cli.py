@@ -1,0 +1,80 @@
+"""The hub command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def hub(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_user_and_platform_admin(tmp_path: Path) -> None:
+    """user add and platform add create rows, and refuse duplicates with a clear error."""
+    created = hub(tmp_path, "user", "add", "dana", "--password", "dana-secret")
+    assert created.returncode == 0 and "created user dana" in created.stdout
+    again = hub(tmp_path, "user", "add", "dana", "--password", "dana-secret")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    added = hub(
+        tmp_path, "platform", "add", "dana", "Pix", "--kind", "pixelfed",
+        "--instance-url", "https://pixelfed.social", "--username", "dana", "--default",
+    )  # fmt: skip
+    assert added.returncode == 0 and "added platform Pix to dana" in added.stdout
+    unknown = hub(
+        tmp_path, "platform", "add", "nobody", "Pix", "--kind", "pixelfed",
+        "--instance-url", "https://pixelfed.social", "--username", "x",
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "no user named 'nobody'" in unknown.stderr
+
+
+def test_demo_is_idempotent_and_prints_logins(tmp_path: Path) -> None:
+    """hub demo seeds once and prints the demo logins each time."""
+    first, second = hub(tmp_path, "demo"), hub(tmp_path, "demo")
+    assert "(3 created now)" in first.stdout and "(0 created now)" in second.stdout
+    assert "alice-demo-pw" in second.stdout
+
+
+def test_version() -> None:
+    """hub --version prints the package version."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--version"], capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "hub 0.1.0"
+
+
+def test_serve_starts_and_answers_health(tmp_path: Path) -> None:
+    """hub serve creates the schema, listens and answers /healthz, then stops on SIGTERM."""
+    env = {**os.environ, "HUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            found = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "hub serve did not report its port"
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+    finally:
+        process.terminate()
+        _, rest = process.communicate(timeout=20)
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught.
+    assert process.returncode in (0, -15)
+    assert "Application shutdown complete" in rest

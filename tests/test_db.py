@@ -1,0 +1,169 @@
+"""The database layer: SQLite pragmas, pool hygiene under cancellation, and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+
+from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
+from server.protocol import Switch
+from server.store import SqlStore, seed_demo
+from tests.conftest import RunningHub, make_settings, other_platform
+
+
+async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(
+    tmp_path: Path,
+) -> None:
+    """Each connection of the pool runs with WAL, the busy timeout, foreign keys and synchronous."""
+    database = Database(
+        make_settings(tmp_path, sqlite_busy_timeout_ms=1234, sqlite_synchronous="FULL")
+    )
+    await database.create_schema()
+    release = asyncio.Event()
+
+    async def pragmas(session: Any) -> tuple[Any, ...]:
+        values = []
+        for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous"):
+            values.append((await session.execute(text(f"PRAGMA {name}"))).scalar())
+        await release.wait()
+        return tuple(values)
+
+    # Hold three connections at once so the pool has to open three.
+    tasks = [asyncio.create_task(database.read(pragmas)) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    assert database.checked_out() == 3
+    release.set()
+    assert await asyncio.gather(*tasks) == [("wal", 1234, 1, 2)] * 3
+    assert database.checked_out() == 0
+    await database.dispose()
+
+
+async def test_cancelled_switch_leaks_no_connection_and_half_applies_nothing(
+    tmp_path: Path,
+) -> None:
+    """Cancelling callers mid-switch leaves no connection checked out and no partial state."""
+    database = Database(make_settings(tmp_path))
+    await database.create_schema()
+    await seed_demo(database)
+    store = SqlStore(database)
+
+    async def login_id(session: Any) -> int:
+        row = LoginSessionRow(
+            user_id=1,
+            token_hash="0" * 64,
+            created_at=database.clock(),
+            last_seen_at=database.clock(),
+            idle_expires_at=database.clock().replace(year=2100),
+            absolute_expires_at=database.clock().replace(year=2100),
+        )
+        session.add(row)
+        await session.flush()
+        return row.id
+
+    session_id = await database.write(login_id)
+    for attempt in range(20):
+        state = await store.load_state(1)
+        request = Switch(id=f"c{attempt}", platform=other_platform_of(state), base=state.version)
+        task = asyncio.create_task(store.switch(1, session_id, request, "t"))
+        await asyncio.sleep(attempt * 0.0005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    await asyncio.sleep(0.3)
+    assert database.checked_out() == 0
+
+    async def consistent(session: Any) -> tuple[int, int]:
+        version = (await session.get(PlatformStateRow, 1)).version
+        accepted = await session.scalar(
+            select(func.count()).select_from(SwitchLogRow).where(SwitchLogRow.accepted)
+        )
+        return version, int(accepted)
+
+    version, accepted = await database.read(consistent)
+    # Every switch that committed moved the version by one, and only those did.
+    assert version == accepted
+    await database.dispose()
+
+
+def other_platform_of(state: Any) -> int:
+    return next(p.id for p in state.platforms if p.id != state.active)
+
+
+async def test_tabs_leaving_mid_switch_leave_the_pool_clean(running: RunningHub) -> None:
+    """Tabs that send a switch and vanish at once leave no connection checked out."""
+    token = await running.login("alice")
+    for i in range(10):
+        tab = await running.tab(token, f"gone{i}")
+        state = tab.hello["state"]
+        await tab.send(
+            {
+                "type": "switch",
+                "id": f"g{i}",
+                "platform": other_platform(state),
+                "base": state["version"],
+            }
+        )
+        tab.connection.transport.abort()
+    async with asyncio.timeout(5):
+        while running.hub.tabs():  # noqa: ASYNC110 - waits for the hub to notice
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert running.database.checked_out() == 0
+
+
+async def test_locked_database_rejects_unavailable_then_recovers(tmp_path: Path) -> None:
+    """With the database locked, switches are rejected unavailable; the tab stays and recovers."""
+    settings = make_settings(tmp_path, sqlite_busy_timeout_ms=200)
+    running = await RunningHub(settings).start()
+    try:
+        await seed_demo(running.database)
+        token = await running.login("alice")
+        tab = await running.tab(token, "a")
+        target = other_platform(tab.hello["state"])
+        path = settings.database_url.split("///", 1)[1]
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = await tab.switch("r1", target)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert rejected["reason"] == "unavailable"
+        assert rejected["state"] == tab.hello["state"]
+        assert "nothing was changed" in rejected["message"]
+        # The same request id is not remembered as rejected: once the database is back it applies.
+        assert await tab.switch("r1", target) == {"type": "switched", "id": "r1", "version": 1}
+        assert running.database.checked_out() == 0
+        await tab.close()
+    finally:
+        await running.stop()
+
+
+async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
+    """A switch under a session revoked in the database is not applied; the tab gets 4001."""
+    token = await running.login("alice")
+    tab = await running.tab(token, "a")
+
+    async def revoke(session: Any) -> None:
+        await session.execute(
+            update(LoginSessionRow).values(
+                revoked_at=running.database.clock(), revoked_reason="logout"
+            )
+        )
+
+    await running.database.write(revoke)
+    await tab.send(
+        {"type": "switch", "id": "late", "platform": other_platform(tab.hello["state"]), "base": 0}
+    )
+    code, messages = await tab.closed()
+    assert code == 4001 and messages == [{"type": "session_ended", "reason": "logout"}]
+
+    async def state(session: Any) -> tuple[int, int]:
+        logged = await session.scalar(select(func.count()).select_from(SwitchLogRow))
+        return (await session.get(PlatformStateRow, 1)).version, int(logged)
+
+    assert await running.database.read(state) == (0, 0)

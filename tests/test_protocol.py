@@ -1,0 +1,71 @@
+"""Wire messages: decoding what tabs send and encoding what the hub sends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.errors import BadMessage
+from server.protocol import (
+    Cause,
+    CloseCode,
+    Ping,
+    Rejected,
+    RejectReason,
+    StateMessage,
+    StateView,
+    Switch,
+    decode,
+    decode_server,
+    encode,
+)
+
+
+def test_decode_client_messages() -> None:
+    """Valid switch and ping frames decode to their structs."""
+    assert decode('{"type":"switch","id":"r1","platform":2,"base":0}') == Switch(
+        id="r1", platform=2, base=0
+    )
+    assert decode(b'{"type":"ping"}') == Ping()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "",
+        "{",
+        '{"type":"switch","id":"x","platform":1}',
+        '{"type":"switch","id":"' + "x" * 65 + '","platform":1,"base":0}',
+        '{"type":"switch","id":"x","platform":0,"base":0}',
+        '{"type":"switch","id":"x","platform":1,"base":1.5}',
+        '{"type":"hello"}',
+    ],
+)
+def test_decode_rejects_bad_frames(frame: str) -> None:
+    """Malformed, incomplete, out-of-range and server-only messages raise BadMessage."""
+    with pytest.raises(BadMessage):
+        decode(frame)
+
+
+def test_encode_is_compact_json_with_the_type_first() -> None:
+    """Server messages encode to the documented JSON shape and decode back."""
+    state = StateView(version=2, active=None, platforms=())
+    message = StateMessage(state=state, cause=Cause(kind="switch", tab="t", request="r"))
+    frame = encode(message)
+    assert frame.startswith('{"type":"state"')
+    assert json.loads(frame) == {
+        "type": "state",
+        "state": {"version": 2, "active": None, "platforms": []},
+        "cause": {"kind": "switch", "tab": "t", "request": "r"},
+    }
+    assert decode_server(frame) == message
+    rejected = Rejected(id="r", reason=RejectReason.STALE, message="m", state=None)
+    assert json.loads(encode(rejected))["reason"] == "stale"
+
+
+def test_hub_close_codes_are_in_the_application_range() -> None:
+    """The hub's own close codes lie in 4000-4999; 4001 is the terminal session end."""
+    own = [code for code in CloseCode if code >= 4000]
+    assert all(4000 <= code <= 4999 for code in own)
+    assert CloseCode.SESSION_ENDED == 4001
