@@ -133,7 +133,8 @@ async def test_oversized_frame_closes_with_1009_and_changes_nothing(running: Run
 
 async def test_rate_limit_rejects_excess_switches(tmp_path: Path) -> None:
     """Past the burst, switches are rejected rate_limited with the current state; none applied."""
-    settings = make_settings(tmp_path, messages_per_second=1, message_burst=3)
+    # One token per 10 s: no refill can sneak in while the six frames are handled.
+    settings = make_settings(tmp_path, messages_per_second=0.1, message_burst=3)
     running = await RunningHub(settings).start()
     try:
         await seed_demo(running.database)
@@ -172,15 +173,15 @@ async def test_tab_limit_closes_the_extra_tab_with_4003(tmp_path: Path) -> None:
 
 async def test_silent_tab_is_closed_with_4004(tmp_path: Path) -> None:
     """A tab that sends nothing, not even pings, for idle_timeout_s is closed with 4004."""
-    running = await RunningHub(make_settings(tmp_path, idle_timeout_s=0.5)).start()
+    running = await RunningHub(make_settings(tmp_path, idle_timeout_s=1.0)).start()
     try:
         await seed_demo(running.database)
         token = await running.login("alice")
         silent, talking = await running.tab(token, "silent"), await running.tab(token, "talking")
-        for _ in range(8):
+        for _ in range(20):
             await talking.send({"type": "ping"})
             await talking.receive()
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.1)
         code, _ = await silent.closed()
         assert code == 4004
         await talking.send({"type": "ping"})
