@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import warnings
@@ -179,16 +180,25 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-async def running(settings: Settings) -> AsyncIterator[RunningHub]:
-    """A running hub seeded with the demo users (alice, bob, carol)."""
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[RunningHub]:
+    """Run a hub seeded with the demo users (alice, bob, carol) for the block's duration."""
     hub = await RunningHub(settings).start()
-    await seed_demo(hub.database)
-    yield hub
-    database = hub.database
-    await hub.stop()
+    try:
+        await seed_demo(hub.database)
+        yield hub
+    finally:
+        database = hub.database
+        await hub.stop()
     # Database hygiene: once the hub has stopped, no pooled connection is checked out.
     assert database.checked_out() == 0
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[RunningHub]:
+    """A running hub seeded with the demo users."""
+    async with serve(settings) as hub:
+        yield hub
 
 
 def platform_ids(tab: Tab) -> list[int]:

@@ -9,8 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from server.store import seed_demo
-from tests.conftest import RunningHub, make_settings, other_platform
+from tests.conftest import RunningHub, make_settings, other_platform, serve
 
 
 async def refused_status(running: RunningHub, **kwargs: object) -> tuple[int, bytes]:
@@ -32,11 +31,7 @@ async def test_foreign_origin_is_refused_before_the_upgrade(running: RunningHub)
 
 async def test_own_and_allowlisted_origins_are_accepted(tmp_path: Path) -> None:
     """The hub's own origin and HUB_ALLOWED_ORIGINS entries may connect."""
-    running = await RunningHub(
-        make_settings(tmp_path, allowed_origins=("https://app.example",))
-    ).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(make_settings(tmp_path, allowed_origins=("https://app.example",))) as running:
         token = await running.login("alice")
         for origin in (running.url, "https://app.example"):
             tab = await running.tab(token, "a", origin=origin)
@@ -44,8 +39,6 @@ async def test_own_and_allowlisted_origins_are_accepted(tmp_path: Path) -> None:
         async with running.http(token, origin="https://other.example") as client:
             refused = await client.post("/api/switch", json={"id": "r", "platform": 1, "base": 0})
         assert refused.status_code == 403 and refused.json()["error"] == "forbidden_origin"
-    finally:
-        await running.stop()
 
 
 async def test_missing_and_invalid_sessions_are_refused_before_the_upgrade(
@@ -135,9 +128,7 @@ async def test_rate_limit_rejects_excess_switches(tmp_path: Path) -> None:
     """Past the burst, switches are rejected rate_limited with the current state; none applied."""
     # One token per 10 s: no refill can sneak in while the six frames are handled.
     settings = make_settings(tmp_path, messages_per_second=0.1, message_burst=3)
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         tab = await running.tab(await running.login("alice"), "a")
         active = tab.hello["state"]["active"]
         for i in range(6):
@@ -148,15 +139,11 @@ async def test_rate_limit_rejects_excess_switches(tmp_path: Path) -> None:
         assert reasons[3:] == ["rate_limited"] * 3
         assert answers[5]["state"]["version"] == 0
         await tab.close()
-    finally:
-        await running.stop()
 
 
 async def test_tab_limit_closes_the_extra_tab_with_4003(tmp_path: Path) -> None:
     """A user's tab beyond max_tabs_per_user is closed with 4003; a reused tab id replaces."""
-    running = await RunningHub(make_settings(tmp_path, max_tabs_per_user=2)).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(make_settings(tmp_path, max_tabs_per_user=2)) as running:
         token = await running.login("alice")
         first, _second = await running.tab(token, "a"), await running.tab(token, "b")
         with pytest.raises(ConnectionClosedError) as closed:
@@ -167,15 +154,11 @@ async def test_tab_limit_closes_the_extra_tab_with_4003(tmp_path: Path) -> None:
         code, _ = await first.closed()
         assert code == 4005
         assert len(running.hub.tabs()) == 2
-    finally:
-        await running.stop()
 
 
 async def test_silent_tab_is_closed_with_4004(tmp_path: Path) -> None:
     """A tab that sends nothing, not even pings, for idle_timeout_s is closed with 4004."""
-    running = await RunningHub(make_settings(tmp_path, idle_timeout_s=1.0)).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(make_settings(tmp_path, idle_timeout_s=1.0)) as running:
         token = await running.login("alice")
         silent, talking = await running.tab(token, "silent"), await running.tab(token, "talking")
         for _ in range(20):
@@ -186,8 +169,6 @@ async def test_silent_tab_is_closed_with_4004(tmp_path: Path) -> None:
         assert code == 4004
         await talking.send({"type": "ping"})
         assert await talking.receive() == {"type": "pong"}
-    finally:
-        await running.stop()
 
 
 async def test_shutdown_closes_every_tab_with_1012(running: RunningHub) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text, update
 from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
 from server.protocol import Switch
 from server.store import SqlStore, seed_demo
-from tests.conftest import RunningHub, make_settings, other_platform
+from tests.conftest import RunningHub, make_settings, other_platform, serve
 
 
 async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(
@@ -118,9 +118,7 @@ async def test_tabs_leaving_mid_switch_leave_the_pool_clean(running: RunningHub)
 async def test_locked_database_rejects_unavailable_then_recovers(tmp_path: Path) -> None:
     """With the database locked, switches are rejected unavailable; the tab stays and recovers."""
     settings = make_settings(tmp_path, sqlite_busy_timeout_ms=200)
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         token = await running.login("alice")
         tab = await running.tab(token, "a")
         target = other_platform(tab.hello["state"])
@@ -139,8 +137,6 @@ async def test_locked_database_rejects_unavailable_then_recovers(tmp_path: Path)
         assert await tab.switch("r1", target) == {"type": "switched", "id": "r1", "version": 1}
         assert running.database.checked_out() == 0
         await tab.close()
-    finally:
-        await running.stop()
 
 
 async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:

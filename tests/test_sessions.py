@@ -13,8 +13,7 @@ from websockets.exceptions import InvalidStatus
 from server.app import COOKIE
 from server.db import LoginSessionRow
 from server.sessions import collect
-from server.store import seed_demo
-from tests.conftest import RunningHub, make_settings
+from tests.conftest import RunningHub, make_settings, serve
 
 
 async def session_rows(running: RunningHub) -> list[LoginSessionRow]:
@@ -125,9 +124,7 @@ async def test_idle_expiry_warns_then_ends_tabs(tmp_path: Path) -> None:
     settings = make_settings(
         tmp_path, session_idle_s=1.5, session_warning_s=1.0, session_touch_s=60
     )
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         token = await running.login("alice")
         tab = await running.tab(token, "a")
         warning = await tab.receive_type("session_expiring", within=3)
@@ -144,8 +141,6 @@ async def test_idle_expiry_warns_then_ends_tabs(tmp_path: Path) -> None:
             assert refused.response.status_code == 401
         else:
             raise AssertionError("an expired session was let in")
-    finally:
-        await running.stop()
 
 
 async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path) -> None:
@@ -157,9 +152,7 @@ async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path)
         session_touch_s=0.2,
         session_warning_s=0,
     )
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         token = await running.login("alice")
         async with running.http(token) as client:
             first = (await client.get("/api/state")).json()["session"]["expires_at"]
@@ -176,16 +169,12 @@ async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path)
             assert response.status_code == 401 and response.json()["reason"] == "expired"
         [row] = await session_rows(running)
         assert row.expires_at == row.absolute_expires_at
-    finally:
-        await running.stop()
 
 
 async def test_collection_deletes_ended_sessions_and_old_switch_log(tmp_path: Path) -> None:
     """The collector deletes revoked and expired sessions and keeps the live one."""
     settings = make_settings(tmp_path, session_idle_s=0.5, session_touch_s=60)
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         expired = await running.login("alice")
         revoked = await running.login("bob")
         async with running.http(revoked) as client:
@@ -210,21 +199,15 @@ async def test_collection_deletes_ended_sessions_and_old_switch_log(tmp_path: Pa
             return int(await session.scalar(select(func.count()).select_from(LoginSessionRow)))
 
         assert await running.database.read(count) == 1
-    finally:
-        await running.stop()
 
 
 async def test_collector_runs_by_itself(tmp_path: Path) -> None:
     """The background collector removes ended sessions without being asked."""
     settings = make_settings(tmp_path, collect_interval_s=0.2)
-    running = await RunningHub(settings).start()
-    try:
-        await seed_demo(running.database)
+    async with serve(settings) as running:
         token = await running.login("alice")
         async with running.http(token) as client:
             await client.post("/api/logout")
         async with asyncio.timeout(5):
             while await session_rows(running):  # noqa: ASYNC110 - polls the database
                 await asyncio.sleep(0.1)
-    finally:
-        await running.stop()
