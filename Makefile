@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint browser clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -25,8 +25,14 @@ lint: setup
 	$(BIN)/ruff format --check server tests
 	$(BIN)/mypy
 
-test: lint
+# Debian's Chromium for tests/browser (installed when run as root with apt-get, as on CI).
+browser:
+	scripts/ensure-chromium
+
+# Lint and type checks, the Python suite (hub, sessions, real browser) and the client's unit tests.
+test: lint browser
 	$(BIN)/pytest
+	scripts/node-tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

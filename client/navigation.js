@@ -1,23 +1,57 @@
 // The hub's browser client: one dependency-free ES module, no build step.
-// This is the minimal client of the first slice: connect, resync from hello, switch with the
-// last-seen version, reconnect with full-jitter backoff, stop on the terminal close 4001.
-// docs/protocol.md describes every message; the typedefs below mirror server/protocol.py.
+//
+//   import { HubClient } from "/client/navigation.js";
+//   const hub = new HubClient({ url: "/ws" });
+//   hub.addEventListener("state", (e) => render(e.detail));
+//   await hub.switchPlatform(id);
+//
+// docs/client.md documents every option, event and field; docs/protocol.md every message.
+// The building blocks (Backoff, Debouncer, Switcher, mergeState, TabChannel) are exported for
+// tests/client/*.test.js, which run them under node's test runner with fake timers.
 
 /**
- * @typedef {{id: number, name: string, kind: string, instance_url: string, username: string, is_default: boolean}} Platform
- * @typedef {{version: number, active: number|null, platforms: Platform[]}} State
- * @typedef {{type: "hello", protocol: number, tab: string, user: {id: number, name: string}, state: State, session: {expires_at: string}, heartbeat_s: number}} Hello
- * @typedef {{type: "switched", id: string, version: number}} Switched
- * @typedef {{type: "rejected", id: string, reason: string, message: string, state: State|null}} Rejected
- * @typedef {{type: "state", state: State, cause: {kind: "switch", tab: string|null, request: string}}} StateMessage
- * @typedef {{type: "session_expiring", expires_at: string}} SessionExpiring
- * @typedef {{type: "session_ended", reason: "logout"|"expired"|"revoked"}} SessionEnded
- * @typedef {{type: "error", code: string, message: string}} ErrorMessage
+ * Messages of the wire protocol; they mirror server/protocol.py.
+ * @typedef {{id: number, name: string, kind: string, instance_url: string, username: string, is_default: boolean}} PlatformView
+ * @typedef {{version: number, active: number|null, platforms: PlatformView[]}} StateView
+ * @typedef {{id: number, name: string}} UserInfo
+ * @typedef {{expires_at: string}} SessionInfo
+ * @typedef {{kind: "switch", tab: string|null, request: string}} Cause
+ * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"} RejectReason
+ * @typedef {"logout"|"expired"|"revoked"} SessionEndReason
+ * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"} ErrorCode
+ *
+ * From a tab:
+ * @typedef {{type: "switch", id: string, platform: number, base: number}} Switch
+ * @typedef {{type: "ping"}} Ping
+ * @typedef {Switch|Ping} ClientMessage
+ *
+ * From the hub:
+ * @typedef {{type: "hello", protocol: number, tab: string, user: UserInfo, state: StateView, session: SessionInfo, heartbeat_s: number}} Hello
  * @typedef {{type: "pong"}} Pong
- * @typedef {Hello|Switched|Rejected|StateMessage|SessionExpiring|SessionEnded|ErrorMessage|Pong} ServerMessage
+ * @typedef {{type: "switched", id: string, version: number}} Switched
+ * @typedef {{type: "rejected", id: string, reason: RejectReason, message: string, state: StateView|null}} Rejected
+ * @typedef {{type: "state", state: StateView, cause: Cause}} StateMessage
+ * @typedef {{type: "session_expiring", expires_at: string}} SessionExpiring
+ * @typedef {{type: "session_ended", reason: SessionEndReason}} SessionEnded
+ * @typedef {{type: "error", code: ErrorCode, message: string}} ErrorMessage
+ * @typedef {Hello|Pong|Switched|Rejected|StateMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
+ *
+ * HTTP bodies:
+ * @typedef {{user: UserInfo, state: StateView, session: SessionInfo}} StateResponse
+ * @typedef {{user: UserInfo, expires_at: string}} SessionView
+ * @typedef {{error: ErrorCode, message: string, reason: string|null}} ErrorBody
+ *
+ * What the client emits:
+ * @typedef {{version: number, active: number|null, platforms: PlatformView[], pending: number|null}} ClientState
+ * @typedef {"connecting"|"open"|"reconnecting"|"degraded"|"ended"|"closed"} Status
+ * @typedef {{ok: true, version: number, platform: number}
+ *         | {ok: false, reason: RejectReason|"superseded"|"timeout"|"ended"|"closed", message: string, state?: StateView|null}} Decision
  */
 
 export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
   SESSION_ENDED: 4001,
   PROTOCOL_ABUSE: 4002,
   TAB_LIMIT: 4003,
@@ -26,141 +60,758 @@ export const CloseCode = Object.freeze({
   SLOW_CONSUMER: 4008,
 });
 
-function tabId() {
-  let id = sessionStorage.getItem("hub.tab");
-  if (!id) {
-    id = crypto.randomUUID();
-    sessionStorage.setItem("hub.tab", id);
-  }
-  return id;
+export const DEFAULTS = Object.freeze({
+  url: "/ws",
+  api: "/api",
+  baseDelayMs: 500,
+  maxDelayMs: 20000,
+  healthyAfterMs: 10000,
+  pongTimeoutMs: 10000,
+  debounceMs: 150,
+  switchTimeoutMs: 15000,
+  degradedAfter: 3,
+  pollIntervalMs: 5000,
+  claimWindowMs: 80,
+  channelName: "platform-hub",
+  tabKey: "platform-hub.tab",
+});
+
+const randomId = () => globalThis.crypto.randomUUID();
+
+// Pure building blocks.
+
+/** Full-jitter backoff: a delay drawn uniformly from [0, min(cap, base * 2**attempt)). */
+export function backoffDelay(attempt, baseMs, capMs, random = Math.random) {
+  return random() * Math.min(capMs, baseMs * 2 ** attempt);
 }
 
-export class HubClient extends EventTarget {
-  /** @param {{url?: string, baseDelayMs?: number, maxDelayMs?: number}} [options] */
-  constructor(options = {}) {
-    super();
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    this.url = new URL(options.url ?? "/ws", `${scheme}//${location.host}`);
-    this.baseDelayMs = options.baseDelayMs ?? 500;
-    this.maxDelayMs = options.maxDelayMs ?? 20000;
-    /** @type {State|null} */ this.state = null;
-    this.status = "connecting";
+/**
+ * Reconnect delays with full jitter. The attempt count resets only after a connection has
+ * stayed healthy for `healthyAfterMs`, so a hub that accepts and then drops at once is not
+ * hammered.
+ */
+export class Backoff {
+  constructor({ baseDelayMs, maxDelayMs, healthyAfterMs }, random = Math.random) {
+    this.baseDelayMs = baseDelayMs;
+    this.maxDelayMs = maxDelayMs;
+    this.healthyAfterMs = healthyAfterMs;
+    this.random = random;
     this.attempt = 0;
-    this.closed = false;
-    /** @type {Map<string, {resolve: Function}>} */ this.waiting = new Map();
-    this.timers = new Set();
-    this.connect();
+    this.healthyTimer = null;
   }
 
-  connect() {
-    if (this.closed) return;
-    this.url.searchParams.set("tab", tabId());
-    const socket = new WebSocket(this.url);
-    this.socket = socket;
-    socket.onmessage = (event) => this.receive(JSON.parse(event.data));
-    socket.onclose = (event) => this.lost(event.code);
+  /** The delay before the next attempt; each call counts one more attempt. */
+  next() {
+    this.lost();
+    return backoffDelay(this.attempt++, this.baseDelayMs, this.maxDelayMs, this.random);
   }
 
-  /** @param {ServerMessage} message */
-  receive(message) {
-    switch (message.type) {
-      case "hello":
-        this.attempt = 0;
-        this.setStatus("open");
-        this.heartbeat(message.heartbeat_s);
-        this.apply(message.state, true);
-        break;
-      case "state":
-        this.apply(message.state);
-        break;
-      case "switched":
-        this.settle(message.id, { ok: true, version: message.version });
-        break;
-      case "rejected":
-        if (message.state) this.apply(message.state);
-        this.dispatchEvent(new CustomEvent("rejected", { detail: message }));
-        this.settle(message.id, { ok: false, reason: message.reason, message: message.message });
-        break;
-      case "session_expiring":
-        this.dispatchEvent(new CustomEvent("session", { detail: { kind: "expiring", expires_at: message.expires_at } }));
-        break;
-      case "session_ended":
-        this.dispatchEvent(new CustomEvent("session", { detail: { kind: "ended", reason: message.reason } }));
-        break;
-      case "pong":
-        break;
-      case "error":
-        console.warn("hub error", message.code, message.message);
-        break;
-      default:
-        console.warn("hub: unknown message type", message);
-    }
+  /** A connection is up: forget the failures once it has stayed up for a while. */
+  connected() {
+    this.lost();
+    this.healthyTimer = setTimeout(() => {
+      this.healthyTimer = null;
+      this.attempt = 0;
+    }, this.healthyAfterMs);
   }
 
-  /** Show a state only if it is newer than the one shown: versions never go back. */
-  apply(state, force = false) {
-    if (!force && this.state && state.version <= this.state.version) return;
-    if (this.state && state.version < this.state.version) return;
-    this.state = state;
-    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  /** The connection is gone before it proved healthy: keep counting. */
+  lost() {
+    clearTimeout(this.healthyTimer);
+    this.healthyTimer = null;
+  }
+}
+
+/** Calls `callback(value)` once calls to `push(value)` pause for `delayMs`, with the last value. */
+export class Debouncer {
+  constructor(delayMs, callback) {
+    this.delayMs = delayMs;
+    this.callback = callback;
+    this.timer = null;
+    this.value = undefined;
   }
 
-  settle(id, decision) {
-    this.waiting.get(id)?.resolve(decision);
-    this.waiting.delete(id);
+  push(value) {
+    this.value = value;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.flush(), this.delayMs);
   }
 
-  /** Ask the hub to make a platform active; resolves with its decision. */
-  switchPlatform(platformId) {
-    const id = crypto.randomUUID();
-    const base = this.state?.version ?? 0;
+  get waiting() {
+    return this.timer !== null;
+  }
+
+  flush() {
+    if (this.timer === null) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    const value = this.value;
+    this.value = undefined;
+    this.callback(value);
+  }
+
+  cancel() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.value = undefined;
+  }
+}
+
+/**
+ * Monotonic merge: the state to show, given the one shown and an incoming one. A state never
+ * replaces a newer one; an equal version is the same state (it may refresh the platform list).
+ * @param {StateView|null} shown @param {StateView|null|undefined} incoming @returns {StateView|null}
+ */
+export function mergeState(shown, incoming) {
+  if (!incoming) return shown;
+  if (!shown || incoming.version >= shown.version) return incoming;
+  return shown;
+}
+
+/**
+ * The switching half of a tab: debounce, optimistic target, at most one request in flight, the
+ * same request id on every resend, and a deadline after which the choice rolls back.
+ *
+ * `send(request)` transmits `{id, platform, base}` and returns whether it could (false when
+ * disconnected: the request stays in flight and `resend()` sends it again). `confirmed()` returns
+ * the authoritative StateView (or null), and `changed()` is called whenever `target` may differ.
+ */
+export class Switcher {
+  constructor({ debounceMs, switchTimeoutMs, send, confirmed, changed, newId = randomId }) {
+    this.timeoutMs = switchTimeoutMs;
+    this.send = send;
+    this.confirmed = confirmed;
+    this.changed = changed;
+    this.newId = newId;
+    /** The latest choice not yet sent. */ this.queued = null;
+    /** The request sent and not yet answered. */ this.inFlight = null;
+    this.debouncer = new Debouncer(debounceMs, () => this.next());
+  }
+
+  /** The platform the user chose and the hub has not decided on yet, or null. */
+  get target() {
+    return (this.queued ?? this.inFlight)?.platform ?? null;
+  }
+
+  /** @returns {Promise<Decision>} */
+  choose(platform) {
     return new Promise((resolve) => {
-      this.waiting.set(id, { resolve });
-      if (this.socket?.readyState !== WebSocket.OPEN) {
-        this.settle(id, { ok: false, reason: "unavailable", message: "Not connected to the hub." });
-        return;
+      if (this.queued) {
+        this.finish(this.queued, {
+          ok: false,
+          reason: "superseded",
+          message: "A later choice replaced this one.",
+        });
       }
-      this.socket.send(JSON.stringify({ type: "switch", id, platform: platformId, base }));
+      const choice = { platform, resolve, request: null, timer: null };
+      choice.timer = setTimeout(() => this.expire(choice), this.timeoutMs);
+      this.queued = choice;
+      this.changed();
+      this.debouncer.push();
     });
   }
 
-  heartbeat(seconds) {
-    clearInterval(this.pinger);
-    this.pinger = setInterval(() => {
-      if (this.socket?.readyState === WebSocket.OPEN) this.socket.send('{"type":"ping"}');
-    }, seconds * 1000);
-  }
-
-  lost(code) {
-    clearInterval(this.pinger);
-    for (const id of [...this.waiting.keys()]) {
-      this.settle(id, { ok: false, reason: "unavailable", message: "Connection lost." });
-    }
-    if (this.closed) return;
-    if (code === CloseCode.SESSION_ENDED) {
-      this.closed = true;
-      this.setStatus("ended");
+  /** Send the queued choice, unless one is in flight (it goes when that one is answered). */
+  next() {
+    if (this.inFlight || !this.queued || this.debouncer.waiting) return;
+    const choice = this.queued;
+    const state = this.confirmed();
+    if (!state) return; // nothing to base it on yet: next() runs again when a state arrives
+    this.queued = null;
+    if (state.active === choice.platform) {
+      this.finish(choice, { ok: true, version: state.version, platform: choice.platform });
+      this.changed();
       return;
     }
-    if (code === CloseCode.TAB_REPLACED) sessionStorage.removeItem("hub.tab");
-    this.setStatus("reconnecting");
-    // Full jitter: sleep = random(0, min(cap, base * 2**n)).
-    const delay = Math.random() * Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** this.attempt++);
-    const timer = setTimeout(() => { this.timers.delete(timer); this.connect(); }, delay);
-    this.timers.add(timer);
+    choice.request = { id: this.newId(), platform: choice.platform, base: state.version };
+    this.inFlight = choice;
+    this.send(choice.request);
   }
 
-  setStatus(status) {
-    if (status === this.status) return;
-    const old = this.status;
-    this.status = status;
-    this.dispatchEvent(new CustomEvent("status", { detail: { oldState: old, newState: status } }));
+  /** Send the request in flight again, with the same id (after a reconnect). */
+  resend() {
+    if (this.inFlight) this.send(this.inFlight.request);
+  }
+
+  /** The hub decided on request `id`; returns false if it is not the one in flight. */
+  settle(id, decision) {
+    if (this.inFlight?.request.id !== id) return false;
+    const choice = this.inFlight;
+    this.inFlight = null;
+    this.finish(choice, decision);
+    this.changed();
+    this.next();
+    return true;
+  }
+
+  /** Drop every choice with the same decision (the session ended, the client closed). */
+  cancel(decision) {
+    this.debouncer.cancel();
+    for (const choice of [this.queued, this.inFlight]) if (choice) this.finish(choice, decision);
+    this.queued = this.inFlight = null;
+    this.changed();
+  }
+
+  expire(choice) {
+    if (choice === this.queued) this.queued = null;
+    else if (choice === this.inFlight) this.inFlight = null;
+    else return;
+    this.finish(choice, {
+      ok: false,
+      reason: "timeout",
+      message: "The hub did not confirm the switch in time; nothing was changed.",
+    });
+    this.changed();
+    this.next();
+  }
+
+  finish(choice, decision) {
+    clearTimeout(choice.timer);
+    choice.resolve(decision);
+  }
+}
+
+/**
+ * Same-origin tab-to-tab messages: a BroadcastChannel, or `storage` events where there is none.
+ * Only non-sensitive data crosses: states, "ended", "extended" and tab-id claims. Never a token.
+ */
+export class TabChannel {
+  constructor(name, onMessage) {
+    this.name = name;
+    this.onMessage = onMessage;
+    if (typeof BroadcastChannel === "function") {
+      this.channel = new BroadcastChannel(name);
+      this.channel.onmessage = (event) => this.onMessage(event.data);
+    } else if (typeof localStorage !== "undefined" && typeof addEventListener === "function") {
+      this.listener = (event) => {
+        if (event.key !== name || !event.newValue) return;
+        try {
+          this.onMessage(JSON.parse(event.newValue).message);
+        } catch {
+          // Not ours.
+        }
+      };
+      addEventListener("storage", this.listener);
+    }
+  }
+
+  post(message) {
+    if (this.channel) {
+      this.channel.postMessage(message);
+    } else if (this.listener) {
+      // Other tabs see a `storage` event only when the value changes: add a nonce.
+      localStorage.setItem(this.name, JSON.stringify({ message, nonce: randomId() }));
+      localStorage.removeItem(this.name);
+    }
   }
 
   close() {
-    this.closed = true;
-    clearInterval(this.pinger);
-    for (const timer of this.timers) clearTimeout(timer);
-    this.socket?.close(1000);
+    this.channel?.close();
+    if (this.listener) removeEventListener("storage", this.listener);
+  }
+}
+
+// The client.
+
+export class HubClient extends EventTarget {
+  /** @type {Status} */ #status = "connecting";
+  /** @type {StateView|null} */ #confirmed = null;
+  /** @type {ClientState|null} */ #view = null;
+  /** @type {UserInfo|null} */ #user = null;
+  #socket = null;
+  #heard = false; // the socket delivered a hello
+  #failures = 0; // connection attempts in a row that never got a hello
+  #reconnectTimer = null;
+  #pinger = null;
+  #pongTimer = null;
+  #pollTimer = null;
+  #expiresAt = null;
+  #nonce = randomId();
+  #claimed = false; // another live tab holds the id this tab found in sessionStorage
+  #endReason = null; // from session_ended, for the 4001 close that follows
+  #listeners = [];
+
+  /** @param {Partial<typeof DEFAULTS>} [options] */
+  constructor(options = {}) {
+    super();
+    this.options = { ...DEFAULTS, ...options };
+    const origin = globalThis.location?.href ?? "http://localhost/";
+    const url = new URL(this.options.url, origin);
+    if (url.protocol === "http:" || url.protocol === "https:") {
+      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    }
+    this.url = url;
+    this.api = new URL(this.options.api.replace(/\/?$/, "/"), origin);
+    this.storage = this.options.storage ?? globalThis.sessionStorage;
+    this.backoff = new Backoff(this.options);
+    this.switcher = new Switcher({
+      debounceMs: this.options.debounceMs,
+      switchTimeoutMs: this.options.switchTimeoutMs,
+      send: (request) => this.#sendSwitch(request),
+      confirmed: () => this.#confirmed,
+      changed: () => this.#render(),
+    });
+    this.channel = this.options.channelName
+      ? new TabChannel(this.options.channelName, (message) => this.#fromTab(message))
+      : null;
+    this.#listen(globalThis, "online", () => this.#wake());
+    if (globalThis.document) {
+      this.#listen(document, "visibilitychange", () => {
+        if (document.visibilityState === "visible") this.#wake();
+      });
+    }
+    this.#start();
+  }
+
+  /** @returns {ClientState|null} the state to show: authoritative, with the pending choice. */
+  get state() {
+    return this.#view;
+  }
+
+  /** @returns {Status} */
+  get status() {
+    return this.#status;
+  }
+
+  /** @returns {UserInfo|null} */
+  get user() {
+    return this.#user;
+  }
+
+  /** The session's expiry as the hub last reported it (ISO 8601), or null. */
+  get expiresAt() {
+    return this.#expiresAt;
+  }
+
+  /** This tab's id: kept across reloads, renewed when a duplicated tab clashes. */
+  get tabId() {
+    let id = this.storage?.getItem(this.options.tabKey);
+    if (!id) {
+      id = randomId();
+      this.storage?.setItem(this.options.tabKey, id);
+    }
+    return id;
+  }
+
+  /**
+   * Ask the hub to make `platform` active. Rapid calls coalesce; only the last is sent.
+   * @returns {Promise<Decision>}
+   */
+  switchPlatform(platform) {
+    if (this.#status === "ended" || this.#status === "closed") {
+      return Promise.resolve({ ok: false, reason: this.#status, message: this.#goneMessage() });
+    }
+    return this.switcher.choose(Number(platform));
+  }
+
+  /** Move the session's idle expiry forward ("stay signed in"); resolves with the new expiry. */
+  async extendSession() {
+    const body = await this.#post("session/extend");
+    this.#sessionExtended(body.expires_at);
+    this.channel?.post({ kind: "extended", user: this.#user?.id, expires_at: body.expires_at });
+    return body.expires_at;
+  }
+
+  /** Log out this browser's session (or, with `everywhere`, every session of the user). */
+  async logout({ everywhere = false } = {}) {
+    const body = await this.#post(everywhere ? "logout-all" : "logout");
+    this.#endSession("logout", true);
+    return body;
+  }
+
+  /** Stop for good: close the connection, cancel timers and pending switches. */
+  close() {
+    if (this.#status === "closed") return;
+    this.#shutdown({ ok: false, reason: "closed", message: "The hub client was closed." });
+    this.#setStatus("closed");
+  }
+
+  // Connecting.
+
+  async #start() {
+    // A tab duplicated by the browser carries a copy of this tab's sessionStorage, and so its
+    // id. Ask the other tabs first: a live tab with the same id answers, and this one takes a
+    // new id. (The hub also closes the older of two connections with one id with 4005.)
+    const stored = this.storage?.getItem(this.options.tabKey);
+    if (stored && this.channel) {
+      this.channel.post({ kind: "claim", tab: stored, nonce: this.#nonce });
+      await new Promise((resolve) => setTimeout(resolve, this.options.claimWindowMs));
+      if (this.#claimed) this.storage.removeItem(this.options.tabKey);
+    }
+    this.#connect();
+  }
+
+  #connect() {
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    if (this.#over()) return;
+    const url = new URL(this.url);
+    url.searchParams.set("tab", this.tabId);
+    let socket;
+    try {
+      socket = new WebSocket(url);
+    } catch {
+      this.#lost(1006);
+      return;
+    }
+    this.#socket = socket;
+    this.#heard = false;
+    socket.onmessage = (event) => {
+      if (this.#socket !== socket) return;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this.#receive(message);
+    };
+    socket.onclose = (event) => {
+      if (this.#socket === socket) this.#lost(event.code);
+    };
+  }
+
+  /** Drop the socket now, without waiting for a closing handshake a dead link never finishes. */
+  #abandon(code = 4000) {
+    const socket = this.#socket;
+    if (!socket) return;
+    socket.onmessage = socket.onclose = null;
+    try {
+      socket.close(code === 4000 ? 4000 : 1000);
+    } catch {
+      // Already closing.
+    }
+    this.#lost(code);
+  }
+
+  #lost(code) {
+    this.#socket = null;
+    this.#stopHeartbeat();
+    this.backoff.lost();
+    if (this.#over()) return;
+    if (code === CloseCode.SESSION_ENDED) {
+      this.#endSession(this.#endReason ?? "revoked", true);
+      return;
+    }
+    if (code === CloseCode.TAB_REPLACED) this.storage?.removeItem(this.options.tabKey);
+    if (this.#heard) {
+      this.#failures = 0;
+    } else {
+      this.#failures += 1;
+      this.#probe();
+    }
+    if (this.#status !== "degraded") this.#setStatus("reconnecting");
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect() {
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => this.#connect(), this.backoff.next());
+  }
+
+  /** Back online, or the tab is visible again: try at once instead of waiting out the backoff. */
+  #wake() {
+    if (this.#over()) return;
+    if (this.#reconnectTimer !== null) this.#connect();
+    if (this.#status === "degraded") this.#poll();
+  }
+
+  // Messages from the hub.
+
+  /** @param {ServerMessage} message */
+  #receive(message) {
+    clearTimeout(this.#pongTimer);
+    this.#pongTimer = null;
+    switch (message.type) {
+      case "hello":
+        this.#heard = true;
+        this.#failures = 0;
+        this.#user = message.user;
+        this.#sessionExtended(message.session.expires_at, false);
+        if (message.tab !== this.tabId) this.storage?.setItem(this.options.tabKey, message.tab);
+        this.backoff.connected();
+        this.#stopPolling();
+        this.#startHeartbeat(message.heartbeat_s);
+        this.#apply(message.state);
+        this.#setStatus("open");
+        this.switcher.resend();
+        break;
+      case "state":
+        this.#apply(message.state);
+        break;
+      case "switched":
+        this.#switched(message.id, message.version);
+        break;
+      case "rejected":
+        this.#rejected(message);
+        break;
+      case "session_expiring":
+        this.#expiresAt = message.expires_at;
+        this.#emit("session", { kind: "expiring", expires_at: message.expires_at });
+        break;
+      case "session_ended":
+        this.#endReason = message.reason;
+        this.#endSession(message.reason, true);
+        break;
+      case "error":
+        this.#emit("error", { code: message.code, message: message.message });
+        break;
+      case "pong":
+        break;
+      default:
+        // A newer hub may add messages; ignoring them keeps this client working.
+        break;
+    }
+  }
+
+  #switched(id, version) {
+    const request = this.switcher.inFlight?.request;
+    if (request?.id !== id) return;
+    const confirmed = this.#confirmed;
+    if (confirmed && version > confirmed.version) {
+      this.#apply({ ...confirmed, version, active: request.platform });
+    }
+    this.switcher.settle(id, { ok: true, version, platform: request.platform });
+  }
+
+  /** @param {Rejected} message */
+  #rejected(message) {
+    if (message.state) this.#apply(message.state);
+    const detail = { reason: message.reason, message: message.message, state: message.state };
+    if (this.switcher.settle(message.id, { ok: false, ...detail })) this.#emit("rejected", detail);
+  }
+
+  /** Show an authoritative state if it is not older than the one shown; share it with tabs. */
+  #apply(state, share = true) {
+    const shown = this.#confirmed;
+    if (mergeState(shown, state) !== state) return;
+    if (shown?.version === state.version && JSON.stringify(shown) === JSON.stringify(state)) return;
+    this.#confirmed = state;
+    if (share) this.channel?.post({ kind: "state", user: this.#user?.id, state });
+    this.#render();
+    this.switcher.next(); // a choice made before the first state waits for it
+  }
+
+  #render() {
+    const confirmed = this.#confirmed;
+    if (!confirmed) return;
+    const pending = this.switcher.target;
+    const view = {
+      version: confirmed.version,
+      active: pending ?? confirmed.active,
+      platforms: confirmed.platforms,
+      pending,
+    };
+    const old = this.#view;
+    if (
+      old &&
+      old.version === view.version &&
+      old.active === view.active &&
+      old.pending === view.pending &&
+      old.platforms === view.platforms
+    ) {
+      return;
+    }
+    this.#view = Object.freeze(view);
+    this.#emit("state", this.#view);
+  }
+
+  // Messages from other tabs of this browser.
+
+  #fromTab(message) {
+    if (!message || typeof message !== "object") return;
+    const mine = message.user == null || this.#user == null || message.user === this.#user.id;
+    switch (message.kind) {
+      case "claim":
+        if (message.nonce !== this.#nonce && message.tab === this.storage?.getItem(this.options.tabKey)) {
+          this.channel.post({ kind: "taken", tab: message.tab, nonce: message.nonce });
+        }
+        break;
+      case "taken":
+        if (message.nonce === this.#nonce) this.#claimed = true;
+        break;
+      case "state":
+        if (mine && !this.#over() && message.state) this.#apply(message.state, false);
+        break;
+      case "extended":
+        if (mine && !this.#over()) this.#sessionExtended(message.expires_at);
+        break;
+      case "ended":
+        if (mine) this.#endSession(message.reason, false);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // Switching.
+
+  #sendSwitch(request) {
+    const socket = this.#socket;
+    if (socket && this.#heard && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "switch", ...request }));
+    } else if (this.#status === "degraded") {
+      this.#switchOverHttp(request);
+    }
+    // Otherwise it stays in flight and goes out again, with the same id, after the next hello.
+  }
+
+  async #switchOverHttp(request) {
+    let response;
+    try {
+      response = await fetch(new URL("switch", this.api), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        credentials: "same-origin",
+        body: JSON.stringify(request),
+      });
+    } catch {
+      return; // Unreachable: resent at the next poll or hello.
+    }
+    const body = await response.json().catch(() => null);
+    if (response.status === 401) {
+      this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+    } else if (body?.type === "switched") {
+      this.#switched(body.id, body.version);
+    } else if (body?.type === "rejected") {
+      this.#rejected(body);
+    }
+  }
+
+  // Heartbeat.
+
+  #startHeartbeat(seconds) {
+    this.#stopHeartbeat();
+    this.#pinger = setInterval(() => {
+      if (this.#socket?.readyState !== WebSocket.OPEN) return;
+      this.#socket.send('{"type":"ping"}');
+      // Any message clears it; silence past the timeout means the link is dead.
+      this.#pongTimer ??= setTimeout(() => this.#abandon(4000), this.options.pongTimeoutMs);
+    }, seconds * 1000);
+  }
+
+  #stopHeartbeat() {
+    clearInterval(this.#pinger);
+    clearTimeout(this.#pongTimer);
+    this.#pinger = this.#pongTimer = null;
+  }
+
+  // HTTP: the session probe and degraded mode.
+
+  /** After a failed attempt, ask over HTTP whether the session still stands (and the state). */
+  async #probe() {
+    let response;
+    try {
+      response = await fetch(new URL("state", this.api), { credentials: "same-origin" });
+    } catch {
+      if (this.#status === "degraded") this.#setStatus("reconnecting");
+      return; // The hub is down: keep reconnecting.
+    }
+    if (this.#over() || this.#heard) return;
+    const body = await response.json().catch(() => null);
+    if (response.status === 401) {
+      this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+      return;
+    }
+    if (!response.ok || !body?.state) return;
+    this.#user = body.user;
+    this.#apply(body.state);
+    if (this.#failures >= this.options.degradedAfter) this.#enterDegraded();
+  }
+
+  #enterDegraded() {
+    const first = this.#status !== "degraded";
+    this.#setStatus("degraded");
+    if (first) this.switcher.resend();
+    this.#pollTimer ??= setInterval(() => this.#poll(), this.options.pollIntervalMs);
+  }
+
+  async #poll() {
+    if (this.#over() || this.#heard) return;
+    await this.#probe();
+    if (this.#status === "degraded") this.switcher.resend();
+  }
+
+  #stopPolling() {
+    clearInterval(this.#pollTimer);
+    this.#pollTimer = null;
+  }
+
+  async #post(path) {
+    let response;
+    try {
+      response = await fetch(new URL(path, this.api), { method: "POST", credentials: "same-origin" });
+    } catch (error) {
+      throw new Error("The hub cannot be reached; try again.", { cause: error });
+    }
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 401) {
+      this.#endSession(body.reason === "logout" ? "logout" : "expired", true);
+    }
+    if (!response.ok) throw new Error(body.message ?? `The hub answered ${response.status}.`);
+    return body;
+  }
+
+  // Sessions.
+
+  #sessionExtended(expiresAt, announce = true) {
+    const moved = this.#expiresAt !== null && expiresAt !== this.#expiresAt;
+    this.#expiresAt = expiresAt;
+    if (moved && announce) this.#emit("session", { kind: "extended", expires_at: expiresAt });
+  }
+
+  #endSession(reason, share) {
+    if (this.#over()) return;
+    if (share) this.channel?.post({ kind: "ended", user: this.#user?.id, reason });
+    this.#shutdown({ ok: false, reason: "ended", message: "The session ended." });
+    this.#setStatus("ended");
+    this.#emit("session", { kind: "ended", reason });
+  }
+
+  #shutdown(decision) {
+    const socket = this.#socket;
+    this.#socket = null;
+    if (socket) {
+      socket.onmessage = socket.onclose = null;
+      socket.close(1000);
+    }
+    this.#stopHeartbeat();
+    this.#stopPolling();
+    this.backoff.lost();
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.switcher.cancel(decision);
+    for (const [target, type, listener] of this.#listeners) {
+      target.removeEventListener(type, listener);
+    }
+    this.#listeners = [];
+    this.channel?.close();
+  }
+
+  // Small helpers.
+
+  #over() {
+    return this.#status === "ended" || this.#status === "closed";
+  }
+
+  #goneMessage() {
+    return this.#status === "ended" ? "The session ended." : "The hub client was closed.";
+  }
+
+  #setStatus(status) {
+    if (status === this.#status) return;
+    const previous = this.#status;
+    this.#status = status;
+    this.#emit("status", { status, previous });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #listen(target, type, listener) {
+    if (typeof target?.addEventListener !== "function") return;
+    target.addEventListener(type, listener);
+    this.#listeners.push([target, type, listener]);
   }
 }

@@ -421,10 +421,11 @@ _RATE_MESSAGE = "Too many messages; slow down"
 def describe(reason: RejectReason, state: StateView | None) -> str:
     """Say in plain words why a switch was refused."""
     active = state.platform(state.active) if state else None
-    now = f"{active.name} ({active.username})" if active else "no platform"
     match reason:
+        case RejectReason.STALE if active is not None:
+            return f"Switched to {active.name} @{active.username} in another tab."
         case RejectReason.STALE:
-            return f"Another tab switched first; the active platform is now {now}."
+            return "Another tab changed the active platform first."
         case RejectReason.UNKNOWN_PLATFORM:
             return "There is no such platform on this account."
         case RejectReason.INACTIVE_PLATFORM:

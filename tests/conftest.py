@@ -33,11 +33,13 @@ TIMEOUT = 5.0
 class RunningHub:
     """A hub served by uvicorn in this event loop, on its own port."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, port: int = 0) -> None:
         self.settings = settings
         self.app = create_app(settings)
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        # A restarted hub takes its predecessor's port, whose connections may be in TIME_WAIT.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn_config(
             self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
@@ -181,9 +183,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[RunningHub]:
+async def serve(settings: Settings, port: int = 0) -> AsyncIterator[RunningHub]:
     """Run a hub seeded with the demo users (alice, bob, carol) for the block's duration."""
-    hub = await RunningHub(settings).start()
+    hub = await RunningHub(settings, port).start()
     try:
         await seed_demo(hub.database)
         yield hub

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from server.hub import describe
 from server.protocol import PlatformView, RejectReason, StateView
 
@@ -22,8 +24,10 @@ def test_rejections_are_described_in_plain_words() -> None:
             ),
         ),
     )
-    assert describe(RejectReason.STALE, state) == (
-        "Another tab switched first; the active platform is now Pixelfed (alice)."
+    assert describe(RejectReason.STALE, state) == "Switched to Pixelfed @alice in another tab."
+    nothing_active = msgspec.structs.replace(state, active=None)
+    assert describe(RejectReason.STALE, nothing_active) == (
+        "Another tab changed the active platform first."
     )
     for reason in RejectReason:
         assert describe(reason, None).endswith(".")

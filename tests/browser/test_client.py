@@ -1,0 +1,326 @@
+"""client/navigation.js and the demo page in a real Chromium, against a real hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import httpx
+import pytest
+from playwright.async_api import Page, expect
+from sqlalchemy import select
+
+from server.db import SwitchLogRow
+from server.settings import Settings
+from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
+from tests.conftest import RunningHub, make_settings, serve
+
+
+def platform(page: Page, platform_id: int) -> Any:
+    return page.locator(f'.platform[data-id="{platform_id}"]')
+
+
+async def choose(page: Page, platform_id: int) -> None:
+    """Click a platform, in the front tab as a person would (background tabs get no frames)."""
+    await page.bring_to_front()
+    await platform(page, platform_id).click()
+
+
+async def shows(page: Page, version: int, active: int, within_ms: int = WITHIN_MS) -> None:
+    """Wait until ``page`` shows ``version`` with ``active`` checked and nothing pending."""
+    await expect(page.locator("#version")).to_have_text(str(version), timeout=within_ms)
+    await expect(platform(page, active).locator("input")).to_be_checked(timeout=within_ms)
+    await expect(page.locator(".tag.pending")).to_have_count(0, timeout=within_ms)
+
+
+async def state(page: Page) -> dict[str, Any]:
+    result: dict[str, Any] = await page.evaluate("window.hub.state")
+    return result
+
+
+def others(current: dict[str, Any]) -> list[int]:
+    return [p["id"] for p in current["platforms"] if p["id"] != current["active"]]
+
+
+async def switch_log(hub: RunningHub, user_id: int) -> list[SwitchLogRow]:
+    async def rows(session: Any) -> list[SwitchLogRow]:
+        query = select(SwitchLogRow).where(SwitchLogRow.user_id == user_id)
+        return list((await session.scalars(query.order_by(SwitchLogRow.version))).all())
+
+    return await hub.database.read(rows)
+
+
+async def test_a_switch_in_one_tab_shows_in_the_others(running: RunningHub, devices: Any) -> None:
+    """Log in through the form; three tabs; a click in one shows in the other two within 1 s."""
+    device = await devices(running)
+    first = await device.context.new_page()
+    await first.goto(running.url + "/")
+    await first.fill("#username", "alice")
+    await first.fill("#password", "alice-demo-pw")
+    await first.click("#login-button")
+    await expect(first.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    tabs = [first, await device.open_tab(), await device.open_tab()]
+    before = await state(first)
+    assert before["version"] == 0
+    target = others(before)[0]
+
+    await choose(first, target)
+    # Optimistic: the clicked tab shows the target at once, marked pending, before the hub says.
+    await expect(platform(first, target).locator("input")).to_be_checked()
+    for tab in tabs:
+        await shows(tab, 1, target)
+    assert await first.locator("#message").text_content() == ""
+    # The token is an HttpOnly cookie: page scripts, and so other tabs, never see it.
+    assert "hub_session" not in await first.evaluate("document.cookie")
+
+
+async def test_rapid_clicks_send_only_the_last_choice(running: RunningHub, devices: Any) -> None:
+    """Ten clicks in a row coalesce into one switch; every tab ends on the last choice."""
+    device = await devices(running, debounceMs=600)
+    await device.log_in()
+    tabs = [await device.open_tab(), await device.open_tab()]
+    first = tabs[0]
+    start = await state(first)
+    ids = [p["id"] for p in start["platforms"]]
+    clicks = [ids[(i + 1) % len(ids)] for i in range(10)]
+    assert clicks[-1] != start["active"]
+
+    for choice in clicks:
+        await choose(first, choice)
+    await expect(platform(first, clicks[-1]).locator(".tag")).to_have_text("Switching…")
+    for tab in tabs:
+        await shows(tab, 1, clicks[-1], within_ms=PATIENCE_MS)
+
+    user_id = (await first.evaluate("window.hub.user"))["id"]
+    log = await switch_log(running, user_id)
+    assert [(row.accepted, row.version) for row in log] == [(True, 1)]
+    assert (await running.hub.store.load_state(user_id)).active == clicks[-1]
+
+
+async def test_simultaneous_switches_converge_and_the_loser_says_why(
+    running: RunningHub, devices: Any, settings: Settings
+) -> None:
+    """Two tabs switch while the database is locked: one wins, both converge, one explains."""
+    device = await devices(running, debounceMs=0)
+    await device.log_in()
+    left, right = await device.open_tab(), await device.open_tab()
+    start = await state(left)
+    a, b = others(start)[:2]
+
+    # Hold the write lock so both requests are decided against the same version.
+    path = settings.database_url.split("///", 1)[1]
+    async with aiosqlite.connect(path) as blocker:
+        await blocker.execute("BEGIN IMMEDIATE")
+        await choose(left, a)
+        await choose(right, b)
+        for tab in (left, right):
+            await tab.wait_for_function("window.hub.switcher.inFlight !== null")
+        await asyncio.sleep(0.2)  # let both requests reach the hub and wait on the lock
+        await blocker.rollback()
+    for tab in (left, right):
+        await tab.wait_for_function("window.hub.switcher.inFlight === null")
+
+    user_id = (await left.evaluate("window.hub.user"))["id"]
+    final = await running.hub.store.load_state(user_id)
+    assert final.version == 1 and final.active in {a, b}
+    winner, loser = (left, right) if final.active == a else (right, left)
+    name = next(p for p in final.platforms if p.id == final.active)
+    for tab in (winner, loser):
+        await shows(tab, 1, final.active)
+    await expect(loser.locator("#message")).to_have_text(
+        f"Switched to {name.name} @{name.username} in another tab."
+    )
+    await expect(winner.locator("#message")).to_have_text("")
+    log = await switch_log(running, user_id)
+    assert sorted((row.accepted, row.reason) for row in log) == [(False, "stale"), (True, None)]
+
+
+async def test_tabs_resync_after_a_restart_and_a_switch_made_meanwhile_applies_once(
+    tmp_path: Path, devices: Any
+) -> None:
+    """Stop the hub: tabs show reconnecting. A click while it is down applies once on return."""
+    settings = make_settings(tmp_path)
+    fast = {"baseDelayMs": 100, "maxDelayMs": 800}
+    async with serve(settings) as first:
+        device = await devices(first, **fast)
+        await device.log_in()
+        tabs = [await device.open_tab(), await device.open_tab()]
+        start = await state(tabs[0])
+        user_id = (await tabs[0].evaluate("window.hub.user"))["id"]
+        port = first.port
+    for tab in tabs:
+        await expect(tab.locator("#status")).to_have_text("Reconnecting…", timeout=WITHIN_MS)
+    target = others(start)[0]
+    await platform(tabs[0], target).click()
+    await expect(platform(tabs[0], target).locator(".tag")).to_have_text("Switching…")
+
+    async with serve(settings, port=port) as second:
+        for tab in tabs:
+            await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+            await shows(tab, start["version"] + 1, target, within_ms=PATIENCE_MS)
+        log = await switch_log(second, user_id)
+        assert [(row.accepted, row.version) for row in log] == [(True, start["version"] + 1)]
+
+
+async def test_logout_ends_this_browser_only_and_logout_all_ends_every_device(
+    running: RunningHub, devices: Any
+) -> None:
+    """Logout reaches every tab of the browser within 1 s; another device stays signed in."""
+    laptop, phone = await devices(running), await devices(running)
+    await laptop.log_in()
+    await phone.log_in()
+    laptop_tabs = [await laptop.open_tab(), await laptop.open_tab()]
+    phone_tab = await phone.open_tab()
+
+    await laptop_tabs[0].click("#logout")
+    for tab in laptop_tabs:
+        await expect(tab.locator("#login-view")).to_be_visible(timeout=WITHIN_MS)
+        await expect(tab.locator("#message")).to_have_text("You are signed out.")
+    await expect(phone_tab.locator("#status")).to_have_text("Live")
+    target = others(await state(phone_tab))[0]
+    await choose(phone_tab, target)
+    await shows(phone_tab, 1, target)
+
+    # Signing in again in one tab brings the browser's other tab back too.
+    await laptop_tabs[1].fill("#username", "alice")
+    await laptop_tabs[1].fill("#password", "alice-demo-pw")
+    await laptop_tabs[1].click("#login-button")
+    for tab in laptop_tabs:
+        await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+        await shows(tab, 1, target)
+
+    await phone_tab.click("#logout-all")
+    for tab in [*laptop_tabs, phone_tab]:
+        await expect(tab.locator("#login-view")).to_be_visible(timeout=WITHIN_MS)
+    assert running.hub.tabs() == []
+
+
+async def test_expiry_warns_offers_to_stay_and_then_signs_out(tmp_path: Path, devices: Any) -> None:
+    """A short idle TTL: the warning, "stay signed in" moves the expiry, then expiry signs out."""
+    settings = make_settings(tmp_path, session_idle_s=4, session_warning_s=3, session_touch_s=60)
+    async with serve(settings) as hub:
+        device = await devices(hub)
+        await device.log_in()
+        tab = await device.open_tab()
+        first_expiry = await tab.evaluate("window.hub.expiresAt")
+        await expect(tab.locator("#expiry")).to_be_visible(timeout=PATIENCE_MS)
+        await expect(tab.locator("#expiry-text")).to_contain_text("Your session expires at")
+
+        await tab.click("#stay")
+        await expect(tab.locator("#expiry")).to_be_hidden(timeout=WITHIN_MS)
+        assert await tab.evaluate("window.hub.expiresAt") > first_expiry
+
+        await expect(tab.locator("#login-view")).to_be_visible(timeout=PATIENCE_MS)
+        await expect(tab.locator("#message")).to_have_text(
+            "Your session expired. Sign in again to continue."
+        )
+
+
+async def test_a_duplicated_tab_takes_its_own_id(running: RunningHub, devices: Any) -> None:
+    """window.open copies sessionStorage, like "duplicate tab": the copy takes a new id."""
+    device = await devices(running)
+    await device.log_in()
+    original = await device.open_tab()
+    original_id = await original.evaluate("window.hub.tabId")
+
+    async with device.context.expect_page() as opened:
+        await original.evaluate("window.open('/')")
+    duplicate = await opened.value
+    await expect(duplicate.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+
+    assert await duplicate.evaluate("window.initialTabId") == original_id  # it did clash
+    duplicate_id = await duplicate.evaluate("window.hub.tabId")
+    assert duplicate_id != original_id
+    assert await original.evaluate("window.hub.tabId") == original_id
+    assert sorted(tab.id for tab in running.hub.tabs()) == sorted([original_id, duplicate_id])
+    # The original kept its connection: it never saw a 4005 and never reconnected.
+    await expect(original.locator("#status")).to_have_text("Live")
+
+    # A reload keeps the tab's id.
+    await duplicate.reload()
+    await expect(duplicate.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    assert await duplicate.evaluate("window.hub.tabId") == duplicate_id
+
+
+async def test_degraded_mode_switches_over_http_and_returns_to_the_websocket(
+    running: RunningHub, devices: Any
+) -> None:
+    """With upgrades blocked (a proxy, say) the page falls back to HTTP and keeps working."""
+    device = await devices(
+        running, degradedAfter=2, baseDelayMs=50, maxDelayMs=400, pollIntervalMs=300
+    )
+    blocked = True
+
+    async def proxy(route: Any) -> None:
+        if blocked:
+            await route.close(code=1011, reason="upgrade blocked")
+        else:
+            route.connect_to_server()
+
+    await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    await device.log_in()
+    tab = await device.open_tab(live=False)
+    await expect(tab.locator("#status")).to_have_text("Live (HTTP fallback)", timeout=PATIENCE_MS)
+    start = await state(tab)
+    user_id = (await tab.evaluate("window.hub.user"))["id"]
+
+    target = others(start)[0]
+    await choose(tab, target)
+    await shows(tab, 1, target, within_ms=PATIENCE_MS)
+    assert (await running.hub.store.load_state(user_id)).active == target
+
+    # A switch made elsewhere reaches the degraded tab by polling.
+    token = await running.login("alice")
+    elsewhere = others({"platforms": start["platforms"], "active": target})[0]
+    async with running.http(token) as http:
+        answer = await http.post("/api/switch", json={"id": "r2", "platform": elsewhere, "base": 1})
+    assert answer.status_code == httpx.codes.OK, answer.text
+    await shows(tab, 2, elsewhere, within_ms=PATIENCE_MS)
+
+    blocked = False
+    await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    assert [t.id for t in running.hub.tabs()] == [await tab.evaluate("window.hub.tabId")]
+
+
+@pytest.mark.parametrize("channel", ["BroadcastChannel", "storage events"])
+async def test_a_reconnecting_tab_still_shows_the_newest_state(
+    running: RunningHub, devices: Any, channel: str
+) -> None:
+    """Tabs share states among themselves, so a tab cut off from the hub still follows."""
+    device = await devices(running, baseDelayMs=5000, maxDelayMs=5000)
+    if channel == "storage events":
+        await device.context.add_init_script("delete window.BroadcastChannel;")
+    await device.log_in()
+    live = await device.open_tab()
+    cut_off = await device.context.new_page()
+    sockets: list[Any] = []
+    blocked = False
+
+    async def proxy(route: Any) -> None:
+        if blocked:
+            await route.close(code=1011, reason="cut off")
+        else:
+            sockets.append(route)
+            route.connect_to_server()
+
+    await cut_off.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    await cut_off.goto(running.url + "/")
+    await expect(cut_off.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    assert await cut_off.evaluate("typeof BroadcastChannel") == (
+        "function" if channel == "BroadcastChannel" else "undefined"
+    )
+
+    # Cut the tab off: its socket drops and its HTTP probes fail.
+    await cut_off.route("**/api/state", lambda route: route.abort())
+    blocked = True
+    await sockets[0].close(code=1012, reason="cut off")
+    await expect(cut_off.locator("#status")).to_have_text("Reconnecting…", timeout=WITHIN_MS)
+
+    target = others(await state(live))[0]
+    await choose(live, target)
+    await shows(live, 1, target)
+    await shows(cut_off, 1, target)
+    assert await cut_off.evaluate("window.hub.status") == "reconnecting"
