@@ -324,3 +324,65 @@ async def test_a_reconnecting_tab_still_shows_the_newest_state(
     await shows(live, 1, target)
     await shows(cut_off, 1, target)
     assert await cut_off.evaluate("window.hub.status") == "reconnecting"
+
+
+async def test_a_link_that_stops_answering_pings_is_dropped_and_replaced(
+    tmp_path: Path, devices: Any
+) -> None:
+    """A dead link must not look alive: no pong within the timeout, and the tab reconnects."""
+    settings = make_settings(tmp_path, heartbeat_s=0.3)
+    async with serve(settings) as hub:
+        device = await devices(hub, pongTimeoutMs=500, baseDelayMs=50, maxDelayMs=200)
+        connections: list[Any] = []
+
+        def proxy(route: Any) -> None:
+            server = route.connect_to_server()
+            connections.append(route)
+            first = len(connections) == 1
+            route.on_message(server.send)
+
+            def from_hub(message: str | bytes) -> None:
+                # The first connection goes silent after its hello: the link is dead.
+                if not first or '"hello"' in str(message):
+                    route.send(message)
+
+            server.on_message(from_hub)
+
+        await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+        await device.log_in()
+        tab = await device.open_tab()
+        await tab.evaluate(
+            "window.statuses = [];"
+            "hub.addEventListener('status', (e) => statuses.push(e.detail.status));"
+        )
+        await tab.wait_for_function("statuses.join() === 'reconnecting,open'", timeout=PATIENCE_MS)
+        assert len(connections) == 2
+        # The replacement link works: a switch goes through it.
+        target = others(await state(tab))[0]
+        await choose(tab, target)
+        await shows(tab, 1, target)
+
+
+async def test_the_page_works_from_the_keyboard(running: RunningHub, devices: Any) -> None:
+    """Sign in and switch with the keyboard alone; status changes are announced."""
+    device = await devices(running, debounceMs=300)
+    page = await device.context.new_page()
+    await page.goto(running.url + "/")
+    await expect(page.locator("#username")).to_be_focused()
+    await page.keyboard.type("alice")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("alice-demo-pw")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    start = await state(page)
+
+    await page.keyboard.press("Tab")  # into the radio group, on the checked platform
+    await expect(platform(page, start["active"]).locator("input")).to_be_focused()
+    await page.keyboard.press("ArrowDown")
+    await page.keyboard.press("ArrowDown")
+    ids = [p["id"] for p in start["platforms"]]
+    target = ids[(ids.index(start["active"]) + 2) % len(ids)]
+    await shows(page, 1, target, within_ms=PATIENCE_MS)
+    assert await page.get_by_role("status").count() >= 1
+    assert await page.locator("[aria-live=polite]").count() == 2
+    assert await page.get_by_label("User name").count() == 1
