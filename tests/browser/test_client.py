@@ -386,3 +386,33 @@ async def test_the_page_works_from_the_keyboard(running: RunningHub, devices: An
     assert await page.get_by_role("status").count() >= 1
     assert await page.locator("[aria-live=polite]").count() == 2
     assert await page.get_by_label("User name").count() == 1
+
+
+@pytest.mark.parametrize("signal", ["online", "visible"])
+async def test_coming_back_online_or_visible_reconnects_at_once(
+    running: RunningHub, devices: Any, signal: str
+) -> None:
+    """The `online` event and the page becoming visible cut the backoff wait short."""
+    # A backoff drawn from [0, 30 s): without the signal the tab would most likely still wait.
+    device = await devices(running, baseDelayMs=30_000, maxDelayMs=30_000)
+    sockets: list[Any] = []
+
+    def proxy(route: Any) -> None:
+        sockets.append(route)
+        route.connect_to_server()
+
+    await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    await device.log_in()
+    tab = await device.open_tab()
+    await sockets[0].close(code=1012, reason="hub restarting")
+    await expect(tab.locator("#status")).to_have_text("Reconnecting…", timeout=WITHIN_MS)
+
+    if signal == "online":
+        await tab.evaluate("window.dispatchEvent(new Event('online'))")
+    else:
+        await tab.evaluate(
+            "Object.defineProperty(document, 'visibilityState', {value: 'visible'});"
+            "document.dispatchEvent(new Event('visibilitychange'))"
+        )
+    await expect(tab.locator("#status")).to_have_text("Live", timeout=WITHIN_MS)
+    assert len(sockets) == 2
