@@ -1,0 +1,425 @@
+"""Record what tabs did and saw, and check it against the hub's promises.
+
+A history holds, per user, every switch a tab sent (request id, base, platform, when) with its
+answer (switched at a version, rejected with a state, or none because the connection was lost),
+every state a tab received, and the database's final state. ``check`` returns every violation:
+
+- **linearizability** as a versioned compare-and-set register. The hub assigns version = base + 1,
+  so the order of writes is fixed by their versions; each write ``v`` must take effect at an
+  instant ``t_v`` inside its request's window, ``t_1 <= t_2 <= ...``, and every read (a ``hello``
+  snapshot, a stale rejection, a no-op switch) of version ``r`` must fall between ``t_r`` and
+  ``t_{r+1}``. Those are bounds on each ``t_v``, so one pass that takes each ``t_v`` as early as
+  its bounds allow decides it. A switch with no answer may or may not have happened.
+- one acknowledged switch per version, versions contiguous from 1 to the database's version, and
+  no acknowledged switch lost;
+- every state seen with version ``v`` shows the platform that the write of ``v`` chose;
+- each connection receives strictly increasing versions, and each tab never goes back;
+- every tab still connected at the end shows the database's state;
+- no tab receives another user's state (it would name platforms the user does not have);
+- no request id is applied twice (with the switch log: each accepted row matches its answer).
+
+``brute_force`` decides linearizability by trying every order; it exists to test ``check`` on
+small histories. ``TabRecorder`` turns a tab's frames into the records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Delivery",
+    "History",
+    "Operation",
+    "Read",
+    "Report",
+    "TabRecorder",
+    "UserHistory",
+    "brute_force",
+    "check",
+    "check_user",
+]
+
+Outcome = Literal["switched", "rejected"]
+
+
+@dataclass
+class Operation:
+    """One switch request, from its first send to its answer (if any)."""
+
+    tab: str
+    request: str
+    base: int
+    platform: int
+    sent: float
+    answered: float | None = None
+    outcome: Outcome | None = None  # None: no answer, so it may or may not have happened
+    version: int | None = None  # switched: the version; rejected: the state's version, if any
+    active: int | None = None  # rejected: the state's active platform
+    reason: str | None = None
+
+    @property
+    def end(self) -> float:
+        return math.inf if self.answered is None else self.answered
+
+
+@dataclass
+class Read:
+    """A linearizable read: the state was (``version``, ``active``) at an instant of the window."""
+
+    tab: str
+    start: float
+    end: float
+    version: int
+    active: int | None
+    what: str = "hello"
+
+
+@dataclass
+class Delivery:
+    """A state a tab received (hello or broadcast), on its ``connection``-th connection."""
+
+    tab: str
+    connection: int
+    at: float
+    version: int
+    active: int | None
+    platforms: tuple[int, ...]
+
+
+@dataclass
+class UserHistory:
+    """Everything recorded for one user."""
+
+    user: int
+    platforms: set[int] = field(default_factory=set)
+    initial_active: int | None = None
+    operations: list[Operation] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    # The database's state after the run, and the accepted rows of its switch log.
+    final: tuple[int, int | None] | None = None
+    log: dict[str, int] | None = None  # request id -> version
+    # Tabs still connected at the end: each must show the final state.
+    open_tabs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class History:
+    users: dict[int, UserHistory] = field(default_factory=dict)
+
+    def user(self, user: int) -> UserHistory:
+        return self.users.setdefault(user, UserHistory(user))
+
+
+@dataclass
+class Report:
+    """What ``check`` found, and the size of what it checked."""
+
+    violations: list[str]
+    users: int = 0
+    operations: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    unanswered: int = 0
+    deliveries: int = 0
+    versions: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        verdict = "ok" if self.ok else f"{len(self.violations)} violations"
+        return (
+            f"{verdict}: {self.users} users, {self.operations} switches "
+            f"({self.acknowledged} acknowledged, {self.rejected} rejected, "
+            f"{self.unanswered} unanswered), {self.versions} versions, "
+            f"{self.deliveries} states delivered"
+        )
+
+
+def check(history: History) -> Report:
+    """Check every user's history; return the report with all violations."""
+    report = Report(violations=[], users=len(history.users))
+    owner: dict[int, int] = {}
+    for user in history.users.values():
+        for platform in user.platforms:
+            owner[platform] = user.user
+    for user in history.users.values():
+        report.violations.extend(check_user(user, owner))
+        report.operations += len(user.operations)
+        report.acknowledged += sum(op.outcome == "switched" for op in user.operations)
+        report.rejected += sum(op.outcome == "rejected" for op in user.operations)
+        report.unanswered += sum(op.outcome is None for op in user.operations)
+        report.deliveries += len(user.deliveries)
+        report.versions += user.final[0] if user.final else 0
+    return report
+
+
+def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[str]:
+    """Return the violations in one user's history (the user's platforms come from ``owner``)."""
+    problems: list[str] = []
+    say = problems.append
+    who = f"user {user.user}"
+    ops = user.operations
+
+    # One decision per request id (a resend carries the same id and gets the same answer).
+    by_request: dict[str, Operation] = {}
+    for op in ops:
+        if op.request in by_request:
+            say(f"{who}: request {op.request} recorded twice")
+        by_request[op.request] = op
+
+    writes: dict[int, Operation] = {}
+    reads = list(user.reads)
+    for op in ops:
+        if op.outcome == "switched":
+            assert op.version is not None and op.answered is not None
+            if op.version == op.base:  # a no-op: the platform was already active
+                reads.append(Read(op.tab, op.sent, op.answered, op.version, op.platform, "no-op"))
+            elif op.version != op.base + 1:
+                say(f"{who}: {op.request} switched from base {op.base} to version {op.version}")
+            elif op.version in writes:
+                say(
+                    f"{who}: version {op.version} acknowledged twice "
+                    f"({writes[op.version].request} and {op.request})"
+                )
+            else:
+                writes[op.version] = op
+        elif op.outcome == "rejected" and op.reason == "stale" and op.version is not None:
+            assert op.answered is not None
+            if op.version == op.base:
+                say(f"{who}: {op.request} rejected as stale although its base is current")
+            reads.append(Read(op.tab, op.sent, op.answered, op.version, op.active, "stale"))
+
+    # Which platform each version shows, from every source; they must agree.
+    platform_of: dict[int, int | None] = {}
+    if user.initial_active is not None:
+        platform_of[0] = user.initial_active
+    sources: list[tuple[int, int | None, str]] = [
+        (version, op.platform, f"the switch {op.request}") for version, op in writes.items()
+    ]
+    sources += [(r.version, r.active, f"a {r.what} read by {r.tab}") for r in reads]
+    sources += [(d.version, d.active, f"a state received by {d.tab}") for d in user.deliveries]
+    for op in ops:
+        if op.outcome == "rejected" and op.reason != "stale" and op.version is not None:
+            sources.append((op.version, op.active, f"the rejection of {op.request}"))
+    if user.final:
+        sources.append((user.final[0], user.final[1], "the database"))
+    for version, active, source in sources:
+        known = platform_of.setdefault(version, active)
+        if known != active:
+            say(f"{who}: version {version} shows platform {active} in {source}, {known} elsewhere")
+
+    # Versions are contiguous and every acknowledged one is present.
+    last = user.final[0] if user.final else max(platform_of, default=0)
+    for version, _, source in sources:
+        if version > last:
+            say(f"{who}: version {version} from {source} is beyond the final version {last}")
+
+    # Who wrote each version: its acknowledged switch, else an unanswered one that fits.
+    unanswered: dict[int, list[Operation]] = {}
+    for op in ops:
+        if op.outcome is None:
+            unanswered.setdefault(op.base + 1, []).append(op)
+    lower = [-math.inf] * (last + 2)
+    upper = [math.inf] * (last + 2)
+    for version in range(1, last + 1):
+        writer = writes.get(version)
+        if writer is None:
+            fits = [
+                op
+                for op in unanswered.get(version, [])
+                if platform_of.get(version, op.platform) == op.platform
+            ]
+            if not fits:
+                say(f"{who}: no switch could have written version {version}")
+                continue
+            writer = min(fits, key=lambda op: op.sent)
+        lower[version], upper[version] = writer.sent, writer.end
+
+    # Reads bound the instants of the writes around them; deliveries follow their writes.
+    for read in reads:
+        if 1 <= read.version <= last:
+            upper[read.version] = min(upper[read.version], read.end)
+        if read.version + 1 <= last:
+            lower[read.version + 1] = max(lower[read.version + 1], read.start)
+    for delivery in user.deliveries:
+        if 1 <= delivery.version <= last:
+            upper[delivery.version] = min(upper[delivery.version], delivery.at)
+    instant = -math.inf
+    for version in range(1, last + 1):
+        instant = max(instant, lower[version])
+        if instant > upper[version]:
+            say(
+                f"{who}: not linearizable at version {version}: it cannot take effect after "
+                f"{instant:.6f} (what precedes it) and by {upper[version]:.6f} (what saw it)"
+            )
+            instant = upper[version]
+
+    # Each connection sees strictly increasing versions; a tab never goes back.
+    tabs: dict[str, list[Delivery]] = {}
+    for delivery in user.deliveries:
+        tabs.setdefault(delivery.tab, []).append(delivery)
+        if owner is not None:
+            strangers = {p for p in delivery.platforms if owner.get(p, user.user) != user.user}
+            if strangers:
+                say(f"{who}: tab {delivery.tab} received other users' platforms {strangers}")
+    for tab, seen in tabs.items():
+        for before, after in itertools.pairwise(seen):
+            same = after.connection == before.connection
+            if after.version < before.version or (same and after.version == before.version):
+                say(f"{who}: tab {tab} went from version {before.version} to {after.version}")
+        if tab in user.open_tabs and user.final and seen:
+            end = (seen[-1].version, seen[-1].active)
+            if end != user.final:
+                say(f"{who}: tab {tab} ends on {end}, the database on {user.final}")
+
+    # The switch log: each accepted row is a version, and answers agree with it.
+    if user.log is not None:
+        if sorted(user.log.values()) != list(range(1, last + 1)):
+            say(f"{who}: the switch log holds versions {sorted(user.log.values())}")
+        for op in ops:
+            logged = user.log.get(op.request)
+            if op.outcome == "switched" and op.version != op.base and logged != op.version:
+                say(f"{who}: {op.request} acknowledged at {op.version}, logged at {logged}")
+            if op.outcome == "rejected" and logged is not None:
+                say(f"{who}: {op.request} was rejected but the log has it at {logged}")
+    return problems
+
+
+# The reference: try every order (small histories only).
+
+
+def brute_force(user: UserHistory) -> bool:
+    """Decide linearizability of ``user``'s operations and reads by trying every order."""
+    events: list[tuple[float, float, str, Any]] = []
+    for op in user.operations:
+        events.append((op.sent, op.end, "op", op))
+    for read in user.reads:
+        events.append((read.start, read.end, "read", read))
+    for delivery in user.deliveries:
+        events.append((delivery.at, delivery.at, "delivery", delivery))
+    final = user.final
+    initial = user.initial_active
+    if initial is None:  # unknown: take it from what was seen at version 0
+        initial = next((r.active for r in user.reads if r.version == 0), None)
+    start = (0, initial)
+
+    def steps(state: tuple[int, int | None], kind: str, item: Any) -> list[tuple[int, int | None]]:
+        version, active = state
+        if kind == "read":
+            return [state] if (version, active) == (item.version, item.active) else []
+        if kind == "delivery":
+            return [state] if version >= item.version else []
+        op: Operation = item
+        if op.outcome == "switched":
+            if op.version == op.base:
+                ok = version == op.base and active == op.platform
+                return [state] if ok else []
+            fits = op.version == op.base + 1 and version == op.base
+            return [(op.base + 1, op.platform)] if fits else []
+        if op.outcome == "rejected":
+            if op.reason != "stale":
+                return [state]
+            return (
+                [state]
+                if version != op.base
+                and (version, active)
+                == (
+                    op.version,
+                    op.active,
+                )
+                else []
+            )
+        # Unanswered: it happened (if it could) or it did not.
+        options = [state]
+        if version == op.base:
+            options.append((op.base + 1, op.platform))
+        return options
+
+    def search(state: tuple[int, int | None], left: tuple[int, ...]) -> bool:
+        if not left:
+            return final is None or state == final
+        earliest_end = min(events[i][1] for i in left)
+        for i in left:
+            begin, _, kind, item = events[i]
+            if begin > earliest_end:
+                continue  # another remaining event finished before this one began
+            rest = tuple(j for j in left if j != i)
+            if any(search(after, rest) for after in steps(state, kind, item)):
+                return True
+        return False
+
+    return search(start, tuple(range(len(events))))
+
+
+# Recording from a live tab.
+
+
+class TabRecorder:
+    """Record one tab's switches and received frames into a History (for tests and bench)."""
+
+    def __init__(
+        self, history: History, user: int, tab: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.user = history.user(user)
+        self.tab = tab
+        self.clock = clock
+        self.connection = 0
+        self.operations: dict[str, Operation] = {}  # by request id, answered or not
+        self._connect_started = clock()
+
+    def connecting(self) -> None:
+        """A (re)connection attempt starts now; its hello is a read within [now, hello]."""
+        self._connect_started = self.clock()
+
+    def sent(self, request: str, base: int, platform: int) -> None:
+        """A switch went out; a resend with the same id stays one operation."""
+        if request not in self.operations:
+            op = Operation(self.tab, request, base, platform, sent=self.clock())
+            self.operations[request] = op
+            self.user.operations.append(op)
+
+    def received(self, message: dict[str, Any]) -> None:
+        now = self.clock()
+        kind = message.get("type")
+        if kind in {"hello", "state"}:
+            state = message["state"]
+            if kind == "hello":
+                self.connection += 1
+                self.user.platforms.update(p["id"] for p in state["platforms"])
+                self.user.reads.append(
+                    Read(self.tab, self._connect_started, now, state["version"], state["active"])
+                )
+            self.user.deliveries.append(
+                Delivery(
+                    self.tab,
+                    self.connection,
+                    now,
+                    state["version"],
+                    state["active"],
+                    tuple(p["id"] for p in state["platforms"]),
+                )
+            )
+        elif kind in {"switched", "rejected"}:
+            op = self.operations.get(message["id"])
+            if op is None or op.outcome is not None:
+                return
+            op.answered, op.outcome = now, kind
+            if kind == "switched":
+                op.version = message["version"]
+            else:
+                op.reason = message["reason"]
+                if message.get("state"):
+                    op.version = message["state"]["version"]
+                    op.active = message["state"]["active"]
+
+    def unanswered(self) -> list[Operation]:
+        """Switches with no answer yet: after a lost connection, they may or may not be applied."""
+        return [op for op in self.operations.values() if op.outcome is None]

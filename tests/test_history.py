@@ -1,0 +1,266 @@
+"""The history checker: it accepts what a correct hub can produce and catches planted bugs.
+
+Random histories come from a simulated register whose switches take effect at random instants
+inside their windows, so they are linearizable by construction. Mutations plant bugs. On small
+histories the linear-time check and the brute-force search must always agree.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.history import (
+    Delivery,
+    History,
+    Operation,
+    Read,
+    TabRecorder,
+    UserHistory,
+    brute_force,
+    check,
+    check_user,
+)
+
+PLATFORMS = (1, 2, 3)
+
+
+@dataclass
+class Planned:
+    """An event of the simulation: its window and the instant it takes effect."""
+
+    start: int
+    length: int
+    offset: int  # where in the window it takes effect
+    kind: str  # "switch" or "read"
+    platform: int
+    stale_by: int  # a switch's base is this many versions behind its moment, at most
+    answered: bool
+
+    @property
+    def point(self) -> float:
+        # Distinct instants: ties broken by the start, a fraction apart.
+        return self.start + min(self.offset, self.length) + self.start / 1000
+
+
+planned = st.builds(
+    Planned,
+    start=st.integers(0, 20),
+    length=st.integers(0, 8),
+    offset=st.integers(0, 8),
+    kind=st.sampled_from(["switch", "switch", "read"]),
+    platform=st.sampled_from(PLATFORMS),
+    stale_by=st.integers(0, 2),
+    answered=st.booleans(),
+)
+
+
+def simulate(events: list[Planned]) -> UserHistory:
+    """Run a correct versioned compare-and-set register; record what clients would see."""
+    user = UserHistory(user=1, platforms=set(PLATFORMS), initial_active=1)
+    version, active = 0, 1
+    for number, event in enumerate(sorted(events, key=lambda e: e.point)):
+        end = float(event.start + event.length)
+        if event.kind == "read":
+            user.reads.append(Read("t", float(event.start), end, version, active))
+            continue
+        base = max(0, version - event.stale_by)
+        op = Operation("t", f"r{number}", base, event.platform, sent=float(event.start))
+        if base == version and event.platform == active:
+            op.outcome, op.version = "switched", version  # already active: a no-op
+        elif base == version:
+            version, active = version + 1, event.platform
+            op.outcome, op.version = "switched", version
+        else:
+            op.outcome, op.reason, op.version, op.active = "rejected", "stale", version, active
+        if event.answered:
+            op.answered = end
+        else:
+            op.outcome = op.version = op.active = op.reason = None
+        user.operations.append(op)
+    user.final = (version, active)
+    return user
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(planned, min_size=1, max_size=6))
+def test_correct_histories_pass_both_checkers(events: list[Planned]) -> None:
+    user = simulate(events)
+    assert check_user(user) == []
+    assert brute_force(user)
+
+
+MUTATIONS = [
+    "version",
+    "read",
+    "reorder",
+    "final",
+    "platform",
+    "duplicate",
+    "answer",
+    "forget_write",
+]
+
+
+def mutate(user: UserHistory, how: str, pick: int, amount: int) -> UserHistory:
+    """Plant one bug (or a harmless change) in a copy of the history."""
+    user = copy.deepcopy(user)
+    answered = [op for op in user.operations if op.outcome is not None]
+    if how == "version" and answered:
+        op = answered[pick % len(answered)]
+        op.version = max(0, (op.version or 0) + amount)
+    elif how == "read" and user.reads:
+        read = user.reads[pick % len(user.reads)]
+        read.version = max(0, read.version + amount)
+    elif how == "reorder" and answered:
+        op = answered[pick % len(answered)]
+        op.sent, op.answered = op.sent + 10 * amount, (op.answered or 0) + 10 * amount
+        op.sent, op.answered = min(op.sent, op.answered), max(op.sent, op.answered)
+    elif how == "final" and user.final:
+        user.final = (max(0, user.final[0] + amount), user.final[1])
+    elif how == "platform" and answered:
+        op = answered[pick % len(answered)]
+        op.platform = PLATFORMS[(PLATFORMS.index(op.platform) + 1) % len(PLATFORMS)]
+    elif how == "duplicate" and answered:
+        twin = copy.deepcopy(answered[pick % len(answered)])
+        twin.request += "-twin"
+        user.operations.append(twin)
+    elif how == "answer" and user.operations:
+        op = user.operations[pick % len(user.operations)]
+        if op.outcome is None:
+            op.outcome, op.answered, op.version = "switched", op.sent + 1, op.base + 1
+    elif how == "forget_write" and answered:
+        op = answered[pick % len(answered)]
+        op.outcome = op.version = op.active = op.reason = op.answered = None
+    return user
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(planned, min_size=1, max_size=5),
+    st.sampled_from(MUTATIONS),
+    st.integers(0, 10),
+    st.sampled_from([-2, -1, 1, 2]),
+)
+def test_the_fast_checker_agrees_with_brute_force(
+    events: list[Planned], how: str, pick: int, amount: int
+) -> None:
+    user = mutate(simulate(events), how, pick, amount)
+    assert (check_user(user) == []) == brute_force(user), check_user(user)
+
+
+def switch(request: str, base: int, platform: int, sent: float, answered: float, version: int):
+    return Operation(
+        "t", request, base, platform, sent, answered, outcome="switched", version=version
+    )
+
+
+def two_writes() -> UserHistory:
+    return UserHistory(
+        user=1,
+        platforms={1, 2},
+        initial_active=1,
+        operations=[switch("a", 0, 2, 0, 1, 1), switch("b", 1, 1, 2, 3, 2)],
+        final=(2, 1),
+    )
+
+
+def test_planted_duplicated_version_is_caught() -> None:
+    user = two_writes()
+    user.operations[1] = switch("b", 0, 1, 2, 3, 1)
+    user.final = (1, 2)
+    assert any("acknowledged twice" in v for v in check_user(user))
+    assert not brute_force(user)
+
+
+def test_planted_lost_acknowledged_write_is_caught() -> None:
+    user = two_writes()
+    user.final = (1, 2)  # the database lost version 2, acknowledged to b
+    assert any("beyond the final version" in v for v in check_user(user))
+    assert not brute_force(user)
+
+
+def test_planted_regression_is_caught() -> None:
+    user = two_writes()
+    user.deliveries = [
+        Delivery("t", 1, 1.5, 1, 2, (1, 2)),
+        Delivery("t", 1, 3.5, 2, 1, (1, 2)),
+        Delivery("t", 1, 4.0, 1, 2, (1, 2)),
+    ]
+    assert any("went from version 2 to 1" in v for v in check_user(user))
+
+
+def test_planted_stale_read_in_the_wrong_order_is_caught() -> None:
+    user = two_writes()
+    # Sent after b was acknowledged at version 2, yet told the current version is 1.
+    late = Operation("u", "c", 0, 2, 5, 6, "rejected", version=1, active=2, reason="stale")
+    user.operations.append(late)
+    assert any("not linearizable" in v for v in check_user(user))
+    assert not brute_force(user)
+
+
+def test_cross_user_delivery_and_a_tab_left_behind_are_caught() -> None:
+    alice, bob = two_writes(), UserHistory(user=2, platforms={7}, initial_active=7, final=(0, 7))
+    alice.deliveries = [Delivery("t", 1, 3.5, 2, 1, (1, 2, 7))]
+    bob.deliveries = [Delivery("b", 1, 0.5, 0, 7, (7,))]
+    alice.open_tabs = {"t"}
+    bob.open_tabs = {"b"}
+    history = History(users={1: alice, 2: bob})
+    report = check(history)
+    assert any("other users' platforms {7}" in v for v in report.violations)
+    assert report.summary().startswith("1 violations")
+
+    behind = two_writes()
+    behind.deliveries = [Delivery("t", 1, 1.5, 1, 2, (1, 2))]
+    behind.open_tabs = {"t"}
+    assert any("ends on (1, 2)" in v for v in check_user(behind))
+
+
+def test_the_switch_log_must_match_the_answers() -> None:
+    user = two_writes()
+    user.log = {"a": 1, "b": 2}
+    assert check_user(user) == []
+    user.log = {"a": 1, "b": 2, "c": 3}
+    assert any("switch log holds versions" in v for v in check_user(user))
+    user.operations.append(
+        Operation("t", "c", 0, 2, 4, 5, "rejected", version=2, active=1, reason="stale")
+    )
+    assert any("c was rejected but the log has it" in v for v in check_user(user))
+
+
+def test_the_recorder_turns_frames_into_a_checkable_history() -> None:
+    ticks = iter(range(100))
+    history = History()
+    tab = TabRecorder(history, user=1, tab="t1", clock=lambda: float(next(ticks)))
+    platforms = [{"id": 1}, {"id": 2}]
+    tab.received({"type": "hello", "state": {"version": 0, "active": 1, "platforms": platforms}})
+    tab.sent("r1", 0, 2)
+    tab.sent("r1", 0, 2)  # a resend: the same operation
+    tab.received({"type": "switched", "id": "r1", "version": 1})
+    tab.received({"type": "state", "state": {"version": 1, "active": 2, "platforms": platforms}})
+    tab.sent("r2", 0, 1)
+    tab.received(
+        {
+            "type": "rejected",
+            "id": "r2",
+            "reason": "stale",
+            "message": "...",
+            "state": {"version": 1, "active": 2, "platforms": platforms},
+        }
+    )
+    tab.sent("r3", 1, 1)
+    assert [op.request for op in tab.unanswered()] == ["r3"]
+    user = history.user(1)
+    user.final, user.open_tabs = (1, 2), {"t1"}
+    report = check(history)
+    assert report.ok, report.violations
+    assert (report.operations, report.acknowledged, report.rejected, report.unanswered) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    assert brute_force(user)
