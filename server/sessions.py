@@ -18,9 +18,9 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
-from server.errors import AuthenticationError, StoreUnavailable
+from server.errors import AuthenticationError, StoreUnavailable, UsageError
 from server.hub import Hub
-from server.passwords import DUMMY_HASH, verify_password
+from server.passwords import DUMMY_HASH, NO_PASSWORD, verify_password
 from server.protocol import SessionEndReason
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "extend",
     "format_time",
     "log_in",
+    "open_session",
     "revoke",
     "revoke_all",
     "watch_forever",
@@ -83,11 +84,26 @@ async def log_in(
         return (row[0], row[1]) if row else None
 
     found = await database.read(find)
-    encoded = found[1] if found else DUMMY_HASH
+    # A user without a password (NO_PASSWORD) costs the same hashing as an unknown one.
+    usable = found is not None and found[1] != NO_PASSWORD
+    encoded = found[1] if found is not None and usable else DUMMY_HASH
     valid = await asyncio.to_thread(verify_password, password, encoded)
-    if found is None or not valid:
+    if found is None or not usable or not valid:
         raise AuthenticationError("invalid_credentials", "Unknown user name or wrong password.")
-    user_id = found[0]
+    return await open_session(database, found[0], user_agent=user_agent, ip=ip)
+
+
+async def open_session(
+    database: Database,
+    user_id: int,
+    *,
+    user_agent: str | None = None,
+    ip: str | None = None,
+) -> tuple[str, LoginSession]:
+    """Open a fresh session for a user who is already authenticated; return token and session.
+
+    The token has 256 random bits; only its SHA-256 is stored.
+    """
     token = secrets.token_urlsafe(32)
     settings = database.settings
     now = database.clock()
@@ -104,6 +120,9 @@ async def log_in(
     )
 
     async def store(session: AsyncSession) -> LoginSession:
+        name = await session.scalar(select(UserRow.name).where(UserRow.id == user_id))
+        if name is None:
+            raise UsageError(f"no user with id {user_id}")
         session.add(row)
         await session.flush()
         return LoginSession(row.id, user_id, name, row.expires_at)

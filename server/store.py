@@ -19,7 +19,7 @@ from server.db import (
 )
 from server.errors import UsageError
 from server.hub import SwitchOutcome
-from server.passwords import hash_password
+from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
     PlatformView,
     RejectReason,
@@ -207,14 +207,18 @@ def effective_active(
 # Administration: the command line and the demo seed use these.
 
 
-async def add_user(database: Database, name: str, password: str) -> int:
-    """Create a user with version 0 and no switch yet; return the user's id."""
+async def add_user(database: Database, name: str, password: str | None) -> int:
+    """Create a user with version 0 and no switch yet; return the user's id.
+
+    A user added without a password cannot log in with one; sessions are opened for them
+    with ``sessions.open_session``.
+    """
     if not name or len(name) > 64:
         raise UsageError("a user name is 1 to 64 characters")
-    if len(password) < 8:
+    if password is not None and len(password) < 8:
         raise UsageError("a password has at least 8 characters")
     now = database.clock()
-    password_hash = hash_password(password)
+    password_hash = NO_PASSWORD if password is None else hash_password(password)
 
     async def work(session: AsyncSession) -> int:
         if await session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:

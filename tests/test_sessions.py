@@ -10,9 +10,11 @@ from typing import Any
 from sqlalchemy import func, select
 from websockets.exceptions import InvalidStatus
 
+from server import sessions
 from server.app import COOKIE
 from server.db import LoginSessionRow
 from server.sessions import collect
+from server.store import add_user
 from tests.conftest import RunningHub, make_settings, serve
 
 
@@ -211,3 +213,20 @@ async def test_collector_runs_by_itself(tmp_path: Path) -> None:
         async with asyncio.timeout(5):
             while await session_rows(running):  # noqa: ASYNC110 - polls the database
                 await asyncio.sleep(0.1)
+
+
+async def test_a_user_without_a_password_gets_sessions_only_from_open_session(
+    running: RunningHub,
+) -> None:
+    """add_user(password=None) cannot log in; open_session mints a working session for it."""
+    user_id = await add_user(running.database, "dave", None)
+    async with running.http() as http:
+        refused = await http.post("/api/login", json={"username": "dave", "password": "!"})
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "invalid_credentials"
+
+    token, login = await sessions.open_session(running.database, user_id, user_agent="test")
+    assert (login.user_id, login.user_name) == (user_id, "dave")
+    async with running.http(token) as http:
+        state = await http.get("/api/state")
+    assert state.status_code == 200 and state.json()["user"]["name"] == "dave"
