@@ -1,0 +1,365 @@
+"""Load harness: a real hub process, thousands of real WebSocket tabs, every frame recorded.
+
+Used by tests/test_scenarios.py (and usable from a shell). The hub runs as `python -m server
+serve` on a SQLite file; users and sessions are created in that file beforehand. Each tab is a
+`websockets` client whose frames feed a TabRecorder, so a run ends in a History that
+server.history.check judges against the database's final state and switch log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from server import sessions
+from server.db import Database, PlatformStateRow, SwitchLogRow
+from server.history import History, TabRecorder
+from server.settings import Settings
+from server.store import SqlStore, add_platform, add_user
+
+PLATFORMS = (
+    ("Pixelfed", "pixelfed", "https://pixelfed.example"),
+    ("Mastodon", "mastodon", "https://mastodon.example"),
+    ("Fosstodon", "mastodon", "https://fosstodon.example"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Population:
+    """Users with three platforms each and one session token per user."""
+
+    tokens: dict[int, str]
+    platforms: dict[int, tuple[int, ...]]
+
+
+async def populate(settings: Settings, users: int) -> Population:
+    """Create ``users`` users (no passwords), their platforms and a session each."""
+    database = Database(settings)
+    await database.create_schema()
+    tokens: dict[int, str] = {}
+    platforms: dict[int, tuple[int, ...]] = {}
+    try:
+        for n in range(users):
+            name = f"user{n:05d}"
+            user_id = await add_user(database, name, None)
+            ids = []
+            for i, (platform, kind, url) in enumerate(PLATFORMS):
+                ids.append(
+                    await add_platform(
+                        database,
+                        name,
+                        platform,
+                        kind=kind,
+                        instance_url=url,
+                        username=name,
+                        default=i == 0,
+                    )
+                )
+            platforms[user_id] = tuple(ids)
+            tokens[user_id], _ = await sessions.open_session(database, user_id)
+    finally:
+        await database.dispose()
+    return Population(tokens, platforms)
+
+
+async def database_facts(
+    settings: Settings,
+) -> tuple[dict[int, tuple[int, int | None]], dict[int, dict[str, int]]]:
+    """Return each user's stored (version, active) and the accepted rows of the switch log."""
+    database = Database(settings)
+    try:
+
+        async def log(session: Any) -> dict[int, dict[str, int]]:
+            logs: dict[int, dict[str, int]] = {}
+            query = select(SwitchLogRow).where(SwitchLogRow.accepted.is_(True))
+            for row in (await session.scalars(query)).all():
+                logs.setdefault(row.user_id, {})[row.request_id] = row.version
+            return logs
+
+        async def users(session: Any) -> list[int]:
+            return list((await session.scalars(select(PlatformStateRow.user_id))).all())
+
+        store = SqlStore(database)
+        states = {}
+        for user in await database.read(users):
+            state = await store.load_state(user)
+            states[user] = (state.version, state.active)
+        return states, await database.read(log)
+    finally:
+        await database.dispose()
+
+
+class HubProcess:
+    """`python -m server serve` on its own port, its output in a log file."""
+
+    def __init__(self, settings: Settings, log: Path, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        for name in Settings.__dataclass_fields__:
+            value = getattr(self.settings, name)
+            env[f"HUB_{name.upper()}"] = (
+                ",".join(value) if isinstance(value, tuple | list) else str(value)
+            )
+        env["HUB_PORT"] = str(self.port)
+        env["HUB_HOST"] = "127.0.0.1"
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "server", "serve"], env=env, stdout=out, stderr=out
+            )
+
+    async def start(self, within: float = 20) -> HubProcess:
+        """Start the process and wait until /healthz answers."""
+        self.process = self._spawn()
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"hub exited with {self.process.returncode}: {self.log}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/healthz")).status_code == 200:
+                        return self
+                if time.monotonic() > deadline:
+                    raise TimeoutError("hub did not become healthy")
+                await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    async def terminate(self, within: float = 30) -> int:
+        """SIGTERM, then wait for the graceful shutdown; return the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + within
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise TimeoutError("hub did not stop after SIGTERM")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> float:
+    """Poll ``predicate`` until it holds; return how long that took (TimeoutError after)."""
+    started = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise TimeoutError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class LoadTab:
+    """One tab: a WebSocket that reconnects, its recorder, its answers and close codes."""
+
+    user: int
+    name: str
+    token: str
+    platforms: tuple[int, ...]
+    recorder: TabRecorder
+    version: int = 0
+    active: int | None = None
+    connection: ClientConnection | None = None
+    answers: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    close_codes: list[int | None] = field(default_factory=list)
+    handshake_errors: list[str] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    last_received: float = 0.0
+
+    def see(self, message: dict[str, Any]) -> None:
+        self.last_received = time.monotonic()
+        self.recorder.received(message)
+        state = message.get("state")
+        kinds = {"hello", "state", "rejected"}
+        if state and message["type"] in kinds and state["version"] >= self.version:
+            self.version, self.active = state["version"], state["active"]
+        if message["type"] in {"switched", "rejected"}:
+            future = self.answers.pop(message["id"], None)
+            if future and not future.done():
+                future.set_result(message)
+
+
+class Load:
+    """Many tabs against one hub URL; they reconnect (full jitter) when the hub goes away."""
+
+    def __init__(self, population: Population, tabs_per_user: int, seed: int = 1) -> None:
+        self.history = History()
+        self.random = random.Random(seed)
+        self.tabs: list[LoadTab] = []
+        self.port = 0
+        self.running = True
+        self.tasks: list[asyncio.Task[None]] = []
+        self.handshake = asyncio.Semaphore(64)  # concurrent handshakes, like a browser's limit
+        for user, token in population.tokens.items():
+            for n in range(tabs_per_user):
+                name = f"u{user}-t{n}"
+                recorder = TabRecorder(self.history, user, name)
+                self.tabs.append(LoadTab(user, name, token, population.platforms[user], recorder))
+            self.history.user(user).initial_active = population.platforms[user][0]
+
+    async def connect_all(self, port: int) -> None:
+        self.port = port
+        self.tasks = [asyncio.create_task(self._keep_connected(tab)) for tab in self.tabs]
+        await asyncio.wait_for(asyncio.gather(*(tab.connected.wait() for tab in self.tabs)), 120)
+
+    async def _keep_connected(self, tab: LoadTab) -> None:
+        attempt = 0
+        while self.running:
+            tab.recorder.connecting()
+            try:
+                async with self.handshake:
+                    connection = await connect(
+                        f"ws://127.0.0.1:{self.port}/ws?tab={tab.name}",
+                        additional_headers={"Authorization": f"Bearer {tab.token}"},
+                        open_timeout=30,
+                        ping_interval=None,
+                        max_queue=None,
+                    )
+            except (OSError, InvalidHandshake, TimeoutError) as error:
+                if isinstance(error, InvalidStatus):
+                    tab.handshake_errors.append(str(error))
+                attempt += 1
+                await asyncio.sleep(self.random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                continue
+            attempt = 0
+            tab.connection = connection
+            try:
+                async for frame in connection:
+                    message = json.loads(frame)
+                    tab.see(message)
+                    if message["type"] == "hello":
+                        tab.connected.set()
+            except ConnectionClosed:
+                pass
+            tab.close_codes.append(connection.close_code)
+            tab.connected.clear()
+            tab.connection = None
+            for future in tab.answers.values():
+                if not future.done():
+                    future.set_result({"type": "lost"})
+            tab.answers.clear()
+            if connection.close_code == 4001:
+                return
+            await asyncio.sleep(self.random.uniform(0, 0.5))
+
+    async def switch(self, tab: LoadTab, *, stale: bool, within: float = 30) -> str:
+        """Send one switch and wait for its answer; return its type ("lost" if cut off)."""
+        await asyncio.wait_for(tab.connected.wait(), within)
+        connection = tab.connection
+        assert connection is not None
+        base = max(0, tab.version - 1) if stale and tab.version > 0 else tab.version
+        choices = [p for p in tab.platforms if p != tab.active] or list(tab.platforms)
+        platform = self.random.choice(choices)
+        request = f"{tab.name}-{self.random.getrandbits(48):012x}"
+        future = asyncio.get_running_loop().create_future()
+        tab.answers[request] = future
+        tab.recorder.sent(request, base, platform)
+        message = {"type": "switch", "id": request, "platform": platform, "base": base}
+        try:
+            await connection.send(json.dumps(message))
+        except ConnectionClosed:
+            return "lost"
+        try:
+            answer = await asyncio.wait_for(future, within)
+        except TimeoutError:
+            return "timeout"
+        kind: str = answer["type"]
+        return kind
+
+    async def run(
+        self, switches: int, *, stale_share: float = 0.5, in_flight_per_user: int = 2
+    ) -> dict[str, int]:
+        """Make ``switches`` switches from random tabs, ``in_flight_per_user`` at once per user.
+
+        About ``stale_share`` of them go out with a base one version behind (stale by
+        choice); the rest use the tab's newest version and still lose some races.
+        """
+        counts: dict[str, int] = {}
+        by_user: dict[int, list[LoadTab]] = {}
+        for tab in self.tabs:
+            by_user.setdefault(tab.user, []).append(tab)
+        drivers = [tabs for tabs in by_user.values() for _ in range(in_flight_per_user)]
+        shares = [switches // len(drivers)] * len(drivers)
+        for i in range(switches % len(drivers)):
+            shares[i] += 1
+
+        async def drive(tabs: list[LoadTab], n: int) -> None:
+            for _ in range(n):
+                tab = self.random.choice(tabs)
+                try:
+                    kind = await self.switch(tab, stale=self.random.random() < stale_share)
+                except TimeoutError:
+                    kind = "not connected"
+                counts[kind] = counts.get(kind, 0) + 1
+
+        await asyncio.gather(*(drive(t, n) for t, n in zip(drivers, shares, strict=True)))
+        return counts
+
+    def answered(self) -> int:
+        """How many switches have been answered so far."""
+        return sum(
+            op.outcome is not None for user in self.history.users.values() for op in user.operations
+        )
+
+    def converged(self, states: dict[int, tuple[int, int | None]]) -> bool:
+        return all((tab.version, tab.active) == states[tab.user] for tab in self.tabs)
+
+    async def close(self) -> None:
+        self.running = False
+        for tab in self.tabs:
+            if tab.connection is not None:
+                await tab.connection.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def hub_process(settings: Settings, log: Path) -> AsyncIterator[HubProcess]:
+    hub = await HubProcess(settings, log).start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
