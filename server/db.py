@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -184,6 +186,15 @@ class Database:
             self.engine.execution_options(hub_write=True), expire_on_commit=False
         )
         self._running: set[asyncio.Task[Any]] = set()
+        # SQLite has one writer at a time. The hub's own writers queue here, in order, rather
+        # than in SQLite's busy handler, which sleeps up to 100 ms between tries and, under
+        # contention, fails writers that a queue would have served. BEGIN IMMEDIATE still
+        # waits out other processes (up to busy_timeout). When a write fails for want of the
+        # database, the writers queued behind it fail at once with the same message instead
+        # of each waiting its own busy_timeout: nothing is applied, and they may retry.
+        self._write_lock = asyncio.Lock() if settings.is_sqlite else None
+        self._write_failed_at = -math.inf
+        self._write_failure = ""
 
     async def create_schema(self) -> None:
         """Create any missing table."""
@@ -196,7 +207,7 @@ class Database:
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction, committed when it returns."""
-        return await self._run(self._write, work)
+        return await self._run(self._write, work, serialize=True)
 
     def checked_out(self) -> int:
         """Return how many pooled connections are checked out right now."""
@@ -210,12 +221,17 @@ class Database:
         await self.engine.dispose()
 
     async def _run(
-        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        serialize: bool = False,
     ) -> T:
         # The unit of work runs in a task of its own and the caller awaits it through a
         # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
         # cannot interrupt the commit or rollback, so no connection is ever left checked out.
-        task = asyncio.ensure_future(self._transact(maker, work))
+        unit = self._transact_serialized if serialize and self._write_lock else self._transact
+        task = asyncio.ensure_future(unit(maker, work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
@@ -228,6 +244,20 @@ class Database:
                 return await work(session)
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"The database is unavailable: {_first_line(error)}") from error
+
+    async def _transact_serialized(
+        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+    ) -> T:
+        assert self._write_lock is not None
+        queued_at = time.monotonic()
+        async with self._write_lock:
+            if self._write_failed_at > queued_at:
+                raise StoreUnavailable(self._write_failure)
+            try:
+                return await self._transact(maker, work)
+            except StoreUnavailable as error:
+                self._write_failed_at, self._write_failure = time.monotonic(), str(error)
+                raise
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:

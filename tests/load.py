@@ -285,7 +285,7 @@ class Load:
             await asyncio.sleep(self.random.uniform(0, 0.5))
 
     async def switch(self, tab: LoadTab, *, stale: bool, within: float = 30) -> str:
-        """Send one switch and wait for its answer; return its type ("lost" if cut off)."""
+        """Send one switch and wait for its answer: "switched", "rejected:<reason>", "lost"."""
         await asyncio.wait_for(tab.connected.wait(), within)
         connection = tab.connection
         assert connection is not None
@@ -306,7 +306,7 @@ class Load:
         except TimeoutError:
             return "timeout"
         kind: str = answer["type"]
-        return kind
+        return f"rejected:{answer['reason']}" if kind == "rejected" else kind
 
     async def run(
         self, switches: int, *, stale_share: float = 0.5, in_flight_per_user: int = 2

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 
 from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
+from server.errors import StoreUnavailable
 from server.protocol import Switch
 from server.store import SqlStore, seed_demo
 from tests.conftest import RunningHub, make_settings, other_platform, serve
@@ -163,3 +164,35 @@ async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
         return (await session.get(PlatformStateRow, 1)).version, int(logged)
 
     assert await running.database.read(state) == (0, 0)
+
+
+async def test_writers_queued_behind_a_failed_write_fail_with_it(tmp_path: Path) -> None:
+    """Another process holds the lock: the first writer waits busy_timeout and fails; those
+    queued behind it fail at once with its message instead of each waiting again."""
+    settings = make_settings(tmp_path, sqlite_busy_timeout_ms=300)
+    database = Database(settings)
+    await database.create_schema()
+    attempts = 0
+
+    async def work(session: Any) -> int:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("CREATE TABLE IF NOT EXISTS probe (x INTEGER)"))
+        return attempts
+
+    locker = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        results = await asyncio.gather(
+            *(database.write(work) for _ in range(20)), return_exceptions=True
+        )
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert len({str(r) for r in results}) == 1 and "locked" in str(results[0])
+    assert attempts == 1  # only the first writer reached the database; it applied nothing
+    # A writer that arrives after the failure goes to the database again, and succeeds.
+    assert await database.write(work) == 2
+    assert database.checked_out() == 0
+    await database.dispose()
