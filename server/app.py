@@ -21,7 +21,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import __version__, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, StoreUnavailable
+from server.guard import with_header_deadline
 from server.hub import Hub, TabLimitReached, TransportClosed
+from server.logs import redact_secrets
 from server.protocol import (
     CloseCode,
     ErrorBody,
@@ -114,10 +116,13 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "ws_per_message_deflate": False,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": 5,
+        "http": with_header_deadline(settings.handshake_timeout_s),
         "lifespan": "on",
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)  # configures uvicorn's log handlers
+    redact_secrets("uvicorn", "uvicorn.error", "uvicorn.access")
+    return config
 
 
 # HTTP endpoints.
@@ -295,6 +300,11 @@ async def _websocket(websocket: WebSocket) -> None:
     if not _origin_allowed(websocket):
         await websocket.send_denial_response(_forbidden_origin())
         return
+    if "origin" not in websocket.headers and _uses_cookie(websocket):
+        # Browsers always send Origin on a WebSocket handshake; a cookie without one is not
+        # from a page, and the check above cannot vouch for it.
+        await websocket.send_denial_response(_forbidden_origin())
+        return
     tab_id = websocket.query_params.get("tab") or secrets.token_urlsafe(12)
     if not _TAB_ID.fullmatch(tab_id):
         problem = "The tab id must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -."
@@ -357,6 +367,10 @@ def _token(connection: HTTPConnection) -> str | None:
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip() or None
     return connection.cookies.get(COOKIE)
+
+
+def _uses_cookie(connection: HTTPConnection) -> bool:
+    return not connection.headers.get("authorization") and COOKIE in connection.cookies
 
 
 def _session_view(login: LoginSession) -> SessionView:

@@ -126,6 +126,7 @@ class Tab:
         self.outbox = Outbox(hub.outbox_size)
         self.bucket = _Bucket(hub.messages_per_second, hub.message_burst)
         self.bad_messages = 0
+        self.excess_messages = 0  # messages over the rate limit, in a row
         self.last_heard = time.monotonic()
         self.warned_for: str | None = None
         self.expires_at: str = ""
@@ -268,11 +269,18 @@ class Hub:
             self._bad_message(tab, str(error))
             return
         if not tab.bucket.take():
+            # Past its burst, a tab that keeps flooding is closed like one that sends garbage
+            # (4002), before its answers could pile up unread.
+            tab.excess_messages += 1
+            if tab.excess_messages > self.max_bad_messages:
+                tab.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
+                return
             if isinstance(message, Switch):
                 self._reply_rejected(tab, message, RejectReason.RATE_LIMITED)
             else:
                 tab.send(encode(Error(code=ErrorCode.RATE_LIMITED, message=_RATE_MESSAGE)))
             return
+        tab.excess_messages = 0
         if isinstance(message, Ping):
             tab.send(_PONG)
         else:

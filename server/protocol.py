@@ -294,6 +294,8 @@ def decode(frame: str | bytes) -> ClientMessage:
         raise BadMessage(_explain(str(error))) from None
     except msgspec.DecodeError as error:
         raise BadMessage(f"Frame is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadMessage("Frame is nested too deeply") from None
 
 
 def decode_server(frame: str | bytes) -> ServerMessage:
@@ -311,6 +313,8 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         raise BadMessage(f"Invalid request body: {error}") from None
     except msgspec.DecodeError as error:
         raise BadMessage(f"Request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadMessage("Request body is nested too deeply") from None
 
 
 def encode(message: object) -> str:

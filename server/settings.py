@@ -45,6 +45,9 @@ class Settings:
     heartbeat_s: float = 25
     # A tab that sends nothing (not even a ping) for this long is closed.
     idle_timeout_s: float = 75
+    # A connection must complete its request headers (or WebSocket handshake request) in this
+    # long, or it is closed: slow or stalled clients cannot hold connections open for free.
+    handshake_timeout_s: float = 10
 
     # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
     sqlite_synchronous: str = "NORMAL"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,8 +193,19 @@ async def serve(settings: Settings, port: int = 0) -> AsyncIterator[RunningHub]:
     finally:
         database = hub.database
         await hub.stop()
-    # Database hygiene: once the hub has stopped, no pooled connection is checked out.
+    # Database hygiene: once the hub has stopped, no pooled connection is checked out, and
+    # no connection's worker thread is left running.
     assert database.checked_out() == 0
+    async with asyncio.timeout(TIMEOUT):
+        while True:  # they stop a moment after their connection closes
+            if not database_threads():
+                break
+            await asyncio.sleep(0.01)
+
+
+def database_threads() -> list[threading.Thread]:
+    """aiosqlite's worker threads (one per open connection) that are still alive."""
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
 
 
 @pytest.fixture

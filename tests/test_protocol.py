@@ -10,6 +10,7 @@ from server.errors import BadMessage
 from server.protocol import (
     Cause,
     CloseCode,
+    LoginRequest,
     Ping,
     Rejected,
     RejectReason,
@@ -17,6 +18,7 @@ from server.protocol import (
     StateView,
     Switch,
     decode,
+    decode_body,
     decode_server,
     encode,
 )
@@ -69,3 +71,13 @@ def test_hub_close_codes_are_in_the_application_range() -> None:
     own = [code for code in CloseCode if code >= 4000]
     assert all(4000 <= code <= 4999 for code in own)
     assert CloseCode.SESSION_ENDED == 4001
+
+
+def test_deeply_nested_frames_and_bodies_are_bad_messages_not_crashes() -> None:
+    """Found by fuzzing: msgspec raises RecursionError past ~2,000 levels of nesting."""
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    with pytest.raises(BadMessage, match="nested too deeply"):
+        decode(deep)
+    # A body is a plain struct: the first unknown field stops decoding, before any depth.
+    with pytest.raises(BadMessage, match="unknown field"):
+        decode_body(deep.encode(), LoginRequest)

@@ -1,0 +1,368 @@
+"""Hostile input and access: only documented answers, never a crash, never a state change.
+
+The handshake matrix and the fuzzing of the live endpoint use a real hub (the fuzzing one a
+separate process, driven by a synchronous websockets client under Hypothesis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as connect_sync
+
+from server.app import COOKIE
+from server.db import LoginSessionRow
+from server.errors import BadMessage
+from server.logs import redact
+from server.protocol import Ping, Switch, decode
+from server.settings import Settings
+from tests.conftest import RunningHub, make_settings, other_platform, serve
+from tests.load import HubProcess
+
+# Handshakes.
+
+
+async def handshake(running: RunningHub, headers: dict[str, str]) -> int:
+    """Try a WebSocket handshake; return the HTTP status (101 if it was accepted)."""
+    try:
+        connection = await connect(
+            f"ws://127.0.0.1:{running.port}/ws?tab=h", additional_headers=headers
+        )
+    except InvalidStatus as refused:
+        return refused.response.status_code
+    await connection.close()
+    return 101
+
+
+async def test_the_handshake_is_refused_for_every_bad_origin_and_credential(
+    running: RunningHub,
+) -> None:
+    """403 for foreign and look-alike origins, 401 for bad sessions: never 101."""
+    port = running.port
+    token = await running.login("alice")
+    cookie = {"Cookie": f"{COOKIE}={token}"}
+    own = {"Origin": f"http://127.0.0.1:{port}"}
+    assert await handshake(running, {**own, **cookie}) == 101  # the baseline is accepted
+
+    for origin in (
+        "http://evil.example",
+        f"http://127.0.0.1:{port}.evil",  # look-alikes
+        f"http://127.0.0.1.evil:{port}",
+        f"http://evil.example/?http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{port + 1}",  # another port
+        f"https://127.0.0.1:{port}",  # another scheme
+        "null",
+    ):
+        assert await handshake(running, {"Origin": origin, **cookie}) == 403, origin
+    # A cookie without an Origin is not from a page: refused. A bearer token may omit it.
+    assert await handshake(running, cookie) == 403
+    assert await handshake(running, {"Authorization": f"Bearer {token}"}) == 101
+
+    # Missing, forged, expired and revoked sessions.
+    assert await handshake(running, own) == 401
+    assert await handshake(running, {**own, "Cookie": f"{COOKIE}={token[:-2]}xx"}) == 401
+    expired = await running.login("alice")
+
+    async def expire(session: Any) -> None:
+        past = running.database.clock() - dt.timedelta(seconds=1)
+        await session.execute(
+            update(LoginSessionRow)
+            .where(LoginSessionRow.token_hash == _hash(expired))
+            .values(idle_expires_at=past)
+        )
+
+    await running.database.write(expire)
+    assert await handshake(running, {**own, "Cookie": f"{COOKIE}={expired}"}) == 401
+    revoked = await running.login("alice")
+    async with running.http(revoked) as http:
+        assert (await http.post("/api/logout")).status_code == 200
+    assert await handshake(running, {**own, "Cookie": f"{COOKIE}={revoked}"}) == 401
+    assert running.hub.tabs() == []
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def test_a_secure_deployment_sets_secure_cookies_and_the_token_is_nowhere_on_disk(
+    tmp_path: Path,
+) -> None:
+    async with serve(make_settings(tmp_path, cookie_secure=True)) as running:
+        async with running.http() as http:
+            response = await http.post(
+                "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+            )
+        cookie = response.headers["set-cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+        assert f"Max-Age={int(running.settings.session_absolute_s)}" in cookie
+        token = response.cookies[COOKIE]
+    stored = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("hub.db*")))  # noqa: ASYNC240
+    assert token.encode() not in stored
+    assert _hash(token).encode() in stored  # what is kept instead
+
+
+async def test_a_stalled_handshake_is_closed_at_its_deadline(tmp_path: Path) -> None:
+    """A client that never finishes its request headers is dropped, without an answer."""
+    async with serve(make_settings(tmp_path, handshake_timeout_s=0.3)) as running:
+        for opening in (b"", b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(opening)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+            writer.close()
+        # A client that finishes in time is served as usual.
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_flooding_tab_is_limited_then_closed_and_other_users_keep_working(
+    running: RunningHub,
+) -> None:
+    """300 switches at once from one tab: past its burst they are refused `rate_limited`, then
+    the flood closes the tab with 4002; another user's switch meanwhile goes through."""
+    bob = await running.tab(await running.login("bob"), "flood")
+    alice = await running.tab(await running.login("alice"), "calm")
+    for n in range(300):
+        await bob.send({"type": "switch", "id": f"f{n}", "platform": 10**6, "base": 0})
+    answer = await alice.switch("calm-1", other_platform(alice.hello["state"]))
+    assert answer["type"] == "switched"
+    code, messages = await bob.closed()
+    reasons = [m.get("reason") for m in messages if m["type"] == "rejected"]
+    assert code == 4002
+    assert reasons.count("rate_limited") == running.settings.max_bad_messages
+    assert set(reasons) == {"unknown_platform", "rate_limited"}
+
+
+async def test_tokens_are_never_logged(tmp_path: Path) -> None:
+    """Run a hub process at debug level through logins, tabs, switches, a forged token and
+    logouts; neither a token nor its hash appears in its log."""
+    settings = make_settings(tmp_path, log_level="debug")
+    from server.db import Database
+    from server.store import seed_demo
+
+    database = Database(settings)
+    await database.create_schema()
+    await seed_demo(database)
+    await database.dispose()
+    log = tmp_path / "hub.log"
+    hub = await HubProcess(settings, log).start()
+    tokens = []
+    try:
+        async with httpx.AsyncClient(base_url=hub.url) as http:
+            for _ in range(2):
+                login = await http.post(
+                    "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+                )
+                tokens.append(login.cookies[COOKIE])
+            origin = {"Origin": hub.url}
+            async with connect(
+                f"ws://127.0.0.1:{hub.port}/ws?tab=a",
+                additional_headers={**origin, "Cookie": f"{COOKIE}={tokens[0]}"},
+            ) as tab:
+                await tab.recv()
+                await tab.send(json.dumps({"type": "switch", "id": "r", "platform": 2, "base": 0}))
+                await tab.recv()
+            with pytest.raises(InvalidStatus):
+                await connect(
+                    f"ws://127.0.0.1:{hub.port}/ws?tab=b",
+                    additional_headers={"Authorization": f"Bearer {tokens[1]}x"},
+                )
+            http.cookies.set(COOKIE, tokens[1])
+            await http.get("/api/state")
+            await http.post("/api/logout", headers=origin)
+    finally:
+        await hub.terminate()
+    text = log.read_text()
+    assert "GET /api/state" in text  # the log did record the requests
+    for token in tokens:
+        assert token not in text and _hash(token) not in text
+        assert token[:16] not in text
+
+
+def test_the_log_filter_redacts_cookies_and_bearer_tokens() -> None:
+    line = "< cookie: a=1; hub_session=abc123-_XYZ; b=2 | Authorization: Bearer tok.en/+=="
+    assert redact(line) == (
+        "< cookie: a=1; hub_session=[redacted]; b=2 | Authorization: Bearer [redacted]"
+    )
+
+
+# The decoder.
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+field_values = json_values | st.text(min_size=65, max_size=200) | st.integers(2**62, 2**64)
+messages = st.fixed_dictionaries(
+    {"type": st.sampled_from(["switch", "ping", "SWITCH", "hello", "", 1])},
+    optional={"id": field_values, "platform": field_values, "base": field_values},
+)
+
+
+def frames() -> st.SearchStrategy[str | bytes]:
+    return st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        messages.map(json.dumps),
+        json_values.map(json.dumps),
+        st.integers(1, 2000).map(lambda depth: "[" * depth + "]" * depth),
+        st.integers(1, 2000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+        st.text(string.ascii_letters, min_size=1000, max_size=5000).map(
+            lambda s: json.dumps({"type": "switch", "id": s, "platform": 1, "base": 0})
+        ),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames())
+def test_the_decoder_returns_a_message_or_says_what_is_wrong(frame: str | bytes) -> None:
+    try:
+        message = decode(frame)
+    except BadMessage as error:
+        assert str(error)
+        return
+    assert isinstance(message, Switch | Ping)
+    if isinstance(message, Switch):
+        assert 1 <= len(message.id) <= 64 and message.platform >= 1 and message.base >= 0
+
+
+# The live endpoint.
+
+DOCUMENTED_CLOSES = {1007, 1009}  # invalid UTF-8, frame too big (docs/protocol.md)
+
+
+@pytest.fixture(scope="module")
+def fuzz_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, str]]:
+    """A hub process that lets one tab send as much, and as badly, as it likes."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp / 'hub.db'}",
+        max_bad_messages=10**9,
+        messages_per_second=10**6,
+        message_burst=10**6,
+        log_level="warning",
+    )
+
+    async def start() -> tuple[HubProcess, str]:
+        from server.db import Database
+        from server.store import seed_demo
+
+        database = Database(settings)
+        await database.create_schema()
+        await seed_demo(database)
+        await database.dispose()
+        hub = await HubProcess(settings, tmp / "hub.log").start()
+        async with httpx.AsyncClient(base_url=hub.url) as http:
+            login = await http.post(
+                "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+            )
+        return hub, login.cookies[COOKIE]
+
+    hub, token = asyncio.run(start())
+    try:
+        yield hub, token
+    finally:
+        hub.stop()
+
+
+class FuzzTab:
+    def __init__(self, hub: HubProcess, token: str) -> None:
+        self.hub, self.token = hub, token
+        self.connections = contextlib.ExitStack()
+        self.connection: ClientConnection | None = None
+        self.switched = 0
+        self.answers: dict[str, int] = {}
+
+    def open(self) -> ClientConnection:
+        if self.connection is None:
+            self.connection = self.connections.enter_context(
+                connect_sync(
+                    f"ws://127.0.0.1:{self.hub.port}/ws?tab=fuzz",
+                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                )
+            )
+            assert json.loads(self.connection.recv(timeout=5))["type"] == "hello"
+        return self.connection
+
+    def send(self, frame: str | bytes) -> None:
+        connection = self.open()
+        try:
+            if isinstance(frame, bytes) and frame[:1] == b"\x01":
+                connection.send(frame[1:], text=True)  # raw bytes in a text frame
+            else:
+                connection.send(frame)
+            answer = json.loads(connection.recv(timeout=5))
+        except ConnectionClosed:
+            code = connection.protocol.close_code
+            assert code in DOCUMENTED_CLOSES, code
+            self.answers[f"close {code}"] = self.answers.get(f"close {code}", 0) + 1
+            self.connection = None
+            return
+        kind = answer["type"]
+        key = f"{kind} {answer.get('code') or answer.get('reason') or ''}".strip()
+        self.answers[key] = self.answers.get(key, 0) + 1
+        assert kind in {"error", "pong", "rejected", "switched"}, answer
+        if kind == "error":
+            assert answer["code"] == "bad_message" and answer["message"]
+        if kind == "switched":
+            self.switched += 1
+
+
+@pytest.fixture(scope="module")
+def fuzz_tab(fuzz_hub: tuple[HubProcess, str]) -> Iterator[FuzzTab]:
+    tab = FuzzTab(*fuzz_hub)
+    yield tab
+    tab.connections.close()
+    # After everything, the state moved only by switches the hub accepted, and it still
+    # serves: a new tab gets its hello.
+    with connect_sync(
+        f"ws://127.0.0.1:{tab.hub.port}/ws?tab=after",
+        additional_headers={"Authorization": f"Bearer {tab.token}"},
+    ) as connection:
+        hello = json.loads(connection.recv(timeout=5))
+    assert hello["state"]["version"] == tab.switched, (hello["state"], tab.answers)
+    print(f"\nlive fuzzing answers: {json.dumps(tab.answers, sort_keys=True)}")
+
+
+live_frames = frames() | st.binary(min_size=1, max_size=50).map(lambda b: b"\x01" + b"\xff" + b)
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(live_frames)
+def test_the_live_endpoint_answers_every_frame_as_documented(
+    fuzz_tab: FuzzTab, frame: str | bytes
+) -> None:
+    fuzz_tab.send(frame)
+
+
+def test_oversized_frames_close_with_1009_and_the_next_connection_works(
+    fuzz_tab: FuzzTab,
+) -> None:
+    fuzz_tab.send("x" * 70_000)
+    assert fuzz_tab.answers.get("close 1009", 0) >= 1
+    fuzz_tab.send('{"type":"ping"}')
+    assert fuzz_tab.answers.get("pong", 0) >= 1
