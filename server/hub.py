@@ -407,7 +407,8 @@ class Hub:
         tab.send(encode(rejected))
 
     def _remember(self, room: _Room | None, state: StateView) -> None:
-        if room is not None and (room.state is None or state.version > room.state.version):
+        # At an equal version the newer read wins: it may list platforms changed since.
+        if room is not None and (room.state is None or state.version >= room.state.version):
             room.state = state
 
     def _remove(self, tab: Tab) -> None:
