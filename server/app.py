@@ -140,7 +140,13 @@ async def _healthz(request: Request) -> Response:
         status, code = "ok", 200
     except StoreUnavailable:
         status, code = "unavailable", 503
-    body = {"status": status, "version": __version__, "tabs": len(hub.tabs())}
+    body = {
+        "status": status,
+        "version": __version__,
+        "tabs": len(hub.tabs()),
+        # Pool hygiene at a glance: 0 whenever no unit of work is running.
+        "connections_checked_out": database.checked_out(),
+    }
     return Response(encode(body), status_code=code, media_type="application/json")
 
 

@@ -155,6 +155,11 @@ class HubProcess:
                     raise TimeoutError("hub did not become healthy")
                 await asyncio.sleep(0.05)
 
+    async def health(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            body: dict[str, Any] = (await http.get("/healthz")).json()
+            return body
+
     def kill(self) -> None:
         """kill -9: no shutdown of any kind."""
         assert self.process is not None

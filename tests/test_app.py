@@ -220,7 +220,12 @@ async def test_healthz_and_static_files(running: RunningHub) -> None:
     async with running.http() as client:
         health = await client.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "version": "0.1.0", "tabs": 0}
+        assert health.json() == {
+            "status": "ok",
+            "version": "0.1.0",
+            "tabs": 0,
+            "connections_checked_out": 0,
+        }
         page = await client.get("/")
         assert page.status_code == 200 and "navigation.js" in page.text
         script = await client.get("/client/navigation.js")

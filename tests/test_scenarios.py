@@ -61,8 +61,17 @@ async def converge(load: Load, settings: Settings) -> float:
     return time.monotonic() - started
 
 
-async def judge(load: Load, settings: Settings, open_tabs: bool = True) -> History:
-    """Fill in the database's facts and check the whole history."""
+async def judge(load: Load, settings: Settings, hub: HubProcess, open_tabs: bool = True) -> History:
+    """Fill in the database's facts and check the whole history, and the hub's pool."""
+    await wait_until(lambda: all(t.connected.is_set() for t in load.tabs), 120, "reconnected")
+    # A unit of work may be running this instant; a leaked connection stays checked out.
+    for _ in range(50):
+        health = await hub.health()
+        if health["connections_checked_out"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert health["connections_checked_out"] == 0, health
+    assert health["tabs"] == len(load.tabs), health
     states, logs = await database_facts(settings)
     for user, state in states.items():
         facts = load.history.user(user)
@@ -99,7 +108,7 @@ async def test_load_histories_are_linearizable_and_every_tab_converges(
         counts = await load.run(SWITCHES)
         ran = time.monotonic() - started
         converged_s = await converge(load, settings)
-        await judge(load, settings)
+        await judge(load, settings, hub)
         await load.close()
     assert counts.get("switched", 0) > 0 and counts.get("rejected:stale", 0) > 0, counts
     assert set(counts) <= {"switched", "rejected:stale"}, counts
@@ -129,7 +138,7 @@ async def test_kill_9_loses_no_acknowledged_switch(tmp_path: Path, population: P
         hub = await HubProcess(settings, tmp_path / "hub.log", port=hub.port).start()
         counts = await asyncio.wait_for(run, 300)
         converged_s = await converge(load, settings)
-        await judge(load, settings)
+        await judge(load, settings, hub)
         await load.close()
     finally:
         hub.stop()
@@ -169,7 +178,7 @@ async def test_sigterm_closes_every_tab_with_1012_and_all_come_back(
         back_s = time.monotonic() - started
         second = await load.run(SWITCHES // 2)
         converged_s = await converge(load, settings)
-        await judge(load, settings)
+        await judge(load, settings, hub)
         await load.close()
     finally:
         hub.stop()
@@ -207,7 +216,7 @@ async def test_a_locked_database_rejects_switches_as_unavailable_and_the_hub_rec
         # After the release, switching works again by itself: nothing refused unavailable.
         after = await load.run(SWITCHES // 5)
         converged_s = await converge(load, settings)
-        await judge(load, settings)
+        await judge(load, settings, hub)
         dropped = [tab.name for tab in load.tabs if tab.close_codes]
         await load.close()
     assert dropped == [], "tabs were disconnected"
