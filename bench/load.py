@@ -1,0 +1,233 @@
+"""The load generator: a separate process with real WebSocket tabs; prints JSON results.
+
+    python -m bench.load --target ws://127.0.0.1:8100/ws --users 500 --tabs 5 \
+        --mode rate --rate 1000 --duration 10 [--tokens tokens.json]
+
+With --tokens (a JSON object user id -> session token) tabs authenticate as the hub expects;
+without, they name their user in the URL (?user=N), as the ceiling expects.
+
+Modes:
+- rate: open loop, switches at a fixed rate from random tabs; reports the latency from
+  sending each accepted switch to the moment every tab of its user has its state;
+- saturate: closed loop, one switch in flight per user; reports accepted switches and
+  deliveries per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+
+@dataclass
+class BenchTab:
+    user: int
+    name: str
+    connection: ClientConnection | None = None
+    version: int = 0
+    active: int = 1
+    platforms: tuple[int, ...] = (1, 2, 3)
+    seen: dict[int, float] = field(default_factory=dict)  # version -> first receipt
+    deliveries: int = 0
+
+
+@dataclass
+class Run:
+    tabs: list[BenchTab]
+    by_user: dict[int, list[BenchTab]]
+    sent: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # -> user, base, t
+    accepted: list[tuple[int, int, float]] = field(default_factory=list)  # user, version, t
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def reader(run: Run, tab: BenchTab) -> None:
+    assert tab.connection is not None
+    async for frame in tab.connection:
+        now = time.perf_counter()
+        message = json.loads(frame)
+        kind = message["type"]
+        if kind in {"hello", "state"}:
+            state = message["state"]
+            tab.deliveries += kind == "state"
+            if kind == "hello":
+                tab.platforms = tuple(p["id"] for p in state["platforms"])
+            if state["version"] >= tab.version:
+                tab.version, tab.active = state["version"], state["active"]
+            tab.seen.setdefault(state["version"], now)
+        elif kind == "switched":
+            user, base, sent_at = run.sent.pop(message["id"])
+            if message["version"] > base:  # not a no-op
+                run.accepted.append((user, message["version"], sent_at))
+            _settle(run, message["id"])
+        elif kind == "rejected":
+            run.sent.pop(message["id"], None)
+            run.rejected += 1
+            run.reasons[message["reason"]] = run.reasons.get(message["reason"], 0) + 1
+            if message.get("state"):
+                state = message["state"]
+                if state["version"] > tab.version:
+                    tab.version, tab.active = state["version"], state["active"]
+            _settle(run, message["id"])
+
+
+def _settle(run: Run, request: str) -> None:
+    future = run.answers.pop(request, None)
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+async def open_tabs(
+    target: str, users: list[int], tabs: int, tokens: dict[str, str] | None
+) -> tuple[Run, float]:
+    every = [BenchTab(user, f"u{user}t{n}") for user in users for n in range(tabs)]
+    by_user: dict[int, list[BenchTab]] = {}
+    for tab in every:
+        by_user.setdefault(tab.user, []).append(tab)
+    run = Run(every, by_user)
+    gate = asyncio.Semaphore(100)
+
+    async def one(tab: BenchTab) -> None:
+        if tokens:
+            url, headers = (
+                f"{target}?tab={tab.name}",
+                {"Authorization": f"Bearer {tokens[str(tab.user)]}"},
+            )
+        else:
+            url, headers = f"{target}?user={tab.user}&tab={tab.name}", {}
+        async with gate:
+            tab.connection = await connect(
+                url,
+                additional_headers=headers,
+                compression=None,
+                ping_interval=None,
+                open_timeout=60,
+                max_queue=None,
+            )
+        run.readers.append(asyncio.create_task(reader(run, tab)))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(tab) for tab in every))
+    while True:  # until every hello is in
+        if all(tab.seen for tab in every):
+            break
+        await asyncio.sleep(0.01)
+    return run, len(every) / (time.perf_counter() - started)
+
+
+async def send_switch(run: Run, tab: BenchTab, rng: random.Random) -> asyncio.Future[None]:
+    request = f"{tab.name}-{rng.getrandbits(40):010x}"
+    platform = rng.choice([p for p in tab.platforms if p != tab.active])
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    run.answers[request] = future
+    run.sent[request] = (tab.user, tab.version, time.perf_counter())
+    assert tab.connection is not None
+    await tab.connection.send(
+        json.dumps({"type": "switch", "id": request, "platform": platform, "base": tab.version})
+    )
+    return future
+
+
+def latencies(run: Run) -> list[float]:
+    """Per accepted switch: from sending it until every tab of its user had its version."""
+    out = []
+    for user, version, sent_at in run.accepted:
+        times = []
+        for tab in run.by_user[user]:
+            got = [t for v, t in tab.seen.items() if v >= version and t >= sent_at]
+            if not got:
+                break
+            times.append(min(got))
+        else:
+            out.append(max(times) - sent_at)
+    return out
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    values = sorted(values)
+    return {
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1000, 2),
+        "max_ms": round(values[-1] * 1000, 2),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    tokens: dict[str, str] | None = args.token_map
+    users = [int(u) for u in tokens] if tokens else list(range(1, args.users + 1))
+    users = users[: args.users]
+    rng = random.Random(7)
+    run, connect_rate = await open_tabs(args.target, users, args.tabs, tokens)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    if args.mode == "rate":
+        interval = 1.0 / args.rate
+        count = int(args.rate * args.duration)
+        for n in range(count):
+            due = started + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tab = rng.choice(run.tabs)
+            await send_switch(run, tab, rng)
+    else:
+        deadline = started + args.duration
+
+        async def driver(user: int) -> None:
+            while time.perf_counter() < deadline:
+                tab = rng.choice(run.by_user[user])
+                await asyncio.wait_for(await send_switch(run, tab, rng), 30)
+
+        await asyncio.gather(*(driver(u) for u in users))
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(1.0)  # let the last states arrive
+    deliveries = sum(tab.deliveries for tab in run.tabs)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "mode": args.mode,
+        "tabs": len(run.tabs),
+        "connect_tabs_per_s": round(connect_rate),
+        "elapsed_s": round(elapsed, 2),
+        "accepted": len(run.accepted),
+        "rejected": run.rejected,
+        "reasons": dict(run.reasons),
+        "unanswered": len(run.sent),
+        "accepted_per_s": round(len(run.accepted) / elapsed),
+        "deliveries_per_s": round(deliveries / elapsed),
+        "load_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
+        **summary(latencies(run)),
+    }
+    for tab in run.tabs:
+        if tab.connection is not None:
+            await tab.connection.close()
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--tabs", type=int, default=5)
+    parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--tokens")
+    arguments = parser.parse_args()
+    arguments.token_map = (
+        json.loads(Path(arguments.tokens).read_text()) if arguments.tokens else None
+    )
+    print(json.dumps(asyncio.run(main(arguments))))
