@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,9 @@ import websockets
 
 from server import __version__
 from server.settings import Settings
+from tests.load import HubProcess, free_port, populate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,9 +66,6 @@ async def ceiling(users: int) -> AsyncIterator[tuple[str, int, None]]:
 
 @contextlib.asynccontextmanager
 async def hub(users: int) -> AsyncIterator[tuple[str, int, str]]:
-    sys.path.insert(0, str(ROOT))
-    from tests.load import HubProcess, populate
-
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             database_url=f"sqlite+aiosqlite:///{tmp}/hub.db",

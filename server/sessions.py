@@ -34,6 +34,7 @@ __all__ = [
     "format_time",
     "log_in",
     "open_session",
+    "token_hash",
     "revoke",
     "revoke_all",
     "watch_forever",
@@ -57,7 +58,8 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _hash(token: str) -> str:
+def token_hash(token: str) -> str:
+    """The SHA-256 of a session token: the only form in which the database keeps it."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -110,7 +112,7 @@ async def open_session(
     absolute = now + dt.timedelta(seconds=settings.session_absolute_s)
     row = LoginSessionRow(
         user_id=user_id,
-        token_hash=_hash(token),
+        token_hash=token_hash(token),
         created_at=now,
         last_seen_at=now,
         idle_expires_at=min(now + dt.timedelta(seconds=settings.session_idle_s), absolute),
@@ -141,14 +143,14 @@ async def authenticate(
     if not token:
         raise AuthenticationError("missing", "Log in first: no session was presented.")
     now = database.clock()
-    token_hash = _hash(token)
+    digest = token_hash(token)
 
     async def find(session: AsyncSession) -> tuple[LoginSessionRow, str] | None:
         row = (
             await session.execute(
                 select(LoginSessionRow, UserRow.name)
                 .join(UserRow, UserRow.id == LoginSessionRow.user_id)
-                .where(LoginSessionRow.token_hash == token_hash)
+                .where(LoginSessionRow.token_hash == digest)
             )
         ).first()
         return (row[0], row[1]) if row else None

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.run import free_port, spawn_ceiling, wait_port
+from bench.run import spawn_ceiling, wait_port
+from tests.load import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

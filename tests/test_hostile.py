@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import string
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from server.db import LoginSessionRow
 from server.errors import BadMessage
 from server.logs import redact
 from server.protocol import Ping, Switch, decode
+from server.sessions import token_hash
 from server.settings import Settings
 from tests.conftest import RunningHub, make_settings, other_platform, serve
 from tests.load import HubProcess
@@ -83,7 +83,7 @@ async def test_the_handshake_is_refused_for_every_bad_origin_and_credential(
         past = running.database.clock() - dt.timedelta(seconds=1)
         await session.execute(
             update(LoginSessionRow)
-            .where(LoginSessionRow.token_hash == _hash(expired))
+            .where(LoginSessionRow.token_hash == token_hash(expired))
             .values(idle_expires_at=past)
         )
 
@@ -94,10 +94,6 @@ async def test_the_handshake_is_refused_for_every_bad_origin_and_credential(
         assert (await http.post("/api/logout")).status_code == 200
     assert await handshake(running, {**own, "Cookie": f"{COOKIE}={revoked}"}) == 401
     assert running.hub.tabs() == []
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def test_a_secure_deployment_sets_secure_cookies_and_the_token_is_nowhere_on_disk(
@@ -114,7 +110,7 @@ async def test_a_secure_deployment_sets_secure_cookies_and_the_token_is_nowhere_
         token = response.cookies[COOKIE]
     stored = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("hub.db*")))  # noqa: ASYNC240
     assert token.encode() not in stored
-    assert _hash(token).encode() in stored  # what is kept instead
+    assert token_hash(token).encode() in stored  # what is kept instead
 
 
 async def test_a_stalled_handshake_is_closed_at_its_deadline(tmp_path: Path) -> None:
@@ -190,7 +186,7 @@ async def test_tokens_are_never_logged(tmp_path: Path) -> None:
     text = log.read_text()
     assert "GET /api/state" in text  # the log did record the requests
     for token in tokens:
-        assert token not in text and _hash(token) not in text
+        assert token not in text and token_hash(token) not in text
         assert token[:16] not in text
 
 
