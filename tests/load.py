@@ -293,7 +293,8 @@ class Load:
         """Send one switch and wait for its answer: "switched", "rejected:<reason>", "lost"."""
         await asyncio.wait_for(tab.connected.wait(), within)
         connection = tab.connection
-        assert connection is not None
+        if connection is None:  # it dropped again before this task resumed; nothing sent
+            return "lost"
         base = max(0, tab.version - 1) if stale and tab.version > 0 else tab.version
         choices = [p for p in tab.platforms if p != tab.active] or list(tab.platforms)
         platform = self.random.choice(choices)

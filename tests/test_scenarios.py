@@ -12,6 +12,7 @@ With -s each scenario prints its figures (docs/reliability.md quotes them).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import sqlite3
@@ -147,8 +148,10 @@ async def test_kill_9_loses_no_acknowledged_switch(tmp_path: Path, population: P
     # Versions continued after the restart: more switches were acknowledged on top.
     acknowledged_after = sum(op.outcome == "switched" for op in _ops(load))
     assert acknowledged_after > acknowledged_before
+    codes = collections.Counter(code for tab in load.tabs for code in tab.close_codes)
     figures(
         "crash",
+        close_codes={str(code): n for code, n in codes.items()},
         acknowledged_before_kill=acknowledged_before,
         unanswered_at_kill=in_flight,
         acknowledged_total=acknowledged_after,
