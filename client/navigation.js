@@ -670,7 +670,7 @@ export class HubClient extends EventTarget {
     }
     const body = await response.json().catch(() => null);
     if (response.status === 401) {
-      this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+      this.#refused(body);
     } else if (body?.type === "switched") {
       this.#switched(body.id, body.version);
     } else if (body?.type === "rejected") {
@@ -710,7 +710,7 @@ export class HubClient extends EventTarget {
     if (this.#over() || this.#heard) return;
     const body = await response.json().catch(() => null);
     if (response.status === 401) {
-      this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+      this.#refused(body);
       return;
     }
     if (!response.ok || !body?.state) return;
@@ -745,14 +745,17 @@ export class HubClient extends EventTarget {
       throw new Error("The hub cannot be reached; try again.", { cause: error });
     }
     const body = await response.json().catch(() => ({}));
-    if (response.status === 401) {
-      this.#endSession(body.reason === "logout" ? "logout" : "expired", true);
-    }
+    if (response.status === 401) this.#refused(body);
     if (!response.ok) throw new Error(body.message ?? `The hub answered ${response.status}.`);
     return body;
   }
 
   // Sessions.
+
+  /** The hub answered 401: the session is over; its body says why (ErrorBody.reason). */
+  #refused(body) {
+    this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+  }
 
   #sessionExtended(expiresAt, announce = true) {
     const moved = this.#expiresAt !== null && expiresAt !== this.#expiresAt;

@@ -32,7 +32,7 @@ from server import sessions
 from server.db import Database, PlatformStateRow, SwitchLogRow
 from server.history import History, TabRecorder
 from server.settings import Settings
-from server.store import SqlStore, add_platform, add_user
+from server.store import SqlStore, add_platform, add_user, seed_demo
 
 PLATFORMS = (
     ("Pixelfed", "pixelfed", "https://pixelfed.example"),
@@ -84,6 +84,16 @@ async def populate(settings: Settings, users: int) -> Population:
     finally:
         await database.dispose()
     return Population(tokens, platforms)
+
+
+async def seed_demo_file(settings: Settings) -> None:
+    """Create the schema and the demo users (alice, bob, carol) in the settings' database."""
+    database = Database(settings)
+    try:
+        await database.create_schema()
+        await seed_demo(database)
+    finally:
+        await database.dispose()
 
 
 async def database_facts(

@@ -33,7 +33,7 @@ from server.protocol import Ping, Switch, decode
 from server.sessions import token_hash
 from server.settings import Settings
 from tests.conftest import RunningHub, make_settings, other_platform, serve
-from tests.load import HubProcess
+from tests.load import HubProcess, seed_demo_file
 
 # Handshakes.
 
@@ -148,13 +148,7 @@ async def test_tokens_are_never_logged(tmp_path: Path) -> None:
     """Run a hub process at debug level through logins, tabs, switches, a forged token and
     logouts; neither a token nor its hash appears in its log."""
     settings = make_settings(tmp_path, log_level="debug")
-    from server.db import Database
-    from server.store import seed_demo
-
-    database = Database(settings)
-    await database.create_schema()
-    await seed_demo(database)
-    await database.dispose()
+    await seed_demo_file(settings)
     log = tmp_path / "hub.log"
     hub = await HubProcess(settings, log).start()
     tokens = []
@@ -260,13 +254,7 @@ def fuzz_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProc
     )
 
     async def start() -> tuple[HubProcess, str]:
-        from server.db import Database
-        from server.store import seed_demo
-
-        database = Database(settings)
-        await database.create_schema()
-        await seed_demo(database)
-        await database.dispose()
+        await seed_demo_file(settings)
         hub = await HubProcess(settings, tmp / "hub.log").start()
         async with httpx.AsyncClient(base_url=hub.url) as http:
             login = await http.post(

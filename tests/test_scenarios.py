@@ -134,8 +134,8 @@ async def test_kill_9_loses_no_acknowledged_switch(tmp_path: Path, population: P
         run = asyncio.create_task(load.run(SWITCHES))
         await wait_until(lambda: load.answered() >= SWITCHES // 3, 300, "a third answered")
         hub.kill()
-        acknowledged_before = sum(op.outcome == "switched" for op in _ops(load))
-        in_flight = sum(op.outcome is None for op in _ops(load))
+        acknowledged_before = sum(op.outcome == "switched" for op in load.operations())
+        in_flight = sum(op.outcome is None for op in load.operations())
         hub = await HubProcess(settings, tmp_path / "hub.log", port=hub.port).start()
         counts = await asyncio.wait_for(run, 300)
         converged_s = await converge(load, settings)
@@ -146,7 +146,7 @@ async def test_kill_9_loses_no_acknowledged_switch(tmp_path: Path, population: P
     with sqlite3.connect(tmp_path / "hub.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     # Versions continued after the restart: more switches were acknowledged on top.
-    acknowledged_after = sum(op.outcome == "switched" for op in _ops(load))
+    acknowledged_after = sum(op.outcome == "switched" for op in load.operations())
     assert acknowledged_after > acknowledged_before
     codes = collections.Counter(code for tab in load.tabs for code in tab.close_codes)
     figures(
@@ -223,7 +223,9 @@ async def test_a_locked_database_rejects_switches_as_unavailable_and_the_hub_rec
         dropped = [tab.name for tab in load.tabs if tab.close_codes]
         await load.close()
     assert dropped == [], "tabs were disconnected"
-    refused = [op for op in _ops(load) if op.outcome == "rejected" and op.reason == "unavailable"]
+    refused = [
+        op for op in load.operations() if op.outcome == "rejected" and op.reason == "unavailable"
+    ]
     assert refused, counts
     assert counts.get("switched", 0) > 0
     assert after.get("switched", 0) > 0 and "rejected:unavailable" not in after, after
@@ -235,7 +237,3 @@ async def test_a_locked_database_rejects_switches_as_unavailable_and_the_hub_rec
         answers_after_release=after,
         converged_after_s=round(converged_s, 3),
     )
-
-
-def _ops(load: Load) -> list:  # type: ignore[type-arg]
-    return [op for user in load.history.users.values() for op in user.operations]

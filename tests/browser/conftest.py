@@ -1,7 +1,8 @@
 """Browser harness: the system's Chromium (Debian's package) driven by Playwright, no download.
 
 Without Chromium the browser tests skip and say why, except under CI=true, where
-they fail: CI installs both (see scripts/ensure-chromium), so a skip there would hide a gap.
+they fail: CI installs Chromium (scripts/ensure-chromium, run by make test), so a skip
+there would hide a gap.
 """
 
 from __future__ import annotations
