@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from server import sessions
 from server.db import Database, PlatformStateRow, SwitchLogRow
-from server.history import History, TabRecorder
+from server.history import History, Operation, TabRecorder
 from server.settings import Settings
 from server.store import SqlStore, add_platform, add_user, seed_demo
 
@@ -353,11 +353,13 @@ class Load:
         await asyncio.gather(*(drive(t, n) for t, n in zip(drivers, shares, strict=True)))
         return counts
 
+    def operations(self) -> list[Operation]:
+        """Every switch recorded so far, of every user."""
+        return [op for user in self.history.users.values() for op in user.operations]
+
     def answered(self) -> int:
         """How many switches have been answered so far."""
-        return sum(
-            op.outcome is not None for user in self.history.users.values() for op in user.operations
-        )
+        return sum(op.outcome is not None for op in self.operations())
 
     def converged(self, states: dict[int, tuple[int, int | None]]) -> bool:
         return all((tab.version, tab.active) == states[tab.user] for tab in self.tabs)
