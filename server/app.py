@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await hub.close(CloseCode.SERVICE_RESTART)
+            await hub.store.close()
             await database.dispose()
 
     routes = [

@@ -92,6 +92,8 @@ class Store(Protocol):
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
     ) -> SwitchOutcome: ...
 
+    async def close(self) -> None: ...
+
 
 class _Bucket:
     """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""

@@ -52,6 +52,9 @@ class Settings:
     # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_ms: int = 5000
+    # Group commit: at most this many switches share one transaction. 1 commits each switch
+    # on its own (the naive way, kept for comparison in bench/).
+    commit_batch_max: int = 256
 
     log_level: str = "info"
 
@@ -60,6 +63,8 @@ class Settings:
             raise ValueError("switch_log_ttl_s must be at least 600 seconds")
         if self.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be NORMAL, FULL or EXTRA")
+        if self.commit_batch_max < 1:
+            raise ValueError("commit_batch_max must be at least 1")
         if self.session_idle_s <= 0 or self.session_absolute_s <= 0:
             raise ValueError("session lifetimes must be positive")
 

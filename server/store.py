@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.commits import GroupCommit
 from server.db import (
     Database,
     LoginSessionRow,
@@ -27,9 +29,10 @@ from server.protocol import (
     StateView,
     Switch,
 )
-from server.sessions import ended_reason
+from server.settings import Settings
 
 __all__ = [
+    "PendingSwitch",
     "SqlStore",
     "DEMO_USERS",
     "add_platform",
@@ -42,138 +45,297 @@ PLATFORM_KINDS = ("pixelfed", "mastodon")
 
 
 class SqlStore:
-    """Decide switches with a conditional update on the version, in one transaction."""
+    """Decide switches with a conditional update on the version, many per transaction.
 
-    def __init__(self, database: Database) -> None:
+    Switches go through a group commit (server/commits.py): the switches that queue while a
+    batch commits are decided together, in arrival order, in the next transaction. Each
+    decision is the one a lone transaction would take, because a batch reads everything it
+    needs under the write lock and applies its decisions in order.
+    """
+
+    def __init__(self, database: Database, *, max_batch: int | None = None) -> None:
         self.database = database
+        batch = database.settings.commit_batch_max if max_batch is None else max_batch
+        self.commits: GroupCommit[PendingSwitch, SwitchOutcome] = GroupCommit(
+            self._decide, max_batch=batch
+        )
+
+    async def close(self) -> None:
+        """Decide the queued switches, then stop taking more."""
+        await self.commits.close()
 
     async def load_state(self, user_id: int) -> StateView:
         """Read a user's state."""
 
         async def work(session: AsyncSession) -> StateView:
-            row = await session.get(PlatformStateRow, user_id)
-            return await _state(session, user_id, row)
+            states = await _read_states(session, [user_id])
+            platforms = await _read_platforms(session, [user_id])
+            version, stored = states.get(user_id, (0, None))
+            return _view(version, stored, platforms.get(user_id, ()))
 
         return await self.database.read(work)
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
     ) -> SwitchOutcome:
-        """Decide one switch and commit the decision with the new state, or nothing."""
+        """Decide one switch; return once the decision and any new state are committed."""
+        return await self.commits.submit(PendingSwitch(user_id, session_id, request, tab_id))
+
+    async def _decide(self, batch: Sequence[PendingSwitch]) -> list[SwitchOutcome]:
         now = self.database.clock()
-        touch_s = self.database.settings.session_touch_s
-        idle_s = self.database.settings.session_idle_s
+        settings = self.database.settings
 
-        async def work(session: AsyncSession) -> SwitchOutcome:
-            # Expiry and logout win over a switch racing them: a switch commits only
-            # under a live session, checked inside the same transaction.
-            login = await session.get(LoginSessionRow, session_id)
-            ended = SessionEndReason.REVOKED if login is None else ended_reason(login, now)
-            if ended is not None or login is None:
-                return SwitchOutcome(accepted=False, state=_EMPTY, ended=ended)
-            if (now - login.last_seen_at).total_seconds() >= touch_s:
-                login.last_seen_at = now
-                login.idle_expires_at = min(
-                    now + dt.timedelta(seconds=idle_s), login.absolute_expires_at
-                )
-
-            row = await session.get(PlatformStateRow, user_id)
-            logged = await session.get(SwitchLogRow, (user_id, request.id))
-            if logged is not None:
-                state = await _state(session, user_id, row)
-                return SwitchOutcome(
-                    accepted=logged.accepted,
-                    state=state,
-                    version=logged.version,
-                    reason=RejectReason(logged.reason) if logged.reason else None,
-                )
-
-            platform = await session.get(PlatformRow, request.platform)
-            state = await _state(session, user_id, row)
-            reason: RejectReason | None = None
-            # Another user's platform and a missing one get the same answer, so the reply
-            # reveals nothing about platforms that are not this user's.
-            if platform is None or platform.user_id != user_id:
-                reason = RejectReason.UNKNOWN_PLATFORM
-            elif not platform.is_active:
-                reason = RejectReason.INACTIVE_PLATFORM
-            elif request.base != state.version:
-                reason = RejectReason.STALE
-            if reason is not None:
-                _log(session, user_id, request, tab_id, now, reason=reason, version=state.version)
-                return SwitchOutcome(accepted=False, state=state, reason=reason)
-            assert platform is not None and row is not None
-
-            if state.active == platform.id:
-                _log(session, user_id, request, tab_id, now, version=state.version)
-                return SwitchOutcome(accepted=True, state=state, version=state.version)
-
-            # The arbiter: only the first switch from this base can move the version. On
-            # SQLite the write lock already serializes us; on PostgreSQL this WHERE does.
-            version = request.base + 1
-            result = await session.execute(
-                update(PlatformStateRow)
-                .where(
-                    PlatformStateRow.user_id == user_id,
-                    PlatformStateRow.version == request.base,
-                )
-                .values(version=version, active_platform_id=platform.id, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if getattr(result, "rowcount", 1) != 1:
-                await session.refresh(row)
-                state = await _state(session, user_id, row)
-                reason = RejectReason.STALE
-                _log(session, user_id, request, tab_id, now, reason=reason, version=state.version)
-                return SwitchOutcome(accepted=False, state=state, reason=reason)
-            platform.last_used_at = now
-            _log(session, user_id, request, tab_id, now, version=version)
-            new_state = StateView(version=version, active=platform.id, platforms=state.platforms)
-            return SwitchOutcome(accepted=True, state=new_state, version=version, changed=True)
+        async def work(session: AsyncSession) -> list[SwitchOutcome]:
+            return await _Batch(session, batch, now, settings).decide()
 
         return await self.database.write(work)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingSwitch:
+    """A switch request waiting for its batch."""
+
+    user_id: int
+    session_id: int
+    request: Switch
+    tab_id: str | None
+
+
 _EMPTY = StateView(version=0, active=None, platforms=())
+_sessions = cast(Table, LoginSessionRow.__table__)
+_states = cast(Table, PlatformStateRow.__table__)
+_platforms = cast(Table, PlatformRow.__table__)
+_log = cast(Table, SwitchLogRow.__table__)
 
 
-def _log(
-    session: AsyncSession,
-    user_id: int,
-    request: Switch,
-    tab_id: str | None,
-    now: dt.datetime,
-    *,
-    version: int,
-    reason: RejectReason | None = None,
-) -> None:
-    session.add(
-        SwitchLogRow(
-            user_id=user_id,
-            request_id=request.id,
-            accepted=reason is None,
-            reason=reason.value if reason else None,
-            version=version,
-            platform_id=request.platform,
-            tab_id=tab_id,
-            decided_at=now,
+class _Batch:
+    """One transaction's worth of switch decisions: read once, decide in order, write once."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        batch: Sequence[PendingSwitch],
+        now: dt.datetime,
+        settings: Settings,
+    ) -> None:
+        self.session, self.batch, self.now, self.settings = session, batch, now, settings
+        self.logins: dict[int, Any] = {}
+        self.touched: set[int] = set()
+        # Per user: (version, stored active id) as decided so far in this batch.
+        self.states: dict[int, tuple[int, int | None]] = {}
+        self.platforms: dict[int, tuple[Any, ...]] = {}
+        # Per (user, request id): (accepted, reason, version) of a decision already taken.
+        self.logged: dict[tuple[int, str], tuple[bool, str | None, int]] = {}
+        self.updates: list[dict[str, Any]] = []
+        self.log_rows: list[dict[str, Any]] = []
+        self.used: dict[int, dt.datetime] = {}
+
+    async def decide(self) -> list[SwitchOutcome]:
+        await self._read()
+        outcomes = [self._one(pending) for pending in self.batch]
+        await self._write()
+        return outcomes
+
+    async def _read(self) -> None:
+        session = self.session
+        session_ids = sorted({p.session_id for p in self.batch})
+        user_ids = sorted({p.user_id for p in self.batch})
+        rows = await session.execute(
+            select(
+                _sessions.c.id,
+                _sessions.c.user_id,
+                _sessions.c.last_seen_at,
+                _sessions.c.idle_expires_at,
+                _sessions.c.absolute_expires_at,
+                _sessions.c.revoked_at,
+                _sessions.c.revoked_reason,
+            ).where(_sessions.c.id.in_(session_ids))
         )
+        self.logins = {row.id: row for row in rows}
+        # On PostgreSQL, FOR UPDATE makes these reads the arbiter's; SQLite already holds
+        # the database's write lock (BEGIN IMMEDIATE) and ignores the clause.
+        self.states = await _read_states(session, user_ids, lock=True)
+        self.platforms = await _read_platforms(session, user_ids, inactive=True)
+        keys = [(p.user_id, p.request.id) for p in self.batch]
+        logged = await session.execute(
+            select(
+                _log.c.user_id,
+                _log.c.request_id,
+                _log.c.accepted,
+                _log.c.reason,
+                _log.c.version,
+            ).where(tuple_(_log.c.user_id, _log.c.request_id).in_(keys))
+        )
+        self.logged = {
+            (row.user_id, row.request_id): (row.accepted, row.reason, row.version) for row in logged
+        }
+
+    def _one(self, pending: PendingSwitch) -> SwitchOutcome:
+        user_id, request, now = pending.user_id, pending.request, self.now
+        # Expiry and logout win over a switch racing them: a switch commits only under a
+        # live session, checked inside the same transaction.
+        login = self.logins.get(pending.session_id)
+        ended = SessionEndReason.REVOKED if login is None else _ended(login, now)
+        if login is None or ended is not None:
+            return SwitchOutcome(accepted=False, state=_EMPTY, ended=ended)
+        self._touch(login)
+
+        platforms = self.platforms.get(user_id, ())
+        version, stored = self.states.get(user_id, (0, None))
+        state = _view(version, stored, platforms)
+        logged = self.logged.get((user_id, request.id))
+        if logged is not None:
+            accepted, reason, logged_version = logged
+            return SwitchOutcome(
+                accepted=accepted,
+                state=state,
+                version=logged_version,
+                reason=RejectReason(reason) if reason else None,
+            )
+
+        platform = next((p for p in platforms if p.id == request.platform), None)
+        reason_: RejectReason | None = None
+        # Another user's platform and a missing one get the same answer, so the reply
+        # reveals nothing about platforms that are not this user's.
+        if platform is None:
+            reason_ = RejectReason.UNKNOWN_PLATFORM
+        elif not platform.is_active:
+            reason_ = RejectReason.INACTIVE_PLATFORM
+        elif request.base != version or user_id not in self.states:
+            reason_ = RejectReason.STALE
+        if reason_ is not None:
+            self._log(pending, version, reason_)
+            return SwitchOutcome(accepted=False, state=state, reason=reason_)
+        assert platform is not None
+        if state.active == platform.id:
+            self._log(pending, version, None)
+            return SwitchOutcome(accepted=True, state=state, version=version)
+
+        # The arbiter: only the first switch from this base can move the version.
+        new_version = version + 1
+        self.updates.append(
+            {
+                "b_user_id": user_id,
+                "b_base": version,
+                "version": new_version,
+                "active_platform_id": platform.id,
+                "updated_at": now,
+            }
+        )
+        self.states[user_id] = (new_version, platform.id)
+        self.used[platform.id] = now
+        self._log(pending, new_version, None)
+        new_state = StateView(version=new_version, active=platform.id, platforms=state.platforms)
+        return SwitchOutcome(accepted=True, state=new_state, version=new_version, changed=True)
+
+    def _touch(self, login: Any) -> None:
+        if login.id in self.touched:
+            return
+        if (self.now - login.last_seen_at).total_seconds() >= self.settings.session_touch_s:
+            self.touched.add(login.id)
+
+    def _log(self, pending: PendingSwitch, version: int, reason: RejectReason | None) -> None:
+        row = {
+            "user_id": pending.user_id,
+            "request_id": pending.request.id,
+            "accepted": reason is None,
+            "reason": reason.value if reason else None,
+            "version": version,
+            "platform_id": pending.request.platform,
+            "tab_id": pending.tab_id,
+            "decided_at": self.now,
+        }
+        self.log_rows.append(row)
+        key = (pending.user_id, pending.request.id)
+        self.logged[key] = (reason is None, reason.value if reason else None, version)
+
+    async def _write(self) -> None:
+        session, now = self.session, self.now
+        if self.updates:
+            result = await session.execute(
+                update(_states).where(
+                    _states.c.user_id == bindparam("b_user_id"),
+                    _states.c.version == bindparam("b_base"),
+                ),
+                self.updates,
+            )
+            rowcount = getattr(result, "rowcount", -1)
+            if rowcount >= 0 and rowcount != len(self.updates):
+                # The reads above were taken under the write lock, so this cannot happen;
+                # if it does, nothing of this batch is committed.
+                raise RuntimeError(
+                    f"version arbiter: {rowcount} of {len(self.updates)} conditional updates"
+                )
+            await session.execute(
+                update(_platforms).where(_platforms.c.id == bindparam("b_id")),
+                [{"b_id": pid, "last_used_at": at} for pid, at in self.used.items()],
+            )
+        if self.log_rows:
+            await session.execute(insert(_log), self.log_rows)
+        if self.touched:
+            await session.execute(
+                update(_sessions).where(_sessions.c.id == bindparam("b_id")),
+                [
+                    {
+                        "b_id": login_id,
+                        "last_seen_at": now,
+                        "idle_expires_at": min(
+                            now + dt.timedelta(seconds=self.settings.session_idle_s),
+                            self.logins[login_id].absolute_expires_at,
+                        ),
+                    }
+                    for login_id in sorted(self.touched)
+                ],
+            )
+
+
+def _ended(login: Any, now: dt.datetime) -> SessionEndReason | None:
+    if login.revoked_at is not None:
+        return SessionEndReason(login.revoked_reason or SessionEndReason.REVOKED)
+    if min(login.idle_expires_at, login.absolute_expires_at) <= now:
+        return SessionEndReason.EXPIRED
+    return None
+
+
+async def _read_states(
+    session: AsyncSession, user_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, tuple[int, int | None]]:
+    query = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
+        _states.c.user_id.in_(user_ids)
     )
+    if lock:
+        query = query.order_by(_states.c.user_id).with_for_update()
+    rows = await session.execute(query)
+    return {row.user_id: (row.version, row.active_platform_id) for row in rows}
 
 
-async def _state(session: AsyncSession, user_id: int, row: PlatformStateRow | None) -> StateView:
-    platforms = (
-        await session.scalars(
-            select(PlatformRow)
-            .where(PlatformRow.user_id == user_id, PlatformRow.is_active)
-            .order_by(PlatformRow.id)
-        )
-    ).all()
-    version = row.version if row else 0
-    stored = row.active_platform_id if row else None
+async def _read_platforms(
+    session: AsyncSession, user_ids: Sequence[int], *, inactive: bool = False
+) -> dict[int, tuple[Any, ...]]:
+    query = select(
+        _platforms.c.id,
+        _platforms.c.user_id,
+        _platforms.c.name,
+        _platforms.c.kind,
+        _platforms.c.instance_url,
+        _platforms.c.username,
+        _platforms.c.is_active,
+        _platforms.c.is_default,
+    ).where(_platforms.c.user_id.in_(user_ids))
+    if not inactive:
+        query = query.where(_platforms.c.is_active)
+    grouped: dict[int, list[Any]] = {}
+    for row in await session.execute(query.order_by(_platforms.c.id)):
+        grouped.setdefault(row.user_id, []).append(row)
+    return {user_id: tuple(rows) for user_id, rows in grouped.items()}
+
+
+def _view(version: int, stored: int | None, platforms: Sequence[Any]) -> StateView:
+    """Build a user's state from its version, stored choice and platform rows."""
+    active = [p for p in platforms if p.is_active]
     return StateView(
         version=version,
-        active=effective_active(version, stored, platforms),
+        active=effective_active(version, stored, active),
         platforms=tuple(
             PlatformView(
                 id=p.id,
@@ -183,13 +345,19 @@ async def _state(session: AsyncSession, user_id: int, row: PlatformStateRow | No
                 username=p.username,
                 is_default=p.is_default,
             )
-            for p in platforms
+            for p in active
         ),
     )
 
 
+class _PlatformLike(Protocol):
+    id: int
+    is_active: bool
+    is_default: bool
+
+
 def effective_active(
-    version: int, stored: int | None, platforms: Sequence[PlatformRow]
+    version: int, stored: int | None, platforms: Sequence[_PlatformLike]
 ) -> int | None:
     """Return the active platform: the stored choice once switched, else the default rule.
 
