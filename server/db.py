@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -18,10 +19,11 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    create_engine,
     event,
     exc,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -179,8 +181,21 @@ class Database:
         self.settings = settings
         self.clock = clock
         self.engine: AsyncEngine = create_async_engine(settings.database_url)
+        # The hot path (switch batches, state reads) runs synchronous units of work. On
+        # SQLite each runs whole in one hop to a thread, on the plain sqlite3 driver: through
+        # aiosqlite, every cursor call is its own hop (about 60 per switch, 5 ms of CPU).
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
         if settings.is_sqlite:
-            _configure_sqlite(self.engine, settings)
+            _configure_sqlite(self.engine.sync_engine, settings)
+            self._sync_engine = create_engine(
+                settings.database_url.replace("+aiosqlite", "+pysqlite", 1),
+                connect_args={"check_same_thread": False},
+            )
+            _configure_sqlite(self._sync_engine, settings)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="hub-sqlite-writer")
+            self._readers = ThreadPoolExecutor(2, thread_name_prefix="hub-sqlite-reader")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write = async_sessionmaker(
             self.engine.execution_options(hub_write=True), expire_on_commit=False
@@ -209,16 +224,59 @@ class Database:
         """Run ``work`` in a write transaction, committed when it returns."""
         return await self._run(self._write, work, serialize=True)
 
+    async def read_sync(self, work: Callable[[Connection], T]) -> T:
+        """Run the synchronous ``work`` in a read transaction and return its result."""
+        return await self._run_sync(work, write=False)
+
+    async def write_sync(self, work: Callable[[Connection], T]) -> T:
+        """Run the synchronous ``work`` in a write transaction, committed when it returns."""
+        return await self._run_sync(work, write=True)
+
     def checked_out(self) -> int:
         """Return how many pooled connections are checked out right now."""
-        checkedout = getattr(self.engine.pool, "checkedout", None)
-        return int(checkedout()) if checkedout else 0
+        total = 0
+        for engine in (self.engine.sync_engine, self._sync_engine):
+            checkedout = getattr(engine.pool, "checkedout", None) if engine else None
+            total += int(checkedout()) if checkedout else 0
+        return total
 
     async def dispose(self) -> None:
         """Wait for running units of work, then close every pooled connection."""
         if self._running:
             await asyncio.wait(set(self._running), timeout=10)
         await self.engine.dispose()
+        for executor in (self._writer, self._readers):
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def _run_sync(self, work: Callable[[Connection], T], *, write: bool) -> T:
+        if self._sync_engine is None:
+            # PostgreSQL: the same synchronous work, run on asyncpg through SQLAlchemy's
+            # greenlet bridge; every statement is a round trip either way.
+            async def adapted(session: AsyncSession) -> T:
+                connection = await session.connection()
+                return await connection.run_sync(work)
+
+            return await (self.write(adapted) if write else self.read(adapted))
+        engine = self._sync_engine.execution_options(hub_write=True) if write else self._sync_engine
+        executor = self._writer if write else self._readers
+        loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            with engine.begin() as connection:
+                return work(connection)
+
+        async def unit() -> T:
+            try:
+                return await loop.run_in_executor(executor, call)
+            except _UNAVAILABLE as error:
+                raise StoreUnavailable(
+                    f"The database is unavailable: {_first_line(error)}"
+                ) from error
+
+        return await self._shielded(self._serialized(unit) if write else unit())
 
     async def _run(
         self,
@@ -230,41 +288,42 @@ class Database:
         # The unit of work runs in a task of its own and the caller awaits it through a
         # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
         # cannot interrupt the commit or rollback, so no connection is ever left checked out.
-        unit = self._transact_serialized if serialize and self._write_lock else self._transact
-        task = asyncio.ensure_future(unit(maker, work))
+        async def unit() -> T:
+            try:
+                async with maker.begin() as session:
+                    return await work(session)
+            except _UNAVAILABLE as error:
+                raise StoreUnavailable(
+                    f"The database is unavailable: {_first_line(error)}"
+                ) from error
+
+        return await self._shielded(self._serialized(unit) if serialize else unit())
+
+    async def _shielded(self, unit: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(unit)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
 
-    async def _transact(
-        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
-    ) -> T:
-        try:
-            async with maker.begin() as session:
-                return await work(session)
-        except _UNAVAILABLE as error:
-            raise StoreUnavailable(f"The database is unavailable: {_first_line(error)}") from error
-
-    async def _transact_serialized(
-        self, maker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
-    ) -> T:
-        assert self._write_lock is not None
+    async def _serialized(self, unit: Callable[[], Awaitable[T]]) -> T:
+        if self._write_lock is None:
+            return await unit()
         queued_at = time.monotonic()
         async with self._write_lock:
             if self._write_failed_at > queued_at:
                 raise StoreUnavailable(self._write_failure)
             try:
-                return await self._transact(maker, work)
+                return await unit()
             except StoreUnavailable as error:
                 self._write_failed_at, self._write_failure = time.monotonic(), str(error)
                 raise
 
 
-def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+def _configure_sqlite(engine: Engine, settings: Settings) -> None:
     synchronous = settings.sqlite_synchronous.upper()
     busy_timeout = int(settings.sqlite_busy_timeout_ms)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver: pysqlite would otherwise open
         # transactions lazily, only at the first write, so a read-then-write unit of
@@ -279,7 +338,7 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # A write unit of work takes the write lock up front (IMMEDIATE) so it waits on
         # busy_timeout instead of failing with SQLITE_BUSY when it upgrades a read lock.

@@ -7,7 +7,15 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.commits import GroupCommit
@@ -67,13 +75,13 @@ class SqlStore:
     async def load_state(self, user_id: int) -> StateView:
         """Read a user's state."""
 
-        async def work(session: AsyncSession) -> StateView:
-            states = await _read_states(session, [user_id])
-            platforms = await _read_platforms(session, [user_id])
+        def work(connection: Connection) -> StateView:
+            states = _read_states(connection, [user_id])
+            platforms = _read_platforms(connection, [user_id])
             version, stored = states.get(user_id, (0, None))
             return _view(version, stored, platforms.get(user_id, ()))
 
-        return await self.database.read(work)
+        return await self.database.read_sync(work)
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
@@ -85,10 +93,10 @@ class SqlStore:
         now = self.database.clock()
         settings = self.database.settings
 
-        async def work(session: AsyncSession) -> list[SwitchOutcome]:
-            return await _Batch(session, batch, now, settings).decide()
+        def work(connection: Connection) -> list[SwitchOutcome]:
+            return _Batch(connection, batch, now, settings).decide()
 
-        return await self.database.write(work)
+        return await self.database.write_sync(work)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,12 +121,12 @@ class _Batch:
 
     def __init__(
         self,
-        session: AsyncSession,
+        connection: Connection,
         batch: Sequence[PendingSwitch],
         now: dt.datetime,
         settings: Settings,
     ) -> None:
-        self.session, self.batch, self.now, self.settings = session, batch, now, settings
+        self.connection, self.batch, self.now, self.settings = connection, batch, now, settings
         self.logins: dict[int, Any] = {}
         self.touched: set[int] = set()
         # Per user: (version, stored active id) as decided so far in this batch.
@@ -130,17 +138,17 @@ class _Batch:
         self.log_rows: list[dict[str, Any]] = []
         self.used: dict[int, dt.datetime] = {}
 
-    async def decide(self) -> list[SwitchOutcome]:
-        await self._read()
+    def decide(self) -> list[SwitchOutcome]:
+        self._read()
         outcomes = [self._one(pending) for pending in self.batch]
-        await self._write()
+        self._write()
         return outcomes
 
-    async def _read(self) -> None:
-        session = self.session
+    def _read(self) -> None:
+        connection = self.connection
         session_ids = sorted({p.session_id for p in self.batch})
         user_ids = sorted({p.user_id for p in self.batch})
-        rows = await session.execute(
+        rows = connection.execute(
             select(
                 _sessions.c.id,
                 _sessions.c.user_id,
@@ -154,17 +162,28 @@ class _Batch:
         self.logins = {row.id: row for row in rows}
         # On PostgreSQL, FOR UPDATE makes these reads the arbiter's; SQLite already holds
         # the database's write lock (BEGIN IMMEDIATE) and ignores the clause.
-        self.states = await _read_states(session, user_ids, lock=True)
-        self.platforms = await _read_platforms(session, user_ids, inactive=True)
-        keys = [(p.user_id, p.request.id) for p in self.batch]
-        logged = await session.execute(
-            select(
-                _log.c.user_id,
-                _log.c.request_id,
-                _log.c.accepted,
-                _log.c.reason,
-                _log.c.version,
-            ).where(tuple_(_log.c.user_id, _log.c.request_id).in_(keys))
+        self.states = _read_states(connection, user_ids, lock=True)
+        self.platforms = _read_platforms(connection, user_ids, inactive=True)
+        # Joined from a VALUES list: SQLite answers "(a, b) IN (VALUES ...)" with a scan of
+        # the whole log, and this with one primary-key lookup per request. Plain text with
+        # numbered parameters: SQLAlchemy would compile a VALUES construct anew every time.
+        asked = sorted({(p.user_id, p.request.id) for p in self.batch})
+        # The first row's casts give the columns their types on PostgreSQL.
+        placeholders = ", ".join(
+            ["(CAST(:u0 AS BIGINT), CAST(:r0 AS VARCHAR(64)))"]
+            + [f"(:u{n}, :r{n})" for n in range(1, len(asked))]
+        )
+        parameters: dict[str, Any] = {}
+        for n, (user_id, request_id) in enumerate(asked):
+            parameters[f"u{n}"], parameters[f"r{n}"] = user_id, request_id
+        logged = connection.execute(
+            text(
+                f"WITH asked(user_id, request_id) AS (VALUES {placeholders}) "
+                "SELECT log.user_id, log.request_id, log.accepted, log.reason, log.version "
+                "FROM asked JOIN switch_log AS log "
+                "ON log.user_id = asked.user_id AND log.request_id = asked.request_id"
+            ),
+            parameters,
         )
         self.logged = {
             (row.user_id, row.request_id): (row.accepted, row.reason, row.version) for row in logged
@@ -249,10 +268,10 @@ class _Batch:
         key = (pending.user_id, pending.request.id)
         self.logged[key] = (reason is None, reason.value if reason else None, version)
 
-    async def _write(self) -> None:
-        session, now = self.session, self.now
+    def _write(self) -> None:
+        connection, now = self.connection, self.now
         if self.updates:
-            result = await session.execute(
+            result = connection.execute(
                 update(_states).where(
                     _states.c.user_id == bindparam("b_user_id"),
                     _states.c.version == bindparam("b_base"),
@@ -266,14 +285,14 @@ class _Batch:
                 raise RuntimeError(
                     f"version arbiter: {rowcount} of {len(self.updates)} conditional updates"
                 )
-            await session.execute(
+            connection.execute(
                 update(_platforms).where(_platforms.c.id == bindparam("b_id")),
                 [{"b_id": pid, "last_used_at": at} for pid, at in self.used.items()],
             )
         if self.log_rows:
-            await session.execute(insert(_log), self.log_rows)
+            connection.execute(insert(_log), self.log_rows)
         if self.touched:
-            await session.execute(
+            connection.execute(
                 update(_sessions).where(_sessions.c.id == bindparam("b_id")),
                 [
                     {
@@ -297,20 +316,20 @@ def _ended(login: Any, now: dt.datetime) -> SessionEndReason | None:
     return None
 
 
-async def _read_states(
-    session: AsyncSession, user_ids: Sequence[int], *, lock: bool = False
+def _read_states(
+    connection: Connection, user_ids: Sequence[int], *, lock: bool = False
 ) -> dict[int, tuple[int, int | None]]:
     query = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
         _states.c.user_id.in_(user_ids)
     )
     if lock:
         query = query.order_by(_states.c.user_id).with_for_update()
-    rows = await session.execute(query)
+    rows = connection.execute(query)
     return {row.user_id: (row.version, row.active_platform_id) for row in rows}
 
 
-async def _read_platforms(
-    session: AsyncSession, user_ids: Sequence[int], *, inactive: bool = False
+def _read_platforms(
+    connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
 ) -> dict[int, tuple[Any, ...]]:
     query = select(
         _platforms.c.id,
@@ -325,7 +344,7 @@ async def _read_platforms(
     if not inactive:
         query = query.where(_platforms.c.is_active)
     grouped: dict[int, list[Any]] = {}
-    for row in await session.execute(query.order_by(_platforms.c.id)):
+    for row in connection.execute(query.order_by(_platforms.c.id)):
         grouped.setdefault(row.user_id, []).append(row)
     return {user_id: tuple(rows) for user_id, rows in grouped.items()}
 

@@ -204,8 +204,12 @@ async def serve(settings: Settings, port: int = 0) -> AsyncIterator[RunningHub]:
 
 
 def database_threads() -> list[threading.Thread]:
-    """aiosqlite's worker threads (one per open connection) that are still alive."""
-    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+    """Database threads still alive: aiosqlite's (one per connection) and the hub's SQLite pools."""
+    return [
+        t
+        for t in threading.enumerate()
+        if "_connection_worker_thread" in t.name or t.name.startswith("hub-sqlite")
+    ]
 
 
 @pytest.fixture

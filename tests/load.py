@@ -54,6 +54,7 @@ class Population:
 
     tokens: dict[int, str]
     platforms: dict[int, tuple[int, ...]]
+    sessions: dict[int, int] = field(default_factory=dict)
 
 
 async def populate(settings: Settings, users: int) -> Population:
@@ -62,6 +63,7 @@ async def populate(settings: Settings, users: int) -> Population:
     await database.create_schema()
     tokens: dict[int, str] = {}
     platforms: dict[int, tuple[int, ...]] = {}
+    login_ids: dict[int, int] = {}
     try:
         for n in range(users):
             name = f"user{n:05d}"
@@ -80,10 +82,11 @@ async def populate(settings: Settings, users: int) -> Population:
                     )
                 )
             platforms[user_id] = tuple(ids)
-            tokens[user_id], _ = await sessions.open_session(database, user_id)
+            tokens[user_id], login = await sessions.open_session(database, user_id)
+            login_ids[user_id] = login.id
     finally:
         await database.dispose()
-    return Population(tokens, platforms)
+    return Population(tokens, platforms, login_ids)
 
 
 async def seed_demo_file(settings: Settings) -> None:

@@ -1,0 +1,209 @@
+"""Group commit: concurrent switches share transactions and decide exactly as one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from server.commits import GroupCommit
+from server.db import Database, SwitchLogRow
+from server.errors import StoreUnavailable
+from server.protocol import RejectReason, Switch
+from server.store import SqlStore
+from tests.conftest import make_settings
+from tests.load import Population, populate
+
+
+async def open_store(
+    tmp_path: Path, users: int, **overrides: object
+) -> tuple[SqlStore, Population]:
+    settings = make_settings(tmp_path, **overrides)
+    population = await populate(settings, users)
+    return SqlStore(Database(settings)), population
+
+
+async def close(store: SqlStore) -> None:
+    await store.close()
+    assert store.database.checked_out() == 0
+    await store.database.dispose()
+
+
+async def log_rows(store: SqlStore) -> list[tuple[int, str, bool, str | None, int]]:
+    async def work(session: object) -> list[tuple[int, str, bool, str | None, int]]:
+        query = select(
+            SwitchLogRow.user_id,
+            SwitchLogRow.request_id,
+            SwitchLogRow.accepted,
+            SwitchLogRow.reason,
+            SwitchLogRow.version,
+        ).order_by(SwitchLogRow.user_id, SwitchLogRow.request_id)
+        return [tuple(row) for row in (await session.execute(query)).all()]  # type: ignore[attr-defined]
+
+    return await store.database.read(work)
+
+
+async def test_many_users_share_transactions_and_each_gets_its_own_version(
+    tmp_path: Path,
+) -> None:
+    """Concurrent switches of 60 users commit in fewer transactions than switches, all correct."""
+    store, population = await open_store(tmp_path, 60)
+    try:
+        for round_ in range(3):
+            outcomes = await asyncio.gather(
+                *(
+                    store.switch(
+                        user,
+                        population.sessions[user],
+                        Switch(id=f"r{round_}-u{user}", platform=ids[1 + round_ % 2], base=round_),
+                        None,
+                    )
+                    for user, ids in population.platforms.items()
+                )
+            )
+            assert all(o.accepted and o.changed for o in outcomes)
+            assert {o.version for o in outcomes} == {round_ + 1}
+            for outcome, ids in zip(outcomes, population.platforms.values(), strict=True):
+                assert outcome.state is not None and outcome.state.active == ids[1 + round_ % 2]
+        assert store.commits.requests == 180
+        assert store.commits.batches < 180
+        assert store.commits.largest > 1
+        for user, ids in population.platforms.items():
+            state = await store.load_state(user)
+            assert (state.version, state.active) == (3, ids[1])
+    finally:
+        await close(store)
+
+
+@pytest.mark.parametrize("max_batch", [1, 256])
+async def test_same_base_in_one_batch_has_exactly_one_winner(
+    tmp_path: Path, max_batch: int
+) -> None:
+    """Ten switches of one user from the same base: one accepted, nine stale with its state."""
+    store, population = await open_store(tmp_path, 1, commit_batch_max=max_batch)
+    user, ids = next(iter(population.platforms.items()))
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                store.switch(
+                    user,
+                    population.sessions[user],
+                    Switch(id=f"s{n}", platform=ids[1 + n % 2], base=0),
+                    f"tab{n}",
+                )
+                for n in range(10)
+            )
+        )
+        winners = [o for o in outcomes if o.accepted]
+        assert len(winners) == 1 and winners[0].version == 1
+        losers = [o for o in outcomes if not o.accepted]
+        assert {o.reason for o in losers} == {RejectReason.STALE}
+        assert all(o.state == winners[0].state for o in losers)
+        rows = await log_rows(store)
+        assert sorted(r[2] for r in rows) == [False] * 9 + [True]
+        assert (await store.load_state(user)).version == 1
+    finally:
+        await close(store)
+
+
+async def test_a_retry_inside_the_same_batch_gets_the_first_decision(tmp_path: Path) -> None:
+    """The same request id twice in one batch: one decision, one log row, one version."""
+    store, population = await open_store(tmp_path, 1)
+    user, ids = next(iter(population.platforms.items()))
+    request = Switch(id="once", platform=ids[1], base=0)
+    try:
+        first, second = await asyncio.gather(
+            store.switch(user, population.sessions[user], request, "a"),
+            store.switch(user, population.sessions[user], request, "a"),
+        )
+        assert store.commits.largest == 2
+        assert (first.accepted, first.version, first.changed) == (True, 1, True)
+        assert (second.accepted, second.version, second.changed) == (True, 1, False)
+        assert await log_rows(store) == [(user, "once", True, None, 1)]
+    finally:
+        await close(store)
+
+
+async def test_a_batch_that_cannot_lock_the_database_applies_nothing_and_recovers(
+    tmp_path: Path,
+) -> None:
+    """With the write lock held elsewhere, the whole batch is unavailable; then all pass."""
+    store, population = await open_store(tmp_path, 5, sqlite_busy_timeout_ms=100)
+    path = store.database.settings.database_url.split("///", 1)[1]
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    requests = [
+        (user, Switch(id=f"x{user}", platform=ids[1], base=0))
+        for user, ids in population.platforms.items()
+    ]
+    try:
+        outcomes = await asyncio.gather(
+            *(store.switch(u, population.sessions[u], r, None) for u, r in requests),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        other.rollback()
+        assert await log_rows(store) == []
+        retried = await asyncio.gather(
+            *(store.switch(u, population.sessions[u], r, None) for u, r in requests)
+        )
+        assert all(o.accepted and o.version == 1 for o in retried)
+    finally:
+        other.close()
+        await close(store)
+
+
+async def test_a_request_that_raises_fails_alone() -> None:
+    """When deciding a batch raises, each request is retried alone, so only the culprit fails."""
+    calls: list[list[int]] = []
+
+    async def decide(batch: Sequence[int]) -> list[int]:
+        calls.append(list(batch))
+        if 13 in batch:
+            raise ValueError("unlucky")
+        return [n * 2 for n in batch]
+
+    commits: GroupCommit[int, int] = GroupCommit(decide, max_batch=100)
+    results = await asyncio.gather(
+        *(commits.submit(n) for n in (11, 12, 13, 14)), return_exceptions=True
+    )
+    await commits.close()
+    assert results[:2] == [22, 24] and results[3] == 28
+    assert isinstance(results[2], ValueError)
+    assert calls[0] == [11, 12, 13, 14] and [13] in calls[1:]
+    with pytest.raises(StoreUnavailable):
+        await commits.submit(1)
+
+
+async def test_switch_log_count_matches_decisions(tmp_path: Path) -> None:
+    """Every decision of a mixed batch (accepted, stale, unknown platform) writes one log row."""
+    store, population = await open_store(tmp_path, 2)
+    (u1, ids1), (u2, _) = population.platforms.items()
+    try:
+        outcomes = await asyncio.gather(
+            store.switch(
+                u1, population.sessions[u1], Switch(id="a", platform=ids1[1], base=0), None
+            ),
+            store.switch(
+                u1, population.sessions[u1], Switch(id="b", platform=ids1[2], base=0), None
+            ),
+            store.switch(
+                u2, population.sessions[u2], Switch(id="c", platform=ids1[1], base=0), None
+            ),
+        )
+        assert [o.reason for o in outcomes] == [
+            None,
+            RejectReason.STALE,
+            RejectReason.UNKNOWN_PLATFORM,
+        ]
+
+        async def count(session: object) -> int:
+            return int(await session.scalar(select(func.count()).select_from(SwitchLogRow)))  # type: ignore[attr-defined]
+
+        assert await store.database.read(count) == 3
+    finally:
+        await close(store)
