@@ -13,8 +13,9 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Connection, Table, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("hub.sessions")
+_sessions = cast(Table, LoginSessionRow.__table__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,26 +147,33 @@ async def authenticate(
     now = database.clock()
     digest = token_hash(token)
 
-    async def find(session: AsyncSession) -> tuple[LoginSessionRow, str] | None:
-        row = (
-            await session.execute(
-                select(LoginSessionRow, UserRow.name)
-                .join(UserRow, UserRow.id == LoginSessionRow.user_id)
-                .where(LoginSessionRow.token_hash == digest)
+    def find(connection: Connection) -> Any:
+        # Core, on the synchronous path: every WebSocket handshake runs this.
+        return connection.execute(
+            select(
+                _sessions.c.id,
+                _sessions.c.user_id,
+                _sessions.c.last_seen_at,
+                _sessions.c.idle_expires_at,
+                _sessions.c.absolute_expires_at,
+                _sessions.c.revoked_at,
+                _sessions.c.revoked_reason,
+                UserRow.name,
             )
+            .join_from(_sessions, UserRow, UserRow.id == _sessions.c.user_id)
+            .where(_sessions.c.token_hash == digest)
         ).first()
-        return (row[0], row[1]) if row else None
 
-    found = await database.read(find)
-    if found is None:
+    row = await database.read_sync(find)
+    if row is None:
         raise AuthenticationError(
             "invalid", "The session is unknown or was collected; log in again."
         )
-    row, name = found
     ended = ended_reason(row, now)
     if ended is not None:
         raise AuthenticationError(ended.value, _ENDED_MESSAGES[ended])
-    login = LoginSession(row.id, row.user_id, name, row.expires_at)
+    expires_at = min(row.idle_expires_at, row.absolute_expires_at)
+    login = LoginSession(row.id, row.user_id, row.name, expires_at)
     if touch and (now - row.last_seen_at).total_seconds() >= database.settings.session_touch_s:
         login = await extend(database, login) or login
     return login
@@ -228,11 +237,24 @@ async def revoke_all(database: Database, user_id: int, reason: SessionEndReason)
     return await database.write(work)
 
 
-def ended_reason(row: LoginSessionRow, now: dt.datetime) -> SessionEndReason | None:
+class SessionTimes(Protocol):
+    """What decides whether a session has ended: a row of login_sessions, ORM or Core."""
+
+    @property
+    def revoked_at(self) -> dt.datetime | None: ...
+    @property
+    def revoked_reason(self) -> str | None: ...
+    @property
+    def idle_expires_at(self) -> dt.datetime: ...
+    @property
+    def absolute_expires_at(self) -> dt.datetime: ...
+
+
+def ended_reason(row: SessionTimes, now: dt.datetime) -> SessionEndReason | None:
     """Return why a session has ended, or None while it is live."""
     if row.revoked_at is not None:
         return SessionEndReason(row.revoked_reason or SessionEndReason.REVOKED)
-    if row.expires_at <= now:
+    if min(row.idle_expires_at, row.absolute_expires_at) <= now:
         return SessionEndReason.EXPIRED
     return None
 

@@ -37,6 +37,7 @@ from server.protocol import (
     StateView,
     Switch,
 )
+from server.sessions import ended_reason
 from server.settings import Settings
 
 __all__ = [
@@ -194,7 +195,7 @@ class _Batch:
         # Expiry and logout win over a switch racing them: a switch commits only under a
         # live session, checked inside the same transaction.
         login = self.logins.get(pending.session_id)
-        ended = SessionEndReason.REVOKED if login is None else _ended(login, now)
+        ended = SessionEndReason.REVOKED if login is None else ended_reason(login, now)
         if login is None or ended is not None:
             return SwitchOutcome(accepted=False, state=_EMPTY, ended=ended)
         self._touch(login)
@@ -306,14 +307,6 @@ class _Batch:
                     for login_id in sorted(self.touched)
                 ],
             )
-
-
-def _ended(login: Any, now: dt.datetime) -> SessionEndReason | None:
-    if login.revoked_at is not None:
-        return SessionEndReason(login.revoked_reason or SessionEndReason.REVOKED)
-    if min(login.idle_expires_at, login.absolute_expires_at) <= now:
-        return SessionEndReason.EXPIRED
-    return None
 
 
 def _read_states(
