@@ -69,7 +69,9 @@ class GroupCommit(Generic[R, Out]):
         self._queue.append((request, future))
         assert self._wake is not None
         self._wake.set()
-        return await asyncio.shield(future)
+        # Not shielded: a cancelled caller cancels only its future, and the committer skips
+        # settling a future that is already done.
+        return await future
 
     async def close(self) -> None:
         """Decide what is queued, then stop the committer."""

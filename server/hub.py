@@ -193,6 +193,8 @@ class Hub:
         self.max_bad_messages = max_bad_messages
         self.outbox_size = outbox_size
         self._rooms: dict[int, _Room] = {}
+        # The same tabs by login session, so session events cost O(tabs of the session).
+        self._by_session: dict[int, dict[Tab, None]] = {}
 
     # Tabs joining and leaving.
 
@@ -218,6 +220,7 @@ class Hub:
         # Registered before the snapshot is read, so no broadcast can fall between the two;
         # the outbox drops whatever the snapshot already covers.
         room.tabs[tab_id] = tab
+        self._by_session.setdefault(session_id, {})[tab] = None
         try:
             state = await self.store.load_state(user.id)
         except BaseException:
@@ -343,14 +346,16 @@ class Hub:
 
     def session_ids(self) -> dict[int, str]:
         """Return each login session with tabs here, with the expiry its tabs were told."""
-        return {tab.session_id: tab.expires_at for tab in self.tabs()}
+        return {
+            session_id: next(iter(tabs)).expires_at for session_id, tabs in self._by_session.items()
+        }
 
     def end_session(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a login session and close each with 4001."""
         frame = encode(SessionEnded(reason=reason))
         ended = 0
-        for tab in self.tabs():
-            if tab.session_id == session_id and not tab.closing:
+        for tab in list(self._by_session.get(session_id, ())):
+            if not tab.closing:
                 tab.close(CloseCode.SESSION_ENDED, f"session {reason}", frame)
                 ended += 1
         return ended
@@ -358,19 +363,18 @@ class Hub:
     def warn_session(self, session_id: int, expires_at: str) -> None:
         """Tell the tabs of a session that it expires soon, once per expiry time."""
         frame = encode(SessionExpiring(expires_at=expires_at))
-        for tab in self.tabs():
-            if tab.session_id == session_id and tab.warned_for != expires_at:
+        for tab in list(self._by_session.get(session_id, ())):
+            if tab.warned_for != expires_at:
                 tab.warned_for = expires_at
                 tab.expires_at = expires_at
                 tab.send(frame)
 
     def extend_session(self, session_id: int, expires_at: str) -> None:
         """Record a later expiry for the tabs of a session, so it may warn again later."""
-        for tab in self.tabs():
-            if tab.session_id == session_id:
-                tab.expires_at = expires_at
-                if tab.warned_for is not None and tab.warned_for != expires_at:
-                    tab.warned_for = None
+        for tab in self._by_session.get(session_id, ()):
+            tab.expires_at = expires_at
+            if tab.warned_for is not None and tab.warned_for != expires_at:
+                tab.warned_for = None
 
     # Housekeeping.
 
@@ -414,6 +418,11 @@ class Hub:
             room.state = state
 
     def _remove(self, tab: Tab) -> None:
+        tabs = self._by_session.get(tab.session_id)
+        if tabs is not None:
+            tabs.pop(tab, None)
+            if not tabs:
+                del self._by_session[tab.session_id]
         room = self._rooms.get(tab.user.id)
         if room is not None and room.tabs.get(tab.id) is tab:
             del room.tabs[tab.id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
@@ -13,7 +14,6 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,7 +80,7 @@ class SqlStore:
             states = _read_states(connection, [user_id])
             platforms = _read_platforms(connection, [user_id])
             version, stored = states.get(user_id, (0, None))
-            return _view(version, stored, platforms.get(user_id, ()))
+            return platforms.get(user_id, _NO_PLATFORMS).state(version, stored)
 
         return await self.database.read_sync(work)
 
@@ -132,7 +132,7 @@ class _Batch:
         self.touched: set[int] = set()
         # Per user: (version, stored active id) as decided so far in this batch.
         self.states: dict[int, tuple[int, int | None]] = {}
-        self.platforms: dict[int, tuple[Any, ...]] = {}
+        self.platforms: dict[int, _Platforms] = {}
         # Per (user, request id): (accepted, reason, version) of a decision already taken.
         self.logged: dict[tuple[int, str], tuple[bool, str | None, int]] = {}
         self.updates: list[dict[str, Any]] = []
@@ -166,25 +166,12 @@ class _Batch:
         self.states = _read_states(connection, user_ids, lock=True)
         self.platforms = _read_platforms(connection, user_ids, inactive=True)
         # Joined from a VALUES list: SQLite answers "(a, b) IN (VALUES ...)" with a scan of
-        # the whole log, and this with one primary-key lookup per request. Plain text with
-        # numbered parameters: SQLAlchemy would compile a VALUES construct anew every time.
+        # the whole log, and this with one primary-key lookup per request. Sent as the
+        # driver's own SQL: SQLAlchemy would compile a statement of each length anew.
         asked = sorted({(p.user_id, p.request.id) for p in self.batch})
-        # The first row's casts give the columns their types on PostgreSQL.
-        placeholders = ", ".join(
-            ["(CAST(:u0 AS BIGINT), CAST(:r0 AS VARCHAR(64)))"]
-            + [f"(:u{n}, :r{n})" for n in range(1, len(asked))]
-        )
-        parameters: dict[str, Any] = {}
-        for n, (user_id, request_id) in enumerate(asked):
-            parameters[f"u{n}"], parameters[f"r{n}"] = user_id, request_id
-        logged = connection.execute(
-            text(
-                f"WITH asked(user_id, request_id) AS (VALUES {placeholders}) "
-                "SELECT log.user_id, log.request_id, log.accepted, log.reason, log.version "
-                "FROM asked JOIN switch_log AS log "
-                "ON log.user_id = asked.user_id AND log.request_id = asked.request_id"
-            ),
-            parameters,
+        logged = connection.exec_driver_sql(
+            _logged_sql(connection.dialect.paramstyle, len(asked)),
+            tuple(value for pair in asked for value in pair),
         )
         self.logged = {
             (row.user_id, row.request_id): (row.accepted, row.reason, row.version) for row in logged
@@ -200,9 +187,9 @@ class _Batch:
             return SwitchOutcome(accepted=False, state=_EMPTY, ended=ended)
         self._touch(login)
 
-        platforms = self.platforms.get(user_id, ())
+        platforms = self.platforms.get(user_id, _NO_PLATFORMS)
         version, stored = self.states.get(user_id, (0, None))
-        state = _view(version, stored, platforms)
+        state = platforms.state(version, stored)
         logged = self.logged.get((user_id, request.id))
         if logged is not None:
             accepted, reason, logged_version = logged
@@ -213,21 +200,20 @@ class _Batch:
                 reason=RejectReason(reason) if reason else None,
             )
 
-        platform = next((p for p in platforms if p.id == request.platform), None)
+        target = request.platform
         reason_: RejectReason | None = None
         # Another user's platform and a missing one get the same answer, so the reply
         # reveals nothing about platforms that are not this user's.
-        if platform is None:
-            reason_ = RejectReason.UNKNOWN_PLATFORM
-        elif not platform.is_active:
+        if target in platforms.inactive:
             reason_ = RejectReason.INACTIVE_PLATFORM
+        elif target not in platforms.active:
+            reason_ = RejectReason.UNKNOWN_PLATFORM
         elif request.base != version or user_id not in self.states:
             reason_ = RejectReason.STALE
         if reason_ is not None:
             self._log(pending, version, reason_)
             return SwitchOutcome(accepted=False, state=state, reason=reason_)
-        assert platform is not None
-        if state.active == platform.id:
+        if state.active == target:
             self._log(pending, version, None)
             return SwitchOutcome(accepted=True, state=state, version=version)
 
@@ -238,14 +224,14 @@ class _Batch:
                 "b_user_id": user_id,
                 "b_base": version,
                 "version": new_version,
-                "active_platform_id": platform.id,
+                "active_platform_id": target,
                 "updated_at": now,
             }
         )
-        self.states[user_id] = (new_version, platform.id)
-        self.used[platform.id] = now
+        self.states[user_id] = (new_version, target)
+        self.used[target] = now
         self._log(pending, new_version, None)
-        new_state = StateView(version=new_version, active=platform.id, platforms=state.platforms)
+        new_state = StateView(version=new_version, active=target, platforms=state.platforms)
         return SwitchOutcome(accepted=True, state=new_state, version=new_version, changed=True)
 
     def _touch(self, login: Any) -> None:
@@ -309,6 +295,28 @@ class _Batch:
             )
 
 
+@functools.lru_cache(maxsize=512)
+def _logged_sql(paramstyle: str, pairs: int) -> str:
+    """The switch-log lookup of ``pairs`` (user id, request id) pairs, in the driver's style."""
+    if paramstyle == "qmark":
+        marks = [("?", "?")] * pairs
+    elif paramstyle in {"numeric_dollar", "format"}:
+        marks = [(f"${2 * n + 1}", f"${2 * n + 2}") for n in range(pairs)]
+    else:
+        raise NotImplementedError(f"parameter style {paramstyle}")
+    # The first row's casts give the columns their types on PostgreSQL.
+    rows = ", ".join(
+        [f"(CAST({marks[0][0]} AS BIGINT), CAST({marks[0][1]} AS VARCHAR(64)))"]
+        + [f"({u}, {r})" for u, r in marks[1:]]
+    )
+    return (
+        f"WITH asked(user_id, request_id) AS (VALUES {rows}) "
+        "SELECT log.user_id, log.request_id, log.accepted, log.reason, log.version "
+        "FROM asked JOIN switch_log AS log "
+        "ON log.user_id = asked.user_id AND log.request_id = asked.request_id"
+    )
+
+
 def _read_states(
     connection: Connection, user_ids: Sequence[int], *, lock: bool = False
 ) -> dict[int, tuple[int, int | None]]:
@@ -323,7 +331,7 @@ def _read_states(
 
 def _read_platforms(
     connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
-) -> dict[int, tuple[Any, ...]]:
+) -> dict[int, _Platforms]:
     query = select(
         _platforms.c.id,
         _platforms.c.user_id,
@@ -338,28 +346,51 @@ def _read_platforms(
         query = query.where(_platforms.c.is_active)
     grouped: dict[int, list[Any]] = {}
     for row in connection.execute(query.order_by(_platforms.c.id)):
-        grouped.setdefault(row.user_id, []).append(row)
-    return {user_id: tuple(rows) for user_id, rows in grouped.items()}
+        grouped.setdefault(row[1], []).append(row)
+    return {user_id: _Platforms.of(rows) for user_id, rows in grouped.items()}
 
 
-def _view(version: int, stored: int | None, platforms: Sequence[Any]) -> StateView:
-    """Build a user's state from its version, stored choice and platform rows."""
-    active = [p for p in platforms if p.is_active]
-    return StateView(
-        version=version,
-        active=effective_active(version, stored, active),
-        platforms=tuple(
-            PlatformView(
-                id=p.id,
-                name=p.name,
-                kind=p.kind,
-                instance_url=p.instance_url,
-                username=p.username,
-                is_default=p.is_default,
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Platforms:
+    """One user's platforms, digested once per read for the decisions that follow."""
+
+    views: tuple[PlatformView, ...]  # the active ones, by id
+    active: frozenset[int]
+    inactive: frozenset[int]
+    fallback: int | None  # the default rule's choice: see effective_active
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[Any, ...]]) -> _Platforms:
+        """Digest a user's rows of (id, user_id, name, kind, url, username, active, default)."""
+        views, active, inactive, default = [], [], [], None
+        for id_, _, name, kind, url, username, is_active, is_default in rows:
+            if not is_active:
+                inactive.append(id_)
+                continue
+            active.append(id_)
+            views.append(
+                PlatformView(
+                    id=id_,
+                    name=name,
+                    kind=kind,
+                    instance_url=url,
+                    username=username,
+                    is_default=is_default,
+                )
             )
-            for p in active
-        ),
-    )
+            if is_default and default is None:
+                default = id_
+        # The default rule of effective_active: the default platform, else the first one.
+        fallback = default if default is not None else (active[0] if active else None)
+        return cls(tuple(views), frozenset(active), frozenset(inactive), fallback)
+
+    def state(self, version: int, stored: int | None) -> StateView:
+        """Return the state at ``version`` with ``stored`` as the chosen platform."""
+        active = stored if version > 0 and stored in self.active else self.fallback
+        return StateView(version=version, active=active, platforms=self.views)
+
+
+_NO_PLATFORMS = _Platforms(views=(), active=frozenset(), inactive=frozenset(), fallback=None)
 
 
 class _PlatformLike(Protocol):
