@@ -46,6 +46,7 @@ class Outbox:
         """Queue a state frame, replacing any older unsent state.
 
         ``first`` is for the hello: it goes in front, and queued states it covers are dropped.
+        A newer state never replaces the hello (it is the tab's first frame, whatever follows).
         """
         if self._close is not None:
             return
@@ -53,7 +54,7 @@ class Outbox:
             self._frames = collections.deque(
                 f for f in self._frames if f[0] is None or f[0] > version
             )
-            self._frames.appendleft((version, frame))
+            self._frames.appendleft((None, frame))
             self.version = max(self.version, version)
         else:
             if version <= self.version:

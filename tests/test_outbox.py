@@ -48,6 +48,15 @@ async def test_hello_goes_first_and_drops_what_it_covers() -> None:
     assert await drain(outbox) == ["hello9"]
 
 
+async def test_a_newer_state_never_replaces_the_unsent_hello() -> None:
+    """A state newer than the queued hello goes after it: the hello is always the first frame."""
+    outbox = Outbox(8)
+    outbox.put_state(2, "hello2", first=True)
+    outbox.put_state(3, "s3")
+    outbox.put_state(4, "s4")
+    assert await drain(outbox) == ["hello2", "s4"]
+
+
 async def test_outbox_is_bounded_and_close_waits_behind_frames() -> None:
     """Past its size the outbox refuses frames; a close keeps or drops what is queued."""
     outbox = Outbox(2)
