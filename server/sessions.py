@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Table, delete, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
@@ -43,6 +43,21 @@ __all__ = [
 
 logger = logging.getLogger("hub.sessions")
 _sessions = cast(Table, LoginSessionRow.__table__)
+# Built once, on the synchronous path: every WebSocket handshake runs it.
+_BY_TOKEN = (
+    select(
+        _sessions.c.id,
+        _sessions.c.user_id,
+        _sessions.c.last_seen_at,
+        _sessions.c.idle_expires_at,
+        _sessions.c.absolute_expires_at,
+        _sessions.c.revoked_at,
+        _sessions.c.revoked_reason,
+        UserRow.name,
+    )
+    .join_from(_sessions, UserRow, UserRow.id == _sessions.c.user_id)
+    .where(_sessions.c.token_hash == bindparam("digest"))
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,21 +163,7 @@ async def authenticate(
     digest = token_hash(token)
 
     def find(connection: Connection) -> Any:
-        # Core, on the synchronous path: every WebSocket handshake runs this.
-        return connection.execute(
-            select(
-                _sessions.c.id,
-                _sessions.c.user_id,
-                _sessions.c.last_seen_at,
-                _sessions.c.idle_expires_at,
-                _sessions.c.absolute_expires_at,
-                _sessions.c.revoked_at,
-                _sessions.c.revoked_reason,
-                UserRow.name,
-            )
-            .join_from(_sessions, UserRow, UserRow.id == _sessions.c.user_id)
-            .where(_sessions.c.token_hash == digest)
-        ).first()
+        return connection.execute(_BY_TOKEN, {"digest": digest}).first()
 
     row = await database.read_sync(find)
     if row is None:

@@ -149,20 +149,8 @@ class _Batch:
         connection = self.connection
         session_ids = sorted({p.session_id for p in self.batch})
         user_ids = sorted({p.user_id for p in self.batch})
-        rows = connection.execute(
-            select(
-                _sessions.c.id,
-                _sessions.c.user_id,
-                _sessions.c.last_seen_at,
-                _sessions.c.idle_expires_at,
-                _sessions.c.absolute_expires_at,
-                _sessions.c.revoked_at,
-                _sessions.c.revoked_reason,
-            ).where(_sessions.c.id.in_(session_ids))
-        )
+        rows = connection.execute(_LOGINS, {"ids": session_ids})
         self.logins = {row.id: row for row in rows}
-        # On PostgreSQL, FOR UPDATE makes these reads the arbiter's; SQLite already holds
-        # the database's write lock (BEGIN IMMEDIATE) and ignores the clause.
         self.states = _read_states(connection, user_ids, lock=True)
         self.platforms = _read_platforms(connection, user_ids, inactive=True)
         # Joined from a VALUES list: SQLite answers "(a, b) IN (VALUES ...)" with a scan of
@@ -258,13 +246,7 @@ class _Batch:
     def _write(self) -> None:
         connection, now = self.connection, self.now
         if self.updates:
-            result = connection.execute(
-                update(_states).where(
-                    _states.c.user_id == bindparam("b_user_id"),
-                    _states.c.version == bindparam("b_base"),
-                ),
-                self.updates,
-            )
+            result = connection.execute(_MOVE, self.updates)
             rowcount = getattr(result, "rowcount", -1)
             if rowcount >= 0 and rowcount != len(self.updates):
                 # The reads above were taken under the write lock, so this cannot happen;
@@ -273,14 +255,13 @@ class _Batch:
                     f"version arbiter: {rowcount} of {len(self.updates)} conditional updates"
                 )
             connection.execute(
-                update(_platforms).where(_platforms.c.id == bindparam("b_id")),
-                [{"b_id": pid, "last_used_at": at} for pid, at in self.used.items()],
+                _USED, [{"b_id": pid, "last_used_at": at} for pid, at in self.used.items()]
             )
         if self.log_rows:
-            connection.execute(insert(_log), self.log_rows)
+            connection.execute(_LOG, self.log_rows)
         if self.touched:
             connection.execute(
-                update(_sessions).where(_sessions.c.id == bindparam("b_id")),
+                _TOUCH,
                 [
                     {
                         "b_id": login_id,
@@ -317,22 +298,24 @@ def _logged_sql(paramstyle: str, pairs: int) -> str:
     )
 
 
-def _read_states(
-    connection: Connection, user_ids: Sequence[int], *, lock: bool = False
-) -> dict[int, tuple[int, int | None]]:
-    query = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
-        _states.c.user_id.in_(user_ids)
-    )
-    if lock:
-        query = query.order_by(_states.c.user_id).with_for_update()
-    rows = connection.execute(query)
-    return {row.user_id: (row.version, row.active_platform_id) for row in rows}
-
-
-def _read_platforms(
-    connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
-) -> dict[int, _Platforms]:
-    query = select(
+# The hot path's statements, built once: building one costs more than running it.
+_LOGINS = select(
+    _sessions.c.id,
+    _sessions.c.user_id,
+    _sessions.c.last_seen_at,
+    _sessions.c.idle_expires_at,
+    _sessions.c.absolute_expires_at,
+    _sessions.c.revoked_at,
+    _sessions.c.revoked_reason,
+).where(_sessions.c.id.in_(bindparam("ids", expanding=True)))
+_STATES = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
+    _states.c.user_id.in_(bindparam("users", expanding=True))
+)
+# On PostgreSQL, FOR UPDATE (in user order, against deadlocks) makes the batch's reads the
+# arbiter's; SQLite already holds the database's write lock and ignores the clause.
+_STATES_LOCKED = _STATES.order_by(_states.c.user_id).with_for_update()
+_PLATFORMS = (
+    select(
         _platforms.c.id,
         _platforms.c.user_id,
         _platforms.c.name,
@@ -341,11 +324,32 @@ def _read_platforms(
         _platforms.c.username,
         _platforms.c.is_active,
         _platforms.c.is_default,
-    ).where(_platforms.c.user_id.in_(user_ids))
-    if not inactive:
-        query = query.where(_platforms.c.is_active)
+    )
+    .where(_platforms.c.user_id.in_(bindparam("users", expanding=True)))
+    .order_by(_platforms.c.id)
+)
+_ACTIVE_PLATFORMS = _PLATFORMS.where(_platforms.c.is_active)
+_MOVE = update(_states).where(
+    _states.c.user_id == bindparam("b_user_id"), _states.c.version == bindparam("b_base")
+)
+_USED = update(_platforms).where(_platforms.c.id == bindparam("b_id"))
+_LOG = insert(_log)
+_TOUCH = update(_sessions).where(_sessions.c.id == bindparam("b_id"))
+
+
+def _read_states(
+    connection: Connection, user_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, tuple[int, int | None]]:
+    rows = connection.execute(_STATES_LOCKED if lock else _STATES, {"users": list(user_ids)})
+    return {row.user_id: (row.version, row.active_platform_id) for row in rows}
+
+
+def _read_platforms(
+    connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
+) -> dict[int, _Platforms]:
+    query = _PLATFORMS if inactive else _ACTIVE_PLATFORMS
     grouped: dict[int, list[Any]] = {}
-    for row in connection.execute(query.order_by(_platforms.c.id)):
+    for row in connection.execute(query, {"users": list(user_ids)}):
         grouped.setdefault(row[1], []).append(row)
     return {user_id: _Platforms.of(rows) for user_id, rows in grouped.items()}
 
