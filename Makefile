@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint browser clean
+.PHONY: run test setup lint browser bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -33,6 +33,12 @@ browser:
 test: lint browser
 	$(BIN)/pytest
 	scripts/node-tests
+
+# The benchmark: hub, bare-websockets ceiling and python-socketio peer in one run, plus group
+# commit against a commit per switch; writes bench/RESULTS.md and bench/latency.png (~10 min).
+bench: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.run --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

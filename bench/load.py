@@ -4,7 +4,9 @@
         --mode rate --rate 1000 --duration 10 [--tokens tokens.json]
 
 With --tokens (a JSON object user id -> session token) tabs authenticate as the hub expects;
-without, they name their user in the URL (?user=N), as the ceiling expects.
+without, they name their user in the URL (?user=N), as the ceiling and the peer expect.
+--protocol socketio speaks Engine.IO 4 / Socket.IO 5 over WebSocket to bench/peer.py, with
+the same messages carried as events.
 
 Modes:
 - rate: open loop, switches at a fixed rate from random tabs; reports the latency from
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +55,23 @@ class Run:
     reasons: dict[str, int] = field(default_factory=dict)
     answers: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
+    socketio: bool = False
 
 
 async def reader(run: Run, tab: BenchTab) -> None:
     assert tab.connection is not None
     async for frame in tab.connection:
         now = time.perf_counter()
-        message = json.loads(frame)
+        if run.socketio:
+            if frame == "2":  # Engine.IO ping
+                await tab.connection.send("3")
+                continue
+            if not frame.startswith("42"):  # the namespace's connect ack, and the like
+                continue
+            event, message = json.loads(frame[2:])
+            message["type"] = event
+        else:
+            message = json.loads(frame)
         kind = message["type"]
         if kind in {"hello", "state"}:
             state = message["state"]
@@ -90,13 +104,19 @@ def _settle(run: Run, request: str) -> None:
 
 
 async def open_tabs(
-    target: str, users: list[int], tabs: int, tokens: dict[str, str] | None
+    target: str,
+    users: list[int],
+    tabs: int,
+    tokens: dict[str, str] | None,
+    *,
+    socketio: bool = False,
 ) -> tuple[Run, float]:
     every = [BenchTab(user, f"u{user}t{n}") for user in users for n in range(tabs)]
     by_user: dict[int, list[BenchTab]] = {}
     for tab in every:
         by_user.setdefault(tab.user, []).append(tab)
-    run = Run(every, by_user)
+    run = Run(every, by_user, socketio=socketio)
+    joiner = "&" if "?" in target else "?"
     gate = asyncio.Semaphore(100)
 
     async def one(tab: BenchTab) -> None:
@@ -106,7 +126,7 @@ async def open_tabs(
                 {"Authorization": f"Bearer {tokens[str(tab.user)]}"},
             )
         else:
-            url, headers = f"{target}?user={tab.user}&tab={tab.name}", {}
+            url, headers = f"{target}{joiner}user={tab.user}&tab={tab.name}", {}
         async with gate:
             tab.connection = await connect(
                 url,
@@ -116,6 +136,9 @@ async def open_tabs(
                 open_timeout=60,
                 max_queue=None,
             )
+            if socketio:
+                await tab.connection.recv()  # Engine.IO open packet
+                await tab.connection.send("40")  # connect to the default namespace
         run.readers.append(asyncio.create_task(reader(run, tab)))
 
     started = time.perf_counter()
@@ -134,16 +157,20 @@ async def send_switch(run: Run, tab: BenchTab, rng: random.Random) -> asyncio.Fu
     run.answers[request] = future
     run.sent[request] = (tab.user, tab.version, time.perf_counter())
     assert tab.connection is not None
-    await tab.connection.send(
-        json.dumps({"type": "switch", "id": request, "platform": platform, "base": tab.version})
-    )
+    message = {"id": request, "platform": platform, "base": tab.version}
+    if run.socketio:
+        await tab.connection.send("42" + json.dumps(["switch", message]))
+    else:
+        await tab.connection.send(json.dumps({"type": "switch", **message}))
     return future
 
 
-def latencies(run: Run) -> list[float]:
-    """Per accepted switch: from sending it until every tab of its user had its version."""
+def latencies(run: Run, since: float = 0.0) -> list[float]:
+    """Per accepted switch sent after ``since``: until every tab of its user had its version."""
     out = []
     for user, version, sent_at in run.accepted:
+        if sent_at < since:
+            continue
         times = []
         for tab in run.by_user[user]:
             got = [t for v, t in tab.seen.items() if v >= version and t >= sent_at]
@@ -153,6 +180,22 @@ def latencies(run: Run) -> list[float]:
         else:
             out.append(max(times) - sent_at)
     return out
+
+
+async def idle(
+    args: argparse.Namespace, users: list[int], tokens: dict[str, str] | None
+) -> dict[str, Any]:
+    """Connect every tab, say so on stdout, and hold them until stdin closes."""
+    run, connect_rate = await open_tabs(
+        args.target, users, args.tabs, tokens, socketio=args.protocol == "socketio"
+    )
+    print(json.dumps({"connected": len(run.tabs), "connect_tabs_per_s": round(connect_rate)}))
+    sys.stdout.flush()
+    await asyncio.to_thread(sys.stdin.read)
+    for tab in run.tabs:
+        if tab.connection is not None:
+            await tab.connection.close()
+    return {"mode": "idle", "tabs": len(run.tabs), "connect_tabs_per_s": round(connect_rate)}
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -171,7 +214,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     users = [int(u) for u in tokens] if tokens else list(range(1, args.users + 1))
     users = users[: args.users]
     rng = random.Random(7)
-    run, connect_rate = await open_tabs(args.target, users, args.tabs, tokens)
+    if args.mode == "idle":
+        return await idle(args, users, tokens)
+    run, connect_rate = await open_tabs(
+        args.target, users, args.tabs, tokens, socketio=args.protocol == "socketio"
+    )
+    # What exists now lives for the whole run: keep it out of the collector's way, so
+    # the generator's own pauses do not pass for the target's latency.
+    gc.freeze()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     if args.mode == "rate":
@@ -209,7 +259,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "accepted_per_s": round(len(run.accepted) / elapsed),
         "deliveries_per_s": round(deliveries / elapsed),
         "load_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
-        **summary(latencies(run)),
+        # The first second warms the target up (caches, buffers, its allocator).
+        **summary(latencies(run, since=started + args.warmup)),
     }
     for tab in run.tabs:
         if tab.connection is not None:
@@ -222,10 +273,12 @@ if __name__ == "__main__":
     parser.add_argument("--target", required=True)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--tabs", type=int, default=5)
-    parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
+    parser.add_argument("--mode", choices=["rate", "saturate", "idle"], default="rate")
+    parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--tokens")
+    parser.add_argument("--protocol", choices=["hub", "socketio"], default="hub")
     arguments = parser.parse_args()
     arguments.token_map = (
         json.loads(Path(arguments.tokens).read_text()) if arguments.tokens else None

@@ -1,10 +1,17 @@
 """Run the benchmark: every target under the same workload, in one run; print ratios.
 
-    .venv/bin/python -m bench.run [--users 500] [--tabs 5] [--duration 10] [--write]
+    .venv/bin/python -m bench.run [--users 500] [--tabs 5] [--duration 10] [--idle-tabs 10000]
+                                  [--write]
 
-Targets: the hub (a `hub serve` process on SQLite, its real durability setting) and the
-ceiling (bench/ceiling.py: bare websockets, in-memory counter). The load generator
-(bench/load.py) is a separate process. --write records the results in bench/RESULTS.md.
+Targets, each its own process, measured one after the other with the same load:
+- the hub: a `hub serve` process on SQLite, with its real durability setting;
+- the ceiling (bench/ceiling.py): bare websockets, an in-memory counter per user;
+- the peer (bench/peer.py): python-socketio under uvicorn, one room per user.
+The load generator (bench/load.py) is a separate process. For each target: latency at
+fixed rates, saturation throughput, CPU per delivery, connect rate, and resident memory per
+idle tab with --idle-tabs tabs connected. Then bench/commits.py's store-level comparison of
+group commit with a naive commit per switch. --write records everything in
+bench/RESULTS.md and plots latency against rate in bench/latency.png.
 """
 
 from __future__ import annotations
@@ -13,26 +20,41 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import socketio
 import sqlalchemy
 import uvicorn
 import websockets
 
+from bench import commits
 from server import __version__
 from server.settings import Settings
 from tests.load import HubProcess, free_port, populate
 
 ROOT = Path(__file__).resolve().parent.parent
+RATES = (250, 500, 1000, 2000, 4000)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running target: where tabs connect, its process, and how tabs authenticate."""
+
+    url: str
+    pid: int
+    tokens: str | None = None
+    protocol: str = "hub"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -47,25 +69,38 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def spawn(module: str, port: int) -> subprocess.Popen[bytes]:
+    """Start a target module (bench.ceiling, bench.peer) listening on ``port``."""
+    return subprocess.Popen([sys.executable, "-m", module, "--port", str(port)], cwd=ROOT)
+
+
 def spawn_ceiling(port: int) -> subprocess.Popen[bytes]:
     """Start bench/ceiling.py on ``port``."""
-    return subprocess.Popen([sys.executable, "-m", "bench.ceiling", "--port", str(port)], cwd=ROOT)
+    return spawn("bench.ceiling", port)
 
 
 @contextlib.asynccontextmanager
-async def ceiling(users: int) -> AsyncIterator[tuple[str, int, None]]:
+async def module_target(module: str, path: str, protocol: str) -> AsyncIterator[Target]:
     port = free_port()
-    process = spawn_ceiling(port)
+    process = spawn(module, port)
     try:
         await wait_port(port)
-        yield f"ws://127.0.0.1:{port}/ws", process.pid, None
+        yield Target(f"ws://127.0.0.1:{port}{path}", process.pid, protocol=protocol)
     finally:
         process.kill()
         process.wait()
 
 
+def ceiling(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
+    return module_target("bench.ceiling", "/ws", "hub")
+
+
+def peer(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
+    return module_target("bench.peer", "/socket.io/?EIO=4&transport=websocket", "socketio")
+
+
 @contextlib.asynccontextmanager
-async def hub(users: int) -> AsyncIterator[tuple[str, int, str]]:
+async def hub(users: int) -> AsyncIterator[Target]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             database_url=f"sqlite+aiosqlite:///{tmp}/hub.db",
@@ -79,7 +114,7 @@ async def hub(users: int) -> AsyncIterator[tuple[str, int, str]]:
         process = await HubProcess(settings, Path(tmp) / "hub.log").start()
         try:
             assert process.process is not None
-            yield f"ws://127.0.0.1:{process.port}/ws", process.process.pid, str(tokens)
+            yield Target(f"ws://127.0.0.1:{process.port}/ws", process.process.pid, str(tokens))
         finally:
             process.stop()
 
@@ -104,41 +139,74 @@ async def settle(pid: int, limit_s: float = 300) -> None:
             return
 
 
-def load(target: str, tokens: str | None, args: argparse.Namespace, **mode: Any) -> dict[str, Any]:
+def load_command(target: Target, users: int, tabs: int, **mode: Any) -> list[str]:
     command = [
         sys.executable,
         "-m",
         "bench.load",
         "--target",
-        target,
+        target.url,
+        "--protocol",
+        target.protocol,
         "--users",
-        str(args.users),
+        str(users),
         "--tabs",
-        str(args.tabs),
-        "--duration",
-        str(args.duration),
+        str(tabs),
     ]
     for key, value in mode.items():
         command += [f"--{key}", str(value)]
-    if tokens:
-        command += ["--tokens", tokens]
+    if target.tokens:
+        command += ["--tokens", target.tokens]
+    return command
+
+
+def load(target: Target, args: argparse.Namespace, **mode: Any) -> dict[str, Any]:
+    command = load_command(target, args.users, args.tabs, duration=args.duration, **mode)
     output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
     return result
 
 
-async def measure(name: str, start: Any, args: argparse.Namespace) -> dict[str, Any]:
+def idle_memory(target: Target, tabs: int, per_user: int) -> dict[str, Any]:
+    """Connect ``tabs`` idle tabs and measure the target's resident memory per tab."""
+    before = rss_kib(target.pid)
+    command = load_command(target, tabs // per_user, per_user, mode="idle")
+    with subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        connected = json.loads(process.stdout.readline())
+        time.sleep(3)  # let the target finish what the connects left it
+        after = rss_kib(target.pid)
+        process.stdin.close()
+        process.wait(timeout=120)
+    return {
+        "idle_tabs": connected["connected"],
+        "idle_connect_tabs_per_s": connected["connect_tabs_per_s"],
+        "rss_kib_before": before,
+        "rss_kib_after": after,
+        "rss_kib_per_idle_tab": round((after - before) / connected["connected"], 1),
+    }
+
+
+async def measure(
+    name: str, start: Callable[[int], Any], args: argparse.Namespace
+) -> dict[str, Any]:
     results: dict[str, Any] = {"target": name}
-    async with start(args.users) as (target, pid, tokens):
-        idle = rss_kib(pid)
-        for label, mode in (
-            ("rate_1000", {"mode": "rate", "rate": 1000}),
-            ("rate_4000", {"mode": "rate", "rate": 4000}),
-            ("saturate", {"mode": "saturate"}),
-        ):
-            cpu = cpu_seconds(pid)
-            result = await asyncio.to_thread(load, target, tokens, args, **mode)
-            result["server_cpu_s"] = round(cpu_seconds(pid) - cpu, 2)
+    users = max(args.users, args.idle_tabs // args.tabs)
+    async with start(users) as target:
+        # Memory first, on a fresh process, as a user's first 10,000 tabs would find it.
+        results["idle"] = await asyncio.to_thread(idle_memory, target, args.idle_tabs, args.tabs)
+        print(f"{name} idle: {json.dumps(results['idle'])}", flush=True)
+        await settle(target.pid)
+        phases: list[tuple[str, dict[str, Any]]] = [
+            (f"rate_{rate}", {"mode": "rate", "rate": rate}) for rate in RATES
+        ]
+        phases.append(("saturate", {"mode": "saturate"}))
+        for label, mode in phases:
+            cpu = cpu_seconds(target.pid)
+            result = await asyncio.to_thread(load, target, args, **mode)
+            result["server_cpu_s"] = round(cpu_seconds(target.pid) - cpu, 2)
             deliveries = result["deliveries_per_s"] * result["elapsed_s"]
             result["server_cpu_s_per_1000_deliveries"] = (
                 round(1000 * result["server_cpu_s"] / deliveries, 3) if deliveries else None
@@ -146,48 +214,126 @@ async def measure(name: str, start: Any, args: argparse.Namespace) -> dict[str, 
             results[label] = result
             print(f"{name} {label}: {json.dumps(result)}", flush=True)
             # A target still working off a backlog would skew the next phase: wait it out.
-            await settle(pid)
-        results["rss_kib_before_load"] = idle
+            await settle(target.pid)
     return results
+
+
+def latency_cell(result: dict[str, Any]) -> str:
+    return f"{result['p50_ms']} / {result['p99_ms']} / {result['max_ms']}"
 
 
 def table(all_results: list[dict[str, Any]]) -> str:
     rows = [
         "| target | connect tabs/s | p50 / p99 / max at 1,000/s (ms) "
         "| p50 / p99 / max at 4,000/s (ms) | saturated accepted/s | saturated deliveries/s "
-        "| server CPU s per 1,000 deliveries |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| server CPU s per 1,000 deliveries | KiB per idle tab |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in all_results:
         a, b, s = r["rate_1000"], r["rate_4000"], r["saturate"]
         rows.append(
             f"| {r['target']} | {a['connect_tabs_per_s']} "
-            f"| {a['p50_ms']} / {a['p99_ms']} / {a['max_ms']} "
-            f"| {b['p50_ms']} / {b['p99_ms']} / {b['max_ms']} "
+            f"| {latency_cell(a)} | {latency_cell(b)} "
             f"| {s['accepted_per_s']} | {s['deliveries_per_s']} "
-            f"| {s['server_cpu_s_per_1000_deliveries']} |"
+            f"| {s['server_cpu_s_per_1000_deliveries']} "
+            f"| {r['idle']['rss_kib_per_idle_tab']} |"
         )
     return "\n".join(rows)
 
 
+def rate_table(all_results: list[dict[str, Any]]) -> str:
+    header = " | ".join(f"{rate:,}/s" for rate in RATES)
+    rows = [
+        f"| target | {header} |",
+        "| --- |" + " --- |" * len(RATES),
+    ]
+    for r in all_results:
+        cells = []
+        for rate in RATES:
+            phase = r[f"rate_{rate}"]
+            cells.append(f"{phase['p99_ms']} ({phase['accepted_per_s']} acc/s)")
+        rows.append(f"| {r['target']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def ratios(all_results: list[dict[str, Any]]) -> dict[str, float]:
+    by = {r["target"]: r for r in all_results}
+    hub_r, ceiling_r, peer_r = by[HUB], by[CEILING], by[PEER]
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 2) if b else math.nan
+
+    return {
+        "deliveries_hub_over_ceiling": ratio(
+            hub_r["saturate"]["deliveries_per_s"], ceiling_r["saturate"]["deliveries_per_s"]
+        ),
+        "deliveries_hub_over_peer": ratio(
+            hub_r["saturate"]["deliveries_per_s"], peer_r["saturate"]["deliveries_per_s"]
+        ),
+        "p99_at_1000_hub_over_ceiling": ratio(
+            hub_r["rate_1000"]["p99_ms"], ceiling_r["rate_1000"]["p99_ms"]
+        ),
+        "idle_memory_hub_over_ceiling": ratio(
+            hub_r["idle"]["rss_kib_per_idle_tab"], ceiling_r["idle"]["rss_kib_per_idle_tab"]
+        ),
+    }
+
+
+def plot(all_results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5), dpi=100)
+    for r in all_results:
+        rates = [r[f"rate_{rate}"]["accepted_per_s"] for rate in RATES]
+        for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
+            values = [r[f"rate_{rate}"][key] for rate in RATES]
+            axes.plot(rates, values, style, marker="o", label=f"{r['target']} {key[:3]}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("accepted switches per second (offered: 250 to 4,000/s)")
+    axes.set_ylabel("switch to all tabs of the user (ms)")
+    axes.set_title("Latency against rate, 500 users x 5 tabs")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+CEILING = "ceiling (bare websockets)"
+PEER = "peer (python-socketio)"
+HUB = "hub (SQLite, synchronous=NORMAL)"
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = [await measure("ceiling (bare websockets)", ceiling, args)]
-    results.append(await measure("hub (SQLite, synchronous=NORMAL)", hub, args))
-    ceiling_sat, hub_sat = results[0]["saturate"], results[1]["saturate"]
-    ratio = hub_sat["deliveries_per_s"] / max(1, ceiling_sat["deliveries_per_s"])
+    results = [
+        await measure(CEILING, ceiling, args),
+        await measure(PEER, peer, args),
+        await measure(HUB, hub, args),
+    ]
+    store = await commits.main(argparse.Namespace(users=1000, duration=5))
+    found = ratios(results)
     text = table(results)
     print()
     print(text)
-    print(f"\nsaturated deliveries/s, hub / ceiling: {ratio:.2f}")
+    print()
+    print(rate_table(results))
+    print()
+    print(commits.table(store))
+    print(json.dumps(found, indent=1))
     if args.write:
+        plot(results, ROOT / "bench" / "latency.png")
         versions = (
             f"Python {platform.python_version()}, hub {__version__}, "
-            f"uvicorn {uvicorn.__version__}, "
-            f"websockets {websockets.__version__}, SQLAlchemy {sqlalchemy.__version__}, "
+            f"uvicorn {uvicorn.__version__}, websockets {websockets.__version__}, "
+            f"python-socketio {socketio.__version__}, SQLAlchemy {sqlalchemy.__version__}, "
             f"msgspec {msgspec.__version__}"
         )
         command = " ".join(["python -m bench.run", *sys.argv[1:]])
+        raw = {"targets": results, "commits": store, "ratios": found}
         (ROOT / "bench" / "RESULTS.md").write_text(
             RESULTS.format(
                 date=started,
@@ -197,9 +343,12 @@ async def main(args: argparse.Namespace) -> None:
                 users=args.users,
                 tabs=args.tabs,
                 duration=args.duration,
+                idle_tabs=args.idle_tabs,
                 table=text,
-                ratio=f"{ratio:.2f}",
-                raw=json.dumps(results, indent=1),
+                rates=rate_table(results),
+                commits=commits.table(store),
+                ratios="\n".join(f"- {key}: **{value}**" for key, value in found.items()),
+                raw=json.dumps(raw, indent=1),
             )
         )
 
@@ -218,22 +367,41 @@ def machine() -> str:
 
 RESULTS = """# Benchmark results
 
-Produced by `{command}` on {date}.
+Produced by `{command}` on {date}
+(`make bench` runs the same with the default arguments).
 
 - Machine: {machine}
 - Versions: {versions}
-- Workload: {users} users x {tabs} tabs; each phase {duration} s; the load generator is a
-  separate process with real WebSocket clients (bench/load.py).
+- Workload: {users} users x {tabs} tabs; each phase {duration} s, the first second of each
+  rate phase is warm-up; the load generator is a separate process with real WebSocket
+  clients (bench/load.py). Idle memory: {idle_tabs} tabs connected to a fresh process.
+
+## Side by side
 
 {table}
 
-Saturated deliveries per second, hub / ceiling: **{ratio}**.
-
 Latency is from sending a switch to the moment every tab of the user has the new state, for
 accepted switches. Server CPU is the target process's user + system time during the phase.
+KiB per idle tab is the target's resident memory growth with {idle_tabs} tabs connected,
+divided by the number of tabs.
 
-This is the baseline before issue 5's work (group commit, leaner tabs, python-socketio as the
-peer): see the issue's progress note.
+## p99 latency against offered rate (ms)
+
+{rates}
+
+![latency against rate](latency.png)
+
+## Durable switches: group commit against a commit per switch
+
+`bench/commits.py`, in the same run: 1,000 concurrent callers (one per user) on the hub's
+real store and a real SQLite file, below the WebSocket layer; every switch acknowledged only
+after its commit.
+
+{commits}
+
+## Ratios
+
+{ratios}
 
 <details><summary>Raw results</summary>
 
@@ -249,5 +417,6 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--tabs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--idle-tabs", type=int, default=10_000)
     parser.add_argument("--write", action="store_true")
     asyncio.run(main(parser.parse_args()))
