@@ -23,6 +23,7 @@ import gc
 import json
 import random
 import resource
+import secrets
 import statistics
 import sys
 import time
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+
+RUN_ID = secrets.token_hex(4)
 
 
 @dataclass
@@ -151,7 +154,9 @@ async def open_tabs(
 
 
 async def send_switch(run: Run, tab: BenchTab, rng: random.Random) -> asyncio.Future[None]:
-    request = f"{tab.name}-{rng.getrandbits(40):010x}"
+    # Unique across runs: the hub remembers request ids (idempotent retries), so an id from
+    # an earlier phase would be answered with its old decision instead of being decided.
+    request = f"{tab.name}-{RUN_ID}-{rng.getrandbits(40):010x}"
     platform = rng.choice([p for p in tab.platforms if p != tab.active])
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     run.answers[request] = future

@@ -29,11 +29,11 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import socketio
 import sqlalchemy
 import uvicorn
 import websockets
@@ -315,6 +315,9 @@ async def main(args: argparse.Namespace) -> None:
         await measure(HUB, hub, args),
     ]
     store = await commits.main(argparse.Namespace(users=1000, duration=5))
+    if args.write:  # the raw figures first: a failure below must not lose a 15-minute run
+        raw_path = ROOT / "bench" / "results.json"
+        raw_path.write_text(json.dumps({"targets": results, "commits": store}, indent=1))
     found = ratios(results)
     text = table(results)
     print()
@@ -329,7 +332,8 @@ async def main(args: argparse.Namespace) -> None:
         versions = (
             f"Python {platform.python_version()}, hub {__version__}, "
             f"uvicorn {uvicorn.__version__}, websockets {websockets.__version__}, "
-            f"python-socketio {socketio.__version__}, SQLAlchemy {sqlalchemy.__version__}, "
+            f"python-socketio {metadata.version('python-socketio')}, "
+            f"SQLAlchemy {sqlalchemy.__version__}, "
             f"msgspec {msgspec.__version__}"
         )
         command = " ".join(["python -m bench.run", *sys.argv[1:]])
