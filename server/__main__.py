@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -80,8 +81,26 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from server.app import create_app, uvicorn_config
 
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    app = create_app(settings)
+    _tune_gc()
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
+
+
+def _tune_gc() -> None:
+    """Make the collector's pauses rarer: they are the hub's latency tail.
+
+    With thousands of tabs a full collection walks every object of every connection and
+    stopped the loop for 100 to 220 ms (measured with gc.callbacks under bench load); the
+    default thresholds ran one every few seconds while tabs connected. Young collections now
+    wait for 50,000 net allocations instead of 700, so fewer objects survive into the old
+    generation and full collections come rarer; what was imported at start-up is frozen out
+    of them. At 1,000 switches/s with 2,500 tabs, p99 went from 26 to 13 ms and the connect
+    rate from about 650 to 820 tabs/s (bench/RESULTS.md has the current figures).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
