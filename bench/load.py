@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import random
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 RUN_ID = secrets.token_hex(4)
 
@@ -67,7 +69,8 @@ async def reader(run: Run, tab: BenchTab) -> None:
         now = time.perf_counter()
         if run.socketio:
             if frame == "2":  # Engine.IO ping
-                await tab.connection.send("3")
+                with contextlib.suppress(ConnectionClosed):
+                    await tab.connection.send("3")
                 continue
             if not frame.startswith("42"):  # the namespace's connect ack, and the like
                 continue
