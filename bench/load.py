@@ -206,6 +206,49 @@ async def idle(
     return {"mode": "idle", "tabs": len(run.tabs), "connect_tabs_per_s": round(connect_rate)}
 
 
+async def flood(args: argparse.Namespace, tokens: dict[str, str] | None) -> dict[str, Any]:
+    """One tab of the last user floods switches as fast as it can; reconnects when closed.
+
+    The hostile tab of the benchmark: run as its own process beside a rate phase, it shows
+    what one abusive tab costs everyone else. It never backs off.
+    """
+    user = list(tokens)[-1] if tokens else str(args.users + 1)
+    if tokens:
+        url, headers = f"{args.target}?tab=flood", {"Authorization": f"Bearer {tokens[user]}"}
+    else:
+        joiner = "&" if "?" in args.target else "?"
+        url, headers = f"{args.target}{joiner}user={user}&tab=flood", {}
+    counts = {"sent": 0, "received": 0, "connections": 0}
+    deadline = time.perf_counter() + args.duration
+    # Until stdin closes, or --duration at the latest.
+    stop = asyncio.create_task(asyncio.to_thread(sys.stdin.read))
+    stop.add_done_callback(lambda _: counts.__setitem__("stopped", 1))
+
+    async def drain(connection: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in connection:
+                counts["received"] += 1
+
+    while time.perf_counter() < deadline and not stop.done():
+        with contextlib.suppress(ConnectionClosed, OSError):
+            async with connect(
+                url, additional_headers=headers, compression=None, ping_interval=None
+            ) as connection:
+                counts["connections"] += 1
+                reader_task = asyncio.create_task(drain(connection))
+                while time.perf_counter() < deadline and not stop.done():
+                    counts["sent"] += 1
+                    message = {"id": f"f{counts['sent']}", "platform": 1, "base": 0}
+                    await connection.send(json.dumps({"type": "switch", **message}))
+                    if counts["sent"] % 50 == 0:
+                        await asyncio.sleep(0)
+                        if reader_task.done():
+                            break
+                reader_task.cancel()
+    stop.cancel()
+    return {"mode": "flood", **counts}
+
+
 def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
@@ -224,6 +267,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(7)
     if args.mode == "idle":
         return await idle(args, users, tokens)
+    if args.mode == "flood":
+        return await flood(args, tokens)
     run, connect_rate = await open_tabs(
         args.target, users, args.tabs, tokens, socketio=args.protocol == "socketio"
     )
@@ -281,7 +326,7 @@ if __name__ == "__main__":
     parser.add_argument("--target", required=True)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--tabs", type=int, default=5)
-    parser.add_argument("--mode", choices=["rate", "saturate", "idle"], default="rate")
+    parser.add_argument("--mode", choices=["rate", "saturate", "idle", "flood"], default="rate")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--duration", type=float, default=10)

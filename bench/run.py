@@ -102,12 +102,9 @@ def peer(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
 @contextlib.asynccontextmanager
 async def hub(users: int) -> AsyncIterator[Target]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            database_url=f"sqlite+aiosqlite:///{tmp}/hub.db",
-            messages_per_second=10_000,
-            message_burst=10_000,
-            log_level="warning",
-        )
+        # The hub's real settings, rate limits included (the workload stays far under them:
+        # about 2 switches per second per tab at most; the flood phase is what they are for).
+        settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp}/hub.db", log_level="warning")
         population = await populate(settings, users)
         tokens = Path(tmp) / "tokens.json"
         tokens.write_text(json.dumps({str(u): t for u, t in population.tokens.items()}))
@@ -167,6 +164,19 @@ def load(target: Target, args: argparse.Namespace, **mode: Any) -> dict[str, Any
     return result
 
 
+def load_under_flood(target: Target, args: argparse.Namespace, rate: int) -> dict[str, Any]:
+    """A rate phase while one tab of another user floods the target (bench/load.py flood)."""
+    command = load_command(target, args.users, 1, mode="flood", duration=600)
+    with subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as flooder:
+        time.sleep(1)  # the flood is under way before the measured tabs connect
+        result = load(target, args, mode="rate", rate=rate)
+        output, _ = flooder.communicate(timeout=120)  # closes its stdin: the flood stops
+    result["flood"] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
 def idle_memory(target: Target, tabs: int, per_user: int) -> dict[str, Any]:
     """Connect ``tabs`` idle tabs and measure the target's resident memory per tab."""
     before = rss_kib(target.pid)
@@ -190,7 +200,7 @@ def idle_memory(target: Target, tabs: int, per_user: int) -> dict[str, Any]:
 
 
 async def measure(
-    name: str, start: Callable[[int], Any], args: argparse.Namespace
+    name: str, start: Callable[[int], Any], args: argparse.Namespace, *, flood: bool = False
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"target": name}
     users = max(args.users, args.idle_tabs // args.tabs)
@@ -203,9 +213,14 @@ async def measure(
             (f"rate_{rate}", {"mode": "rate", "rate": rate}) for rate in RATES
         ]
         phases.append(("saturate", {"mode": "saturate"}))
+        if flood:
+            phases.append(("rate_1000_flood", {"rate": 1000}))
         for label, mode in phases:
             cpu = cpu_seconds(target.pid)
-            result = await asyncio.to_thread(load, target, args, **mode)
+            if label.endswith("_flood"):
+                result = await asyncio.to_thread(load_under_flood, target, args, **mode)
+            else:
+                result = await asyncio.to_thread(load, target, args, **mode)
             result["server_cpu_s"] = round(cpu_seconds(target.pid) - cpu, 2)
             deliveries = result["deliveries_per_s"] * result["elapsed_s"]
             result["server_cpu_s_per_1000_deliveries"] = (
@@ -273,6 +288,11 @@ def ratios(all_results: list[dict[str, Any]]) -> dict[str, float]:
         "p99_at_1000_hub_over_ceiling": ratio(
             hub_r["rate_1000"]["p99_ms"], ceiling_r["rate_1000"]["p99_ms"]
         ),
+        "p99_at_1000_hub_flooded_over_not": ratio(
+            hub_r["rate_1000_flood"]["p99_ms"], hub_r["rate_1000"]["p99_ms"]
+        )
+        if "rate_1000_flood" in hub_r
+        else math.nan,
         "idle_memory_hub_over_ceiling": ratio(
             hub_r["idle"]["rss_kib_per_idle_tab"], ceiling_r["idle"]["rss_kib_per_idle_tab"]
         ),
@@ -320,7 +340,8 @@ async def main(args: argparse.Namespace) -> None:
             "targets": [
                 await measure(CEILING, ceiling, args),
                 await measure(PEER, peer, args),
-                await measure(HUB, hub, args),
+                # Only the hub limits a tab's rate; the others would just serve the flood.
+                await measure(HUB, hub, args, flood=True),
             ],
             "commits": await commits.main(argparse.Namespace(users=1000, duration=5)),
         }

@@ -350,6 +350,12 @@ async def _websocket(websocket: WebSocket) -> None:
                 break
             text = message.get("text")
             await hub.receive(tab, text if text is not None else message.get("bytes") or b"")
+            if tab.closing:
+                # Read no more from a tab being closed (abuse, flood, replaced, session
+                # ended): what it still sends waits in TCP, so a flooder costs nothing
+                # more, while its writer sends what is queued and the close.
+                await hub.drain(tab)
+                break
     finally:
         await hub.leave(tab)
 

@@ -240,6 +240,11 @@ class Hub:
         tab.writer = asyncio.create_task(tab._write(), name=f"tab-writer-{tab_id}")
         return tab
 
+    async def drain(self, tab: Tab, within: float = 5.0) -> None:
+        """Wait (at most ``within`` seconds) for a closing tab's writer to send the close."""
+        if tab.writer is not None:
+            await asyncio.wait([tab.writer], timeout=within)
+
     async def leave(self, tab: Tab) -> None:
         """Forget a tab whose connection has ended, and stop its writer."""
         self._remove(tab)
