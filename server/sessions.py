@@ -25,6 +25,7 @@ from server.passwords import DUMMY_HASH, NO_PASSWORD, verify_password
 from server.protocol import SessionEndReason
 
 __all__ = [
+    "LIVENESS_COLUMNS",
     "LoginSession",
     "authenticate",
     "check",
@@ -43,18 +44,20 @@ __all__ = [
 
 logger = logging.getLogger("hub.sessions")
 _sessions = cast(Table, LoginSessionRow.__table__)
+# A session's identity and the times that decide whether it is live (see ended_reason); the
+# switch batch reads the same columns.
+LIVENESS_COLUMNS = (
+    _sessions.c.id,
+    _sessions.c.user_id,
+    _sessions.c.last_seen_at,
+    _sessions.c.idle_expires_at,
+    _sessions.c.absolute_expires_at,
+    _sessions.c.revoked_at,
+    _sessions.c.revoked_reason,
+)
 # Built once, on the synchronous path: every WebSocket handshake runs it.
 _BY_TOKEN = (
-    select(
-        _sessions.c.id,
-        _sessions.c.user_id,
-        _sessions.c.last_seen_at,
-        _sessions.c.idle_expires_at,
-        _sessions.c.absolute_expires_at,
-        _sessions.c.revoked_at,
-        _sessions.c.revoked_reason,
-        UserRow.name,
-    )
+    select(*LIVENESS_COLUMNS, UserRow.name)
     .join_from(_sessions, UserRow, UserRow.id == _sessions.c.user_id)
     .where(_sessions.c.token_hash == bindparam("digest"))
 )

@@ -37,7 +37,7 @@ from server.protocol import (
     StateView,
     Switch,
 )
-from server.sessions import ended_reason
+from server.sessions import LIVENESS_COLUMNS, ended_reason
 from server.settings import Settings
 
 __all__ = [
@@ -299,15 +299,7 @@ def _logged_sql(paramstyle: str, pairs: int) -> str:
 
 
 # The hot path's statements, built once: building one costs more than running it.
-_LOGINS = select(
-    _sessions.c.id,
-    _sessions.c.user_id,
-    _sessions.c.last_seen_at,
-    _sessions.c.idle_expires_at,
-    _sessions.c.absolute_expires_at,
-    _sessions.c.revoked_at,
-    _sessions.c.revoked_reason,
-).where(_sessions.c.id.in_(bindparam("ids", expanding=True)))
+_LOGINS = select(*LIVENESS_COLUMNS).where(_sessions.c.id.in_(bindparam("ids", expanding=True)))
 _STATES = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
     _states.c.user_id.in_(bindparam("users", expanding=True))
 )
