@@ -35,6 +35,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.load import RawFlood
+
 RUN_ID = secrets.token_hex(4)
 
 
@@ -207,10 +209,13 @@ async def idle(
 
 
 async def flood(args: argparse.Namespace, tokens: dict[str, str] | None) -> dict[str, Any]:
-    """One tab of the last user floods switches as fast as it can; reconnects when closed.
+    """One tab of the last user floods switches as fast as TCP takes them; reconnects at once.
 
     The hostile tab of the benchmark: run as its own process beside a rate phase, it shows
-    what one abusive tab costs everyone else. It never backs off.
+    what one abusive tab costs everyone else. It never backs off, and it is cheap (frames are
+    built once and written in blocks, tests/load.py's RawFlood), so on a shared 2-core machine
+    the flooder's own CPU does not stand in for the target's cost: a websockets client
+    framing each message took a whole core.
     """
     user = list(tokens)[-1] if tokens else str(args.users + 1)
     if tokens:
@@ -218,33 +223,25 @@ async def flood(args: argparse.Namespace, tokens: dict[str, str] | None) -> dict
     else:
         joiner = "&" if "?" in args.target else "?"
         url, headers = f"{args.target}{joiner}user={user}&tab=flood", {}
-    counts = {"sent": 0, "received": 0, "connections": 0}
+    counts = {"written_bytes": 0, "received_bytes": 0, "connections": 0, "refused": 0}
     deadline = time.perf_counter() + args.duration
     # Until stdin closes, or --duration at the latest.
     stop = asyncio.create_task(asyncio.to_thread(sys.stdin.read))
     stop.add_done_callback(lambda _: counts.__setitem__("stopped", 1))
 
-    async def drain(connection: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in connection:
-                counts["received"] += 1
+    def over() -> bool:
+        return stop.done() or time.perf_counter() >= deadline
 
-    while time.perf_counter() < deadline and not stop.done():
-        with contextlib.suppress(ConnectionClosed, OSError):
-            async with connect(
-                url, additional_headers=headers, compression=None, ping_interval=None
-            ) as connection:
+    while not over():
+        raw = RawFlood(url, headers)
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            if await raw.run(over):
                 counts["connections"] += 1
-                reader_task = asyncio.create_task(drain(connection))
-                while time.perf_counter() < deadline and not stop.done():
-                    counts["sent"] += 1
-                    message = {"id": f"f{counts['sent']}", "platform": 1, "base": 0}
-                    await connection.send(json.dumps({"type": "switch", **message}))
-                    if counts["sent"] % 50 == 0:
-                        await asyncio.sleep(0)
-                        if reader_task.done():
-                            break
-                reader_task.cancel()
+            else:
+                counts["refused"] += 1
+                await asyncio.sleep(0.001)
+        counts["written_bytes"] += raw.written
+        counts["received_bytes"] += len(raw.received)
     stop.cancel()
     return {"mode": "flood", **counts}
 

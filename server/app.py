@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import __version__, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, StoreUnavailable
-from server.guard import with_header_deadline
+from server.guard import BoundedWebSocketProtocol, with_header_deadline
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import redact_secrets
 from server.protocol import (
@@ -118,6 +118,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": 5,
         "http": with_header_deadline(settings.handshake_timeout_s),
+        "ws": BoundedWebSocketProtocol,
         "lifespan": "on",
     }
     options.update(overrides)

@@ -1,9 +1,15 @@
-"""A deadline for a connection's request headers, which uvicorn lacks (slowloris).
+"""Connection-level guards that uvicorn lacks: a header deadline and bounded WebSocket reads.
 
-uvicorn's keep-alive timeout only runs between requests: a client that opens a connection and
-never finishes its request (or its WebSocket handshake) holds it forever. The protocol below
-is uvicorn's httptools protocol with a timer from the connection (and from each new request)
-to the end of its headers; past it, the connection is closed.
+- Slowloris: uvicorn's keep-alive timeout only runs between requests, so a client that opens
+  a connection and never finishes its request (or its WebSocket handshake) holds it forever.
+  `with_header_deadline` is uvicorn's httptools protocol with a timer from the connection (and
+  from each new request) to the end of its headers; past it, the connection is closed.
+- Floods: uvicorn's sans-I/O WebSocket protocol parses every byte a read returns (up to 256
+  KiB, thousands of small frames in one go, with the loop blocked), and after the app closes
+  a connection it keeps reading and parsing whatever the peer sends for up to 10 s while it
+  waits for the close reply. A flooding tab made the hub parse millions of frames it would
+  never look at. `BoundedWebSocketProtocol` parses only as fast as the app reads, and drops
+  a peer that keeps sending after the close instead of answering it.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import (
+    WebSocketsSansIOProtocol as _SansIO,
+)
 
-__all__ = ["with_header_deadline"]
+__all__ = ["BoundedWebSocketProtocol", "with_header_deadline"]
 
 logger = logging.getLogger("hub.guard")
 
@@ -60,3 +69,57 @@ def with_header_deadline(seconds: float) -> type[asyncio.Protocol]:
                 self.transport.close()
 
     return HeaderDeadlineProtocol
+
+
+class BoundedWebSocketProtocol(_SansIO):
+    """uvicorn's sans-I/O WebSocket protocol, parsing no faster than the app reads.
+
+    Received bytes wait unparsed while the app has a message it has not taken, and are fed
+    to the parser a slice at a time, so what a peer sends ahead of the app costs memory for
+    one read (reading is paused meanwhile), not the parsing of every frame in it. After the
+    app's close, only ``after_close_bytes`` more are read in wait of the peer's close reply;
+    a peer that sends more than that is not answering, and its connection is dropped.
+    """
+
+    slice_bytes = 4096
+    after_close_bytes = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unparsed = b""  # received, not yet parsed: from self._offset on
+        self._offset = 0
+        self._read_after_close = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._offset:
+            self._unparsed, self._offset = self._unparsed[self._offset :], 0
+        if self.close_sent:
+            self._read_after_close += len(data)
+            if self._read_after_close > self.after_close_bytes:
+                self.transport.close()  # stops reading now; our close frame still goes out
+                return
+            data, self._unparsed = self._unparsed + data, b""
+            super().data_received(data)
+            return
+        self._unparsed += data
+        self._feed()
+
+    async def receive(self) -> Any:
+        message = await super().receive()
+        if self._unparsed and not self.read_paused and not self.close_sent:
+            self._feed()
+        return message
+
+    def _feed(self) -> None:
+        # Parse a slice at a time until the app has a message waiting (uvicorn then pauses
+        # reading and sets read_paused) or nothing is left.
+        while self._unparsed and not self.read_paused and not self.close_sent:
+            start, end = self._offset, self._offset + self.slice_bytes
+            data = self._unparsed[start:end]
+            if end >= len(self._unparsed):
+                self._unparsed, self._offset = b"", 0
+            else:
+                self._offset = end
+            super().data_received(data)
+            if self.transport.is_closing():
+                return

@@ -26,7 +26,10 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import Close, Opcode
+from websockets.uri import parse_uri
 
 from server import sessions
 from server.db import Database, PlatformStateRow, SwitchLogRow
@@ -195,6 +198,68 @@ class HubProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class RawFlood:
+    """A hostile tab at the socket: one handshake, then switch frames as fast as TCP takes them.
+
+    Frames are built once by websockets' sans-I/O client and written in blocks, so flooding
+    costs the flooder little CPU; it reads (and keeps) what comes back but never answers the
+    close. Used by tests/test_hostile.py and bench/load.py's flood mode.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], frames_per_block: int = 500) -> None:
+        self.uri = parse_uri(url)
+        self.headers = headers
+        self.frames_per_block = frames_per_block
+        self.protocol = ClientProtocol(self.uri)
+        self.received = bytearray()
+        self.written = 0  # bytes handed to TCP after the handshake
+
+    async def run(self, until: Callable[[], bool]) -> bool:
+        """Handshake, then flood until the hub drops the connection or ``until()``.
+
+        Returns False when the handshake is refused."""
+        request = self.protocol.connect()
+        request.headers.update(self.headers)
+        self.protocol.send_request(request)
+        reader, writer = await asyncio.open_connection(self.uri.host, self.uri.port)
+        try:
+            for chunk in self.protocol.data_to_send():
+                writer.write(chunk)
+            self.protocol.receive_data(await reader.readuntil(b"\r\n\r\n"))
+            self.protocol.events_received()  # the handshake's response
+            if self.protocol.handshake_exc is not None:
+                return False
+            for n in range(self.frames_per_block):
+                message = {"type": "switch", "id": f"flood-{n}", "platform": 1, "base": 0}
+                self.protocol.send_text(json.dumps(message).encode())
+            block = b"".join(self.protocol.data_to_send())
+            reading = asyncio.create_task(self._read(reader))
+            with contextlib.suppress(ConnectionError):
+                while not reading.done() and not until():
+                    writer.write(block)
+                    self.written += len(block)
+                    with contextlib.suppress(TimeoutError):  # to look at until() again
+                        await asyncio.wait_for(writer.drain(), 0.5)
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            return True
+        finally:
+            writer.close()
+
+    def close_code(self) -> int | None:
+        """Return the code of the hub's close frame among what was received, if any."""
+        self.protocol.receive_data(bytes(self.received))
+        for event in self.protocol.events_received():
+            if event.opcode == Opcode.CLOSE:
+                return Close.parse(event.data).code
+        return None
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                self.received.extend(chunk)
 
 
 async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> float:
