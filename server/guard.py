@@ -104,6 +104,13 @@ class BoundedWebSocketProtocol(_SansIO):
         self._unparsed += data
         self._feed()
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and self.request is not None:
+            # The handshake's request and response (websockets' header structures, 2 KiB a
+            # tab) are not needed once the response is out.
+            self.request = self.response = None  # type: ignore[assignment]
+
     async def receive(self) -> Any:
         message = await super().receive()
         if self._unparsed and not self.read_paused and not self.close_sent:

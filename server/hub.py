@@ -1,7 +1,7 @@
 """Per-user state, tabs and fan-out. Pure asyncio: no Starlette, no SQL.
 
 The hub never awaits a tab: it puts frames in each tab's bounded outbox (server/outbox.py),
-which the tab's own writer task drains.
+and a writer task of that tab drains it, running only while the outbox holds something.
 """
 
 from __future__ import annotations
@@ -125,14 +125,17 @@ class Tab:
         self.user = user
         self.session_id = session_id
         self.transport = transport
-        self.outbox = Outbox(hub.outbox_size)
+        self.outbox = Outbox(hub.outbox_size, self._wake)
         self.bucket = _Bucket(hub.messages_per_second, hub.message_burst)
         self.bad_messages = 0
         self.excess_messages = 0  # messages over the rate limit, in a row
         self.last_heard = time.monotonic()
         self.warned_for: str | None = None
         self.expires_at: str = ""
+        # Runs only while the outbox holds something: an idle tab has no task.
         self.writer: asyncio.Task[None] | None = None
+        self.gone = False  # the connection ended or failed: start no writer
+        self._loop = asyncio.get_running_loop()
 
     @property
     def closing(self) -> bool:
@@ -149,16 +152,21 @@ class Tab:
         """Close the tab after sending ``last``, without waiting."""
         self.outbox.close(code, reason, last, drop=drop)
 
+    def _wake(self) -> None:
+        if self.writer is None and not self.gone:
+            self.writer = self._loop.create_task(self._write())
+
     async def _write(self) -> None:
         try:
-            while True:
-                item = await self.outbox.get()
+            while (item := self.outbox.take()) is not None:
                 if isinstance(item, Close):
                     await self.transport.close(item.code, item.reason)
                     return
                 await self.transport.send_text(item)
         except TransportClosed:
-            return
+            self.gone = True
+        finally:
+            self.writer = None
 
 
 class _Room:
@@ -207,7 +215,7 @@ class Hub:
         session_id: int,
         expires_at: str,
     ) -> Tab:
-        """Register a tab, queue its hello and start its writer; raise TabLimitReached when full."""
+        """Register a tab and queue its hello; raise TabLimitReached when the user is full."""
         room = self._rooms.setdefault(user.id, _Room())
         previous = room.tabs.get(tab_id)
         if previous is None and len(room.tabs) >= self.max_tabs_per_user:
@@ -236,8 +244,7 @@ class Hub:
             session=SessionInfo(expires_at=expires_at),
             heartbeat_s=self.heartbeat_s,
         )
-        tab.outbox.put_state(state.version, encode(hello), first=True)
-        tab.writer = asyncio.create_task(tab._write(), name=f"tab-writer-{tab_id}")
+        tab.outbox.put_state(state.version, encode(hello), first=True)  # starts its writer
         return tab
 
     async def drain(self, tab: Tab, within: float = 5.0) -> None:
@@ -248,6 +255,7 @@ class Hub:
     async def leave(self, tab: Tab) -> None:
         """Forget a tab whose connection has ended, and stop its writer."""
         self._remove(tab)
+        tab.gone = True
         if tab.writer is not None and not tab.writer.done():
             tab.writer.cancel()
             await asyncio.gather(tab.writer, return_exceptions=True)

@@ -1,13 +1,15 @@
 """A tab's outbox: bounded, with states coalesced and never going backwards.
 
 A newer state replaces an older unsent one, so a slow tab costs one frame, not a backlog.
+The outbox does no waiting itself: it calls ``on_ready`` when something is queued, and the
+tab starts a writer then (server/hub.py), so an idle tab holds no task and no future.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
+from collections.abc import Callable
 
 __all__ = ["Close", "Outbox"]
 
@@ -23,10 +25,12 @@ class Close:
 class Outbox:
     """Hold a tab's unsent frames: bounded, with states coalesced and never going backwards."""
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("_close", "_frames", "_on_ready", "_size", "coalesced", "version")
+
+    def __init__(self, size: int, on_ready: Callable[[], None] = lambda: None) -> None:
         self._frames: collections.deque[tuple[int | None, str]] = collections.deque()
         self._size = size
-        self._ready = asyncio.Event()
+        self._on_ready = on_ready
         self._close: Close | None = None
         # Highest state version queued or sent; states at or below it are dropped.
         self.version = -1
@@ -39,7 +43,7 @@ class Outbox:
         if len(self._frames) >= self._size:
             return False
         self._frames.append((None, frame))
-        self._ready.set()
+        self._on_ready()
         return True
 
     def put_state(self, version: int, frame: str, *, first: bool = False) -> None:
@@ -64,7 +68,7 @@ class Outbox:
             self.coalesced += before - len(self._frames)
             self._frames.append((version, frame))
             self.version = version
-        self._ready.set()
+        self._on_ready()
 
     @property
     def closing(self) -> bool:
@@ -80,16 +84,13 @@ class Outbox:
         if last is not None:
             self._frames.append((None, last))
         self._close = Close(code, reason)
-        self._ready.set()
+        self._on_ready()
 
-    async def get(self) -> str | Close:
-        """Wait for the next frame, or the close once every frame is out."""
-        while not self._frames:
-            if self._close is not None:
-                return self._close
-            self._ready.clear()
-            await self._ready.wait()
-        return self._frames.popleft()[1]
+    def take(self) -> str | Close | None:
+        """Return the next frame, else the close once every frame is out, else None."""
+        if self._frames:
+            return self._frames.popleft()[1]
+        return self._close
 
     def __len__(self) -> int:
         return len(self._frames)

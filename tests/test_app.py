@@ -9,7 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.conftest import RunningHub, make_settings, other_platform, serve
+from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
+from tests.load import wait_until
 
 
 async def refused_status(running: RunningHub, **kwargs: object) -> tuple[int, bytes]:
@@ -230,3 +231,17 @@ async def test_healthz_and_static_files(running: RunningHub) -> None:
         assert page.status_code == 200 and "navigation.js" in page.text
         script = await client.get("/client/navigation.js")
         assert script.status_code == 200 and "export class HubClient" in script.text
+
+
+async def test_an_idle_tab_holds_no_writer_task(running: RunningHub) -> None:
+    """A tab's writer runs only while its outbox holds frames: idle tabs cost no task, and
+    the next broadcast starts one again."""
+    token = await running.login("alice")
+    first, second = await running.tab(token, "first"), await running.tab(token, "second")
+    tabs = running.hub.tabs()
+    await wait_until(lambda: all(tab.writer is None for tab in tabs), TIMEOUT, "writers end")
+    answer = await first.switch("idle-1", other_platform(first.hello["state"]))
+    assert answer["type"] == "switched"
+    assert (await second.receive_type("state"))["state"]["version"] == answer["version"]
+    await wait_until(lambda: all(tab.writer is None for tab in tabs), TIMEOUT, "writers end")
+    assert len(tabs) == 2 and not any(tab.gone for tab in tabs)
