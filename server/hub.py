@@ -135,6 +135,9 @@ class Tab:
         # Runs only while the outbox holds something: an idle tab has no task.
         self.writer: asyncio.Task[None] | None = None
         self.gone = False  # the connection ended or failed: start no writer
+        # No writer before the hello is queued: a broadcast that lands while the hello's
+        # snapshot is read must wait behind it, never go out first.
+        self.greeted = False
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -153,7 +156,7 @@ class Tab:
         self.outbox.close(code, reason, last, drop=drop)
 
     def _wake(self) -> None:
-        if self.writer is None and not self.gone:
+        if self.writer is None and self.greeted and not self.gone:
             self.writer = self._loop.create_task(self._write())
 
     async def _write(self) -> None:
@@ -244,7 +247,9 @@ class Hub:
             session=SessionInfo(expires_at=expires_at),
             heartbeat_s=self.heartbeat_s,
         )
-        tab.outbox.put_state(state.version, encode(hello), first=True)  # starts its writer
+        tab.outbox.put_state(state.version, encode(hello), first=True)
+        tab.greeted = True
+        tab._wake()  # sends the hello, and whatever queued behind it meanwhile
         return tab
 
     async def drain(self, tab: Tab, within: float = 5.0) -> None:

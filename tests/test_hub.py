@@ -2,10 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import msgspec
 
-from server.hub import describe
-from server.protocol import PlatformView, RejectReason, StateView
+from server.db import Database
+from server.hub import Hub, describe
+from server.protocol import (
+    Cause,
+    Hello,
+    PlatformView,
+    RejectReason,
+    StateView,
+    UserInfo,
+    decode_server,
+)
+from server.store import SqlStore, seed_demo
+from tests.conftest import TIMEOUT, make_settings
+
+
+class _RecordingTransport:
+    """The frames a tab was sent, in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.sent = asyncio.Event()
+
+    async def send_text(self, data: str) -> None:
+        self.frames.append(data)
+        self.sent.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.frames.append(f"close {code}")
+
+
+class _HeldReads(SqlStore):
+    """The real store, with state reads that wait until the test lets them go."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def load_state(self, user_id: int) -> StateView:
+        self.reading.set()
+        await self.release.wait()
+        return await super().load_state(user_id)
 
 
 def test_rejections_are_described_in_plain_words() -> None:
@@ -31,3 +74,45 @@ def test_rejections_are_described_in_plain_words() -> None:
     )
     for reason in RejectReason:
         assert describe(reason, None).endswith(".")
+
+
+async def test_a_broadcast_during_a_join_goes_out_after_the_hello(tmp_path: Path) -> None:
+    """A state published while a joining tab's snapshot is read waits behind its hello."""
+    database = Database(make_settings(tmp_path))
+    await database.create_schema()
+    await seed_demo(database)
+    store = _HeldReads(database)
+    hub = Hub(store)
+    transport = _RecordingTransport()
+    try:
+        current = await SqlStore.load_state(store, 1)
+        joining = asyncio.create_task(
+            hub.join(
+                transport,
+                tab_id="t",
+                user=UserInfo(id=1, name="alice"),
+                session_id=1,
+                expires_at="2100-01-01T00:00:00Z",
+            )
+        )
+        await asyncio.wait_for(store.reading.wait(), TIMEOUT)
+        newer = msgspec.structs.replace(current, version=current.version + 1)
+        hub.publish(1, newer, Cause(kind="switch", tab="other", request="r"))
+        await asyncio.sleep(0.01)
+        assert transport.frames == []  # nothing may go out before the hello
+        store.release.set()
+        tab = await asyncio.wait_for(joining, TIMEOUT)
+        await asyncio.wait_for(transport.sent.wait(), TIMEOUT)
+        await asyncio.sleep(0.01)  # anything queued behind the hello goes out too
+        messages = [decode_server(frame) for frame in transport.frames]
+        assert isinstance(messages[0], Hello)
+        # The hello already carries the newer state (the hub remembered it), or it follows.
+        assert [m.state.version for m in messages] in (  # type: ignore[union-attr]
+            [newer.version],
+            [current.version, newer.version],
+        )
+        await hub.leave(tab)
+    finally:
+        await hub.close()
+        await store.close()
+        await database.dispose()
