@@ -9,6 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from server.store import seed_demo
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
 from tests.load import wait_until
 
@@ -245,3 +246,21 @@ async def test_an_idle_tab_holds_no_writer_task(running: RunningHub) -> None:
     assert (await second.receive_type("state"))["state"]["version"] == answer["version"]
     await wait_until(lambda: all(tab.writer is None for tab in tabs), TIMEOUT, "writers end")
     assert len(tabs) == 2 and not any(tab.gone for tab in tabs)
+
+
+async def test_the_starlette_app_alone_serves_tabs_too(tmp_path: Path) -> None:
+    """Under uvicorn_config, /ws skips Starlette (_FrontDoor); the Starlette app by itself, as
+    another ASGI server would run it, serves the same endpoint."""
+    running = RunningHub(make_settings(tmp_path))
+    assert type(running.server.config.app).__name__ == "_FrontDoor"
+    running.server.config.app = running.app
+    await running.start()
+    try:
+        await seed_demo(running.database)
+        token = await running.login("alice")
+        first, second = await running.tab(token, "first"), await running.tab(token, "second")
+        answer = await first.switch("plain", other_platform(first.hello["state"]))
+        assert answer["type"] == "switched"
+        assert (await second.receive_type("state"))["state"]["version"] == answer["version"]
+    finally:
+        await running.stop()
