@@ -25,6 +25,7 @@ from server.passwords import DUMMY_HASH, NO_PASSWORD, verify_password
 from server.protocol import SessionEndReason
 
 __all__ = [
+    "LIVENESS_BY_IDS",
     "LIVENESS_COLUMNS",
     "LoginSession",
     "authenticate",
@@ -54,6 +55,10 @@ LIVENESS_COLUMNS = (
     _sessions.c.absolute_expires_at,
     _sessions.c.revoked_at,
     _sessions.c.revoked_reason,
+)
+# The liveness of the sessions with the given ids: the switch batch and the session watcher.
+LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
+    _sessions.c.id.in_(bindparam("ids", expanding=True))
 )
 # Built once, on the synchronous path: every WebSocket handshake runs it.
 _BY_TOKEN = (
@@ -298,19 +303,20 @@ async def _statuses(
     database: Database, ids: Iterable[int]
 ) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
     now = database.clock()
-    wanted = list(ids)
+    wanted = sorted(ids)
 
-    async def work(session: AsyncSession) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
+    # Core rows in a reader thread: the ORM built a full object per session on the event
+    # loop, which stalled every tab for 14 ms per 500 sessions at each check (every 2 s).
+    def work(connection: Connection) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
         found: dict[int, tuple[SessionEndReason | None, dt.datetime]] = {}
         for start in range(0, len(wanted), 500):
-            rows = await session.scalars(
-                select(LoginSessionRow).where(LoginSessionRow.id.in_(wanted[start : start + 500]))
-            )
+            rows = connection.execute(LIVENESS_BY_IDS, {"ids": wanted[start : start + 500]})
             for row in rows:
-                found[row.id] = (ended_reason(row, now), row.expires_at)
+                expires_at = min(row.idle_expires_at, row.absolute_expires_at)
+                found[row.id] = (ended_reason(row, now), expires_at)
         return found
 
-    return await database.read(work)
+    return await database.read_sync(work)
 
 
 async def check(database: Database, hub: Hub) -> None:

@@ -37,7 +37,7 @@ from server.protocol import (
     StateView,
     Switch,
 )
-from server.sessions import LIVENESS_COLUMNS, ended_reason
+from server.sessions import LIVENESS_BY_IDS, ended_reason
 from server.settings import Settings
 
 __all__ = [
@@ -149,7 +149,7 @@ class _Batch:
         connection = self.connection
         session_ids = sorted({p.session_id for p in self.batch})
         user_ids = sorted({p.user_id for p in self.batch})
-        rows = connection.execute(_LOGINS, {"ids": session_ids})
+        rows = connection.execute(LIVENESS_BY_IDS, {"ids": session_ids})
         self.logins = {row.id: row for row in rows}
         self.states = _read_states(connection, user_ids, lock=True)
         self.platforms = _read_platforms(connection, user_ids, inactive=True)
@@ -299,7 +299,6 @@ def _logged_sql(paramstyle: str, pairs: int) -> str:
 
 
 # The hot path's statements, built once: building one costs more than running it.
-_LOGINS = select(*LIVENESS_COLUMNS).where(_sessions.c.id.in_(bindparam("ids", expanding=True)))
 _STATES = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
     _states.c.user_id.in_(bindparam("users", expanding=True))
 )
