@@ -373,9 +373,32 @@ async def main(args: argparse.Namespace) -> None:
                 rates=rate_table(results),
                 commits=commits.table(store),
                 ratios="\n".join(f"- {key}: **{value}**" for key, value in found.items()),
+                targets=targets(results, store),
                 raw=json.dumps(raw, indent=1),
             )
         )
+
+
+def targets(all_results: list[dict[str, Any]], store: list[dict[str, Any]]) -> str:
+    """Issue 5's targets against this run's figures, each met or missed."""
+    by = {r["target"]: r for r in all_results}
+    hub_r = by[HUB]
+    found = ratios(all_results)
+    group = [c for c in store if c["synchronous"] == "NORMAL" and c["commit_batch_max"] > 1]
+    durable = group[0]["accepted_per_s"] if group else math.nan
+    rows = [
+        ("saturated deliveries/s >= 0.9 x ceiling", found["deliveries_hub_over_ceiling"], 0.9),
+        ("saturated deliveries/s >= 2 x python-socketio", found["deliveries_hub_over_peer"], 2),
+        ("durable switches/s on SQLite (NORMAL) >= 10,000", durable, 10_000),
+        ("p99 at 1,000/s <= 10 ms", -hub_r["rate_1000"]["p99_ms"], -10),
+        ("KiB per idle tab <= 20", -hub_r["idle"]["rss_kib_per_idle_tab"], -20),
+        ("flooded p99 / p99 <= 2", -found["p99_at_1000_hub_flooded_over_not"], -2),
+    ]
+    lines = ["| target | this run | |", "| --- | --- | --- |"]
+    for name, value, bound in rows:
+        status = "met" if value >= bound else "**missed**"
+        lines.append(f"| {name} | {abs(value):g} | {status} |")
+    return "\n".join(lines)
 
 
 def versions() -> str:
@@ -437,6 +460,12 @@ after its commit.
 ## Ratios
 
 {ratios}
+
+## Issue 5's targets
+
+{targets}
+
+docs/performance.md explains each gap, with the profile behind it and the next lever.
 
 <details><summary>Raw results</summary>
 
