@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint browser bench clean
+.PHONY: run test setup lint browser postgres bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -29,8 +29,13 @@ lint: setup
 browser:
 	scripts/ensure-chromium
 
-# Lint and type checks, the Python suite (hub, sessions, real browser) and the client's unit tests.
-test: lint browser
+# PostgreSQL for the tests about it (started when installed and stopped, as root, as on CI).
+postgres:
+	scripts/ensure-postgres
+
+# Lint and type checks, the Python suite (hub, sessions, real browser, PostgreSQL) and the
+# client's unit tests.
+test: lint browser postgres
 	$(BIN)/pytest
 	scripts/node-tests
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import threading
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from server.db import Database
 from server.hub import Hub
 from server.settings import Settings
 from server.store import seed_demo
+from tests.postgres import fresh_database
 
 # SQLAlchemy's warnings (such as a connection garbage-collected while checked out) fail tests.
 warnings.simplefilter("error", sa_exc.SAWarning)
@@ -181,6 +183,33 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
+
+
+class MakeSettings(Protocol):
+    """make_settings, bound to one test's database: call it with the overrides only."""
+
+    def __call__(self, **overrides: Any) -> Settings: ...
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def make_on_each_engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[MakeSettings]:
+    """make_settings on a fresh SQLite file, then on a fresh PostgreSQL database.
+
+    A test that takes this runs twice, once per engine (tests/postgres.py has the rules).
+    """
+    if request.param == "sqlite":
+        yield functools.partial(make_settings, tmp_path)
+        return
+    async with fresh_database() as url:
+        yield functools.partial(make_settings, tmp_path, database_url=url)
+
+
+@pytest.fixture
+def settings_on_each_engine(make_on_each_engine: MakeSettings) -> Settings:
+    """Settings on each engine in turn; a module takes it as its ``settings`` fixture."""
+    return make_on_each_engine()
 
 
 @contextlib.asynccontextmanager

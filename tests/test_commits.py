@@ -1,8 +1,13 @@
-"""Group commit: concurrent switches share transactions and decide exactly as one at a time."""
+"""Group commit: concurrent switches share transactions and decide exactly as one at a time.
+
+On SQLite and on PostgreSQL (where the batch's reads lock the users' rows FOR UPDATE), except
+the test of SQLite's own write lock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,14 +20,14 @@ from server.db import Database, SwitchLogRow
 from server.errors import StoreUnavailable
 from server.protocol import RejectReason, Switch
 from server.store import SqlStore
-from tests.conftest import make_settings
+from tests.conftest import MakeSettings, make_settings
 from tests.load import Population, populate
 
 
 async def open_store(
-    tmp_path: Path, users: int, **overrides: object
+    make: MakeSettings, users: int, **overrides: object
 ) -> tuple[SqlStore, Population]:
-    settings = make_settings(tmp_path, **overrides)
+    settings = make(**overrides)
     population = await populate(settings, users)
     return SqlStore(Database(settings)), population
 
@@ -48,10 +53,10 @@ async def log_rows(store: SqlStore) -> list[tuple[int, str, bool, str | None, in
 
 
 async def test_many_users_share_transactions_and_each_gets_its_own_version(
-    tmp_path: Path,
+    make_on_each_engine: MakeSettings,
 ) -> None:
     """Concurrent switches of 60 users commit in fewer transactions than switches, all correct."""
-    store, population = await open_store(tmp_path, 60)
+    store, population = await open_store(make_on_each_engine, 60)
     try:
         for round_ in range(3):
             outcomes = await asyncio.gather(
@@ -81,10 +86,10 @@ async def test_many_users_share_transactions_and_each_gets_its_own_version(
 
 @pytest.mark.parametrize("max_batch", [1, 256])
 async def test_same_base_in_one_batch_has_exactly_one_winner(
-    tmp_path: Path, max_batch: int
+    make_on_each_engine: MakeSettings, max_batch: int
 ) -> None:
     """Ten switches of one user from the same base: one accepted, nine stale with its state."""
-    store, population = await open_store(tmp_path, 1, commit_batch_max=max_batch)
+    store, population = await open_store(make_on_each_engine, 1, commit_batch_max=max_batch)
     user, ids = next(iter(population.platforms.items()))
     try:
         outcomes = await asyncio.gather(
@@ -110,9 +115,11 @@ async def test_same_base_in_one_batch_has_exactly_one_winner(
         await close(store)
 
 
-async def test_a_retry_inside_the_same_batch_gets_the_first_decision(tmp_path: Path) -> None:
+async def test_a_retry_inside_the_same_batch_gets_the_first_decision(
+    make_on_each_engine: MakeSettings,
+) -> None:
     """The same request id twice in one batch: one decision, one log row, one version."""
-    store, population = await open_store(tmp_path, 1)
+    store, population = await open_store(make_on_each_engine, 1)
     user, ids = next(iter(population.platforms.items()))
     request = Switch(id="once", platform=ids[1], base=0)
     try:
@@ -132,7 +139,8 @@ async def test_a_batch_that_cannot_lock_the_database_applies_nothing_and_recover
     tmp_path: Path,
 ) -> None:
     """With the write lock held elsewhere, the whole batch is unavailable; then all pass."""
-    store, population = await open_store(tmp_path, 5, sqlite_busy_timeout_ms=100)
+    make = functools.partial(make_settings, tmp_path)  # SQLite's own lock, so SQLite only
+    store, population = await open_store(make, 5, sqlite_busy_timeout_ms=100)
     path = store.database.settings.database_url.split("///", 1)[1]
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -179,9 +187,9 @@ async def test_a_request_that_raises_fails_alone() -> None:
         await commits.submit(1)
 
 
-async def test_switch_log_count_matches_decisions(tmp_path: Path) -> None:
+async def test_switch_log_count_matches_decisions(make_on_each_engine: MakeSettings) -> None:
     """Every decision of a mixed batch (accepted, stale, unknown platform) writes one log row."""
-    store, population = await open_store(tmp_path, 2)
+    store, population = await open_store(make_on_each_engine, 2)
     (u1, ids1), (u2, _) = population.platforms.items()
     try:
         outcomes = await asyncio.gather(

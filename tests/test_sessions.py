@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from websockets.exceptions import InvalidStatus
 
@@ -14,8 +14,15 @@ from server import sessions
 from server.app import COOKIE
 from server.db import LoginSessionRow
 from server.sessions import collect
+from server.settings import Settings
 from server.store import add_user
-from tests.conftest import RunningHub, make_settings, serve
+from tests.conftest import MakeSettings, RunningHub, serve
+
+
+@pytest.fixture
+def settings(settings_on_each_engine: Settings) -> Settings:
+    """Every test here runs on a fresh SQLite file and on a fresh PostgreSQL database."""
+    return settings_on_each_engine
 
 
 async def session_rows(running: RunningHub) -> list[LoginSessionRow]:
@@ -121,11 +128,9 @@ async def test_logout_without_a_session_is_refused(running: RunningHub) -> None:
     await tab.close()
 
 
-async def test_idle_expiry_warns_then_ends_tabs(tmp_path: Path) -> None:
+async def test_idle_expiry_warns_then_ends_tabs(make_on_each_engine: MakeSettings) -> None:
     """With a short idle TTL a tab is warned, then told the session expired, then closed 4001."""
-    settings = make_settings(
-        tmp_path, session_idle_s=1.5, session_warning_s=1.0, session_touch_s=60
-    )
+    settings = make_on_each_engine(session_idle_s=1.5, session_warning_s=1.0, session_touch_s=60)
     async with serve(settings) as running:
         token = await running.login("alice")
         tab = await running.tab(token, "a")
@@ -145,10 +150,11 @@ async def test_idle_expiry_warns_then_ends_tabs(tmp_path: Path) -> None:
             raise AssertionError("an expired session was let in")
 
 
-async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path) -> None:
+async def test_activity_slides_idle_expiry_but_not_past_absolute(
+    make_on_each_engine: MakeSettings,
+) -> None:
     """Requests extend the idle expiry (writes throttled); the absolute expiry caps it."""
-    settings = make_settings(
-        tmp_path,
+    settings = make_on_each_engine(
         session_idle_s=2.0,
         session_absolute_s=3.0,
         session_touch_s=0.2,
@@ -173,9 +179,11 @@ async def test_activity_slides_idle_expiry_but_not_past_absolute(tmp_path: Path)
         assert row.expires_at == row.absolute_expires_at
 
 
-async def test_collection_deletes_ended_sessions_and_old_switch_log(tmp_path: Path) -> None:
+async def test_collection_deletes_ended_sessions_and_old_switch_log(
+    make_on_each_engine: MakeSettings,
+) -> None:
     """The collector deletes revoked and expired sessions and keeps the live one."""
-    settings = make_settings(tmp_path, session_idle_s=0.5, session_touch_s=60)
+    settings = make_on_each_engine(session_idle_s=0.5, session_touch_s=60)
     async with serve(settings) as running:
         expired = await running.login("alice")
         revoked = await running.login("bob")
@@ -203,9 +211,9 @@ async def test_collection_deletes_ended_sessions_and_old_switch_log(tmp_path: Pa
         assert await running.database.read(count) == 1
 
 
-async def test_collector_runs_by_itself(tmp_path: Path) -> None:
+async def test_collector_runs_by_itself(make_on_each_engine: MakeSettings) -> None:
     """The background collector removes ended sessions without being asked."""
-    settings = make_settings(tmp_path, collect_interval_s=0.2)
+    settings = make_on_each_engine(collect_interval_s=0.2)
     async with serve(settings) as running:
         token = await running.login("alice")
         async with running.http(token) as client:

@@ -1,4 +1,4 @@
-"""The versioned switch, end to end: real hub, real sockets, real SQLite file."""
+"""The versioned switch, end to end: real hub, real sockets, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from server.db import PlatformRow, PlatformStateRow, SwitchLogRow, UserRow
+from server.settings import Settings
 from tests.conftest import RunningHub, Tab, other_platform
+
+
+@pytest.fixture
+def settings(settings_on_each_engine: Settings) -> Settings:
+    """Every test here runs on a fresh SQLite file and on a fresh PostgreSQL database."""
+    return settings_on_each_engine
 
 
 async def stored_state(running: RunningHub, name: str) -> tuple[int, int | None]:
