@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from server import __version__
+from server import __version__, schema
 from server.db import Database
 from server.errors import HubError
 from server.settings import Settings
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_url=getattr(args, "database_url", None),
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            upgrade_schema=getattr(args, "upgrade", None),
         )
         return int(args.run(settings, args) or 0)
     except (HubError, ValueError) as error:
@@ -46,10 +47,28 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--database-url", help="SQLAlchemy URL (default: $HUB_DATABASE_URL)")
         return sub
 
-    serve = command("serve", "Create the schema if needed and serve the hub.")
+    serve = command(
+        "serve", "Serve the hub; an empty database gets the schema, an outdated one is refused."
+    )
     serve.add_argument("--host", help="interface to bind (default: $HUB_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: $HUB_PORT or 8000)")
+    serve.add_argument(
+        "--upgrade",
+        action="store_true",
+        default=None,
+        help="upgrade an outdated schema before serving (default: $HUB_UPGRADE_SCHEMA or no)",
+    )
     serve.set_defaults(run=_serve)
+
+    db = commands.add_parser("db", help="Manage the database schema.").add_subparsers(required=True)
+    db_upgrade = db.add_parser(
+        "upgrade", help="Bring the schema to this hub's newest revision (creating it if empty)."
+    )
+    db_upgrade.add_argument("--database-url")
+    db_upgrade.set_defaults(run=_db_upgrade)
+    db_status = db.add_parser("status", help="Show the schema's revision and this hub's.")
+    db_status.add_argument("--database-url")
+    db_status.set_defaults(run=_db_status)
 
     user = commands.add_parser("user", help="Manage users.").add_subparsers(required=True)
     user_add = user.add_parser("add", help="Create a user.")
@@ -81,6 +100,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from server.app import create_app, uvicorn_config
 
+    # Refuse an outdated schema here, with the message alone, before uvicorn starts.
+    _with_database(settings, lambda db: db.prepare_schema(upgrade=settings.upgrade_schema))
     app = create_app(settings)
     _tune_gc()
     uvicorn.Server(uvicorn_config(app, settings)).run()
@@ -103,11 +124,34 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    before = _with_database(settings, lambda db: db.create_schema(), prepare=False)
+    if before.up_to_date:
+        print(f"schema already at revision {before.head}")
+    else:
+        start = before.current or ("nothing" if before.empty else "an unversioned schema")
+        print(f"schema upgraded from {start} to revision {before.head}")
+    return 0
+
+
+def _db_status(settings: Settings, args: argparse.Namespace) -> int:
+    state = _with_database(settings, lambda db: schema.inspect_schema(db.engine), prepare=False)
+    print(f"database: revision {state.current or 'none'}; this hub: revision {state.head}")
+    if state.up_to_date:
+        return 0
+    print(state.problem() if not state.empty else "The database is empty: run `hub db upgrade`.")
+    return 1
+
+
+def _with_database(
+    settings: Settings, work: Callable[[Database], Awaitable[T]], *, prepare: bool = True
+) -> T:
     async def run() -> T:
         database = Database(settings)
         try:
-            await database.create_schema()
+            if prepare:
+                # An empty database gets the schema; an outdated one is refused.
+                await database.prepare_schema(upgrade=False)
             return await work(database)
         finally:
             await database.dispose()

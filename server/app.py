@@ -67,7 +67,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         database = Database(settings, clock=clock)
-        await database.create_schema()
+        try:
+            await database.prepare_schema(upgrade=settings.upgrade_schema)
+        except BaseException:
+            await database.dispose()
+            raise
         hub = Hub(
             SqlStore(database),
             heartbeat_s=settings.heartbeat_s,

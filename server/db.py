@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from server import schema
 from server.errors import StoreUnavailable
 from server.settings import Settings
 
@@ -214,10 +215,31 @@ class Database:
         self._write_failed_at = -math.inf
         self._write_failure = ""
 
-    async def create_schema(self) -> None:
-        """Create any missing table."""
-        async with self.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+    async def create_schema(self) -> schema.SchemaState:
+        """Bring the schema to this hub's newest revision (server/schema.py), creating it.
+
+        Returns where the schema stood before.
+        """
+        return await schema.upgrade(self._schema_engine())
+
+    async def prepare_schema(self, *, upgrade: bool) -> None:
+        """Create the schema of an empty database; upgrade an outdated one only if ``upgrade``.
+
+        Raises SchemaOutdated, saying what to run, for an outdated schema when not told to
+        upgrade, and for a schema newer than this hub's.
+        """
+        state = await schema.inspect_schema(self.engine)
+        if state.up_to_date:
+            return
+        if state.empty or (upgrade and state.known):
+            await schema.upgrade(self._schema_engine())
+            return
+        raise schema.SchemaOutdated(state.problem())
+
+    def _schema_engine(self) -> AsyncEngine:
+        # On SQLite, BEGIN IMMEDIATE: a second process upgrading at once waits for the first,
+        # then finds nothing left to do (PostgreSQL takes an advisory lock, server/schema.py).
+        return self.engine.execution_options(hub_write=True)
 
     async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``work`` in a read transaction and return its result."""

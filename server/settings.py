@@ -16,6 +16,9 @@ class Settings:
     """Hold every tunable of the hub; each field maps to the ``HUB_<FIELD>`` variable."""
 
     database_url: str = "sqlite+aiosqlite:///hub.db"
+    # Upgrade an outdated schema when serving starts, instead of refusing to start. An empty
+    # database gets the schema either way.
+    upgrade_schema: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     # Origins allowed to open a WebSocket or change state. Empty means "the hub's own origin".

@@ -1,0 +1,23 @@
+"""Alembic's environment for the hub: runs on the connection server/schema.py hands it."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from server.db import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError(
+        "The hub's migrations run through `hub db upgrade` (server/schema.py), "
+        "not the alembic command line."
+    )
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    # SQLite cannot ALTER most things: later migrations rebuild its tables in batches.
+    render_as_batch=True,
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

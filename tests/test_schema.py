@@ -1,0 +1,123 @@
+"""server/schema.py: the migrations build the models' schema; outdated schemas are refused.
+
+On a fresh SQLite file and a fresh PostgreSQL database each; the command line on SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, create_engine, select, text
+
+from server import schema
+from server.db import Base, Database, UserRow
+from server.schema import SchemaOutdated
+from tests.conftest import MakeSettings
+
+
+def differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_the_migrations_build_exactly_what_the_models_describe(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """An empty database upgraded to the head has every table, column, type, key and index
+    of server/db.py's models, and nothing else."""
+    database = Database(make_on_each_engine())
+    try:
+        before = await database.create_schema()
+        assert before.empty and before.current is None
+        state = await schema.inspect_schema(database.engine)
+        assert state.up_to_date and state.current == schema.head()
+        async with database.engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+        await database.prepare_schema(upgrade=False)  # up to date: nothing to do
+    finally:
+        await database.dispose()
+
+
+async def test_a_database_from_before_migrations_is_refused_then_adopted_with_its_data(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """Tables made straight from the models, as hubs did before migrations: serving refuses
+    them and names the command; the upgrade records the baseline and keeps every row."""
+    database = Database(make_on_each_engine())
+    try:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+            await connection.execute(
+                UserRow.__table__.insert().values(
+                    name="old", password_hash="x", created_at=dt.datetime.now(dt.UTC)
+                )
+            )
+        with pytest.raises(SchemaOutdated, match="hub db upgrade"):
+            await database.prepare_schema(upgrade=False)
+        await database.prepare_schema(upgrade=True)
+        state = await schema.inspect_schema(database.engine)
+        assert state.up_to_date
+        async with database.engine.connect() as connection:
+            names = (await connection.execute(select(UserRow.name))).scalars().all()
+            assert names == ["old"]
+            assert await connection.run_sync(differences) == []
+    finally:
+        await database.dispose()
+
+
+async def test_a_schema_newer_than_the_hub_is_refused_even_when_told_to_upgrade(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A revision this hub does not know (a newer hub upgraded the database) is left alone."""
+    database = Database(make_on_each_engine())
+    try:
+        await database.create_schema()
+        async with database.engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+        for upgrade in (False, True):
+            with pytest.raises(SchemaOutdated, match="newer hub"):
+                await database.prepare_schema(upgrade=upgrade)
+        with pytest.raises(SchemaOutdated, match="newer hub"):
+            await database.create_schema()
+        state = await schema.inspect_schema(database.engine)
+        assert state.current == "f00d" and not state.known
+    finally:
+        await database.dispose()
+
+
+def run_hub(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HUB_DATABASE_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -> None:
+    """hub serve exits 2 with the message alone (no traceback, nothing served); hub db
+    status says the same; hub db upgrade fixes it and says from where to where."""
+    path = tmp_path / "legacy.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+    refused = run_hub(url, "serve", "--port", "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "predates the hub's migrations" in refused.stderr
+    assert "Traceback" not in refused.stderr and "Uvicorn running" not in refused.stderr
+    status = run_hub(url, "db", "status")
+    assert status.returncode == 1 and "hub db upgrade" in status.stdout
+    upgraded = run_hub(url, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from an unversioned schema to revision {schema.head()}" in upgraded.stdout
+    again = run_hub(url, "db", "upgrade")
+    assert again.stdout.strip() == f"schema already at revision {schema.head()}"
+    assert run_hub(url, "db", "status").returncode == 0
