@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import __version__, sessions
+from server import __version__, backplane, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, StoreUnavailable
 from server.guard import BoundedWebSocketProtocol, with_header_deadline
@@ -82,13 +83,24 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             max_bad_messages=settings.max_bad_messages,
             outbox_size=settings.outbox_size,
         )
-        app.state.database, app.state.hub = database, hub
+        listener = backplane.listener_for(
+            settings.database_url,
+            database.origin,
+            functools.partial(_deliver, hub),
+            hub.resync,
+            backoff_s=settings.backplane_backoff_s,
+        )
+        app.state.database, app.state.hub, app.state.listener = database, hub, listener
         tasks = [
             asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(sessions.collect_forever(database), name="session-collector"),
         ]
+        if listener is not None:
+            tasks.append(asyncio.create_task(listener.run_forever(), name="backplane"))
+            # Serve once listening: a tab that joins earlier could miss a notification.
+            await asyncio.wait_for(listener.connected.wait(), settings.backplane_connect_s)
         try:
-            yield {"database": database, "hub": hub, "settings": settings}
+            yield {"database": database, "hub": hub, "settings": settings, "listener": listener}
         finally:
             for task in tasks:
                 task.cancel()
@@ -136,6 +148,15 @@ class _FrontDoor:
             await self.app(scope, receive, send)
 
 
+def _deliver(hub: Hub, event: backplane.Event) -> None:
+    """Hand an event another process committed to this process's tabs."""
+    if isinstance(event, backplane.StateChanged):
+        hub.advance(event.user, event.version, event.active, event.cause)
+    else:
+        for session_id in event.sessions:
+            hub.end_session(session_id, event.reason)
+
+
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """Return the uvicorn configuration the hub is served with (frame limit, no compression)."""
     options: dict[str, Any] = {
@@ -178,6 +199,13 @@ async def _healthz(request: Request) -> Response:
         # Pool hygiene at a glance: 0 whenever no unit of work is running.
         "connections_checked_out": database.checked_out(),
     }
+    listener: backplane.Listener | None = request.state.listener
+    if listener is not None:
+        body["backplane"] = {
+            "listening": listener.connected.is_set(),
+            "reconnects": listener.reconnects,
+            "backend_pid": listener.backend_pid,
+        }
     return Response(encode(body), status_code=code, media_type="application/json")
 
 

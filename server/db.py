@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -181,6 +182,9 @@ class Database:
     def __init__(self, settings: Settings, *, clock: Clock = utcnow) -> None:
         self.settings = settings
         self.clock = clock
+        # Names this handle's commits on the backplane (server/backplane.py), so its own
+        # process, which publishes them itself, can tell them from other processes'.
+        self.origin = secrets.token_hex(8)
         self.engine: AsyncEngine = create_async_engine(settings.database_url)
         # The hot path (switch batches, state reads) runs synchronous units of work. On
         # SQLite each runs whole in one hop to a thread, on the plain sqlite3 driver: through

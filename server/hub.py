@@ -360,6 +360,34 @@ class Hub:
         for tab in list(room.tabs.values()):
             tab.outbox.put_state(state.version, frame)
 
+    def advance(self, user_id: int, version: int, active: int | None, cause: Cause) -> None:
+        """Publish a version another process committed, to this process's tabs of the user.
+
+        Nothing happens without tabs of the user here, or for a version older than the one
+        already published here (notifications arrive in commit order; a newer one follows).
+        """
+        room = self._rooms.get(user_id)
+        if room is None or room.state is None or version < room.state.version:
+            return
+        state = room.state
+        if version > state.version:
+            state = StateView(version=version, active=active, platforms=state.platforms)
+        self.publish(user_id, state, cause)
+
+    async def resync(self) -> int:
+        """Read the state of every user with tabs here and publish what is newer; return how
+        many users had fallen behind (after notifications were lost)."""
+        behind = 0
+        for user_id in list(self._rooms):
+            state = await self.store.load_state(user_id)
+            room = self._rooms.get(user_id)
+            if room is None or (room.state is not None and state.version < room.state.version):
+                continue
+            if room.state is None or state.version > room.state.version:
+                behind += 1
+            self.publish(user_id, state, Cause(kind="resync", tab=None, request=""))
+        return behind
+
     # Sessions.
 
     def session_ids(self) -> dict[int, str]:

@@ -149,11 +149,11 @@ class SessionInfo(_Frozen, frozen=True):
 
 
 class Cause(_Frozen, frozen=True):
-    """What produced a state broadcast."""
+    """What produced a state broadcast: a switch, or a resync after lost notifications."""
 
-    kind: Literal["switch"]
+    kind: Literal["switch", "resync"]
     tab: str | None
-    request: str
+    request: str  # "" for a resync
 
 
 # From a tab.

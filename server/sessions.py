@@ -18,6 +18,8 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import backplane
+from server.backplane import SessionsEnded
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, StoreUnavailable, UsageError
 from server.hub import Hub
@@ -216,6 +218,7 @@ async def revoke(database: Database, session_id: int, reason: SessionEndReason) 
             .where(LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None))
             .values(revoked_at=now, revoked_reason=reason.value)
         )
+        await _stage_ended(database, session, [session_id], reason)
         return bool(getattr(result, "rowcount", 0))
 
     return await database.write(work)
@@ -241,9 +244,19 @@ async def revoke_all(database: Database, user_id: int, reason: SessionEndReason)
                 .where(LoginSessionRow.id.in_(ids))
                 .values(revoked_at=now, revoked_reason=reason.value)
             )
+            await _stage_ended(database, session, ids, reason)
         return ids
 
     return await database.write(work)
+
+
+async def _stage_ended(
+    database: Database, session: AsyncSession, ids: list[int], reason: SessionEndReason
+) -> None:
+    # With the revocation's commit, every other hub process closes the sessions' tabs.
+    event = SessionsEnded(sessions=ids, reason=reason)
+    origin = database.origin
+    await session.run_sync(lambda sync: backplane.stage(sync.connection(), origin, [event]))
 
 
 class SessionTimes(Protocol):

@@ -58,6 +58,11 @@ class Settings:
     # Group commit: at most this many switches share one transaction. 1 commits each switch
     # on its own (the naive way, kept for comparison in bench/).
     commit_batch_max: int = 256
+    # PostgreSQL: how long serving waits at start for the backplane's first LISTEN, and the
+    # base of its reconnect backoff (it waits backoff/2 to backoff after a loss, doubling
+    # on each failed attempt up to 2 s).
+    backplane_connect_s: float = 30
+    backplane_backoff_s: float = 0.1
 
     log_level: str = "info"
 

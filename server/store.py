@@ -18,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import backplane
+from server.backplane import StateChanged
 from server.commits import GroupCommit
 from server.db import (
     Database,
@@ -31,6 +33,7 @@ from server.errors import UsageError
 from server.hub import SwitchOutcome
 from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
+    Cause,
     PlatformView,
     RejectReason,
     SessionEndReason,
@@ -94,8 +97,26 @@ class SqlStore:
         now = self.database.clock()
         settings = self.database.settings
 
+        origin = self.database.origin
+
         def work(connection: Connection) -> list[SwitchOutcome]:
-            return _Batch(connection, batch, now, settings).decide()
+            outcomes = _Batch(connection, batch, now, settings).decide()
+            # Other processes learn of each new version with this commit, in commit order.
+            backplane.stage(
+                connection,
+                origin,
+                [
+                    StateChanged(
+                        user=pending.user_id,
+                        version=outcome.version,
+                        active=outcome.state.active,
+                        cause=Cause(kind="switch", tab=pending.tab_id, request=pending.request.id),
+                    )
+                    for pending, outcome in zip(batch, outcomes, strict=True)
+                    if outcome.changed and outcome.state is not None
+                ],
+            )
+            return outcomes
 
         return await self.database.write_sync(work)
 

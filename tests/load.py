@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,7 @@ class Load:
         self.random = random.Random(seed)
         self.tabs: list[LoadTab] = []
         self.port = 0
+        self.ports: list[int] = []
         self.running = True
         self.tasks: list[asyncio.Task[None]] = []
         self.handshake = asyncio.Semaphore(64)  # concurrent handshakes, like a browser's limit
@@ -322,19 +323,27 @@ class Load:
                 self.tabs.append(LoadTab(user, name, token, population.platforms[user], recorder))
             self.history.user(user).initial_active = population.platforms[user][0]
 
-    async def connect_all(self, port: int) -> None:
-        self.port = port
-        self.tasks = [asyncio.create_task(self._keep_connected(tab)) for tab in self.tabs]
+    async def connect_all(self, port: int | Sequence[int]) -> None:
+        """Connect every tab; with several ports (hub processes), tab n starts on port n mod
+        their number, and a tab whose connection fails tries the next, as behind a proxy."""
+        self.ports = [port] if isinstance(port, int) else list(port)
+        self.port = self.ports[0]
+        self.tasks = [
+            asyncio.create_task(self._keep_connected(tab, n)) for n, tab in enumerate(self.tabs)
+        ]
         await asyncio.wait_for(asyncio.gather(*(tab.connected.wait() for tab in self.tabs)), 120)
 
-    async def _keep_connected(self, tab: LoadTab) -> None:
+    async def _keep_connected(self, tab: LoadTab, home: int = 0) -> None:
         attempt = 0
+        failures = 0
         while self.running:
             tab.recorder.connecting()
+            ports = self.ports or [self.port]
+            port = ports[(home + failures) % len(ports)]
             try:
                 async with self.handshake:
                     connection = await connect(
-                        f"ws://127.0.0.1:{self.port}/ws?tab={tab.name}",
+                        f"ws://127.0.0.1:{port}/ws?tab={tab.name}",
                         additional_headers={"Authorization": f"Bearer {tab.token}"},
                         open_timeout=30,
                         ping_interval=None,
@@ -344,6 +353,7 @@ class Load:
                 if isinstance(error, InvalidStatus):
                     tab.handshake_errors.append(str(error))
                 attempt += 1
+                failures += 1
                 await asyncio.sleep(self.random.uniform(0, min(2.0, 0.05 * 2**attempt)))
                 continue
             attempt = 0

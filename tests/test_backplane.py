@@ -1,0 +1,184 @@
+"""server/backplane.py: several hub processes on one PostgreSQL database act as one hub.
+
+Real `hub serve` processes, real tabs spread across them (as a proxy without sticky sessions
+would), the history checker over everything they saw. The bounds asserted on time are far
+above what the runs measure; -s prints the measured figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server import backplane
+from server.backplane import SessionsEnded, StateChanged
+from server.history import check
+from server.protocol import Cause, SessionEndReason
+from server.settings import Settings
+from tests.load import HubProcess, Load, Population, database_facts, populate, wait_until
+from tests.postgres import BASE_URL, fresh_database
+
+CONVERGE_WITHIN_S = 5.0
+
+
+def test_events_travel_in_payloads_postgresql_accepts() -> None:
+    """A large batch is split into notifications under PostgreSQL's payload limit, and
+    decodes back to the same events in the same order, with their origin."""
+    events: list[backplane.Event] = [
+        StateChanged(
+            user=n,
+            version=n + 1,
+            active=7,
+            cause=Cause(kind="switch", tab="t" * 64, request="r" * 64),
+        )
+        for n in range(300)
+    ]
+    events.append(SessionsEnded(sessions=[1, 2, 3], reason=SessionEndReason.LOGOUT))
+    payloads = list(backplane._payloads("origin-a", events))
+    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
+    decoded = [backplane.decode_events(p) for p in payloads]
+    assert {origin for origin, _ in decoded} == {"origin-a"}
+    assert [event for _, batch in decoded for event in batch] == events
+
+
+def process_settings(url: str, **overrides: object) -> Settings:
+    base: dict[str, object] = {"database_url": url, "session_check_s": 1.0, "log_level": "warning"}
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def processes(
+    tmp_path: Path, users: int, count: int = 3, **overrides: object
+) -> AsyncIterator[tuple[Settings, Population, list[HubProcess]]]:
+    """``count`` hub processes on one fresh PostgreSQL database with ``users`` users."""
+    async with fresh_database() as url:
+        settings = process_settings(url, **overrides)
+        population = await populate(settings, users)
+        hubs: list[HubProcess] = []
+        try:
+            for n in range(count):
+                hubs.append(await HubProcess(settings, tmp_path / f"hub{n}.log").start())
+            yield settings, population, hubs
+        finally:
+            for hub in hubs:
+                hub.stop()
+
+
+async def converge(load: Load, settings: Settings) -> float:
+    started = time.monotonic()
+    states, _ = await database_facts(settings)
+    try:
+        await wait_until(lambda: load.converged(states), CONVERGE_WITHIN_S, "convergence")
+    except TimeoutError:
+        behind = [t.name for t in load.tabs if (t.version, t.active) != states[t.user]]
+        raise AssertionError(f"{len(behind)} tabs never converged, e.g. {behind[:5]}") from None
+    return time.monotonic() - started
+
+
+async def check_history(load: Load, settings: Settings) -> str:
+    states, logs = await database_facts(settings)
+    for user, state in states.items():
+        facts = load.history.user(user)
+        facts.final = state
+        facts.log = logs.get(user, {})
+    report = check(load.history)
+    assert report.ok, report.violations[:10]
+    return report.summary()
+
+
+async def test_three_processes_agree_on_every_switch(tmp_path: Path) -> None:
+    """Tabs of each user on all three processes switch concurrently through all three: one
+    winner per version, every tab's states in order, and every tab converges."""
+    async with processes(tmp_path, users=30) as (settings, population, hubs):
+        load = Load(population, tabs_per_user=3)
+        try:
+            await load.connect_all([hub.port for hub in hubs])
+            counts = await load.run(600, stale_share=0.3, in_flight_per_user=3)
+            took = await converge(load, settings)
+        finally:
+            await load.close()
+        summary = await check_history(load, settings)
+        accepted = counts.get("switched", 0)
+        print(f"\nthree processes: {summary}; converged {took:.2f} s after the last answer")
+        assert accepted > 0 and counts.get("rejected:stale", 0) > 0
+        for hub in hubs:
+            health = await hub.health()
+            assert health["backplane"]["listening"] and health["connections_checked_out"] == 0
+
+
+async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path: Path) -> None:
+    """The session's tabs on processes B and C close with 4001 soon after a logout through A
+    (the session watcher is slowed to a minute, so only the backplane can tell them)."""
+    async with processes(tmp_path, users=2, session_check_s=60) as (_, population, hubs):
+        token = population.tokens[1]
+        tabs = []
+        for n, hub in enumerate(hubs[1:]):
+            tab = await connect(
+                f"ws://127.0.0.1:{hub.port}/ws?tab=t{n}",
+                additional_headers={"Authorization": f"Bearer {token}"},
+            )
+            await tab.recv()  # hello
+            tabs.append(tab)
+        other = await connect(
+            f"ws://127.0.0.1:{hubs[1].port}/ws?tab=other",
+            additional_headers={"Authorization": f"Bearer {population.tokens[2]}"},
+        )
+        await other.recv()
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=hubs[0].url) as http:
+            response = await http.post("/api/logout", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        for tab in tabs:
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(CONVERGE_WITHIN_S):
+                    while True:
+                        await tab.recv()
+            assert tab.close_code == 4001
+        took = time.monotonic() - started
+        print(f"\nlogout through A closed the tabs on B and C in {took:.3f} s")
+        await other.ping()  # another user's tab on B is untouched
+        await other.close()
+
+
+async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path: Path) -> None:
+    """pg_terminate_backend on one process's listening connection mid-load: it reconnects,
+    resyncs, and every tab still converges; the history holds."""
+    # A second before the listener returns: the switches made meanwhile through the other
+    # processes reach the victim's tabs only by the resync.
+    async with processes(tmp_path, users=20, backplane_backoff_s=1.0) as (
+        settings,
+        population,
+        hubs,
+    ):
+        load = Load(population, tabs_per_user=3)
+        try:
+            await load.connect_all([hub.port for hub in hubs])
+            victim = hubs[1]
+            pid = (await victim.health())["backplane"]["backend_pid"]
+            counts = await load.run(300, stale_share=0.3)
+            admin = await asyncpg.connect(BASE_URL.replace("+asyncpg", ""))
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+            during = await load.run(100, stale_share=0.0)
+            for kind, n in during.items():
+                counts[kind] = counts.get(kind, 0) + n
+            took = await converge(load, settings)
+        finally:
+            await load.close()
+        summary = await check_history(load, settings)
+        health = await victim.health()
+        assert health["backplane"]["reconnects"] >= 1 and health["backplane"]["listening"]
+        assert health["backplane"]["backend_pid"] != pid
+        print(f"\nlistener cut: {counts}; {summary}; converged {took:.2f} s after")
