@@ -174,6 +174,25 @@ class SwitchLogRow(Base):
 
 # Errors that mean "the database is not there right now", as opposed to a bug or a conflict.
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+# SQLSTATE classes that mean the server cannot serve now, whatever the statement: connection
+# exceptions (08), insufficient resources (53, e.g. too many connections) and operator
+# intervention (57: shutdown, terminated backend, cannot connect now). asyncpg's errors come
+# through SQLAlchemy as plain DBAPIError, so the class is what tells them apart.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+# "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false).
+_UNAVAILABLE_SQLSTATES = ("55000",)
+
+
+def _unavailable(error: BaseException) -> bool:
+    """Tell whether ``error`` means the database cannot be reached now (nothing applied)."""
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
 
 
 class Database:
@@ -300,7 +319,9 @@ class Database:
         async def unit() -> T:
             try:
                 return await loop.run_in_executor(executor, call)
-            except _UNAVAILABLE as error:
+            except Exception as error:
+                if not _unavailable(error):
+                    raise
                 raise StoreUnavailable(
                     f"The database is unavailable: {_first_line(error)}"
                 ) from error
@@ -321,7 +342,9 @@ class Database:
             try:
                 async with maker.begin() as session:
                     return await work(session)
-            except _UNAVAILABLE as error:
+            except Exception as error:
+                if not _unavailable(error):
+                    raise
                 raise StoreUnavailable(
                     f"The database is unavailable: {_first_line(error)}"
                 ) from error

@@ -452,6 +452,18 @@ class Load:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+async def converge(load: Load, settings: Settings, within: float) -> float:
+    """Wait until every tab shows its user's stored state; return how long it took."""
+    started = time.monotonic()
+    states, _ = await database_facts(settings)
+    try:
+        await wait_until(lambda: load.converged(states), within, "convergence")
+    except TimeoutError:
+        behind = [t.name for t in load.tabs if (t.version, t.active) != states[t.user]]
+        raise AssertionError(f"{len(behind)} tabs never converged, e.g. {behind[:5]}") from None
+    return time.monotonic() - started
+
+
 @contextlib.asynccontextmanager
 async def hub_process(settings: Settings, log: Path) -> AsyncIterator[HubProcess]:
     hub = await HubProcess(settings, log).start()

@@ -24,7 +24,15 @@ from server.backplane import SessionsEnded, StateChanged
 from server.history import check
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
-from tests.load import HubProcess, Load, Population, database_facts, populate, wait_until
+from tests.load import (
+    HubProcess,
+    Load,
+    Population,
+    converge,
+    database_facts,
+    populate,
+    wait_until,
+)
 from tests.postgres import BASE_URL, fresh_database
 
 CONVERGE_WITHIN_S = 5.0
@@ -74,17 +82,6 @@ async def processes(
                 hub.stop()
 
 
-async def converge(load: Load, settings: Settings) -> float:
-    started = time.monotonic()
-    states, _ = await database_facts(settings)
-    try:
-        await wait_until(lambda: load.converged(states), CONVERGE_WITHIN_S, "convergence")
-    except TimeoutError:
-        behind = [t.name for t in load.tabs if (t.version, t.active) != states[t.user]]
-        raise AssertionError(f"{len(behind)} tabs never converged, e.g. {behind[:5]}") from None
-    return time.monotonic() - started
-
-
 async def check_history(load: Load, settings: Settings) -> str:
     states, logs = await database_facts(settings)
     for user, state in states.items():
@@ -104,7 +101,7 @@ async def test_three_processes_agree_on_every_switch(tmp_path: Path) -> None:
         try:
             await load.connect_all([hub.port for hub in hubs])
             counts = await load.run(600, stale_share=0.3, in_flight_per_user=3)
-            took = await converge(load, settings)
+            took = await converge(load, settings, CONVERGE_WITHIN_S)
         finally:
             await load.close()
         summary = await check_history(load, settings)
@@ -174,7 +171,7 @@ async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path
             during = await load.run(100, stale_share=0.0)
             for kind, n in during.items():
                 counts[kind] = counts.get(kind, 0) + n
-            took = await converge(load, settings)
+            took = await converge(load, settings, CONVERGE_WITHIN_S)
         finally:
             await load.close()
         summary = await check_history(load, settings)
@@ -182,3 +179,71 @@ async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path
         assert health["backplane"]["reconnects"] >= 1 and health["backplane"]["listening"]
         assert health["backplane"]["backend_pid"] != pid
         print(f"\nlistener cut: {counts}; {summary}; converged {took:.2f} s after")
+
+
+async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> None:
+    """kill -9 of one process mid-load: its tabs reconnect to the others (as through a proxy)
+    and resync; every acknowledged switch is in the database and the history holds."""
+    async with processes(tmp_path, users=20) as (settings, population, hubs):
+        load = Load(population, tabs_per_user=3)
+        try:
+            await load.connect_all([hub.port for hub in hubs])
+            victim = hubs[2]
+
+            async def kill() -> None:
+                await asyncio.sleep(0.3)
+                victim.kill()
+
+            counts, _ = await asyncio.gather(load.run(600, stale_share=0.3), kill())
+            await wait_until(
+                lambda: all(t.connected.is_set() for t in load.tabs), 60, "reconnected"
+            )
+            took = await converge(load, settings, CONVERGE_WITHIN_S)
+        finally:
+            await load.close()
+        summary = await check_history(load, settings)
+        moved = sum(1006 in t.close_codes for t in load.tabs)
+        print(f"\nkill -9: {counts}; {moved} tabs moved; {summary}; converged {took:.2f} s after")
+        assert moved > 0 and counts.get("switched", 0) > 0
+        for hub in hubs[:2]:
+            assert (await hub.health())["connections_checked_out"] == 0
+
+
+async def test_a_database_that_refuses_connections_costs_unavailable_then_recovers(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL refuses the hub's database for 2 s, its connections cut: switches are
+    answered `unavailable` (nothing applied), tabs stay connected, and once it is back
+    switches are accepted again and every tab converges, without a restart."""
+    async with processes(tmp_path, users=10, count=2) as (settings, population, hubs):
+        name = settings.database_url.rsplit("/", 1)[1]
+        load = Load(population, tabs_per_user=2)
+        admin = await asyncpg.connect(BASE_URL.replace("+asyncpg", ""))
+        try:
+            await load.connect_all([hub.port for hub in hubs])
+            before = await load.run(100, stale_share=0.0)
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                name,
+            )
+            during = await load.run(60, stale_share=0.0)
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await asyncio.sleep(2.5)  # the listeners' backoff tops out at 2 s
+            after = await load.run(100, stale_share=0.0)
+            took = await converge(load, settings, CONVERGE_WITHIN_S)
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError):
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+            await load.close()
+        summary = await check_history(load, settings)
+        print(f"\nrefused: before {before}, during {during}, after {after}; {summary}")
+        assert during.get("rejected:unavailable", 0) > 0
+        assert set(during) <= {"rejected:unavailable", "switched", "rejected:stale"}
+        assert after.get("switched", 0) > 0 and "rejected:unavailable" not in after
+        assert all(1006 not in t.close_codes for t in load.tabs)  # no tab was dropped
+        print(f"converged {took:.2f} s after")
+        for hub in hubs:
+            health = await hub.health()
+            assert health["status"] == "ok" and health["backplane"]["listening"]

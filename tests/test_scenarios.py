@@ -27,6 +27,7 @@ from tests.load import (
     HubProcess,
     Load,
     Population,
+    converge,
     database_facts,
     hub_process,
     populate,
@@ -48,18 +49,6 @@ def scenario_settings(tmp_path: Path) -> Settings:
         session_check_s=1.0,
         log_level="warning",
     )
-
-
-async def converge(load: Load, settings: Settings) -> float:
-    """Wait until every tab shows its user's stored state; return how long it took."""
-    started = time.monotonic()
-    states, _ = await database_facts(settings)
-    try:
-        await wait_until(lambda: load.converged(states), CONVERGE_WITHIN_S, "convergence")
-    except TimeoutError:
-        behind = [t.name for t in load.tabs if (t.version, t.active) != states[t.user]]
-        raise AssertionError(f"{len(behind)} tabs never converged, e.g. {behind[:5]}") from None
-    return time.monotonic() - started
 
 
 async def judge(load: Load, settings: Settings, hub: HubProcess, open_tabs: bool = True) -> History:
@@ -108,7 +97,7 @@ async def test_load_histories_are_linearizable_and_every_tab_converges(
         started = time.monotonic()
         counts = await load.run(SWITCHES)
         ran = time.monotonic() - started
-        converged_s = await converge(load, settings)
+        converged_s = await converge(load, settings, CONVERGE_WITHIN_S)
         await judge(load, settings, hub)
         await load.close()
     assert counts.get("switched", 0) > 0 and counts.get("rejected:stale", 0) > 0, counts
@@ -138,7 +127,7 @@ async def test_kill_9_loses_no_acknowledged_switch(tmp_path: Path, population: P
         in_flight = sum(op.outcome is None for op in load.operations())
         hub = await HubProcess(settings, tmp_path / "hub.log", port=hub.port).start()
         counts = await asyncio.wait_for(run, 300)
-        converged_s = await converge(load, settings)
+        converged_s = await converge(load, settings, CONVERGE_WITHIN_S)
         await judge(load, settings, hub)
         await load.close()
     finally:
@@ -180,7 +169,7 @@ async def test_sigterm_closes_every_tab_with_1012_and_all_come_back(
         await asyncio.wait_for(asyncio.gather(*(tab.connected.wait() for tab in load.tabs)), 120)
         back_s = time.monotonic() - started
         second = await load.run(SWITCHES // 2)
-        converged_s = await converge(load, settings)
+        converged_s = await converge(load, settings, CONVERGE_WITHIN_S)
         await judge(load, settings, hub)
         await load.close()
     finally:
@@ -218,7 +207,7 @@ async def test_a_locked_database_rejects_switches_as_unavailable_and_the_hub_rec
         counts = await asyncio.wait_for(run, 300)
         # After the release, switching works again by itself: nothing refused unavailable.
         after = await load.run(SWITCHES // 5)
-        converged_s = await converge(load, settings)
+        converged_s = await converge(load, settings, CONVERGE_WITHIN_S)
         await judge(load, settings, hub)
         dropped = [tab.name for tab in load.tabs if tab.close_codes]
         await load.close()
