@@ -1,6 +1,6 @@
 """The load generator: a separate process with real WebSocket tabs; prints JSON results.
 
-    python -m bench.load --target ws://127.0.0.1:8100/ws --users 500 --tabs 5 \
+    python -m bench.load --target ws://127.0.0.1:8100/ws[,ws://...] --users 500 --tabs 5 \
         --mode rate --rate 1000 --duration 10 [--tokens tokens.json]
 
 With --tokens (a JSON object user id -> session token) tabs authenticate as the hub expects;
@@ -124,17 +124,22 @@ async def open_tabs(
     for tab in every:
         by_user.setdefault(tab.user, []).append(tab)
     run = Run(every, by_user, socketio=socketio)
-    joiner = "&" if "?" in target else "?"
+    # Several targets (comma-separated: hub processes sharing one database): the tabs of each
+    # user are spread over them, so every switch is also delivered across processes.
+    targets = target.split(",")
     gate = asyncio.Semaphore(100)
 
     async def one(tab: BenchTab) -> None:
+        index = int(tab.name.rsplit("t", 1)[1])
+        base = targets[index % len(targets)]
+        joiner = "&" if "?" in base else "?"
         if tokens:
             url, headers = (
-                f"{target}?tab={tab.name}",
+                f"{base}?tab={tab.name}",
                 {"Authorization": f"Bearer {tokens[str(tab.user)]}"},
             )
         else:
-            url, headers = f"{target}{joiner}user={tab.user}&tab={tab.name}", {}
+            url, headers = f"{base}{joiner}user={tab.user}&tab={tab.name}", {}
         async with gate:
             tab.connection = await connect(
                 url,

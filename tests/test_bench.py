@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import ceiling, idle_memory, load_command, peer
+from bench import scale
+from bench.run import ceiling, idle_memory, load, load_command, peer
+from tests.postgres import require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,3 +34,19 @@ async def test_the_load_generator_measures_the_ceiling_and_the_peer(start: objec
         memory = await asyncio.to_thread(idle_memory, target, 12, 3)
         assert memory["idle_tabs"] == 12, memory
         assert memory["rss_kib_after"] > 0, memory
+
+
+async def test_the_scale_benchmark_spreads_each_users_tabs_over_the_processes() -> None:
+    """bench/scale.py's two PostgreSQL processes: every switch is answered, and each user's
+    tabs, half on each process, all receive the accepted ones (cross-process delivery)."""
+    await require_postgres()
+    args = argparse.Namespace(users=4, tabs=2, duration=0.5, rate=40)
+    async with scale.hubs("postgresql", 2, args.users) as (target, pids):
+        assert len(pids) == 2 and target.url.count("ws://") == 2
+        for mode in ("rate", "saturate"):
+            extra = {"rate": args.rate} if mode == "rate" else {}
+            result = await asyncio.to_thread(load, target, args, mode=mode, warmup=0, **extra)
+            assert result["tabs"] == 8 and result["accepted"] > 0, result
+            assert result["unanswered"] == 0, result
+            # Latency counts only switches that reached every tab of the user, on both.
+            assert result["deliveries_per_s"] > 0 and result["p50_ms"] >= 0, result
