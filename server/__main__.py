@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from server import __version__, schema
 from server.db import Database
-from server.errors import HubError
+from server.errors import HubError, UsageError
 from server.settings import Settings
 from server.store import DEMO_USERS, PLATFORM_KINDS, add_platform, add_user, seed_demo
 
@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="interface to bind (default: $HUB_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: $HUB_PORT or 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (PostgreSQL only; default 1)",
+    )
     serve.add_argument(
         "--upgrade",
         action="store_true",
@@ -97,31 +102,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from server.app import create_app, uvicorn_config
+    from server.app import create_app, tune_gc, uvicorn_config
 
+    workers = args.workers or 1
+    if workers > 1 and settings.is_sqlite:
+        raise UsageError(
+            "Several workers need PostgreSQL: SQLite has one writer, and a process can tell "
+            "only its own tabs of a change. Serve one process (no --workers), or set "
+            "HUB_DATABASE_URL=postgresql+asyncpg://..."
+        )
     # Refuse an outdated schema here, with the message alone, before uvicorn starts.
     _with_database(settings, lambda db: db.prepare_schema(upgrade=settings.upgrade_schema))
-    app = create_app(settings)
-    _tune_gc()
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    if workers == 1:
+        app = create_app(settings)
+        tune_gc()
+        uvicorn.Server(uvicorn_config(app, settings)).run()
+        return 0
+    # Each worker process builds its own app (and hub, pool, listener) from the environment,
+    # where these settings, command-line flags included, are put first; they share the
+    # listening socket, and PostgreSQL carries their fan-out as between separate processes.
+    os.environ.update(settings.to_environ())
+    config = uvicorn_config("server.app:app_from_environ", settings, workers=workers, factory=True)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
-
-
-def _tune_gc() -> None:
-    """Make the collector's pauses rarer: they are the hub's latency tail.
-
-    With thousands of tabs a full collection walks every object of every connection and
-    stopped the loop for 100 to 220 ms (measured with gc.callbacks under bench load); the
-    default thresholds ran one every few seconds while tabs connected. Young collections now
-    wait for 50,000 net allocations instead of 700, so fewer objects survive into the old
-    generation and full collections come rarer; what was imported at start-up is frozen out
-    of them. At 1,000 switches/s with 2,500 tabs, p99 went from 26 to 13 ms and the connect
-    rate from about 650 to 820 tabs/s (bench/RESULTS.md has the current figures).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 - Slowloris: uvicorn's keep-alive timeout only runs between requests, so a client that opens
   a connection and never finishes its request (or its WebSocket handshake) holds it forever.
-  `with_header_deadline` is uvicorn's httptools protocol with a timer from the connection (and
+  `HeaderDeadlineProtocol` is uvicorn's httptools protocol with a timer from the connection (and
   from each new request) to the end of its headers; past it, the connection is closed.
 - Floods: uvicorn's sans-I/O WebSocket protocol parses every byte a read returns (up to 256
   KiB, thousands of small frames in one go, with the loop blocked), and after the app closes
@@ -29,52 +29,59 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
     WebSocketsSansIOProtocol as _SansIO,
 )
 
-__all__ = ["BoundedWebSocketProtocol", "with_header_deadline"]
+__all__ = ["BoundedWebSocketProtocol", "HeaderDeadlineProtocol"]
 
 logger = logging.getLogger("hub.guard")
 
 
-def with_header_deadline(seconds: float) -> type[asyncio.Protocol]:
-    """Return uvicorn's HTTP protocol with a ``seconds`` deadline for each request's headers."""
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline for each request's headers.
 
-    class HeaderDeadlineProtocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
+    The deadline is the served app's ``handshake_timeout_s`` (its lifespan state carries the
+    settings), or ``default_deadline_s`` before the app has started. A module-level class,
+    named by import string, so worker processes (``hub serve --workers``) can load it.
+    """
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+    default_deadline_s = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:
             self._arm()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            if self._deadline is None:
-                self._arm()
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
 
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+    def _seconds(self) -> float:
+        settings = self.app_state.get("settings")
+        return float(getattr(settings, "handshake_timeout_s", self.default_deadline_s))
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._expired)
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self._seconds(), self._expired)
 
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expired(self) -> None:
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
-            if self.cycle is None or self.cycle.response_complete:
-                # No request under way, or it never finished its headers: drop it.
-                client: Any = self.client
-                logger.info("closing %s: no complete request within %.1f s", client, seconds)
-                self.transport.close()
 
-    return HeaderDeadlineProtocol
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.cycle is None or self.cycle.response_complete:
+            # No request under way, or it never finished its headers: drop it.
+            client: Any = self.client
+            logger.info("closing %s: no complete request within %.1f s", client, self._seconds())
+            self.transport.close()
 
 
 class _Mailbox:

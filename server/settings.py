@@ -88,6 +88,15 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def to_environ(self) -> dict[str, str]:
+        """Return the ``HUB_*`` variables that from_environ reads back as these Settings."""
+        environ = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            environ[f"HUB_{field.name.upper()}"] = text
+        return environ
+
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed."""
         return dataclasses.replace(self, **changes)

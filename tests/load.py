@@ -132,8 +132,11 @@ async def database_facts(
 class HubProcess:
     """`python -m server serve` on its own port, its output in a log file."""
 
-    def __init__(self, settings: Settings, log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, log: Path, port: int | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.settings = settings
+        self.args = tuple(args)  # more flags for `hub serve`
         self.port = port or free_port()
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -143,17 +146,15 @@ class HubProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        for name in Settings.__dataclass_fields__:
-            value = getattr(self.settings, name)
-            env[f"HUB_{name.upper()}"] = (
-                ",".join(value) if isinstance(value, tuple | list) else str(value)
-            )
+        env = {**os.environ, **self.settings.to_environ()}
         env["HUB_PORT"] = str(self.port)
         env["HUB_HOST"] = "127.0.0.1"
         with self.log.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "server", "serve"], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "server", "serve", *self.args],
+                env=env,
+                stdout=out,
+                stderr=out,
             )
 
     async def start(self, within: float = 20) -> HubProcess:

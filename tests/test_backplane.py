@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,8 +115,9 @@ async def test_three_processes_agree_on_every_switch(tmp_path: Path) -> None:
 
 
 async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path: Path) -> None:
-    """The session's tabs on processes B and C close with 4001 soon after a logout through A
-    (the session watcher is slowed to a minute, so only the backplane can tell them)."""
+    """The session's tabs on processes B and C close with 4001 soon after a logout through A,
+    and logout-all through C closes a tab on B (the session watcher is slowed to a minute,
+    so only the backplane can tell them)."""
     async with processes(tmp_path, users=2, session_check_s=60) as (_, population, hubs):
         token = population.tokens[1]
         tabs = []
@@ -144,7 +146,18 @@ async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path
         took = time.monotonic() - started
         print(f"\nlogout through A closed the tabs on B and C in {took:.3f} s")
         await other.ping()  # another user's tab on B is untouched
-        await other.close()
+
+        # logout-all through C ends the other user's tab on B the same way.
+        async with httpx.AsyncClient(base_url=hubs[2].url) as http:
+            response = await http.post(
+                "/api/logout-all", headers={"Authorization": f"Bearer {population.tokens[2]}"}
+            )
+        assert response.status_code == 200 and response.json()["sessions"] == 1
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(CONVERGE_WITHIN_S):
+                while True:
+                    await other.recv()
+        assert other.close_code == 4001
 
 
 async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path: Path) -> None:
@@ -247,3 +260,57 @@ async def test_a_database_that_refuses_connections_costs_unavailable_then_recove
         for hub in hubs:
             health = await hub.health()
             assert health["status"] == "ok" and health["backplane"]["listening"]
+
+
+async def test_hub_serve_workers_share_one_port_and_deliver_across_each_other(
+    tmp_path: Path,
+) -> None:
+    """hub serve --workers 2: two processes answer on one port, each with its own listener;
+    a switch from a tab reaches every tab of the user, on both workers."""
+    async with fresh_database() as url:
+        settings = process_settings(url)
+        population = await populate(settings, 1)
+        hub = await HubProcess(settings, tmp_path / "hub.log", args=["--workers", "2"]).start()
+        try:
+            token = population.tokens[1]
+
+            async def tabs_per_worker() -> dict[int, int]:
+                seen: dict[int, int] = {}
+                for _ in range(100):  # /healthz lands on either worker, as tabs do
+                    health = await hub.health()
+                    assert health["backplane"]["listening"], health
+                    seen[health["pid"]] = health["tabs"]
+                    if len(seen) == 2:
+                        break
+                return seen
+
+            # The kernel hands connections to whichever worker accepts first: open tabs
+            # until both workers hold some (usually a few suffice).
+            tabs = []
+            per_worker: dict[int, int] = {}
+            while len(tabs) < 60 and not (len(per_worker) == 2 and all(per_worker.values())):
+                tab = await connect(
+                    f"ws://127.0.0.1:{hub.port}/ws?tab=t{len(tabs)}",
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                )
+                tabs.append((tab, json.loads(await tab.recv())))
+                per_worker = await tabs_per_worker()
+            assert len(per_worker) == 2 and all(per_worker.values()), per_worker
+            assert sum(per_worker.values()) == len(tabs), per_worker
+            first, hello = tabs[0]
+            state = hello["state"]
+            target = next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
+            message = {"type": "switch", "id": "w1", "platform": target, "base": state["version"]}
+            await first.send(json.dumps(message))
+            for tab, _ in tabs:
+                async with asyncio.timeout(CONVERGE_WITHIN_S):
+                    while True:
+                        received = json.loads(await tab.recv())
+                        if received["type"] == "state":
+                            break
+                assert received["state"]["active"] == target
+                await tab.close()
+            print(f"\nworkers: tabs per worker {sorted(per_worker.values())}")
+        finally:
+            # SIGTERM, not kill -9: the supervisor stops its workers before it exits.
+            await hub.terminate()

@@ -78,3 +78,10 @@ def test_serve_starts_and_answers_health(tmp_path: Path) -> None:
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught.
     assert process.returncode in (0, -15)
     assert "Application shutdown complete" in rest
+
+
+def test_serve_refuses_workers_on_sqlite(tmp_path: Path) -> None:
+    """Several workers need PostgreSQL: on SQLite, exit 2 with the reason and the fix."""
+    refused = hub(tmp_path, "serve", "--workers", "2", "--port", "0")
+    assert refused.returncode == 2
+    assert "Several workers need PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
