@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,7 @@ async def test_healthz_and_static_files(running: RunningHub) -> None:
             "status": "ok",
             "version": "0.1.0",
             "tabs": 0,
+            "pid": os.getpid(),  # the hub runs in this process
             "connections_checked_out": 0,
         }
         page = await client.get("/")
