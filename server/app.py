@@ -27,6 +27,7 @@ from server.errors import AuthenticationError, BadMessage, StoreUnavailable
 from server.guard import BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import redact_secrets
+from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
     CloseCode,
     ErrorBody,
@@ -75,8 +76,9 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         except BaseException:
             await database.dispose()
             raise
+        store = SqlStore(database)
         hub = Hub(
-            SqlStore(database),
+            store,
             heartbeat_s=settings.heartbeat_s,
             idle_timeout_s=settings.idle_timeout_s,
             max_tabs_per_user=settings.max_tabs_per_user,
@@ -85,6 +87,9 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             max_bad_messages=settings.max_bad_messages,
             outbox_size=settings.outbox_size,
         )
+        metrics = Metrics()
+        hub.on_switch = metrics.switched
+        store.commits.on_commit = metrics.committed
         listener = backplane.listener_for(
             settings.database_url,
             database.origin,
@@ -93,6 +98,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             backoff_s=settings.backplane_backoff_s,
         )
         app.state.database, app.state.hub, app.state.listener = database, hub, listener
+        metrics.watch(
+            tabs=lambda: len(hub.tabs()),
+            checked_out=database.checked_out,
+            reconnects=(lambda: listener.reconnects) if listener is not None else None,
+        )
         tasks = [
             asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(sessions.collect_forever(database), name="session-collector"),
@@ -102,7 +112,13 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             # Serve once listening: a tab that joins earlier could miss a notification.
             await asyncio.wait_for(listener.connected.wait(), settings.backplane_connect_s)
         try:
-            yield {"database": database, "hub": hub, "settings": settings, "listener": listener}
+            yield {
+                "database": database,
+                "hub": hub,
+                "settings": settings,
+                "listener": listener,
+                "metrics": metrics,
+            }
         finally:
             for task in tasks:
                 task.cancel()
@@ -114,6 +130,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
     routes = [
         Route("/", _index),
         Route("/healthz", _healthz),
+        Route("/metrics", _metrics),
         Route("/api/login", _login, methods=["POST"]),
         Route("/api/logout", _logout, methods=["POST"]),
         Route("/api/logout-all", _logout_all, methods=["POST"]),
@@ -236,6 +253,11 @@ async def _healthz(request: Request) -> Response:
             "backend_pid": listener.backend_pid,
         }
     return Response(encode(body), status_code=code, media_type="application/json")
+
+
+async def _metrics(request: Request) -> Response:
+    metrics: Metrics = request.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 async def _ping_database(session: Any) -> None:

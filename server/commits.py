@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -38,12 +39,18 @@ class GroupCommit(Generic[R, Out]):
     """
 
     def __init__(
-        self, decide: Callable[[Sequence[R]], Awaitable[Sequence[Out]]], *, max_batch: int = 256
+        self,
+        decide: Callable[[Sequence[R]], Awaitable[Sequence[Out]]],
+        *,
+        max_batch: int = 256,
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._decide = decide
         self.max_batch = max_batch
+        # Told the size and duration of every transaction that committed (metrics).
+        self.on_commit = on_commit
         self._queue: list[tuple[R, asyncio.Future[Out]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,6 +107,7 @@ class GroupCommit(Generic[R, Out]):
         self.requests += len(batch)
         self.largest = max(self.largest, len(batch))
         requests = [request for request, _ in batch]
+        started = time.monotonic()
         try:
             outcomes = await self._decide(requests)
         except StoreUnavailable as error:
@@ -115,6 +123,8 @@ class GroupCommit(Generic[R, Out]):
             for item in batch:
                 await self._commit([item])
             return
+        if self.on_commit is not None:
+            self.on_commit(len(batch), time.monotonic() - started)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, outcome=outcome)
 

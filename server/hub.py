@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from server.errors import BadMessage, HubError, StoreUnavailable
@@ -203,6 +204,9 @@ class Hub:
         self.message_burst = message_burst
         self.max_bad_messages = max_bad_messages
         self.outbox_size = outbox_size
+        # Told of every decided switch: its result ("accepted" or the reason) and the
+        # seconds from its arrival to its broadcast (-1 when it made no new version).
+        self.on_switch: Callable[[str, float], None] | None = None
         self._rooms: dict[int, _Room] = {}
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._by_session: dict[int, dict[Tab, None]] = {}
@@ -317,6 +321,7 @@ class Hub:
         Returns None when the login session had ended: its tabs are being closed.
         """
         tab_id = tab.id if tab else None
+        arrived = time.monotonic()
         try:
             outcome = await self.store.switch(user_id, session_id, request, tab_id)
         except StoreUnavailable as error:
@@ -339,12 +344,18 @@ class Hub:
         # The asking tab hears its decision before the broadcast of what it caused.
         if tab is not None and not tab.closing:
             tab.send(encode(reply))
+        broadcast_after = -1.0
         if outcome.state is not None:
             if outcome.changed:
                 cause = Cause(kind="switch", tab=tab_id, request=request.id)
                 self.publish(user_id, outcome.state, cause)
+                broadcast_after = time.monotonic() - arrived
             else:
                 self._remember(self._rooms.get(user_id), outcome.state)
+        if self.on_switch is not None:
+            reason = outcome.reason.value if outcome.reason else "ended"
+            result = "accepted" if outcome.accepted else reason
+            self.on_switch(result, broadcast_after)
         return reply
 
     def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
