@@ -101,11 +101,17 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         metrics.watch(
             tabs=lambda: len(hub.tabs()),
             checked_out=database.checked_out,
+            coalesced=hub.coalesced,
+            slow_closed=lambda: hub.slow_closed,
+            sessions_ended=lambda: hub.sessions_ended,
             reconnects=(lambda: listener.reconnects) if listener is not None else None,
         )
         tasks = [
             asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
-            asyncio.create_task(sessions.collect_forever(database), name="session-collector"),
+            asyncio.create_task(
+                sessions.collect_forever(database, on_collect=metrics.collected),
+                name="session-collector",
+            ),
         ]
         if listener is not None:
             tasks.append(asyncio.create_task(listener.run_forever(), name="backplane"))

@@ -126,6 +126,7 @@ class Tab:
         self.user = user
         self.session_id = session_id
         self.transport = transport
+        self._hub = hub
         self.outbox = Outbox(hub.outbox_size, self._wake)
         self.bucket = _Bucket(hub.messages_per_second, hub.message_burst)
         self.bad_messages = 0
@@ -150,6 +151,7 @@ class Tab:
         """Queue a frame; a tab that cannot keep up is closed instead."""
         if not self.outbox.put(frame):
             logger.warning("closing slow tab %s of user %s", self.id, self.user.id)
+            self._hub.slow_closed += 1
             self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
 
     def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
@@ -207,6 +209,12 @@ class Hub:
         # Told of every decided switch: its result ("accepted" or the reason) and the
         # seconds from its arrival to its broadcast (-1 when it made no new version).
         self.on_switch: Callable[[str, float], None] | None = None
+        # Since start, for metrics: tabs closed for not keeping up; states replaced in an
+        # outbox by a newer one before they went out (of tabs gone; live ones add theirs);
+        # login sessions ended here, by reason.
+        self.slow_closed = 0
+        self._coalesced_gone = 0
+        self.sessions_ended: dict[str, int] = {}
         self._rooms: dict[int, _Room] = {}
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._by_session: dict[int, dict[Tab, None]] = {}
@@ -264,10 +272,15 @@ class Hub:
     async def leave(self, tab: Tab) -> None:
         """Forget a tab whose connection has ended, and stop its writer."""
         self._remove(tab)
+        self._coalesced_gone += tab.outbox.coalesced  # leave runs once per tab
         tab.gone = True
         if tab.writer is not None and not tab.writer.done():
             tab.writer.cancel()
             await asyncio.gather(tab.writer, return_exceptions=True)
+
+    def coalesced(self) -> int:
+        """Return how many states were replaced by newer ones before going out, since start."""
+        return self._coalesced_gone + sum(tab.outbox.coalesced for tab in self.tabs())
 
     def tabs(self, user_id: int | None = None) -> list[Tab]:
         """Return the connected tabs, of one user or of all."""
@@ -415,6 +428,8 @@ class Hub:
             if not tab.closing:
                 tab.close(CloseCode.SESSION_ENDED, f"session {reason}", frame)
                 ended += 1
+        if ended:
+            self.sessions_ended[reason.value] = self.sessions_ended.get(reason.value, 0) + 1
         return ended
 
     def warn_session(self, session_id: int, expires_at: str) -> None:

@@ -7,10 +7,12 @@ the group commit call (they import nothing of this module); gauges are read when
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -63,18 +65,32 @@ class Metrics:
             registry=registry,
         )
 
+        self.sessions_collected = Counter(
+            "hub_sessions_collected",
+            "Ended login sessions deleted by the collector.",
+            registry=registry,
+        )
+
     def watch(
         self,
         *,
         tabs: Callable[[], float],
         checked_out: Callable[[], float],
+        coalesced: Callable[[], float],
+        slow_closed: Callable[[], float],
+        sessions_ended: Callable[[], dict[str, int]],
         reconnects: Callable[[], float] | None = None,
     ) -> None:
-        """Read these gauges from the running hub whenever the metrics are scraped."""
+        """Read these figures from the running hub whenever the metrics are scraped."""
         self._tabs.set_function(tabs)
         self._checked_out.set_function(checked_out)
         if reconnects is not None:
             self._reconnects.set_function(reconnects)
+        self.registry.register(_HubCounters(coalesced, slow_closed, sessions_ended))
+
+    def collected(self, sessions: int) -> None:
+        """Count sessions the collector deleted."""
+        self.sessions_collected.inc(sessions)
 
     def switched(self, result: str, seconds: float) -> None:
         """Count one decided switch; time its broadcast if it made a new version."""
@@ -90,3 +106,36 @@ class Metrics:
     def exposition(self) -> bytes:
         """Return every metric in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class _HubCounters(Collector):
+    """Counters the hub keeps itself, read when scraped."""
+
+    def __init__(
+        self,
+        coalesced: Callable[[], float],
+        slow_closed: Callable[[], float],
+        sessions_ended: Callable[[], dict[str, int]],
+    ) -> None:
+        self._coalesced, self._slow_closed = coalesced, slow_closed
+        self._sessions_ended = sessions_ended
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "hub_states_coalesced",
+            "States a slow tab never got because a newer one replaced them in its outbox.",
+            value=self._coalesced(),
+        )
+        yield CounterMetricFamily(
+            "hub_tabs_closed_slow",
+            "Tabs closed (4008) because their outbox overflowed.",
+            value=self._slow_closed(),
+        )
+        ended = CounterMetricFamily(
+            "hub_sessions_ended",
+            "Login sessions whose tabs here were closed, by reason (logout, expired, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._sessions_ended().items()):
+            ended.add_metric([reason], count)
+        yield ended

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
@@ -367,8 +367,13 @@ async def watch_forever(database: Database, hub: Hub) -> None:
             logger.warning("session check skipped: %s", error)
 
 
-async def collect_forever(database: Database) -> None:
-    """Collect ended sessions and old switch-log rows every ``collect_interval_s``."""
+async def collect_forever(
+    database: Database, *, on_collect: Callable[[int], None] | None = None
+) -> None:
+    """Collect ended sessions and old switch-log rows every ``collect_interval_s``.
+
+    ``on_collect`` is told how many sessions each collection deleted (metrics).
+    """
     while True:
         await asyncio.sleep(database.settings.collect_interval_s)
         try:
@@ -376,6 +381,8 @@ async def collect_forever(database: Database) -> None:
         except StoreUnavailable as error:
             logger.warning("collection skipped: %s", error)
             continue
+        if on_collect is not None:
+            on_collect(collected.sessions)
         if collected.sessions or collected.switches:
             logger.info(
                 "collected %d sessions and %d switch-log rows",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningHub, other_platform
+from tests.conftest import RunningHub, make_settings, other_platform, serve
 
 
 async def scrape(running: RunningHub) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -49,3 +50,25 @@ async def test_metrics_count_switches_commits_and_tabs(running: RunningHub) -> N
                 break
             await asyncio.sleep(0.02)
     assert (await scrape(running))[("hub_tabs", ())] == 0
+
+
+async def test_metrics_count_ended_and_collected_sessions(tmp_path: Path) -> None:
+    """A logout with a tab here counts as a session ended by logout; the collector's deletion
+    is counted; the hub's own counters (coalesced states, slow tabs) are exposed."""
+    settings = make_settings(tmp_path, collect_interval_s=0.2)
+    async with serve(settings) as running:
+        token = await running.login("alice")
+        tab = await running.tab(token, "t")
+        async with running.http(token, origin=running.url) as client:
+            assert (await client.post("/api/logout")).status_code == 200
+        assert (await tab.receive_type("session_ended"))["reason"] == "logout"
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for _ in range(100):  # the collector runs every 0.2 s
+            samples = await scrape(running)
+            if samples.get(("hub_sessions_collected_total", ()), 0) >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert samples[("hub_sessions_ended_total", (("reason", "logout"),))] == 1
+        assert samples[("hub_sessions_collected_total", ())] >= 1
+        assert samples[("hub_states_coalesced_total", ())] == 0
+        assert samples[("hub_tabs_closed_slow_total", ())] == 0

@@ -81,6 +81,8 @@ async def _slow_tab_scenario(running: RunningHub) -> None:
     # The slow tab's outbox stayed at most one state deep and replaced many unsent ones.
     assert deepest <= 1
     assert slow_tab.outbox.coalesced > 0
+    # /metrics' hub_states_coalesced_total reads this: the live tabs' counts and the gone's.
+    assert running.hub.coalesced() >= slow_tab.outbox.coalesced
 
     # Reading again, it gets the newest state, in strictly increasing versions.
     versions = [hello["state"]["version"]]
