@@ -140,7 +140,11 @@ async def test_a_flooding_tab_is_limited_then_closed_and_other_users_keep_workin
     code, messages = await bob.closed()
     reasons = [m.get("reason") for m in messages if m["type"] == "rejected"]
     assert code == 4002
-    assert reasons.count("rate_limited") == running.settings.max_bad_messages
+    # The bucket refills while the flood is worked through (20 a second), so how many frames
+    # got an answer before the run of refusals depends on the machine's speed; the run that
+    # closes the tab does not: max_bad_messages refusals in a row, the next frame closes it.
+    limit = running.settings.max_bad_messages
+    assert reasons[-limit:] == ["rate_limited"] * limit
     assert set(reasons) == {"unknown_platform", "rate_limited"}
 
 
