@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -79,17 +79,18 @@ _decoder = msgspec.json.Decoder(_Notice)
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
-def stage(connection: Connection, origin: str, events: Sequence[Event]) -> None:
+def stage(connection: Connection, origin: str, events: Iterable[Event]) -> None:
     """Send ``events`` with the transaction open on ``connection``, if they need sending.
 
     ``origin`` names the sender (Database.origin), whose own listener ignores them.
 
     On PostgreSQL they are delivered to every listening process when, and only if, the
-    transaction commits; on SQLite this does nothing (one process publishes itself).
+    transaction commits; on SQLite this does nothing (one process publishes itself), and
+    ``events`` is not even iterated: a generator passed here costs the SQLite hot path nothing.
     """
-    if not events or connection.dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql":
         return
-    for payload in _payloads(origin, events):
+    for payload in _payloads(origin, list(events)):
         connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
 

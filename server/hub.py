@@ -398,19 +398,16 @@ class Hub:
             state = StateView(version=version, active=active, platforms=state.platforms)
         self.publish(user_id, state, cause)
 
-    async def resync(self) -> int:
-        """Read the state of every user with tabs here and publish what is newer; return how
-        many users had fallen behind (after notifications were lost)."""
-        behind = 0
+    async def resync(self) -> None:
+        """Read the state of every user with tabs here and publish it, unless older than what
+        was published here meanwhile (after notifications were lost; outboxes drop what a
+        tab has already)."""
         for user_id in list(self._rooms):
             state = await self.store.load_state(user_id)
             room = self._rooms.get(user_id)
             if room is None or (room.state is not None and state.version < room.state.version):
                 continue
-            if room.state is None or state.version > room.state.version:
-                behind += 1
             self.publish(user_id, state, Cause(kind="resync", tab=None, request=""))
-        return behind
 
     # Sessions.
 

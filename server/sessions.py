@@ -33,6 +33,7 @@ __all__ = [
     "authenticate",
     "check",
     "ended_reason",
+    "expires_at",
     "collect",
     "collect_forever",
     "extend",
@@ -183,8 +184,7 @@ async def authenticate(
     ended = ended_reason(row, now)
     if ended is not None:
         raise AuthenticationError(ended.value, _ENDED_MESSAGES[ended])
-    expires_at = min(row.idle_expires_at, row.absolute_expires_at)
-    login = LoginSession(row.id, row.user_id, row.name, expires_at)
+    login = LoginSession(row.id, row.user_id, row.name, expires_at(row))
     if touch and (now - row.last_seen_at).total_seconds() >= database.settings.session_touch_s:
         login = await extend(database, login) or login
     return login
@@ -272,11 +272,16 @@ class SessionTimes(Protocol):
     def absolute_expires_at(self) -> dt.datetime: ...
 
 
+def expires_at(row: SessionTimes) -> dt.datetime:
+    """Return when a session ends unless extended: the earlier of its two expiries."""
+    return min(row.idle_expires_at, row.absolute_expires_at)
+
+
 def ended_reason(row: SessionTimes, now: dt.datetime) -> SessionEndReason | None:
     """Return why a session has ended, or None while it is live."""
     if row.revoked_at is not None:
         return SessionEndReason(row.revoked_reason or SessionEndReason.REVOKED)
-    if min(row.idle_expires_at, row.absolute_expires_at) <= now:
+    if expires_at(row) <= now:
         return SessionEndReason.EXPIRED
     return None
 
@@ -325,8 +330,7 @@ async def _statuses(
         for start in range(0, len(wanted), 500):
             rows = connection.execute(LIVENESS_BY_IDS, {"ids": wanted[start : start + 500]})
             for row in rows:
-                expires_at = min(row.idle_expires_at, row.absolute_expires_at)
-                found[row.id] = (ended_reason(row, now), expires_at)
+                found[row.id] = (ended_reason(row, now), expires_at(row))
         return found
 
     return await database.read_sync(work)

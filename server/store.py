@@ -105,7 +105,7 @@ class SqlStore:
             backplane.stage(
                 connection,
                 origin,
-                [
+                (
                     StateChanged(
                         user=pending.user_id,
                         version=outcome.version,
@@ -114,7 +114,7 @@ class SqlStore:
                     )
                     for pending, outcome in zip(batch, outcomes, strict=True)
                     if outcome.changed and outcome.state is not None
-                ],
+                ),
             )
             return outcomes
 

@@ -453,6 +453,17 @@ class Load:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+async def record_facts(load: Load, settings: Settings, *, open_tabs: bool = False) -> None:
+    """Give the history each user's stored state and accepted log rows (and open tabs)."""
+    states, logs = await database_facts(settings)
+    for user, state in states.items():
+        facts = load.history.user(user)
+        facts.final = state
+        facts.log = logs.get(user, {})
+        if open_tabs:
+            facts.open_tabs = {tab.name for tab in load.tabs if tab.user == user}
+
+
 async def converge(load: Load, settings: Settings, within: float) -> float:
     """Wait until every tab shows its user's stored state; return how long it took."""
     started = time.monotonic()

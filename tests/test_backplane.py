@@ -30,8 +30,8 @@ from tests.load import (
     Load,
     Population,
     converge,
-    database_facts,
     populate,
+    record_facts,
     wait_until,
 )
 from tests.postgres import BASE_URL, fresh_database
@@ -84,11 +84,7 @@ async def processes(
 
 
 async def check_history(load: Load, settings: Settings) -> str:
-    states, logs = await database_facts(settings)
-    for user, state in states.items():
-        facts = load.history.user(user)
-        facts.final = state
-        facts.log = logs.get(user, {})
+    await record_facts(load, settings)
     report = check(load.history)
     assert report.ok, report.violations[:10]
     return report.summary()

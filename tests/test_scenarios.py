@@ -28,9 +28,9 @@ from tests.load import (
     Load,
     Population,
     converge,
-    database_facts,
     hub_process,
     populate,
+    record_facts,
     wait_until,
 )
 
@@ -62,13 +62,7 @@ async def judge(load: Load, settings: Settings, hub: HubProcess, open_tabs: bool
         await asyncio.sleep(0.05)
     assert health["connections_checked_out"] == 0, health
     assert health["tabs"] == len(load.tabs), health
-    states, logs = await database_facts(settings)
-    for user, state in states.items():
-        facts = load.history.user(user)
-        facts.final = state
-        facts.log = logs.get(user, {})
-        if open_tabs:
-            facts.open_tabs = {tab.name for tab in load.tabs if tab.user == user}
+    await record_facts(load, settings, open_tabs=open_tabs)
     report = check(load.history)
     assert report.ok, "\n".join(report.violations[:20])
     print(f"\nhistory: {report.summary()}")
