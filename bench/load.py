@@ -50,6 +50,8 @@ class BenchTab:
     platforms: tuple[int, ...] = (1, 2, 3)
     seen: dict[int, float] = field(default_factory=dict)  # version -> first receipt
     deliveries: int = 0
+    pending: set[str] = field(default_factory=set)  # request ids sent, not yet answered
+    close_code: int | None = None
 
 
 @dataclass
@@ -66,6 +68,18 @@ class Run:
 
 
 async def reader(run: Run, tab: BenchTab) -> None:
+    assert tab.connection is not None
+    try:
+        await _read(run, tab)
+    finally:
+        # A closed tab answers nothing more: release whoever waits on its requests, which
+        # stay in run.sent and are reported as unanswered, beside the close code.
+        tab.close_code = tab.connection.close_code
+        for request in tab.pending:
+            _settle(run, request)
+
+
+async def _read(run: Run, tab: BenchTab) -> None:
     assert tab.connection is not None
     async for frame in tab.connection:
         now = time.perf_counter()
@@ -90,11 +104,13 @@ async def reader(run: Run, tab: BenchTab) -> None:
                 tab.version, tab.active = state["version"], state["active"]
             tab.seen.setdefault(state["version"], now)
         elif kind == "switched":
+            tab.pending.discard(message["id"])
             user, base, sent_at = run.sent.pop(message["id"])
             if message["version"] > base:  # not a no-op
                 run.accepted.append((user, message["version"], sent_at))
             _settle(run, message["id"])
         elif kind == "rejected":
+            tab.pending.discard(message["id"])
             run.sent.pop(message["id"], None)
             run.rejected += 1
             run.reasons[message["reason"]] = run.reasons.get(message["reason"], 0) + 1
@@ -171,12 +187,16 @@ async def send_switch(run: Run, tab: BenchTab, rng: random.Random) -> asyncio.Fu
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     run.answers[request] = future
     run.sent[request] = (tab.user, tab.version, time.perf_counter())
+    tab.pending.add(request)
     assert tab.connection is not None
     message = {"id": request, "platform": platform, "base": tab.version}
-    if run.socketio:
-        await tab.connection.send("42" + json.dumps(["switch", message]))
-    else:
-        await tab.connection.send(json.dumps({"type": "switch", **message}))
+    try:
+        if run.socketio:
+            await tab.connection.send("42" + json.dumps(["switch", message]))
+        else:
+            await tab.connection.send(json.dumps({"type": "switch", **message}))
+    except ConnectionClosed:
+        _settle(run, request)  # never answered: it counts as unanswered
     return future
 
 
@@ -259,6 +279,15 @@ async def flood(args: argparse.Namespace, tokens: dict[str, str] | None) -> dict
     return {"mode": "flood", **counts, **cpu}
 
 
+def _close_codes(tabs: list[BenchTab]) -> dict[str, int]:
+    """How many tabs the target closed during the phase, by close code."""
+    codes: dict[str, int] = {}
+    for tab in tabs:
+        if tab.close_code is not None:
+            codes[str(tab.close_code)] = codes.get(str(tab.close_code), 0) + 1
+    return codes
+
+
 def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
@@ -302,8 +331,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         async def driver(user: int) -> None:
             while time.perf_counter() < deadline:
-                tab = rng.choice(run.by_user[user])
-                await asyncio.wait_for(await send_switch(run, tab, rng), 30)
+                live = [tab for tab in run.by_user[user] if tab.close_code is None]
+                if not live:
+                    return
+                await asyncio.wait_for(await send_switch(run, rng.choice(live), rng), 30)
 
         await asyncio.gather(*(driver(u) for u in users))
     elapsed = time.perf_counter() - started
@@ -319,6 +350,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "rejected": run.rejected,
         "reasons": dict(run.reasons),
         "unanswered": len(run.sent),
+        "closed": _close_codes(run.tabs),
         "accepted_per_s": round(len(run.accepted) / elapsed),
         "deliveries_per_s": round(deliveries / elapsed),
         "load_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),

@@ -159,7 +159,12 @@ def load_command(target: Target, users: int, tabs: int, **mode: Any) -> list[str
 
 def load(target: Target, args: argparse.Namespace, **mode: Any) -> dict[str, Any]:
     command = load_command(target, args.users, args.tabs, duration=args.duration, **mode)
-    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if output.returncode != 0:
+        raise RuntimeError(
+            f"the load generator exited with {output.returncode}: {' '.join(command)}\n"
+            f"{output.stderr.strip()[-4000:]}"
+        )
     result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
     return result
 

@@ -42,11 +42,16 @@ async def database(engine: str, tmp: Path) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def hubs(engine: str, count: int, users: int) -> AsyncIterator[tuple[Target, list[int]]]:
-    """Start ``count`` hub processes on a fresh database; yield one Target over all of them."""
+async def hubs(
+    engine: str, count: int, users: int, **overrides: Any
+) -> AsyncIterator[tuple[Target, list[int]]]:
+    """Start ``count`` hub processes on a fresh database; yield one Target over all of them.
+
+    The hub's real settings, rate limits included, unless ``overrides`` says otherwise.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         async with database(engine, Path(tmp)) as url:
-            settings = Settings(database_url=url, log_level="warning")
+            settings = Settings(database_url=url, log_level="warning", **overrides)
             population = await populate(settings, users)
             tokens = Path(tmp) / "tokens.json"
             tokens.write_text(json.dumps({str(u): t for u, t in population.tokens.items()}))

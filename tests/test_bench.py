@@ -28,7 +28,7 @@ async def test_the_load_generator_measures_the_ceiling_and_the_peer(start: objec
             )
             result = json.loads(done.stdout)
             assert result["tabs"] == 15 and result["accepted"] > 0, result
-            assert result["unanswered"] == 0, result
+            assert result["unanswered"] == 0 and result["closed"] == {}, result
             # Every accepted switch reached all three tabs of its user: a latency exists.
             assert result["p50_ms"] == result["p50_ms"] and result["p50_ms"] >= 0, result
         memory = await asyncio.to_thread(idle_memory, target, 12, 3)
@@ -41,12 +41,16 @@ async def test_the_scale_benchmark_spreads_each_users_tabs_over_the_processes() 
     tabs, half on each process, all receive the accepted ones (cross-process delivery)."""
     await require_postgres()
     args = argparse.Namespace(users=4, tabs=2, duration=0.5, rate=40)
-    async with scale.hubs("postgresql", 2, args.users) as (target, pids):
+    # Four users in a closed loop switch faster than a person can (hundreds a second per tab
+    # on a quick machine): past the per-tab limit, the hub answers rate_limited, then closes
+    # with 4002, which is right but not what this test is about.
+    lifted = {"messages_per_second": 100_000, "message_burst": 100_000}
+    async with scale.hubs("postgresql", 2, args.users, **lifted) as (target, pids):
         assert len(pids) == 2 and target.url.count("ws://") == 2
         for mode in ("rate", "saturate"):
             extra = {"rate": args.rate} if mode == "rate" else {}
             result = await asyncio.to_thread(load, target, args, mode=mode, warmup=0, **extra)
             assert result["tabs"] == 8 and result["accepted"] > 0, result
-            assert result["unanswered"] == 0, result
+            assert result["unanswered"] == 0 and result["closed"] == {}, result
             # Latency counts only switches that reached every tab of the user, on both.
             assert result["deliveries_per_s"] > 0 and result["p50_ms"] >= 0, result
