@@ -441,6 +441,8 @@ async def _websocket(websocket: WebSocket) -> None:
         await websocket.send_denial_response(_error(503, ErrorCode.UNAVAILABLE, str(error)))
         return
 
+    if (wait := hub.cooldown(login.id)) > 0:
+        await asyncio.sleep(wait)  # a tab of this session was just closed for flooding
     await websocket.accept()
     try:
         tab = await hub.join(

@@ -218,6 +218,9 @@ class Hub:
         self._rooms: dict[int, _Room] = {}
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._by_session: dict[int, dict[Tab, None]] = {}
+        # Login sessions whose tab was closed for abuse (4002), and when they may have a tab
+        # again: see cooldown().
+        self._cooling: dict[int, float] = {}
 
     # Tabs joining and leaving.
 
@@ -294,6 +297,23 @@ class Hub:
         room = self._rooms.get(user_id)
         return room.state if room else None
 
+    def cooldown(self, session_id: int) -> float:
+        """Return how long a new tab of this session must wait: a tab of it was just closed
+        for abuse (4002), and the wait is the time its rate limit takes to refill.
+
+        A flooder that reconnects at once got a fresh burst each time: 24 connections a
+        second, each 40 switches decided and written before the close (docs/performance.md,
+        "Flood"). Waiting before the accept costs the hub a timer, not a connection's work.
+        """
+        until = self._cooling.get(session_id)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._cooling[session_id]
+            return 0.0
+        return left
+
     # Messages from tabs.
 
     async def receive(self, tab: Tab, frame: str | bytes) -> None:
@@ -313,6 +333,7 @@ class Hub:
             # (4002), before its answers could pile up unread.
             tab.excess_messages += 1
             if tab.excess_messages > self.max_bad_messages:
+                self._spend(tab)
                 tab.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
                 return
             if isinstance(message, Switch):
@@ -466,10 +487,18 @@ class Hub:
 
     # Internals.
 
+    def _spend(self, tab: Tab) -> None:
+        # Only sessions closed for abuse are held here, each until its cooldown is over.
+        now = time.monotonic()
+        for session_id in [s for s, until in self._cooling.items() if until <= now]:
+            del self._cooling[session_id]
+        self._cooling[tab.session_id] = now + self.message_burst / self.messages_per_second
+
     def _bad_message(self, tab: Tab, detail: str) -> None:
         tab.bad_messages += 1
         if tab.bad_messages > self.max_bad_messages:
             # Keep the queued errors: they tell the client what it did wrong.
+            self._spend(tab)
             tab.close(CloseCode.PROTOCOL_ABUSE, "too many malformed messages", drop=False)
             return
         tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))

@@ -148,6 +148,35 @@ async def test_a_flooding_tab_is_limited_then_closed_and_other_users_keep_workin
     assert set(reasons) == {"unknown_platform", "rate_limited"}
 
 
+async def test_a_session_closed_for_flooding_waits_for_its_rate_limit_before_a_new_tab(
+    tmp_path: Path,
+) -> None:
+    """After a 4002 for flooding, the session's next tab is held before its handshake
+    completes until the rate limit has refilled (here 4 messages at 2 a second: 2 s), then
+    served with a full burst; another session of the same user connects at once."""
+    settings = make_settings(tmp_path, messages_per_second=2, message_burst=4)
+    async with serve(settings) as running:
+        flooder_token, calm_token = await running.login("bob"), await running.login("bob")
+        flooder = await running.tab(flooder_token, "flood")
+        for n in range(30):
+            await flooder.send({"type": "switch", "id": f"f{n}", "platform": 10**6, "base": 0})
+        assert (await flooder.closed())[0] == 4002
+
+        held = asyncio.create_task(running.tab(flooder_token, "again"))
+        calm = await running.tab(calm_token, "calm")  # another session: not held
+        done, _ = await asyncio.wait([held], timeout=0.5)
+        assert not done, "the flooding session's new tab was accepted during its cooldown"
+        again = await held
+        platforms = [p["id"] for p in again.hello["state"]["platforms"]]
+        answers, version = [], again.version
+        for n in range(4):  # a full burst again
+            answers.append(await again.switch(f"a{n}", platforms[n % 2], base=version))
+            version = answers[-1].get("version", version)
+        assert [a["type"] for a in answers] == ["switched"] * 4, answers
+        await again.close()
+        await calm.close()
+
+
 async def test_a_tab_that_floods_and_never_answers_the_close_is_dropped_unread(
     running: RunningHub,
 ) -> None:
