@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import __version__, backplane, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, StoreUnavailable
-from server.guard import BoundedWebSocketProtocol, HeaderDeadlineProtocol
+from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
@@ -398,10 +398,17 @@ async def _switch(request: Request) -> Response:
 class _Transport:
     """Adapt a Starlette WebSocket to the hub's Transport, with one error for a lost link."""
 
-    __slots__ = ("_websocket",)
+    __slots__ = ("_protocol", "_websocket")
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+        # Under uvicorn_config, the connection's protocol writes frames without ASGI.
+        self._protocol: BoundedWebSocketProtocol | None = websocket.scope.get("extensions", {}).pop(
+            PROTOCOL_EXTENSION, None
+        )
+
+    def send_now(self, data: str) -> bool:
+        return self._protocol is not None and self._protocol.send_text_now(data)
 
     async def send_text(self, data: str) -> None:
         try:

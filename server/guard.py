@@ -22,14 +22,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import (
     WebSocketsSansIOProtocol as _SansIO,
 )
+from websockets.protocol import State
 
-__all__ = ["BoundedWebSocketProtocol", "HeaderDeadlineProtocol"]
+__all__ = ["PROTOCOL_EXTENSION", "BoundedWebSocketProtocol", "HeaderDeadlineProtocol"]
+
+# The scope extension under which BoundedWebSocketProtocol hands itself to the endpoint.
+PROTOCOL_EXTENSION = "hub.protocol"
 
 logger = logging.getLogger("hub.guard")
 
@@ -190,6 +194,33 @@ class BoundedWebSocketProtocol(_SansIO):
             return
         self._unparsed += data
         self._feed()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.handshake_initiated and not self.close_sent:
+            # For send_text_now; the endpoint takes it out of the scope at once.
+            extensions = cast(dict[str, Any], self.scope["extensions"])
+            extensions[PROTOCOL_EXTENSION] = self
+
+    def send_text_now(self, data: str) -> bool:
+        """Write a text frame now if the connection takes it without waiting; else False.
+
+        Through ASGI, each frame costs a message dict, Starlette's checks and three
+        coroutines, and a tab's writer a task; a broadcast's frames almost always go to
+        connections whose buffers are empty (measured in docs/performance.md). A paused
+        transport (its buffer above the high-water mark) or a closing connection says False,
+        and the caller queues the frame for its writer, which awaits send().
+        """
+        if (
+            not self.writable.is_set()
+            or self.close_sent
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        self.conn.send_text(data.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     async def send(self, message: Any) -> None:
         await super().send(message)

@@ -66,6 +66,10 @@ class Transport(Protocol):
 
     async def send_text(self, data: str) -> None: ...
 
+    def send_now(self, data: str) -> bool:
+        """Write ``data`` at once if the connection takes it without waiting; else False."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -159,7 +163,14 @@ class Tab:
         self.outbox.close(code, reason, last, drop=drop)
 
     def _wake(self) -> None:
-        if self.writer is None and self.greeted and not self.gone:
+        if self.writer is not None or not self.greeted or self.gone:
+            return
+        # What the connection takes without waiting is written now, in order: no task, no
+        # await. The rest, and the close, go to a writer task.
+        outbox = self.outbox
+        while (frame := outbox.peek()) is not None and self.transport.send_now(frame):
+            outbox.take()
+        if len(outbox) or outbox.closing:
             self.writer = self._loop.create_task(self._write())
 
     async def _write(self) -> None:

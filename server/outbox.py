@@ -87,6 +87,10 @@ class Outbox:
         self._close = Close(code, reason)
         self._on_ready()
 
+    def peek(self) -> str | None:
+        """Return the next frame without taking it, or None if no frame is queued."""
+        return self._frames[0][1] if self._frames else None
+
     def take(self) -> str | Close | None:
         """Return the next frame, else the close once every frame is out, else None."""
         if self._frames:

@@ -55,6 +55,9 @@ class RecordingTransport:
     async def send_text(self, data: str) -> None:
         self.frames.append(json.loads(data))
 
+    def send_now(self, data: str) -> bool:
+        return False  # every frame through the hub's writer task (test_hub's takes them all)
+
     async def close(self, code: int, reason: str) -> None:
         self.closed = code
 
