@@ -15,7 +15,7 @@
  * @typedef {{version: number, active: number|null, platforms: PlatformView[]}} StateView
  * @typedef {{id: number, name: string}} UserInfo
  * @typedef {{expires_at: string}} SessionInfo
- * @typedef {{kind: "switch"|"resync", tab: string|null, request: string}} Cause
+ * @typedef {{kind: "switch"|"platforms"|"resync", tab: string|null, request: string}} Cause
  * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"} RejectReason
  * @typedef {"logout"|"expired"|"revoked"} SessionEndReason
  * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"} ErrorCode

@@ -9,7 +9,7 @@ import gc
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,22 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import __version__, backplane, sessions
+from server import __version__, backplane, platforms, sessions
 from server.db import Clock, Database, utcnow
-from server.errors import AuthenticationError, BadMessage, StoreUnavailable
+from server.errors import AuthenticationError, BadMessage, PlatformRefused, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
+    Cause,
     CloseCode,
     ErrorBody,
     ErrorCode,
     LoginRequest,
+    PlatformCreate,
+    PlatformList,
+    PlatformUpdate,
     Rejected,
     RejectReason,
     SessionEndReason,
@@ -143,6 +147,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         Route("/api/session/extend", _extend, methods=["POST"]),
         Route("/api/state", _state),
         Route("/api/switch", _switch, methods=["POST"]),
+        Route("/api/platforms", _platforms_list, methods=["GET"]),
+        Route("/api/platforms", _platforms_add, methods=["POST"]),
+        Route("/api/platforms/{platform:int}", _platforms_change, methods=["PATCH"]),
+        Route("/api/platforms/{platform:int}", _platforms_remove, methods=["DELETE"]),
         # Under uvicorn_config, _FrontDoor serves /ws before Starlette sees it; the route
         # keeps the app whole under any other ASGI server.
         WebSocketRoute("/ws", _websocket),
@@ -176,7 +184,10 @@ class _FrontDoor:
 def _deliver(hub: Hub, event: backplane.Event) -> None:
     """Hand an event another process committed to this process's tabs."""
     if isinstance(event, backplane.StateChanged):
-        hub.advance(event.user, event.version, event.active, event.cause)
+        if event.cause.kind == "platforms":
+            hub.reload(event.user, event.version)
+        else:
+            hub.advance(event.user, event.version, event.active, event.cause)
     else:
         for session_id in event.sessions:
             hub.end_session(session_id, event.reason)
@@ -390,6 +401,70 @@ async def _switch(request: Request) -> Response:
     if isinstance(reply, Rejected):
         return _json(_REJECT_STATUS[reply.reason], reply)
     return _json(200, reply)
+
+
+# Platform management (server/platforms.py): every change reaches the user's tabs.
+
+
+async def _platforms_list(request: Request) -> Response:
+    database: Database = request.state.database
+    try:
+        login = await sessions.authenticate(database, _token(request))
+        listed = await platforms.listing(database, login.user_id)
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    return _json(200, listed)
+
+
+async def _platforms_add(request: Request) -> Response:
+    async def work(database: Database, user_id: int) -> PlatformList:
+        body = decode_body(await request.body(), PlatformCreate)
+        return await platforms.add(database, user_id, body)
+
+    return await _platform_change(request, work, created=True)
+
+
+async def _platforms_change(request: Request) -> Response:
+    async def work(database: Database, user_id: int) -> PlatformList:
+        body = decode_body(await request.body(), PlatformUpdate)
+        return await platforms.change(database, user_id, request.path_params["platform"], body)
+
+    return await _platform_change(request, work)
+
+
+async def _platforms_remove(request: Request) -> Response:
+    async def work(database: Database, user_id: int) -> PlatformList:
+        return await platforms.remove(database, user_id, request.path_params["platform"])
+
+    return await _platform_change(request, work)
+
+
+async def _platform_change(
+    request: Request,
+    work: Callable[[Database, int], Awaitable[PlatformList]],
+    *,
+    created: bool = False,
+) -> Response:
+    if not _origin_allowed(request):
+        return _forbidden_origin()
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    try:
+        login = await sessions.authenticate(database, _token(request))
+        changed = await work(database, login.user_id)
+    except AuthenticationError as error:
+        return _unauthenticated(error)
+    except BadMessage as error:
+        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+    except PlatformRefused as error:
+        code = ErrorCode(error.code)
+        return _error(404 if code is ErrorCode.UNKNOWN_PLATFORM else 409, code, str(error))
+    except StoreUnavailable as error:
+        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+    hub.publish(login.user_id, changed.state, Cause(kind="platforms", tab=None, request=""))
+    return _json(201 if created else 200, changed)
 
 
 # The WebSocket endpoint.

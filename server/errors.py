@@ -6,6 +6,7 @@ __all__ = [
     "AuthenticationError",
     "BadMessage",
     "HubError",
+    "PlatformRefused",
     "StoreUnavailable",
     "UsageError",
 ]
@@ -33,3 +34,11 @@ class AuthenticationError(HubError):
 
 class UsageError(HubError):
     """A command-line or administrative request cannot be carried out as asked."""
+
+
+class PlatformRefused(HubError):
+    """A platform change would break a rule (the last active platform, a duplicate name)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -187,11 +187,15 @@ class Tab:
 
 
 class _Room:
-    __slots__ = ("state", "tabs")
+    __slots__ = ("reload_until", "reloading", "state", "tabs")
 
     def __init__(self) -> None:
         self.tabs: dict[str, Tab] = {}
         self.state: StateView | None = None
+        # While another process's platform change is read anew (Hub.reload): the task, and
+        # the highest version notified meanwhile, which the read must reach.
+        self.reloading: asyncio.Task[None] | None = None
+        self.reload_until = 0
 
 
 class Hub:
@@ -423,12 +427,48 @@ class Hub:
         already published here (notifications arrive in commit order; a newer one follows).
         """
         room = self._rooms.get(user_id)
+        if room is not None and room.reloading is not None:
+            # Its platforms are being read anew: the read covers this version, or reads again.
+            room.reload_until = max(room.reload_until, version)
+            return
         if room is None or room.state is None or version < room.state.version:
             return
         state = room.state
         if version > state.version:
             state = StateView(version=version, active=active, platforms=state.platforms)
         self.publish(user_id, state, cause)
+
+    def reload(self, user_id: int, version: int) -> None:
+        """Read anew and publish the state of a user whose platforms another process changed
+        (at ``version``); the notification names no platforms, so the cache cannot serve."""
+        room = self._rooms.get(user_id)
+        if room is None:
+            return
+        room.reload_until = max(room.reload_until, version)
+        if room.reloading is None:
+            room.reloading = asyncio.get_running_loop().create_task(
+                self._reload(user_id, room), name=f"reload-{user_id}"
+            )
+
+    async def _reload(self, user_id: int, room: _Room) -> None:
+        try:
+            for attempt in range(20):
+                wanted = room.reload_until
+                try:
+                    state = await self.store.load_state(user_id)
+                except StoreUnavailable as error:
+                    # The listener's resync after the outage covers it if this gives up.
+                    logger.warning("reloading user %s: %s", user_id, error)
+                    await asyncio.sleep(0.1 * 2 ** min(attempt, 4))
+                    continue
+                if self._rooms.get(user_id) is not room:
+                    return
+                if room.state is None or state.version >= room.state.version:
+                    self.publish(user_id, state, Cause(kind="platforms", tab=None, request=""))
+                if state.version >= max(wanted, room.reload_until):
+                    return
+        finally:
+            room.reloading = None
 
     async def resync(self) -> None:
         """Read the state of every user with tabs here and publish it, unless older than what
@@ -489,6 +529,10 @@ class Hub:
 
     async def close(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every tab with ``code`` and wait briefly for the closes to go out."""
+        reloads = [r.reloading for r in self._rooms.values() if r.reloading is not None]
+        for task in reloads:
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
         tabs = self.tabs()
         for tab in tabs:
             tab.close(code, "hub shutting down")

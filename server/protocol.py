@@ -38,6 +38,10 @@ __all__ = [
     "UserInfo",
     "ErrorBody",
     "LoginRequest",
+    "PlatformCreate",
+    "PlatformDetail",
+    "PlatformList",
+    "PlatformUpdate",
     "SessionView",
     "StateResponse",
     "SwitchRequest",
@@ -98,6 +102,12 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN_ORIGIN = "forbidden_origin"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
+    # A platform change refused (server/platforms.py).
+    UNKNOWN_PLATFORM = "unknown_platform"
+    INACTIVE_PLATFORM = "inactive_platform"
+    LAST_ACTIVE_PLATFORM = "last_active_platform"
+    NAME_TAKEN = "name_taken"
+    ACCOUNT_TAKEN = "account_taken"
 
 
 class SessionEndReason(enum.StrEnum):
@@ -151,9 +161,9 @@ class SessionInfo(_Frozen, frozen=True):
 class Cause(_Frozen, frozen=True):
     """What produced a state broadcast: a switch, or a resync after lost notifications."""
 
-    kind: Literal["switch", "resync"]
+    kind: Literal["switch", "platforms", "resync"]
     tab: str | None
-    request: str  # "" for a resync
+    request: str  # "" for a platform change and a resync
 
 
 # From a tab.
@@ -251,6 +261,52 @@ class SwitchRequest(_Frozen, frozen=True):
     id: RequestId
     platform: PlatformId
     base: Version
+
+
+PlatformName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+PlatformKind = Literal["pixelfed", "mastodon"]
+InstanceUrl = Annotated[
+    str, msgspec.Meta(min_length=8, max_length=500, pattern=r"^https?://[^\s/]+[^\s]*$")
+]
+AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class PlatformCreate(_Frozen, frozen=True):
+    """Body of ``POST /api/platforms``: connect a platform account."""
+
+    name: PlatformName
+    kind: PlatformKind
+    instance_url: InstanceUrl
+    username: AccountName
+    is_default: bool = False
+
+
+class PlatformUpdate(_Frozen, frozen=True):
+    """Body of ``PATCH /api/platforms/{id}``: rename, (de)activate, or make it the default."""
+
+    name: PlatformName | None = None
+    is_active: bool | None = None
+    # Only true: a default is replaced by making another one the default.
+    is_default: Literal[True] | None = None
+
+
+class PlatformDetail(_Frozen, frozen=True):
+    """One of the user's platforms, active or not, for managing them."""
+
+    id: int
+    name: str
+    kind: str
+    instance_url: str
+    username: str
+    is_active: bool
+    is_default: bool
+
+
+class PlatformList(_Frozen, frozen=True):
+    """Body of the platform endpoints: every platform, and the state tabs now see."""
+
+    platforms: tuple[PlatformDetail, ...]
+    state: StateView
 
 
 class SessionView(_Frozen, frozen=True):

@@ -50,6 +50,7 @@ __all__ = [
     "add_platform",
     "add_user",
     "effective_active",
+    "read_state",
     "seed_demo",
 ]
 
@@ -80,10 +81,7 @@ class SqlStore:
         """Read a user's state."""
 
         def work(connection: Connection) -> StateView:
-            states = _read_states(connection, [user_id])
-            platforms = _read_platforms(connection, [user_id])
-            version, stored = states.get(user_id, (0, None))
-            return platforms.get(user_id, _NO_PLATFORMS).state(version, stored)
+            return read_state(connection, user_id)[2]
 
         return await self.database.read_sync(work)
 
@@ -347,6 +345,16 @@ _MOVE = update(_states).where(
 _USED = update(_platforms).where(_platforms.c.id == bindparam("b_id"))
 _LOG = insert(_log)
 _TOUCH = update(_sessions).where(_sessions.c.id == bindparam("b_id"))
+
+
+def read_state(
+    connection: Connection, user_id: int, *, lock: bool = False
+) -> tuple[int, int | None, StateView]:
+    """Read a user's version, stored active choice and the state tabs see, in the open
+    transaction; ``lock`` takes the state row as a switch batch does (server/platforms.py)."""
+    version, stored = _read_states(connection, [user_id], lock=lock).get(user_id, (0, None))
+    platforms = _read_platforms(connection, [user_id]).get(user_id, _NO_PLATFORMS)
+    return version, stored, platforms.state(version, stored)
 
 
 def _read_states(

@@ -416,3 +416,50 @@ async def test_coming_back_online_or_visible_reconnects_at_once(
         )
     await expect(tab.locator("#status")).to_have_text("Live", timeout=WITHIN_MS)
     assert len(sockets) == 2
+
+
+async def test_the_demo_page_manages_platforms_and_every_tab_follows(
+    running: RunningHub, devices: Any
+) -> None:
+    """Connect a platform through the page's form, make it the default, deactivate the active
+    one: the other tab's choices follow each change, the active choice moves to the default,
+    and deleting the last active platform is refused with the hub's sentence."""
+    device = await devices(running)
+    await device.log_in("bob")
+    page, other = await device.open_tab(), await device.open_tab()
+    start = await state(page)
+    assert [p["name"] for p in start["platforms"]] == ["Mastodon", "Pixelfed"]
+    await page.bring_to_front()
+    await page.click("#manage summary")
+    await expect(page.locator(".managed-row")).to_have_count(2, timeout=WITHIN_MS)
+    await page.fill("#new-name", "Photos")
+    await page.select_option("#new-kind", "pixelfed")
+    await page.fill("#new-url", "https://pixey.org")
+    await page.fill("#new-username", "bob_art")
+    await page.check("#new-default")
+    await page.click("#add-button")
+    for tab in (page, other):
+        await expect(tab.locator(".platform .name")).to_have_text(
+            ["Mastodon", "Pixelfed", "Photos"], timeout=WITHIN_MS
+        )
+    await expect(page.locator(".managed-row")).to_have_count(3, timeout=WITHIN_MS)
+    photos = next(p["id"] for p in (await state(other))["platforms"] if p["name"] == "Photos")
+
+    # Deactivate the active platform (Mastodon): both tabs move to the default, Photos.
+    active_row = page.locator(f'.managed-row[data-id="{start["active"]}"]')
+    await active_row.locator('button[data-action="off"]').click()
+    for tab in (page, other):
+        await shows(tab, 2, photos)
+        await expect(tab.locator(".platform .name")).to_have_text(["Pixelfed", "Photos"])
+
+    # Deleting down to the last active platform: the last delete is refused, nothing changes.
+    pixelfed = next(p["id"] for p in (await state(page))["platforms"] if p["name"] == "Pixelfed")
+    await page.locator(f'.managed-row[data-id="{pixelfed}"] button[data-action="delete"]').click()
+    await shows(other, 3, photos)
+    await page.locator(f'.managed-row[data-id="{photos}"] button[data-action="delete"]').click()
+    await expect(page.locator("#message")).to_have_text(
+        re.compile("last active platform"), timeout=WITHIN_MS
+    )
+    bob = (await page.evaluate("window.hub.user"))["id"]
+    stored = await running.hub.store.load_state(bob)
+    assert (stored.version, stored.active, len(stored.platforms)) == (3, photos, 1)

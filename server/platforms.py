@@ -1,0 +1,229 @@
+"""Platform management: add, rename, deactivate, reactivate, make default, delete.
+
+Each change is one write transaction that also moves the user's version, so it reaches every
+tab as a state, in version order with the switches: it locks the user's state row first, as
+a switch batch does (SQLite has one writer anyway), so a switch racing a change is decided
+either wholly before it or wholly after it. The rules, checked inside that transaction:
+
+- names are unique per user, and so are accounts (instance URL and username);
+- the last active platform can be neither deactivated nor deleted;
+- among the active platforms exactly one is the default: deactivating or deleting the
+  default makes the first remaining active one the default;
+- when the active choice is deactivated or deleted, it moves to the default platform.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+
+from server import backplane
+from server.backplane import StateChanged
+from server.db import Database, PlatformRow, PlatformStateRow
+from server.errors import PlatformRefused
+from server.protocol import (
+    Cause,
+    ErrorCode,
+    PlatformCreate,
+    PlatformDetail,
+    PlatformList,
+    PlatformUpdate,
+)
+from server.store import read_state
+
+__all__ = ["add", "change", "listing", "remove"]
+
+_platforms = cast(Table, PlatformRow.__table__)
+_states = cast(Table, PlatformStateRow.__table__)
+_CAUSE = Cause(kind="platforms", tab=None, request="")
+
+
+async def listing(database: Database, user_id: int) -> PlatformList:
+    """Return every platform of a user, active or not, and the state tabs see."""
+
+    def work(connection: Connection) -> PlatformList:
+        _, _, state = read_state(connection, user_id)
+        return PlatformList(platforms=tuple(_details(connection, user_id)), state=state)
+
+    return await database.read_sync(work)
+
+
+async def add(database: Database, user_id: int, new: PlatformCreate) -> PlatformList:
+    """Connect a platform account; the first one, or one asked to be, becomes the default."""
+
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+        _check_unique(rows, new.name, (new.instance_url, new.username))
+        if new.is_default:
+            _clear_default(connection, user_id, now)
+        connection.execute(
+            insert(_platforms).values(
+                user_id=user_id,
+                name=new.name,
+                kind=new.kind,
+                instance_url=new.instance_url,
+                username=new.username,
+                is_active=True,
+                is_default=new.is_default,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    return await _apply(database, user_id, mutate)
+
+
+async def change(
+    database: Database, user_id: int, platform_id: int, edit: PlatformUpdate
+) -> PlatformList:
+    """Rename a platform, deactivate or reactivate it, or make it the default."""
+
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+        target = _find(rows, platform_id)
+        values: dict[str, Any] = {}
+        if edit.name is not None and edit.name != target.name:
+            _check_unique([r for r in rows if r.id != platform_id], edit.name, None)
+            values["name"] = edit.name
+        active = target.is_active if edit.is_active is None else edit.is_active
+        if target.is_active and not active:
+            _check_not_last_active(rows, target)
+        if active != target.is_active:
+            values["is_active"] = active
+        if edit.is_default and not target.is_default:
+            if not active:
+                raise PlatformRefused(
+                    ErrorCode.INACTIVE_PLATFORM,
+                    f"{target.name} is deactivated; reactivate it to make it the default.",
+                )
+            _clear_default(connection, user_id, now)
+            values["is_default"] = True
+        if values:
+            connection.execute(
+                update(_platforms)
+                .where(_platforms.c.id == platform_id)
+                .values(updated_at=now, **values)
+            )
+
+    return await _apply(database, user_id, mutate)
+
+
+async def remove(database: Database, user_id: int, platform_id: int) -> PlatformList:
+    """Delete a platform connection (the hub keeps no credentials to forget)."""
+
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+        target = _find(rows, platform_id)
+        if target.is_active:
+            _check_not_last_active(rows, target)
+        connection.execute(delete(_platforms).where(_platforms.c.id == platform_id))
+
+    return await _apply(database, user_id, mutate)
+
+
+_Mutation = Callable[[Connection, list[PlatformDetail], dt.datetime], None]
+
+
+async def _apply(database: Database, user_id: int, mutate: _Mutation) -> PlatformList:
+    now = database.clock()
+    origin = database.origin
+
+    def work(connection: Connection) -> PlatformList:
+        # The state row first, locked (FOR UPDATE on PostgreSQL), as a switch batch takes it:
+        # this change and any switch of the user are decided one after the other.
+        version, _, before = read_state(connection, user_id, lock=True)
+        mutate(connection, _details(connection, user_id), now)
+        rows = _normalize_default(connection, user_id, now)
+        active_ids = [r.id for r in rows if r.is_active]
+        default = next((r.id for r in rows if r.is_active and r.is_default), None)
+        active = before.active if before.active in active_ids else default
+        moved = connection.execute(
+            update(_states)
+            .where(_states.c.user_id == user_id, _states.c.version == version)
+            .values(version=version + 1, active_platform_id=active, updated_at=now)
+        )
+        if moved.rowcount != 1:
+            raise RuntimeError(f"version arbiter: user {user_id} has no state row at {version}")
+        _, _, state = read_state(connection, user_id)
+        event = StateChanged(user=user_id, version=state.version, active=state.active, cause=_CAUSE)
+        backplane.stage(connection, origin, [event])
+        return PlatformList(platforms=tuple(rows), state=state)
+
+    return await database.write_sync(work)
+
+
+def _details(connection: Connection, user_id: int) -> list[PlatformDetail]:
+    rows = connection.execute(
+        select(
+            _platforms.c.id,
+            _platforms.c.name,
+            _platforms.c.kind,
+            _platforms.c.instance_url,
+            _platforms.c.username,
+            _platforms.c.is_active,
+            _platforms.c.is_default,
+        )
+        .where(_platforms.c.user_id == user_id)
+        .order_by(_platforms.c.id)
+    )
+    return [PlatformDetail(*row) for row in rows]
+
+
+def _normalize_default(
+    connection: Connection, user_id: int, now: dt.datetime
+) -> list[PlatformDetail]:
+    """Leave exactly one default among the active platforms (none if none is active)."""
+    rows = _details(connection, user_id)
+    active = [r for r in rows if r.is_active]
+    defaults = [r for r in active if r.is_default]
+    stray = [r.id for r in rows if r.is_default and not r.is_active] + [r.id for r in defaults[1:]]
+    wanted = defaults[0].id if defaults else (active[0].id if active else None)
+    if not stray and (wanted is None or defaults):
+        return rows
+    if stray:
+        connection.execute(
+            update(_platforms)
+            .where(_platforms.c.id.in_(stray))
+            .values(is_default=False, updated_at=now)
+        )
+    if wanted is not None and not defaults:
+        connection.execute(
+            update(_platforms)
+            .where(_platforms.c.id == wanted)
+            .values(is_default=True, updated_at=now)
+        )
+    return _details(connection, user_id)
+
+
+def _clear_default(connection: Connection, user_id: int, now: dt.datetime) -> None:
+    connection.execute(
+        update(_platforms)
+        .where(_platforms.c.user_id == user_id, _platforms.c.is_default)
+        .values(is_default=False, updated_at=now)
+    )
+
+
+def _find(rows: list[PlatformDetail], platform_id: int) -> PlatformDetail:
+    # Another user's platform and a missing one get the same answer.
+    for row in rows:
+        if row.id == platform_id:
+            return row
+    raise PlatformRefused(ErrorCode.UNKNOWN_PLATFORM, "You have no such platform.")
+
+
+def _check_unique(rows: list[PlatformDetail], name: str, account: tuple[str, str] | None) -> None:
+    if any(r.name == name for r in rows):
+        raise PlatformRefused(ErrorCode.NAME_TAKEN, f"You already have a platform named {name!r}.")
+    if account is not None and any((r.instance_url, r.username) == account for r in rows):
+        raise PlatformRefused(
+            ErrorCode.ACCOUNT_TAKEN,
+            f"@{account[1]} on {account[0]} is connected already.",
+        )
+
+
+def _check_not_last_active(rows: list[PlatformDetail], target: PlatformDetail) -> None:
+    if not any(r.is_active and r.id != target.id for r in rows):
+        raise PlatformRefused(
+            ErrorCode.LAST_ACTIVE_PLATFORM,
+            f"{target.name} is your last active platform; connect another one first.",
+        )
