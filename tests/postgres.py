@@ -7,15 +7,17 @@ except under CI (``CI=true``), where they fail: CI must run them (scripts/ensure
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-__all__ = ["BASE_URL", "fresh_database", "require_postgres"]
+__all__ = ["BASE_URL", "Relay", "fresh_database", "require_postgres"]
 
 BASE_URL = os.environ.get(
     "HUB_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -56,3 +58,57 @@ async def fresh_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+class Relay:
+    """A TCP relay in front of PostgreSQL that a test can take down and bring back.
+
+    Down, it is what a stopped server looks like from the hub: every connection is cut and
+    new ones are refused (nothing listens on the port). Up again, it listens on the same port.
+    """
+
+    def __init__(self) -> None:
+        self._target = ("127.0.0.1", 5432)
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self, url: str) -> str:
+        """Relay to the server of ``url``; return the same database's URL through the relay."""
+        parts = urlsplit(_dsn(url))
+        host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+        self._target = (host, port)
+        await self.up()
+        return url.replace(f"@{host}:{port}/", f"@127.0.0.1:{self.port}/", 1)
+
+    async def up(self) -> None:
+        """Listen (on the same port as before, if there was one) and relay."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        """Stop listening and cut every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._links |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self._links -= {writer, upstream_writer}

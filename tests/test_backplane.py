@@ -34,7 +34,7 @@ from tests.load import (
     record_facts,
     wait_until,
 )
-from tests.postgres import BASE_URL, fresh_database
+from tests.postgres import BASE_URL, Relay, fresh_database
 
 CONVERGE_WITHIN_S = 5.0
 
@@ -67,10 +67,13 @@ def process_settings(url: str, **overrides: object) -> Settings:
 
 @contextlib.asynccontextmanager
 async def processes(
-    tmp_path: Path, users: int, count: int = 3, **overrides: object
+    tmp_path: Path, users: int, count: int = 3, relay: Relay | None = None, **overrides: object
 ) -> AsyncIterator[tuple[Settings, Population, list[HubProcess]]]:
-    """``count`` hub processes on one fresh PostgreSQL database with ``users`` users."""
+    """``count`` hub processes on one fresh PostgreSQL database with ``users`` users,
+    connected to it through ``relay`` if given."""
     async with fresh_database() as url:
+        if relay is not None:
+            url = await relay.start(url)
         settings = process_settings(url, **overrides)
         population = await populate(settings, users)
         hubs: list[HubProcess] = []
@@ -81,6 +84,8 @@ async def processes(
         finally:
             for hub in hubs:
                 hub.stop()
+            if relay is not None:
+                await relay.down()
 
 
 async def check_history(load: Load, settings: Settings) -> str:
@@ -156,6 +161,52 @@ async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path
         assert other.close_code == 4001
 
 
+async def test_a_platform_change_through_one_process_reaches_the_tabs_on_the_other(
+    tmp_path: Path,
+) -> None:
+    """A platform added through A, then a switch to it through A at once: the tab on B gets
+    the new platform list (B reads it anew: notifications carry no platforms) and then the
+    switch, in version order, and ends on the stored state."""
+    async with processes(tmp_path, users=1, count=2) as (_, population, hubs):
+        token = population.tokens[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        watcher = await connect(
+            f"ws://127.0.0.1:{hubs[1].port}/ws?tab=b", additional_headers=headers
+        )
+        switcher = await connect(
+            f"ws://127.0.0.1:{hubs[0].port}/ws?tab=a", additional_headers=headers
+        )
+        try:
+            await watcher.recv()
+            await switcher.recv()
+            new = {
+                "name": "Photos",
+                "kind": "pixelfed",
+                "instance_url": "https://pixey.org",
+                "username": "someone",
+            }
+            async with httpx.AsyncClient(base_url=hubs[0].url, headers=headers) as http:
+                added = await http.post("/api/platforms", json=new)
+            assert added.status_code == 201, added.text
+            body = added.json()
+            photos = next(p["id"] for p in body["platforms"] if p["name"] == "Photos")
+            version = body["state"]["version"]
+            message = {"type": "switch", "id": "p1", "platform": photos, "base": version}
+            await switcher.send(json.dumps(message))
+            seen = []
+            async with asyncio.timeout(CONVERGE_WITHIN_S):
+                while not seen or seen[-1]["version"] < version + 1:
+                    received = json.loads(await watcher.recv())
+                    if received["type"] == "state":
+                        seen.append(received["state"])
+            assert [s["version"] for s in seen] == sorted({s["version"] for s in seen})
+            assert seen[-1]["active"] == photos
+            assert "Photos" in [p["name"] for p in seen[-1]["platforms"]]
+        finally:
+            await watcher.close()
+            await switcher.close()
+
+
 async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path: Path) -> None:
     """pg_terminate_backend on one process's listening connection mid-load: it reconnects,
     resyncs, and every tab still converges; the history holds."""
@@ -218,36 +269,72 @@ async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> 
             assert (await hub.health())["connections_checked_out"] == 0
 
 
-async def test_a_database_that_refuses_connections_costs_unavailable_then_recovers(
-    tmp_path: Path,
+class _Refusal:
+    """PostgreSQL refuses the hub's database: ALLOW_CONNECTIONS false, its backends cut."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._name = settings.database_url.rsplit("/", 1)[1]
+        self._admin: asyncpg.Connection | None = None
+
+    async def begin(self) -> None:
+        self._admin = await asyncpg.connect(BASE_URL.replace("+asyncpg", ""))
+        await self._admin.execute(f'ALTER DATABASE "{self._name}" ALLOW_CONNECTIONS false')
+        await self._admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            self._name,
+        )
+
+    async def end(self) -> None:
+        if self._admin is not None:
+            await self._admin.execute(f'ALTER DATABASE "{self._name}" ALLOW_CONNECTIONS true')
+            await self._admin.close()
+            self._admin = None
+
+
+class _Outage:
+    """The server is gone, as when it is stopped: its port refuses, its connections are cut."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    async def begin(self) -> None:
+        await self._relay.down()
+
+    async def end(self) -> None:
+        await self._relay.up()
+
+
+@pytest.mark.parametrize("fault", ["refused", "down"])
+async def test_a_database_fault_costs_unavailable_then_everything_recovers(
+    tmp_path: Path, fault: str
 ) -> None:
-    """PostgreSQL refuses the hub's database for 2 s, its connections cut: switches are
-    answered `unavailable` (nothing applied), tabs stay connected, and once it is back
-    switches are accepted again and every tab converges, without a restart."""
-    async with processes(tmp_path, users=10, count=2) as (settings, population, hubs):
-        name = settings.database_url.rsplit("/", 1)[1]
+    """For 2 s PostgreSQL refuses the hub's database (its connections cut), or is down (a
+    relay in front of it cut and closed): switches are answered `unavailable` (nothing
+    applied), tabs stay connected, and once it is back switches are accepted again and every
+    tab converges, without a restart."""
+    relay = Relay()
+    async with processes(tmp_path, users=10, count=2, relay=relay) as (
+        settings,
+        population,
+        hubs,
+    ):
+        injected = _Refusal(settings) if fault == "refused" else _Outage(relay)
         load = Load(population, tabs_per_user=2)
-        admin = await asyncpg.connect(BASE_URL.replace("+asyncpg", ""))
         try:
             await load.connect_all([hub.port for hub in hubs])
             before = await load.run(100, stale_share=0.0)
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                name,
-            )
+            await injected.begin()
             during = await load.run(60, stale_share=0.0)
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await injected.end()
             await asyncio.sleep(2.5)  # the listeners' backoff tops out at 2 s
             after = await load.run(100, stale_share=0.0)
             took = await converge(load, settings, CONVERGE_WITHIN_S)
         finally:
-            with contextlib.suppress(asyncpg.PostgresError):
-                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await admin.close()
+            with contextlib.suppress(asyncpg.PostgresError, OSError):
+                await injected.end()
             await load.close()
         summary = await check_history(load, settings)
-        print(f"\nrefused: before {before}, during {during}, after {after}; {summary}")
+        print(f"\n{fault}: before {before}, during {during}, after {after}; {summary}")
         assert during.get("rejected:unavailable", 0) > 0
         assert set(during) <= {"rejected:unavailable", "switched", "rejected:stale"}
         assert after.get("switched", 0) > 0 and "rejected:unavailable" not in after
