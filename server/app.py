@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import __version__, backplane, platforms, sessions
+from server import __version__, backplane, host, platforms, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, PlatformRefused, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
@@ -31,7 +31,6 @@ from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
     Cause,
     CloseCode,
-    ErrorBody,
     ErrorCode,
     LoginRequest,
     PlatformCreate,
@@ -49,6 +48,7 @@ from server.protocol import (
     decode_body,
     encode,
 )
+from server.responses import error_response, json_response, refused_response
 from server.sessions import LoginSession, format_time
 from server.settings import Settings
 from server.store import SqlStore
@@ -155,6 +155,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         # keeps the app whole under any other ASGI server.
         WebSocketRoute("/ws", _websocket),
         Mount("/client", StaticFiles(directory=CLIENT_DIR), name="client"),
+        *host.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -295,12 +296,12 @@ async def _login(request: Request) -> Response:
             ip=request.client.host if request.client else None,
         )
     except BadMessage as error:
-        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     except AuthenticationError as error:
-        return _error(401, ErrorCode.INVALID_CREDENTIALS, str(error))
+        return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
-    response = _json(200, _session_view(login))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    response = json_response(200, _session_view(login))
     settings: Settings = request.state.settings
     response.set_cookie(
         COOKIE,
@@ -337,9 +338,9 @@ async def _end_sessions(request: Request, *, everywhere: bool) -> Response:
     except AuthenticationError as error:
         return _unauthenticated(error)
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     tabs = sum(hub.end_session(session_id, SessionEndReason.LOGOUT) for session_id in ended)
-    response = _json(200, {"sessions": len(ended), "tabs": tabs})
+    response = json_response(200, {"sessions": len(ended), "tabs": tabs})
     response.delete_cookie(COOKIE, path="/")
     return response
 
@@ -355,11 +356,11 @@ async def _extend(request: Request) -> Response:
     except AuthenticationError as error:
         return _unauthenticated(error)
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     if extended is None:
         return _unauthenticated(AuthenticationError("expired", "The session ended meanwhile."))
     hub.extend_session(extended.id, format_time(extended.expires_at))
-    return _json(200, _session_view(extended))
+    return json_response(200, _session_view(extended))
 
 
 async def _state(request: Request) -> Response:
@@ -371,13 +372,13 @@ async def _state(request: Request) -> Response:
     except AuthenticationError as error:
         return _unauthenticated(error)
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     body = StateResponse(
         user=UserInfo(id=login.user_id, name=login.user_name),
         state=state,
         session=SessionInfo(expires_at=format_time(login.expires_at)),
     )
-    return _json(200, body)
+    return json_response(200, body)
 
 
 async def _switch(request: Request) -> Response:
@@ -391,16 +392,16 @@ async def _switch(request: Request) -> Response:
     except AuthenticationError as error:
         return _unauthenticated(error)
     except BadMessage as error:
-        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     request_ = Switch(id=body.id, platform=body.platform, base=body.base)
     reply = await hub.switch(login.user_id, login.id, request_)
     if reply is None:
         return _unauthenticated(AuthenticationError("expired", "The session ended."))
     if isinstance(reply, Rejected):
-        return _json(_REJECT_STATUS[reply.reason], reply)
-    return _json(200, reply)
+        return json_response(_REJECT_STATUS[reply.reason], reply)
+    return json_response(200, reply)
 
 
 # Platform management (server/platforms.py): every change reaches the user's tabs.
@@ -414,8 +415,8 @@ async def _platforms_list(request: Request) -> Response:
     except AuthenticationError as error:
         return _unauthenticated(error)
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
-    return _json(200, listed)
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    return json_response(200, listed)
 
 
 async def _platforms_add(request: Request) -> Response:
@@ -457,14 +458,13 @@ async def _platform_change(
     except AuthenticationError as error:
         return _unauthenticated(error)
     except BadMessage as error:
-        return _error(422, ErrorCode.BAD_REQUEST, str(error))
+        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     except PlatformRefused as error:
-        code = ErrorCode(error.code)
-        return _error(404 if code is ErrorCode.UNKNOWN_PLATFORM else 409, code, str(error))
+        return refused_response(error)
     except StoreUnavailable as error:
-        return _error(503, ErrorCode.UNAVAILABLE, str(error))
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     hub.publish(login.user_id, changed.state, Cause(kind="platforms", tab=None, request=""))
-    return _json(201 if created else 200, changed)
+    return json_response(201 if created else 200, changed)
 
 
 # The WebSocket endpoint.
@@ -512,7 +512,7 @@ async def _websocket(websocket: WebSocket) -> None:
     tab_id = websocket.query_params.get("tab") or secrets.token_urlsafe(12)
     if not _TAB_ID.fullmatch(tab_id):
         problem = "The tab id must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -."
-        await websocket.send_denial_response(_error(400, ErrorCode.BAD_REQUEST, problem))
+        await websocket.send_denial_response(error_response(400, ErrorCode.BAD_REQUEST, problem))
         return
     try:
         login = await sessions.authenticate(database, _token(websocket))
@@ -520,7 +520,7 @@ async def _websocket(websocket: WebSocket) -> None:
         await websocket.send_denial_response(_unauthenticated(error))
         return
     except StoreUnavailable as error:
-        await websocket.send_denial_response(_error(503, ErrorCode.UNAVAILABLE, str(error)))
+        await websocket.send_denial_response(error_response(503, ErrorCode.UNAVAILABLE, str(error)))
         return
 
     if (wait := hub.cooldown(login.id)) > 0:
@@ -595,19 +595,11 @@ def _session_view(login: LoginSession) -> SessionView:
     )
 
 
-def _json(status: int, body: Any) -> Response:
-    return Response(encode(body), status_code=status, media_type="application/json")
-
-
-def _error(status: int, code: ErrorCode, message: str, reason: str | None = None) -> Response:
-    return _json(status, ErrorBody(error=code, message=message, reason=reason))
-
-
 def _unauthenticated(error: AuthenticationError) -> Response:
-    response = _error(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
+    response = error_response(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
     response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
     return response
 
 
 def _forbidden_origin() -> Response:
-    return _error(403, ErrorCode.FORBIDDEN_ORIGIN, "This origin may not use the hub.")
+    return error_response(403, ErrorCode.FORBIDDEN_ORIGIN, "This origin may not use the hub.")

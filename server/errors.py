@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadMessage",
+    "HostApiError",
     "HubError",
     "PlatformRefused",
     "StoreUnavailable",
@@ -42,3 +43,11 @@ class PlatformRefused(HubError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class HostApiError(HubError):
+    """The host API refused a call (server/client.py): its status, error code and sentence."""
+
+    def __init__(self, status: int, code: str | None, message: str | None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message

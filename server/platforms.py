@@ -30,11 +30,12 @@ from server.protocol import (
     PlatformCreate,
     PlatformDetail,
     PlatformList,
+    PlatformsMirror,
     PlatformUpdate,
 )
 from server.store import read_state
 
-__all__ = ["add", "change", "listing", "remove"]
+__all__ = ["add", "change", "listing", "mirror", "remove"]
 
 _platforms = cast(Table, PlatformRow.__table__)
 _states = cast(Table, PlatformStateRow.__table__)
@@ -117,6 +118,68 @@ async def remove(database: Database, user_id: int, platform_id: int) -> Platform
         if target.is_active:
             _check_not_last_active(rows, target)
         connection.execute(delete(_platforms).where(_platforms.c.id == platform_id))
+
+    return await _apply(database, user_id, mutate)
+
+
+async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> PlatformList:
+    """Make a user's platforms what the host app says, matched by account; one new version.
+
+    The host app is the source of truth here, so a list without an active platform is
+    accepted: the user then has none, and tabs are told to set one up (``active`` null).
+    """
+    accounts = [(p.instance_url, p.username) for p in wanted.platforms]
+    names = [p.name for p in wanted.platforms]
+    if len(set(accounts)) < len(accounts) or len(set(names)) < len(names):
+        raise PlatformRefused(
+            ErrorCode.NAME_TAKEN, "Each platform's name, and each account, must appear once."
+        )
+    if sum(p.is_default and p.is_active for p in wanted.platforms) > 1:
+        raise PlatformRefused(ErrorCode.BAD_REQUEST, "At most one platform can be the default.")
+
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+        by_account = {(r.instance_url, r.username): r for r in rows}
+        gone = [r.id for r in rows if (r.instance_url, r.username) not in set(accounts)]
+        if gone:
+            connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
+        # Names are unique per user: park the renamed ones first, so a swap cannot collide.
+        kept = [
+            (p, by_account[a])
+            for p, a in zip(wanted.platforms, accounts, strict=True)
+            if a in by_account
+        ]
+        for _, row in kept:
+            connection.execute(
+                update(_platforms).where(_platforms.c.id == row.id).values(name=f"\x00{row.id}")
+            )
+        for platform, row in kept:
+            connection.execute(
+                update(_platforms)
+                .where(_platforms.c.id == row.id)
+                .values(
+                    name=platform.name,
+                    kind=platform.kind,
+                    is_active=platform.is_active,
+                    is_default=platform.is_default and platform.is_active,
+                    updated_at=now,
+                )
+            )
+        for platform, account in zip(wanted.platforms, accounts, strict=True):
+            if account in by_account:
+                continue
+            connection.execute(
+                insert(_platforms).values(
+                    user_id=user_id,
+                    name=platform.name,
+                    kind=platform.kind,
+                    instance_url=platform.instance_url,
+                    username=platform.username,
+                    is_active=platform.is_active,
+                    is_default=platform.is_default and platform.is_active,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
 
     return await _apply(database, user_id, mutate)
 

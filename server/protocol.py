@@ -42,6 +42,14 @@ __all__ = [
     "PlatformDetail",
     "PlatformList",
     "PlatformUpdate",
+    "PlatformsMirror",
+    "SessionDetail",
+    "SessionList",
+    "SessionMint",
+    "SessionMinted",
+    "SessionsRevoked",
+    "UserUpsert",
+    "UserView",
     "SessionView",
     "StateResponse",
     "SwitchRequest",
@@ -108,6 +116,9 @@ class ErrorCode(enum.StrEnum):
     LAST_ACTIVE_PLATFORM = "last_active_platform"
     NAME_TAKEN = "name_taken"
     ACCOUNT_TAKEN = "account_taken"
+    # The host API (server/host.py).
+    UNKNOWN_USER = "unknown_user"
+    UNKNOWN_SESSION = "unknown_session"
 
 
 class SessionEndReason(enum.StrEnum):
@@ -307,6 +318,80 @@ class PlatformList(_Frozen, frozen=True):
 
     platforms: tuple[PlatformDetail, ...]
     state: StateView
+
+
+class PlatformsMirror(_Frozen, frozen=True):
+    """Body of the host API's ``PUT .../platforms``: the user's platforms, as the host has them.
+
+    Matched by account (instance URL and username): new ones are added, missing ones
+    deleted, the others renamed, (de)activated or made default as listed.
+    """
+
+    platforms: tuple[PlatformMirrored, ...]
+
+
+class PlatformMirrored(_Frozen, frozen=True):
+    """One platform account as the host app has it."""
+
+    name: PlatformName
+    kind: PlatformKind
+    instance_url: InstanceUrl
+    username: AccountName
+    is_active: bool = True
+    is_default: bool = False
+
+
+class UserUpsert(_Frozen, frozen=True):
+    """Body of the host API's ``PUT /api/host/users/{name}``."""
+
+    # None: the user logs in only through sessions the host app mints.
+    password: Annotated[str, msgspec.Meta(min_length=8, max_length=1000)] | None = None
+
+
+class UserView(_Frozen, frozen=True):
+    """A user of the hub, as the host API answers it."""
+
+    id: int
+    name: str
+    created: bool
+
+
+class SessionMint(_Frozen, frozen=True):
+    """Body of the host API's ``POST .../sessions``: the device the session is for."""
+
+    user_agent: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class SessionDetail(_Frozen, frozen=True):
+    """One live login session, with the hints a person needs to recognise the device."""
+
+    id: int
+    created_at: str
+    last_seen_at: str
+    expires_at: str
+    user_agent: str | None
+    ip: str | None
+
+
+class SessionMinted(_Frozen, frozen=True):
+    """A session minted for the host app: give ``token`` to the page as its cookie or bearer."""
+
+    token: str
+    session: SessionDetail
+
+
+class SessionList(_Frozen, frozen=True):
+    """A user's live sessions, newest first."""
+
+    sessions: tuple[SessionDetail, ...]
+
+
+class SessionsRevoked(_Frozen, frozen=True):
+    """What a logout or revocation ended: sessions, and tabs on this process."""
+
+    sessions: int
+    tabs: int
 
 
 class SessionView(_Frozen, frozen=True):

@@ -24,7 +24,7 @@ from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, StoreUnavailable, UsageError
 from server.hub import Hub
 from server.passwords import DUMMY_HASH, NO_PASSWORD, verify_password
-from server.protocol import SessionEndReason
+from server.protocol import SessionDetail, SessionEndReason
 
 __all__ = [
     "LIVENESS_BY_IDS",
@@ -39,6 +39,7 @@ __all__ = [
     "extend",
     "format_time",
     "log_in",
+    "live_sessions",
     "open_session",
     "token_hash",
     "revoke",
@@ -208,18 +209,23 @@ async def extend(database: Database, login: LoginSession) -> LoginSession | None
     return await database.write(work)
 
 
-async def revoke(database: Database, session_id: int, reason: SessionEndReason) -> bool:
-    """Revoke one session; return whether it was live."""
+async def revoke(
+    database: Database, session_id: int, reason: SessionEndReason, *, user_id: int | None = None
+) -> bool:
+    """Revoke one session (only if it is ``user_id``'s, when given); return whether it was live."""
     now = database.clock()
 
     async def work(session: AsyncSession) -> bool:
+        owned = () if user_id is None else (LoginSessionRow.user_id == user_id,)
         result = await session.execute(
             update(LoginSessionRow)
-            .where(LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None))
+            .where(LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None), *owned)
             .values(revoked_at=now, revoked_reason=reason.value)
         )
-        await _stage_ended(database, session, [session_id], reason)
-        return bool(getattr(result, "rowcount", 0))
+        revoked = bool(getattr(result, "rowcount", 0))
+        if revoked:  # else it was not live (or not this user's): no tab to close anywhere
+            await _stage_ended(database, session, [session_id], reason)
+        return revoked
 
     return await database.write(work)
 
@@ -248,6 +254,34 @@ async def revoke_all(database: Database, user_id: int, reason: SessionEndReason)
         return ids
 
     return await database.write(work)
+
+
+async def live_sessions(database: Database, user_id: int) -> list[SessionDetail]:
+    """Return a user's live sessions, newest first, with their device and address hints."""
+    now = database.clock()
+
+    async def work(session: AsyncSession) -> list[SessionDetail]:
+        rows = (
+            await session.scalars(
+                select(LoginSessionRow)
+                .where(LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None))
+                .order_by(LoginSessionRow.id.desc())
+            )
+        ).all()
+        return [
+            SessionDetail(
+                id=row.id,
+                created_at=format_time(row.created_at),
+                last_seen_at=format_time(row.last_seen_at),
+                expires_at=format_time(row.expires_at),
+                user_agent=row.user_agent,
+                ip=row.ip,
+            )
+            for row in rows
+            if ended_reason(row, now) is None
+        ]
+
+    return await database.read(work)
 
 
 async def _stage_ended(

@@ -24,6 +24,8 @@ class Settings:
     # Origins allowed to open a WebSocket or change state. Empty means "the hub's own origin".
     allowed_origins: tuple[str, ...] = ()
     cookie_secure: bool = False
+    # The host app's key for the host API (server/host.py); empty turns that API off.
+    api_key: str = dataclasses.field(default="", repr=False)
 
     # Login sessions.
     session_idle_s: float = 24 * 3600

@@ -52,6 +52,8 @@ __all__ = [
     "effective_active",
     "read_state",
     "seed_demo",
+    "upsert_user",
+    "user_id_of",
 ]
 
 PLATFORM_KINDS = ("pixelfed", "mastodon")
@@ -465,6 +467,45 @@ async def add_user(database: Database, name: str, password: str | None) -> int:
         return user.id
 
     return await database.write(work)
+
+
+async def upsert_user(database: Database, name: str, password: str | None) -> tuple[int, bool]:
+    """Create a user, or set an existing one's password; return the id and whether it is new.
+
+    An existing user keeps its password when ``password`` is None.
+    """
+    if not name or len(name) > 64:
+        raise UsageError("a user name is 1 to 64 characters")
+    password_hash = None if password is None else hash_password(password)
+
+    async def work(session: AsyncSession) -> int | None:
+        user_id = await session.scalar(select(UserRow.id).where(UserRow.name == name))
+        if user_id is not None and password_hash is not None:
+            await session.execute(
+                update(UserRow).where(UserRow.id == user_id).values(password_hash=password_hash)
+            )
+        return user_id
+
+    existing = await database.write(work)
+    if existing is not None:
+        return existing, False
+    try:
+        return await add_user(database, name, password), True
+    except UsageError:
+        created = await user_id_of(database, name)  # by another request, meanwhile?
+        if created is None:
+            raise
+        return await upsert_user(database, name, password)
+
+
+async def user_id_of(database: Database, name: str) -> int | None:
+    """Return the id of the user with this name, if there is one."""
+
+    async def work(session: AsyncSession) -> int | None:
+        found: int | None = await session.scalar(select(UserRow.id).where(UserRow.name == name))
+        return found
+
+    return await database.read(work)
 
 
 async def add_platform(

@@ -1,0 +1,193 @@
+"""The host app's API: the web app beside the hub mirrors its users and platforms into it,
+mints login sessions for people it has authenticated, and lists and revokes their sessions.
+
+Every request carries ``Authorization: Bearer <HUB_API_KEY>``; without a key configured the
+API is off. Users are named in the path by their name, the host app's own identifier. Each
+change reaches the user's tabs as the same change made by the user would (server/app.py);
+``GET /api/host/openapi.json`` describes every endpoint (server/openapi.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server import openapi, platforms, sessions
+from server.db import Database
+from server.errors import BadMessage, PlatformRefused, StoreUnavailable, UsageError
+from server.hub import Hub
+from server.protocol import (
+    Cause,
+    ErrorCode,
+    PlatformCreate,
+    PlatformList,
+    PlatformsMirror,
+    PlatformUpdate,
+    SessionDetail,
+    SessionEndReason,
+    SessionList,
+    SessionMint,
+    SessionMinted,
+    SessionsRevoked,
+    UserUpsert,
+    UserView,
+    decode_body,
+)
+from server.responses import error_response, json_response, refused_response
+from server.settings import Settings
+from server.store import upsert_user, user_id_of
+
+__all__ = ["PREFIX", "routes"]
+
+PREFIX = "/api/host"
+_PLATFORMS_CAUSE = Cause(kind="platforms", tab=None, request="")
+
+# (database, hub, request, user id) -> response
+_Work = Callable[[Database, Hub, Request, int], Awaitable[Response]]
+
+
+def routes() -> list[Route]:
+    """Return the host API's routes, to mount beside the hub's own."""
+    user = PREFIX + "/users/{name}"
+    return [
+        Route(PREFIX + "/openapi.json", _schema, methods=["GET"]),
+        Route(user, _upsert_user, methods=["PUT"]),
+        Route(user + "/platforms", _for_user(_list_platforms), methods=["GET"]),
+        Route(user + "/platforms", _for_user(_mirror_platforms), methods=["PUT"]),
+        Route(user + "/platforms", _for_user(_add_platform), methods=["POST"]),
+        Route(user + "/platforms/{platform:int}", _for_user(_change_platform), methods=["PATCH"]),
+        Route(user + "/platforms/{platform:int}", _for_user(_remove_platform), methods=["DELETE"]),
+        Route(user + "/sessions", _for_user(_mint_session), methods=["POST"]),
+        Route(user + "/sessions", _for_user(_list_sessions), methods=["GET"]),
+        Route(user + "/sessions", _for_user(_revoke_sessions), methods=["DELETE"]),
+        Route(user + "/sessions/{session:int}", _for_user(_revoke_session), methods=["DELETE"]),
+    ]
+
+
+def _refusal(request: Request) -> Response | None:
+    """Return the answer to a request without the API key, or None if it carries it."""
+    settings: Settings = request.state.settings
+    if not settings.api_key:
+        return error_response(
+            401, ErrorCode.UNAUTHENTICATED, "The host API is off: set HUB_API_KEY.", "api_key"
+        )
+    authorization = request.headers.get("authorization", "")
+    presented = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(presented.encode(), settings.api_key.encode()):
+        response = error_response(
+            401, ErrorCode.UNAUTHENTICATED, "Present the API key as a bearer token.", "api_key"
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hub host API"'
+        return response
+    return None
+
+
+def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap an endpoint: check the key, find the user, and answer every error alike."""
+
+    async def endpoint(request: Request) -> Response:
+        if (refused := _refusal(request)) is not None:
+            return refused
+        database: Database = request.state.database
+        hub: Hub = request.state.hub
+        name = request.path_params["name"]
+        try:
+            user_id = await user_id_of(database, name)
+            if user_id is None:
+                return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
+            return await work(database, hub, request, user_id)
+        except BadMessage as error:
+            return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+        except PlatformRefused as error:
+            return refused_response(error)
+        except StoreUnavailable as error:
+            return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+
+    return endpoint
+
+
+async def _schema(request: Request) -> Response:
+    return json_response(200, openapi.document())
+
+
+async def _upsert_user(request: Request) -> Response:
+    if (refused := _refusal(request)) is not None:
+        return refused
+    database: Database = request.state.database
+    name = request.path_params["name"]
+    try:
+        body = decode_body(await request.body() or b"{}", UserUpsert)
+        user_id, created = await upsert_user(database, name, body.password)
+    except (BadMessage, UsageError) as error:
+        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+    except StoreUnavailable as error:
+        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    return json_response(201 if created else 200, UserView(id=user_id, name=name, created=created))
+
+
+# Platforms: the same changes as a user's own (server/platforms.py), published alike.
+
+
+async def _list_platforms(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    return json_response(200, await platforms.listing(database, user))
+
+
+async def _mirror_platforms(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    body = decode_body(await request.body(), PlatformsMirror)
+    return _published(hub, user, await platforms.mirror(database, user, body))
+
+
+async def _add_platform(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    body = decode_body(await request.body(), PlatformCreate)
+    return _published(hub, user, await platforms.add(database, user, body), created=True)
+
+
+async def _change_platform(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    body = decode_body(await request.body(), PlatformUpdate)
+    platform = request.path_params["platform"]
+    return _published(hub, user, await platforms.change(database, user, platform, body))
+
+
+async def _remove_platform(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    platform = request.path_params["platform"]
+    return _published(hub, user, await platforms.remove(database, user, platform))
+
+
+def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = False) -> Response:
+    hub.publish(user, changed.state, _PLATFORMS_CAUSE)
+    return json_response(201 if created else 200, changed)
+
+
+# Sessions.
+
+
+async def _mint_session(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    body = decode_body(await request.body() or b"{}", SessionMint)
+    token, login = await sessions.open_session(
+        database, user, user_agent=body.user_agent, ip=body.ip
+    )
+    minted = next(s for s in await sessions.live_sessions(database, user) if s.id == login.id)
+    return json_response(201, SessionMinted(token=token, session=minted))
+
+
+async def _list_sessions(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    listed: list[SessionDetail] = await sessions.live_sessions(database, user)
+    return json_response(200, SessionList(sessions=tuple(listed)))
+
+
+async def _revoke_session(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    session_id = request.path_params["session"]
+    if not await sessions.revoke(database, session_id, SessionEndReason.REVOKED, user_id=user):
+        return error_response(404, ErrorCode.UNKNOWN_SESSION, "The user has no such live session.")
+    tabs = hub.end_session(session_id, SessionEndReason.REVOKED)
+    return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
+
+
+async def _revoke_sessions(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    ended = await sessions.revoke_all(database, user, SessionEndReason.REVOKED)
+    tabs = sum(hub.end_session(session_id, SessionEndReason.REVOKED) for session_id in ended)
+    return json_response(200, SessionsRevoked(sessions=len(ended), tabs=tabs))

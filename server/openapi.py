@@ -1,0 +1,177 @@
+"""The host API's OpenAPI 3.1 document, its schemas generated from the protocol's structs.
+
+``GET /api/host/openapi.json`` serves it. The paths are listed here once, beside the
+routes of server/host.py; tests/test_host.py checks that the two name the same endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from server import __version__
+from server.protocol import (
+    ErrorBody,
+    PlatformCreate,
+    PlatformList,
+    PlatformsMirror,
+    PlatformUpdate,
+    SessionList,
+    SessionMint,
+    SessionMinted,
+    SessionsRevoked,
+    UserUpsert,
+    UserView,
+)
+
+__all__ = ["ENDPOINTS", "document"]
+
+_REF = "#/components/schemas/{name}"
+
+# (method, path, summary, request body, {status: (description, body)})
+_Endpoint = tuple[str, str, str, type | None, dict[int, tuple[str, type | None]]]
+_USER = "/api/host/users/{name}"
+_ERRORS = {
+    401: ("No API key, or a wrong one", ErrorBody),
+    404: ("No such user (or platform, or session)", ErrorBody),
+    422: ("The body is malformed", ErrorBody),
+    503: ("The database is unavailable; nothing was changed", ErrorBody),
+}
+_REFUSED = {409: ("The change would break a rule (see the error code)", ErrorBody)}
+ENDPOINTS: tuple[_Endpoint, ...] = (
+    (
+        "put",
+        _USER,
+        "Create the user, or set the password of an existing one",
+        UserUpsert,
+        {200: ("The user existed", UserView), 201: ("The user was created", UserView)},
+    ),
+    (
+        "get",
+        _USER + "/platforms",
+        "List every platform of the user, and the state its tabs see",
+        None,
+        {200: ("The platforms", PlatformList)},
+    ),
+    (
+        "put",
+        _USER + "/platforms",
+        "Make the user's platforms exactly these (matched by account); one new version",
+        PlatformsMirror,
+        {200: ("Mirrored; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "post",
+        _USER + "/platforms",
+        "Connect a platform account",
+        PlatformCreate,
+        {201: ("Added; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "patch",
+        _USER + "/platforms/{platform}",
+        "Rename, deactivate, reactivate, or make the default",
+        PlatformUpdate,
+        {200: ("Changed; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "delete",
+        _USER + "/platforms/{platform}",
+        "Delete a platform connection",
+        None,
+        {200: ("Deleted; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "post",
+        _USER + "/sessions",
+        "Mint a login session for a person the host app has authenticated",
+        SessionMint,
+        {201: ("The token, once: the page's cookie or bearer token", SessionMinted)},
+    ),
+    (
+        "get",
+        _USER + "/sessions",
+        "List the user's live sessions, newest first",
+        None,
+        {200: ("The sessions", SessionList)},
+    ),
+    (
+        "delete",
+        _USER + "/sessions",
+        "Revoke every session of the user; their tabs end (4001) within a second",
+        None,
+        {200: ("What was revoked", SessionsRevoked)},
+    ),
+    (
+        "delete",
+        _USER + "/sessions/{session}",
+        "Revoke one session; its tabs end (4001) within a second",
+        None,
+        {200: ("What was revoked", SessionsRevoked)},
+    ),
+)
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """Return the OpenAPI document of the host API."""
+    types: list[Any] = []
+    for _, _, _, body, answers in ENDPOINTS:
+        types += [body] if body is not None else []
+        types += [kind for _, kind in answers.values() if kind is not None]
+    types += [kind for _, kind in _ERRORS.values() if kind is not None]
+    _, components = msgspec.json.schema_components(types, ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, answers in ENDPOINTS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "parameters": [_parameter(name) for name in _path_names(path)],
+            "responses": {
+                str(status): _response(description, kind)
+                for status, (description, kind) in sorted({**answers, **_ERRORS}.items())
+            },
+        }
+        if body is not None:
+            operation["requestBody"] = {"required": method != "put" or body is not UserUpsert}
+            operation["requestBody"]["content"] = _content(body)
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "platform hub: host API",
+            "version": __version__,
+            "description": (
+                "For the web app beside the hub. Every request carries "
+                "`Authorization: Bearer <HUB_API_KEY>`. Errors are "
+                '`{"error": <code>, "message": <sentence>, "reason": <or null>}`.'
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+    }
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _parameter(name: str) -> dict[str, Any]:
+    schema = {"type": "string"} if name == "name" else {"type": "integer", "minimum": 1}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _content(kind: type) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(name=kind.__name__)}}}
+
+
+def _response(description: str, kind: type | None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    if kind is not None:
+        answer["content"] = _content(kind)
+    return answer

@@ -1,0 +1,33 @@
+"""HTTP responses in the hub's one JSON shape, for every endpoint module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from server.errors import PlatformRefused
+from server.protocol import ErrorBody, ErrorCode, encode
+
+__all__ = ["error_response", "json_response", "refused_response"]
+
+_REFUSED_STATUS = {ErrorCode.UNKNOWN_PLATFORM: 404, ErrorCode.BAD_REQUEST: 422}
+
+
+def json_response(status: int, body: Any) -> Response:
+    """Return ``body`` (a protocol struct or plain data) as JSON with ``status``."""
+    return Response(encode(body), status_code=status, media_type="application/json")
+
+
+def error_response(
+    status: int, code: ErrorCode, message: str, reason: str | None = None
+) -> Response:
+    """Return the error body every endpoint uses: a code, a sentence and a reason."""
+    return json_response(status, ErrorBody(error=code, message=message, reason=reason))
+
+
+def refused_response(error: PlatformRefused) -> Response:
+    """Return a refused platform change: 404 for an unknown platform, 422 for a malformed
+    request, 409 for a rule it would break."""
+    code = ErrorCode(error.code)
+    return error_response(_REFUSED_STATUS.get(code, 409), code, str(error))

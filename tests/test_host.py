@@ -1,0 +1,222 @@
+"""server/host.py, server/client.py and server/openapi.py: the host app's API, end to end.
+
+A real hub with an API key, called through the package's own client (HostClient) and raw
+HTTP; tabs are real WebSockets connected with the sessions the API mints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server import host
+from server.client import HostApiError, HostClient
+from server.openapi import ENDPOINTS
+from server.protocol import PlatformCreate, PlatformMirrored, PlatformUpdate
+from server.store import user_id_of
+from tests.conftest import RunningHub, make_settings, serve
+
+KEY = "host-api-test-key"
+ACCOUNTS = [
+    PlatformMirrored(
+        name="Pixelfed", kind="pixelfed", instance_url="https://pixelfed.social", username="dana"
+    ),
+    PlatformMirrored(
+        name="Mastodon",
+        kind="mastodon",
+        instance_url="https://mastodon.social",
+        username="dana",
+        is_default=True,
+    ),
+]
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    async with serve(make_settings(tmp_path, api_key=KEY)) as hub:
+        yield hub
+
+
+@pytest.fixture
+async def client(running: RunningHub) -> AsyncIterator[HostClient]:
+    async with HostClient(running.url, KEY) as hub:
+        yield hub
+
+
+async def test_the_api_wants_its_key(running: RunningHub) -> None:
+    """No key, a wrong key or a key in the wrong place: 401 with reason api_key, and nothing
+    is created."""
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            response = await http.put("/api/host/users/eve", json={}, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"] == "unauthenticated"
+            assert response.json()["reason"] == "api_key"
+    async with HostClient(running.url, KEY) as client:
+        with pytest.raises(HostApiError) as refused:
+            await client.platforms("eve")
+        assert (refused.value.status, refused.value.code) == (404, "unknown_user")
+
+
+async def test_without_hub_api_key_the_api_is_off(tmp_path: Path) -> None:
+    """A hub without HUB_API_KEY refuses every host API call, even one with a key."""
+    async with serve(make_settings(tmp_path)) as off, HostClient(off.url, KEY) as client:
+        with pytest.raises(HostApiError) as refused:
+            await client.upsert_user("eve")
+        assert refused.value.status == 401 and "HUB_API_KEY" in str(refused.value.message)
+        assert await user_id_of(off.database, "eve") is None
+
+
+async def test_a_minted_session_opens_a_tab_with_the_mirrored_platforms(
+    running: RunningHub, client: HostClient
+) -> None:
+    """Upsert a user (created, then found), mirror two platforms, mint a session: a tab
+    connects with its token and sees them, and the session lists its device hints."""
+    assert (await client.upsert_user("dana")).created
+    assert not (await client.upsert_user("dana")).created
+    mirrored = await client.mirror_platforms("dana", ACCOUNTS)
+    assert [(p.name, p.is_default) for p in mirrored.platforms] == [
+        ("Pixelfed", False),
+        ("Mastodon", True),
+    ]
+    minted = await client.mint_session("dana", user_agent="Firefox on Linux", ip="10.0.0.7")
+    tab = await running.tab(minted.token, "t")
+    state = tab.hello["state"]
+    assert [p["name"] for p in state["platforms"]] == ["Pixelfed", "Mastodon"]
+    assert state["active"] == mirrored.state.active == mirrored.platforms[1].id
+    listed = await client.sessions("dana")
+    assert [(s.id, s.user_agent, s.ip) for s in listed.sessions] == [
+        (minted.session.id, "Firefox on Linux", "10.0.0.7")
+    ]
+    assert listed.sessions[0].expires_at == tab.hello["session"]["expires_at"]
+    await tab.close()
+
+
+async def test_revoking_one_session_or_all_ends_their_tabs_within_a_second(
+    running: RunningHub, client: HostClient
+) -> None:
+    """Revoke one of two sessions: its tabs end (4001, revoked) and the other's stay; revoking
+    another user's session is refused and ends nothing; revoke all ends the rest."""
+    await client.upsert_user("dana")
+    await client.mirror_platforms("dana", ACCOUNTS)
+    first, second = await client.mint_session("dana"), await client.mint_session("dana")
+    first_tabs = [await running.tab(first.token, f"a{n}") for n in range(2)]
+    second_tab = await running.tab(second.token, "b")
+    alice = await running.tab(await running.login("alice"), "alice")
+    alice_sessions = running.hub.session_ids()
+    alice_session = next(
+        s for s in alice_sessions if s not in {first.session.id, second.session.id}
+    )
+
+    with pytest.raises(HostApiError) as refused:
+        await client.revoke_session("dana", alice_session)
+    assert (refused.value.status, refused.value.code) == (404, "unknown_session")
+
+    started = time.monotonic()
+    revoked = await client.revoke_session("dana", first.session.id)
+    assert (revoked.sessions, revoked.tabs) == (1, 2)
+    for tab in first_tabs:
+        code, messages = await tab.closed(within=1.0)
+        assert code == 4001 and messages[-1] == {"type": "session_ended", "reason": "revoked"}
+    print(f"\none session's tabs ended {time.monotonic() - started:.3f} s after the call")
+    assert [s.id for s in (await client.sessions("dana")).sessions] == [second.session.id]
+    await second_tab.send({"type": "ping"})
+    assert (await second_tab.receive())["type"] == "pong"
+
+    everything = await client.revoke_sessions("dana")
+    assert (everything.sessions, everything.tabs) == (1, 1)
+    assert (await second_tab.closed(within=1.0))[0] == 4001
+    assert (await client.sessions("dana")).sessions == ()
+    await alice.send({"type": "ping"})  # another user's tab is untouched
+    assert (await alice.receive())["type"] == "pong"
+    await alice.close()
+
+
+async def test_platform_changes_through_the_api_reach_the_users_tabs(
+    running: RunningHub, client: HostClient
+) -> None:
+    """A mirror that swaps names, deactivates the active one, drops one and adds one is a
+    single new version on every tab; the other calls work as the user's own do."""
+    await client.upsert_user("dana")
+    start = await client.mirror_platforms("dana", ACCOUNTS)
+    minted = await client.mint_session("dana")
+    tab = await running.tab(minted.token, "t")
+    pixelfed, mastodon = (p.id for p in start.platforms)
+    mirrored = await client.mirror_platforms(
+        "dana",
+        [
+            PlatformMirrored(
+                name="Mastodon",  # the names swap
+                kind="pixelfed",
+                instance_url="https://pixelfed.social",
+                username="dana",
+                is_default=True,
+            ),
+            PlatformMirrored(
+                name="Pixelfed",
+                kind="mastodon",
+                instance_url="https://mastodon.social",
+                username="dana",
+                is_active=False,
+            ),
+            PlatformMirrored(
+                name="Art", kind="pixelfed", instance_url="https://pixey.org", username="dana"
+            ),
+        ],
+    )
+    state = (await tab.receive_type("state"))["state"]
+    assert state["version"] == start.state.version + 1 == mirrored.state.version
+    assert state["active"] == pixelfed  # the active one (Mastodon) went inactive: the default
+    assert [(p["id"], p["name"]) for p in state["platforms"]] == [
+        (pixelfed, "Mastodon"),
+        (mirrored.platforms[2].id, "Art"),
+    ]
+    assert [p.is_active for p in mirrored.platforms] == [True, False, True]
+
+    with pytest.raises(HostApiError) as refused:
+        await client.mirror_platforms("dana", [ACCOUNTS[0], ACCOUNTS[0]])
+    assert (refused.value.status, refused.value.code) == (409, "name_taken")
+    added = await client.add_platform(
+        "dana",
+        PlatformCreate(
+            name="Work", kind="mastodon", instance_url="https://hachyderm.io", username="d"
+        ),
+    )
+    work = next(p.id for p in added.platforms if p.name == "Work")
+    await client.change_platform("dana", work, PlatformUpdate(is_default=True))
+    removed = await client.remove_platform("dana", mastodon)
+    assert mastodon not in [p.id for p in removed.platforms]
+    versions = []
+    async with asyncio.timeout(5):
+        while not versions or versions[-1] < removed.state.version:
+            versions.append((await tab.receive_type("state"))["state"]["version"])
+    assert versions == [mirrored.state.version + n for n in (1, 2, 3)]
+    await tab.close()
+
+
+async def test_the_openapi_document_describes_every_route(running: RunningHub) -> None:
+    """GET /api/host/openapi.json (no key needed) names exactly the routes the hub serves,
+    and every schema it refers to is defined."""
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        response = await http.get("/api/host/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    served = {
+        (method.lower(), route.path.replace(":int", ""))
+        for route in host.routes()
+        for method in route.methods or ()
+        if method != "HEAD" and not route.path.endswith("openapi.json")
+    }
+    described = {(m, p) for p, methods in document["paths"].items() for m in methods}
+    assert described == served == {(method, path) for method, path, *_ in ENDPOINTS}
+    text = response.text
+    for name in document["components"]["schemas"]:
+        assert f'"#/components/schemas/{name}"' in text or name in {"ErrorCode"}
+    refs = {part.split('"')[0] for part in text.split("#/components/schemas/")[1:]}
+    assert refs <= set(document["components"]["schemas"])
