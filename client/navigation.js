@@ -16,9 +16,10 @@
  * @typedef {{id: number, name: string}} UserInfo
  * @typedef {{expires_at: string}} SessionInfo
  * @typedef {{kind: "switch"|"platforms"|"resync", tab: string|null, request: string}} Cause
- * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"} RejectReason
+ * @typedef {{reason: string, expires_at: string}} HoldView
+ * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"|"busy"} RejectReason
  * @typedef {"logout"|"expired"|"revoked"} SessionEndReason
- * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"} ErrorCode
+ * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"|"unknown_platform"|"inactive_platform"|"last_active_platform"|"name_taken"|"account_taken"|"unknown_user"|"unknown_session"} ErrorCode
  *
  * From a tab:
  * @typedef {{type: "switch", id: string, platform: number, base: number}} Switch
@@ -26,7 +27,8 @@
  * @typedef {Switch|Ping} ClientMessage
  *
  * From the hub:
- * @typedef {{type: "hello", protocol: number, tab: string, user: UserInfo, state: StateView, session: SessionInfo, heartbeat_s: number}} Hello
+ * @typedef {{type: "hello", protocol: number, tab: string, user: UserInfo, state: StateView, session: SessionInfo, heartbeat_s: number, hold: HoldView|null}} Hello
+ * @typedef {{type: "hold", hold: HoldView|null}} HoldMessage
  * @typedef {{type: "pong"}} Pong
  * @typedef {{type: "switched", id: string, version: number}} Switched
  * @typedef {{type: "rejected", id: string, reason: RejectReason, message: string, state: StateView|null}} Rejected
@@ -34,7 +36,7 @@
  * @typedef {{type: "session_expiring", expires_at: string}} SessionExpiring
  * @typedef {{type: "session_ended", reason: SessionEndReason}} SessionEnded
  * @typedef {{type: "error", code: ErrorCode, message: string}} ErrorMessage
- * @typedef {Hello|Pong|Switched|Rejected|StateMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
+ * @typedef {Hello|Pong|Switched|Rejected|StateMessage|HoldMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
  *
  * HTTP bodies:
  * @typedef {{user: UserInfo, state: StateView, session: SessionInfo}} StateResponse
@@ -326,6 +328,7 @@ export class HubClient extends EventTarget {
   #pongTimer = null;
   #pollTimer = null;
   #expiresAt = null;
+  #hold = null; // the hold on switches the hub announced, or null
   #nonce = randomId();
   #claimed = false; // another live tab holds the id this tab found in sessionStorage
   #endReason = null; // from session_ended, for the 4001 close that follows
@@ -381,6 +384,11 @@ export class HubClient extends EventTarget {
   /** The session's expiry as the hub last reported it (ISO 8601), or null. */
   get expiresAt() {
     return this.#expiresAt;
+  }
+
+  /** @returns {HoldView|null} the hold on switches (a job of the host app runs), or null. */
+  get hold() {
+    return this.#hold;
   }
 
   /** This tab's id: kept across reloads, renewed when a duplicated tab clashes. */
@@ -533,11 +541,15 @@ export class HubClient extends EventTarget {
         this.#stopPolling();
         this.#startHeartbeat(message.heartbeat_s);
         this.#apply(message.state);
+        this.#setHold(message.hold ?? null);
         this.#setStatus("open");
         this.switcher.resend();
         break;
       case "state":
         this.#apply(message.state);
+        break;
+      case "hold":
+        this.#setHold(message.hold);
         break;
       case "switched":
         this.#switched(message.id, message.version);
@@ -572,6 +584,13 @@ export class HubClient extends EventTarget {
       this.#apply({ ...confirmed, version, active: request.platform });
     }
     this.switcher.settle(id, { ok: true, version, platform: request.platform });
+  }
+
+  /** Emit "hold" when a hold starts, changes or ends. */
+  #setHold(hold) {
+    if (JSON.stringify(hold) === JSON.stringify(this.#hold)) return;
+    this.#hold = hold;
+    this.#emit("hold", hold);
   }
 
   /** @param {Rejected} message */

@@ -66,6 +66,7 @@ _REJECT_STATUS = {
     RejectReason.RATE_LIMITED: 429,
     RejectReason.UNAVAILABLE: 503,
     RejectReason.BAD_REQUEST: 422,
+    RejectReason.BUSY: 423,
 }
 
 
@@ -189,6 +190,8 @@ def _deliver(hub: Hub, event: backplane.Event) -> None:
             hub.reload(event.user, event.version)
         else:
             hub.advance(event.user, event.version, event.active, event.cause)
+    elif isinstance(event, backplane.HoldChanged):
+        hub.hold(event.user, event.hold)
     else:
         for session_id in event.sessions:
             hub.end_session(session_id, event.reason)

@@ -30,11 +30,12 @@ import asyncpg
 import msgspec
 from sqlalchemy import Connection, text
 
-from server.protocol import Cause, SessionEndReason
+from server.protocol import Cause, HoldView, SessionEndReason
 
 __all__ = [
     "CHANNEL",
     "Event",
+    "HoldChanged",
     "Listener",
     "SessionsEnded",
     "StateChanged",
@@ -66,7 +67,14 @@ class SessionsEnded(msgspec.Struct, tag="ended", frozen=True):
     reason: SessionEndReason
 
 
-Event = StateChanged | SessionsEnded
+class HoldChanged(msgspec.Struct, tag="hold", frozen=True):
+    """A hold on a user's switches started (``hold``) or was released (None)."""
+
+    user: int
+    hold: HoldView | None
+
+
+Event = StateChanged | SessionsEnded | HoldChanged
 
 
 class _Notice(msgspec.Struct, frozen=True):

@@ -21,6 +21,8 @@ import msgspec
 
 from server.errors import HostApiError
 from server.protocol import (
+    HoldAnswer,
+    HoldRequest,
     PlatformCreate,
     PlatformList,
     PlatformMirrored,
@@ -103,6 +105,15 @@ class HostClient:
         """Delete a platform connection."""
         path = f"/users/{name}/platforms/{platform_id}"
         return await self._call("DELETE", path, PlatformList)
+
+    async def hold(self, name: str, reason: str, ttl_s: float) -> HoldAnswer:
+        """Hold the user's switches while a job runs: refused as busy with ``reason``."""
+        body = HoldRequest(reason=reason, ttl_s=ttl_s)
+        return await self._call("PUT", f"/users/{name}/hold", HoldAnswer, body)
+
+    async def release(self, name: str) -> HoldAnswer:
+        """Release the user's hold."""
+        return await self._call("DELETE", f"/users/{name}/hold", HoldAnswer)
 
     async def mint_session(
         self, name: str, *, user_agent: str | None = None, ip: str | None = None

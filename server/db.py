@@ -41,6 +41,7 @@ __all__ = [
     "Base",
     "Clock",
     "Database",
+    "HoldRow",
     "LoginSessionRow",
     "PlatformRow",
     "PlatformStateRow",
@@ -170,6 +171,18 @@ class SwitchLogRow(Base):
     platform_id: Mapped[int]
     tab_id: Mapped[str | None] = mapped_column(String(64))
     decided_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class HoldRow(Base):
+    """A hold on a user's switches while a job of the host app runs (server/holds.py)."""
+
+    __tablename__ = "holds"
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    reason: Mapped[str] = mapped_column(String(200))
+    placed_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
 
 
 # Errors that mean "the database is not there right now", as opposed to a bug or a conflict.

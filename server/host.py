@@ -1,5 +1,6 @@
 """The host app's API: the web app beside the hub mirrors its users and platforms into it,
-mints login sessions for people it has authenticated, and lists and revokes their sessions.
+mints login sessions for people it has authenticated, lists and revokes their sessions, and
+holds a user's switches while one of its jobs runs.
 
 Every request carries ``Authorization: Bearer <HUB_API_KEY>``; without a key configured the
 API is off. Users are named in the path by their name, the host app's own identifier. Each
@@ -16,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import openapi, platforms, sessions
+from server import holds, openapi, platforms, sessions
 from server.db import Database
 from server.errors import BadMessage, PlatformRefused, StoreUnavailable, UsageError
 from server.hub import Hub
 from server.protocol import (
     Cause,
     ErrorCode,
+    HoldRequest,
     PlatformCreate,
     PlatformList,
     PlatformsMirror,
@@ -61,6 +63,8 @@ def routes() -> list[Route]:
         Route(user + "/platforms", _for_user(_add_platform), methods=["POST"]),
         Route(user + "/platforms/{platform:int}", _for_user(_change_platform), methods=["PATCH"]),
         Route(user + "/platforms/{platform:int}", _for_user(_remove_platform), methods=["DELETE"]),
+        Route(user + "/hold", _for_user(_place_hold), methods=["PUT"]),
+        Route(user + "/hold", _for_user(_release_hold), methods=["DELETE"]),
         Route(user + "/sessions", _for_user(_mint_session), methods=["POST"]),
         Route(user + "/sessions", _for_user(_list_sessions), methods=["GET"]),
         Route(user + "/sessions", _for_user(_revoke_sessions), methods=["DELETE"]),
@@ -160,6 +164,22 @@ async def _remove_platform(database: Database, hub: Hub, request: Request, user:
 def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = False) -> Response:
     hub.publish(user, changed.state, _PLATFORMS_CAUSE)
     return json_response(201 if created else 200, changed)
+
+
+# Holds (server/holds.py): switches are refused as busy while the host app's job runs.
+
+
+async def _place_hold(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    body = decode_body(await request.body(), HoldRequest)
+    placed = await holds.place(database, user, body.reason, body.ttl_s)
+    hub.hold(user, placed.hold)
+    return json_response(200, placed)
+
+
+async def _release_hold(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    released = await holds.release(database, user)
+    hub.hold(user, None)
+    return json_response(200, released)
 
 
 # Sessions.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from server.protocol import (
     Error,
     ErrorCode,
     Hello,
+    HoldMessage,
+    HoldView,
     Ping,
     Pong,
     Rejected,
@@ -86,12 +89,16 @@ class SwitchOutcome:
     changed: bool = False
     # Set when the login session had ended: nothing was applied.
     ended: SessionEndReason | None = None
+    # For ``busy``: the reason of the hold that refused it.
+    detail: str | None = None
 
 
 class Store(Protocol):
     """The durable side of the hub: it decides switches and holds the state."""
 
     async def load_state(self, user_id: int) -> StateView: ...
+
+    async def load_hold(self, user_id: int) -> HoldView | None: ...
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
@@ -187,11 +194,15 @@ class Tab:
 
 
 class _Room:
-    __slots__ = ("reload_until", "reloading", "state", "tabs")
+    __slots__ = ("hold", "hold_known", "hold_timer", "reload_until", "reloading", "state", "tabs")
 
     def __init__(self) -> None:
         self.tabs: dict[str, Tab] = {}
         self.state: StateView | None = None
+        # The hold in force (server/holds.py), once read or told; its end, when its TTL runs out.
+        self.hold: HoldView | None = None
+        self.hold_known = False
+        self.hold_timer: asyncio.TimerHandle | None = None
         # While another process's platform change is read anew (Hub.reload): the task, and
         # the highest version notified meanwhile, which the read must reach.
         self.reloading: asyncio.Task[None] | None = None
@@ -264,6 +275,10 @@ class Hub:
         self._by_session.setdefault(session_id, {})[tab] = None
         try:
             state = await self.store.load_state(user.id)
+            if not room.hold_known:  # the user's first tab here: read it, then follow events
+                hold = await self.store.load_hold(user.id)
+                if not room.hold_known:
+                    self._set_hold(room, hold)
         except BaseException:
             self._remove(tab)
             raise
@@ -276,6 +291,7 @@ class Hub:
             state=state,
             session=SessionInfo(expires_at=expires_at),
             heartbeat_s=self.heartbeat_s,
+            hold=room.hold,
         )
         tab.outbox.put_state(state.version, encode(hello), first=True)
         tab.greeted = True
@@ -386,7 +402,7 @@ class Hub:
             reply = Switched(id=request.id, version=outcome.version)
         else:
             assert outcome.reason is not None
-            message = describe(outcome.reason, outcome.state)
+            message = describe(outcome.reason, outcome.state, outcome.detail)
             reply = Rejected(
                 id=request.id, reason=outcome.reason, message=message, state=outcome.state
             )
@@ -476,10 +492,46 @@ class Hub:
         tab has already)."""
         for user_id in list(self._rooms):
             state = await self.store.load_state(user_id)
+            hold = await self.store.load_hold(user_id)  # its change may be lost as well
             room = self._rooms.get(user_id)
-            if room is None or (room.state is not None and state.version < room.state.version):
+            if room is None:
+                continue
+            self._set_hold(room, hold)
+            if room.state is not None and state.version < room.state.version:
                 continue
             self.publish(user_id, state, Cause(kind="resync", tab=None, request=""))
+
+    # Holds.
+
+    def hold(self, user_id: int, hold: HoldView | None) -> None:
+        """Tell the user's tabs here that a hold started (``hold``) or ended (None)."""
+        room = self._rooms.get(user_id)
+        if room is not None:
+            self._set_hold(room, hold)
+
+    def _set_hold(self, room: _Room, hold: HoldView | None) -> None:
+        room.hold_known = True
+        if hold == room.hold:
+            return
+        if room.hold_timer is not None:
+            room.hold_timer.cancel()
+            room.hold_timer = None
+        room.hold = hold
+        if hold is not None:
+            ends = dt.datetime.fromisoformat(hold.expires_at.replace("Z", "+00:00"))
+            # A little after the stored end, so a switch sent on hearing it is not refused.
+            left = (ends - dt.datetime.now(dt.UTC)).total_seconds() + 0.01
+            room.hold_timer = asyncio.get_running_loop().call_later(
+                max(0.0, left), self._hold_ended, room, hold
+            )
+        frame = encode(HoldMessage(hold=hold))
+        for tab in list(room.tabs.values()):
+            tab.send(frame)
+
+    def _hold_ended(self, room: _Room, hold: HoldView) -> None:
+        room.hold_timer = None
+        if room.hold == hold:  # its TTL ran out: every process with tabs ends it alike
+            self._set_hold(room, None)
 
     # Sessions.
 
@@ -584,6 +636,8 @@ class Hub:
     def _forget_if_empty(self, user_id: int) -> None:
         room = self._rooms.get(user_id)
         if room is not None and not room.tabs:
+            if room.hold_timer is not None:
+                room.hold_timer.cancel()
             del self._rooms[user_id]
 
 
@@ -591,10 +645,12 @@ _PONG = encode(Pong())
 _RATE_MESSAGE = "Too many messages; slow down"
 
 
-def describe(reason: RejectReason, state: StateView | None) -> str:
-    """Say in plain words why a switch was refused."""
+def describe(reason: RejectReason, state: StateView | None, detail: str | None = None) -> str:
+    """Say in plain words why a switch was refused (``detail``: the hold's reason, if busy)."""
     active = state.platform(state.active) if state else None
     match reason:
+        case RejectReason.BUSY:
+            return f"Busy: {detail or 'a job is running'}. Switch when it is done."
         case RejectReason.STALE if active is not None:
             return f"Switched to {active.name} @{active.username} in another tab."
         case RejectReason.STALE:

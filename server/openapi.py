@@ -14,6 +14,8 @@ import msgspec
 from server import __version__
 from server.protocol import (
     ErrorBody,
+    HoldAnswer,
+    HoldRequest,
     PlatformCreate,
     PlatformList,
     PlatformsMirror,
@@ -82,6 +84,20 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         "Delete a platform connection",
         None,
         {200: ("Deleted; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "put",
+        _USER + "/hold",
+        "Hold the user's switches (refused as busy) for ttl_s seconds, replacing any hold",
+        HoldRequest,
+        {200: ("The hold, and the state it holds", HoldAnswer)},
+    ),
+    (
+        "delete",
+        _USER + "/hold",
+        "Release the user's hold; switches are decided again",
+        None,
+        {200: ("Released (hold is null), and the state", HoldAnswer)},
     ),
     (
         "post",

@@ -21,6 +21,10 @@ __all__ = [
     "Error",
     "ErrorCode",
     "Hello",
+    "HoldAnswer",
+    "HoldMessage",
+    "HoldRequest",
+    "HoldView",
     "Ping",
     "PlatformView",
     "Pong",
@@ -98,6 +102,8 @@ class RejectReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     BAD_REQUEST = "bad_request"
+    # A job of the host app holds the user's switches (the message says which job).
+    BUSY = "busy"
 
 
 class ErrorCode(enum.StrEnum):
@@ -169,6 +175,13 @@ class SessionInfo(_Frozen, frozen=True):
     expires_at: str
 
 
+class HoldView(_Frozen, frozen=True):
+    """A hold on the user's switches: why, and when it ends unless released earlier."""
+
+    reason: str
+    expires_at: str
+
+
 class Cause(_Frozen, frozen=True):
     """What produced a state broadcast: a switch, or a resync after lost notifications."""
 
@@ -207,6 +220,13 @@ class Hello(_Frozen, frozen=True, tag="hello", tag_field="type"):
     state: StateView
     session: SessionInfo
     heartbeat_s: float
+    hold: HoldView | None = None
+
+
+class HoldMessage(_Frozen, frozen=True, tag="hold", tag_field="type"):
+    """Tell every tab of the user that a hold started (``hold``) or ended (null)."""
+
+    hold: HoldView | None
 
 
 class Pong(_Frozen, frozen=True, tag="pong", tag_field="type"):
@@ -341,6 +361,20 @@ class PlatformMirrored(_Frozen, frozen=True):
     is_default: bool = False
 
 
+class HoldRequest(_Frozen, frozen=True):
+    """Body of the host API's ``PUT .../hold``: hold the user's switches while a job runs."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
+
+
+class HoldAnswer(_Frozen, frozen=True):
+    """The hold now in force (null once released), and the state it holds."""
+
+    hold: HoldView | None
+    state: StateView
+
+
 class UserUpsert(_Frozen, frozen=True):
     """Body of the host API's ``PUT /api/host/users/{name}``."""
 
@@ -418,7 +452,15 @@ class ErrorBody(_Frozen, frozen=True):
 
 
 ServerMessage = (
-    Hello | Pong | Switched | Rejected | StateMessage | SessionExpiring | SessionEnded | Error
+    Hello
+    | Pong
+    | Switched
+    | Rejected
+    | StateMessage
+    | HoldMessage
+    | SessionExpiring
+    | SessionEnded
+    | Error
 )
 
 _client_decoder = msgspec.json.Decoder(ClientMessage)

@@ -23,6 +23,7 @@ from server.backplane import StateChanged
 from server.commits import GroupCommit
 from server.db import (
     Database,
+    HoldRow,
     LoginSessionRow,
     PlatformRow,
     PlatformStateRow,
@@ -34,13 +35,14 @@ from server.hub import SwitchOutcome
 from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
     Cause,
+    HoldView,
     PlatformView,
     RejectReason,
     SessionEndReason,
     StateView,
     Switch,
 )
-from server.sessions import LIVENESS_BY_IDS, ended_reason
+from server.sessions import LIVENESS_BY_IDS, ended_reason, format_time
 from server.settings import Settings
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "add_platform",
     "add_user",
     "effective_active",
+    "read_holds",
     "read_state",
     "seed_demo",
     "upsert_user",
@@ -84,6 +87,15 @@ class SqlStore:
 
         def work(connection: Connection) -> StateView:
             return read_state(connection, user_id)[2]
+
+        return await self.database.read_sync(work)
+
+    async def load_hold(self, user_id: int) -> HoldView | None:
+        """Read the hold in force for a user, if any."""
+        now = self.database.clock()
+
+        def work(connection: Connection) -> HoldView | None:
+            return read_holds(connection, [user_id], now).get(user_id)
 
         return await self.database.read_sync(work)
 
@@ -136,6 +148,7 @@ _sessions = cast(Table, LoginSessionRow.__table__)
 _states = cast(Table, PlatformStateRow.__table__)
 _platforms = cast(Table, PlatformRow.__table__)
 _log = cast(Table, SwitchLogRow.__table__)
+_holds = cast(Table, HoldRow.__table__)
 
 
 class _Batch:
@@ -154,6 +167,7 @@ class _Batch:
         # Per user: (version, stored active id) as decided so far in this batch.
         self.states: dict[int, tuple[int, int | None]] = {}
         self.platforms: dict[int, _Platforms] = {}
+        self.holds: dict[int, HoldView] = {}
         # Per (user, request id): (accepted, reason, version) of a decision already taken.
         self.logged: dict[tuple[int, str], tuple[bool, str | None, int]] = {}
         self.updates: list[dict[str, Any]] = []
@@ -173,6 +187,9 @@ class _Batch:
         rows = connection.execute(LIVENESS_BY_IDS, {"ids": session_ids})
         self.logins = {row.id: row for row in rows}
         self.states = _read_states(connection, user_ids, lock=True)
+        # After the state rows' lock: a hold placed meanwhile (server/holds.py takes the same
+        # lock first) is either committed and seen here, or placed after this batch.
+        self.holds = read_holds(connection, user_ids, self.now)
         self.platforms = _read_platforms(connection, user_ids, inactive=True)
         # Joined from a VALUES list: SQLite answers "(a, b) IN (VALUES ...)" with a scan of
         # the whole log, and this with one primary-key lookup per request. Sent as the
@@ -207,6 +224,13 @@ class _Batch:
                 state=state,
                 version=logged_version,
                 reason=RejectReason(reason) if reason else None,
+            )
+
+        hold = self.holds.get(user_id)
+        if hold is not None:
+            # Not logged: once the hold ends, a retry with the same id is decided afresh.
+            return SwitchOutcome(
+                accepted=False, state=state, reason=RejectReason.BUSY, detail=hold.reason
             )
 
         target = request.platform
@@ -341,6 +365,9 @@ _PLATFORMS = (
     .order_by(_platforms.c.id)
 )
 _ACTIVE_PLATFORMS = _PLATFORMS.where(_platforms.c.is_active)
+_HOLDS = select(_holds.c.user_id, _holds.c.reason, _holds.c.expires_at).where(
+    _holds.c.user_id.in_(bindparam("users", expanding=True))
+)
 _MOVE = update(_states).where(
     _states.c.user_id == bindparam("b_user_id"), _states.c.version == bindparam("b_base")
 )
@@ -357,6 +384,18 @@ def read_state(
     version, stored = _read_states(connection, [user_id], lock=lock).get(user_id, (0, None))
     platforms = _read_platforms(connection, [user_id]).get(user_id, _NO_PLATFORMS)
     return version, stored, platforms.state(version, stored)
+
+
+def read_holds(
+    connection: Connection, user_ids: Sequence[int], now: dt.datetime
+) -> dict[int, HoldView]:
+    """Read the holds in force for these users at ``now``, in the open transaction."""
+    rows = connection.execute(_HOLDS, {"users": list(user_ids)})
+    return {
+        user_id: HoldView(reason=reason, expires_at=format_time(expires_at))
+        for user_id, reason, expires_at in rows
+        if expires_at > now
+    }
 
 
 def _read_states(

@@ -13,15 +13,17 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server import backplane
 from server.backplane import SessionsEnded, StateChanged
+from server.client import HostClient
 from server.history import check
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
@@ -37,6 +39,22 @@ from tests.load import (
 from tests.postgres import BASE_URL, Relay, fresh_database
 
 CONVERGE_WITHIN_S = 5.0
+
+
+class _AnyHold:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and set(other) == {"reason", "expires_at"}
+
+
+ANY_HOLD = _AnyHold()
+
+
+async def next_of(tab: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(CONVERGE_WITHIN_S):
+        while True:
+            message: dict[str, Any] = json.loads(await tab.recv())
+            if message["type"] == kind:
+                return message
 
 
 def test_events_travel_in_payloads_postgresql_accepts() -> None:
@@ -205,6 +223,34 @@ async def test_a_platform_change_through_one_process_reaches_the_tabs_on_the_oth
         finally:
             await watcher.close()
             await switcher.close()
+
+
+async def test_a_hold_placed_through_one_process_holds_the_switches_on_the_other(
+    tmp_path: Path,
+) -> None:
+    """A hold placed through A: the tab on B hears it and its switch is refused busy; the
+    release through A reaches B too, and the same switch is then accepted."""
+    async with processes(tmp_path, users=1, count=2, api_key="k") as (_, population, hubs):
+        headers = {"Authorization": f"Bearer {population.tokens[1]}"}
+        tab = await connect(f"ws://127.0.0.1:{hubs[1].port}/ws?tab=b", additional_headers=headers)
+        try:
+            hello = json.loads(await tab.recv())
+            state = hello["state"]
+            target = next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
+            async with HostClient(hubs[0].url, "k") as host:
+                name = "user00000"  # tests/load.py's populate names its users so
+                await host.hold(name, "Captioning", 30)
+                assert await next_of(tab, "hold") == {"type": "hold", "hold": ANY_HOLD}
+                switch = {"type": "switch", "id": "h1", "platform": target, "base": 0}
+                await tab.send(json.dumps(switch))
+                refused = await next_of(tab, "rejected")
+                assert refused["reason"] == "busy" and "Captioning" in refused["message"]
+                await host.release(name)
+                assert await next_of(tab, "hold") == {"type": "hold", "hold": None}
+            await tab.send(json.dumps(switch))
+            assert (await next_of(tab, "switched"))["version"] == 1
+        finally:
+            await tab.close()
 
 
 async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path: Path) -> None:

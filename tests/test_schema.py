@@ -46,6 +46,13 @@ async def test_the_migrations_build_exactly_what_the_models_describe(
         await database.dispose()
 
 
+# The tables hubs made before migrations existed: revision 0001's.
+BASELINE_TABLES = [
+    Base.metadata.tables[name]
+    for name in ("users", "login_sessions", "platforms", "platform_states", "switch_log")
+]
+
+
 async def test_a_database_from_before_migrations_is_refused_then_adopted_with_its_data(
     make_on_each_engine: MakeSettings,
 ) -> None:
@@ -54,7 +61,7 @@ async def test_a_database_from_before_migrations_is_refused_then_adopted_with_it
     database = Database(make_on_each_engine())
     try:
         async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+            await connection.run_sync(Base.metadata.create_all, tables=BASELINE_TABLES)
             await connection.execute(
                 UserRow.__table__.insert().values(
                     name="old", password_hash="x", created_at=dt.datetime.now(dt.UTC)
@@ -106,7 +113,7 @@ def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -
     path = tmp_path / "legacy.db"
     url = f"sqlite+aiosqlite:///{path}"
     engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
+    Base.metadata.create_all(engine, tables=BASELINE_TABLES)
     engine.dispose()
 
     refused = run_hub(url, "serve", "--port", "0")

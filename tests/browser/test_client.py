@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import select
 
+from server.client import HostClient
 from server.db import SwitchLogRow
 from server.settings import Settings
 from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
@@ -463,3 +464,30 @@ async def test_the_demo_page_manages_platforms_and_every_tab_follows(
     bob = (await page.evaluate("window.hub.user"))["id"]
     stored = await running.hub.store.load_state(bob)
     assert (stored.version, stored.active, len(stored.platforms)) == (3, photos, 1)
+
+
+async def test_the_demo_page_shows_a_hold_and_its_end(tmp_path: Path, devices: Any) -> None:
+    """The host app holds bob's switches: both tabs show the banner with the reason, a click
+    is refused with it and rolled back; after the release the banner goes and a click works."""
+    async with serve(make_settings(tmp_path, api_key="k")) as running:
+        device = await devices(running, debounceMs=0)
+        await device.log_in("bob")
+        page, other = await device.open_tab(), await device.open_tab()
+        start = await state(page)
+        async with HostClient(running.url, "k") as host:
+            await host.hold("bob", "Generating captions", 60)
+            for tab in (page, other):
+                await expect(tab.locator("#hold-text")).to_contain_text(
+                    "Busy: Generating captions", timeout=WITHIN_MS
+                )
+            await choose(page, others(start)[0])
+            await expect(page.locator("#message")).to_contain_text(
+                "Generating captions", timeout=WITHIN_MS
+            )
+            await shows(page, 0, start["active"])  # rolled back
+            await host.release("bob")
+        for tab in (page, other):
+            await expect(tab.locator("#hold")).to_be_hidden(timeout=WITHIN_MS)
+        await choose(page, others(start)[0])
+        for tab in (page, other):
+            await shows(tab, 1, others(start)[0])

@@ -1,0 +1,65 @@
+"""Holds: while a job of the host app runs for a user, that user's switches are refused.
+
+In the app the hub serves, a user may start a long job on the active platform (caption
+generation); a switch then must not half-apply. The host app places a hold with a reason
+and a TTL; until it is released or its TTL runs out, switches are rejected ``busy`` with the
+hold's reason, and every tab is told when the hold starts and ends.
+
+A hold is a row (one per user). Placing or releasing one locks the user's state row first,
+as a switch batch does, and the batch reads holds after that lock: a switch is decided
+wholly before a placement (and the placement's answer shows its result) or after it (and is
+refused). The change travels to other processes with its commit (server/backplane.py); each
+process with tabs of the user tells them, and ends the hold there when its TTL runs out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import cast
+
+from sqlalchemy import Connection, Table, delete, insert
+
+from server import backplane
+from server.backplane import HoldChanged
+from server.db import Database, HoldRow
+from server.protocol import HoldAnswer, HoldView
+from server.sessions import format_time
+from server.store import read_state
+
+__all__ = ["place", "release"]
+
+_holds = cast(Table, HoldRow.__table__)
+
+
+async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> HoldAnswer:
+    """Hold a user's switches for ``ttl_s`` seconds (replacing any hold); return it."""
+    now = database.clock()
+    # To the millisecond, as tabs are told it: the end they hear is the end that is stored.
+    expires = now + dt.timedelta(seconds=ttl_s)
+    expires -= dt.timedelta(microseconds=expires.microsecond % 1000)
+    hold = HoldView(reason=reason, expires_at=format_time(expires))
+    origin = database.origin
+
+    def work(connection: Connection) -> HoldAnswer:
+        _, _, state = read_state(connection, user_id, lock=True)
+        connection.execute(delete(_holds).where(_holds.c.user_id == user_id))
+        connection.execute(
+            insert(_holds).values(user_id=user_id, reason=reason, placed_at=now, expires_at=expires)
+        )
+        backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=hold)])
+        return HoldAnswer(hold=hold, state=state)
+
+    return await database.write_sync(work)
+
+
+async def release(database: Database, user_id: int) -> HoldAnswer:
+    """End a user's hold, if there is one; switches are decided again."""
+    origin = database.origin
+
+    def work(connection: Connection) -> HoldAnswer:
+        _, _, state = read_state(connection, user_id, lock=True)
+        connection.execute(delete(_holds).where(_holds.c.user_id == user_id))
+        backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=None)])
+        return HoldAnswer(hold=None, state=state)
+
+    return await database.write_sync(work)
