@@ -102,6 +102,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             hub.resync,
             backoff_s=settings.backplane_backoff_s,
         )
+        if listener is not None:
+            listener.on_lag = metrics.backplane_lag.observe
         app.state.database, app.state.hub, app.state.listener = database, hub, listener
         metrics.watch(
             tabs=lambda: len(hub.tabs()),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -80,6 +81,8 @@ Event = StateChanged | SessionsEnded | HoldChanged
 class _Notice(msgspec.Struct, frozen=True):
     origin: str  # the committing process's database handle (Database.origin)
     events: list[Event]
+    # When it was staged (Unix time, inside the committing transaction), for the lag.
+    sent: float = 0.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -114,12 +117,12 @@ def _payloads(origin: str, events: Sequence[Event]) -> Iterator[str]:
     for event in events:
         length = len(_encoder.encode(event)) + 1
         if batch and size + length > _MAX_PAYLOAD:
-            yield _encoder.encode(_Notice(origin, batch)).decode()
+            yield _encoder.encode(_Notice(origin, batch, time.time())).decode()
             batch, size = [], 0
         batch.append(event)
         size += length
     if batch:
-        yield _encoder.encode(_Notice(origin, batch)).decode()
+        yield _encoder.encode(_Notice(origin, batch, time.time())).decode()
 
 
 class Listener:
@@ -147,6 +150,9 @@ class Listener:
         self.backoff_max_s = backoff_max_s
         self.connected = asyncio.Event()
         self.reconnects = 0  # connections made after the first
+        # Told the seconds from each notification's staging (in the committing transaction,
+        # on the sender's clock) to its delivery here (metrics).
+        self.on_lag: Callable[[float], None] | None = None
         self.backend_pid: int | None = None  # of the listening connection, for tests
         self._lost: asyncio.Event = asyncio.Event()
 
@@ -206,13 +212,15 @@ class Listener:
 
     def _deliver(self, payload: str) -> None:
         try:
-            origin, events = decode_events(payload)
+            notice = _decoder.decode(payload)
         except msgspec.DecodeError:
             logger.error("backplane: an undecodable notification was dropped: %.200s", payload)
             return
-        if origin == self.origin:
+        if notice.origin == self.origin:
             return
-        for event in events:
+        if self.on_lag is not None and notice.sent:
+            self.on_lag(max(0.0, time.time() - notice.sent))
+        for event in notice.events:
             self.deliver(event)
 
 

@@ -53,6 +53,13 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.backplane_lag = Histogram(
+            "hub_backplane_lag_seconds",
+            "From a change's commit in another process to its delivery here (PostgreSQL; "
+            "the processes' clocks must agree).",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self._tabs = Gauge("hub_tabs", "Tabs connected to this process.", registry=registry)
         self._checked_out = Gauge(
             "hub_db_connections_checked_out",

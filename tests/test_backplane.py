@@ -249,6 +249,14 @@ async def test_a_hold_placed_through_one_process_holds_the_switches_on_the_other
                 assert await next_of(tab, "hold") == {"type": "hold", "hold": None}
             await tab.send(json.dumps(switch))
             assert (await next_of(tab, "switched"))["version"] == 1
+            # B timed the two notifications from A (hold, release) in its lag histogram.
+            async with httpx.AsyncClient(base_url=hubs[1].url) as http:
+                metrics = (await http.get("/metrics")).text
+            count = next(
+                line for line in metrics.splitlines()
+                if line.startswith("hub_backplane_lag_seconds_count")
+            )  # fmt: skip
+            assert float(count.split()[-1]) >= 2, count
         finally:
             await tab.close()
 
