@@ -56,7 +56,16 @@ from server.store import SqlStore
 __all__ = ["COOKIE", "create_app", "uvicorn_config"]
 
 COOKIE = "hub_session"
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+
+def _client_dir() -> Path:
+    """client/ of a source checkout, else the copy an installed package carries."""
+    source = Path(__file__).resolve().parent.parent / "client"
+    if (source / "navigation.js").is_file():
+        return source
+    return Path(__file__).resolve().parent / "_client"
+
+
+CLIENT_DIR = _client_dir()
 _TAB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _REJECT_STATUS = {
