@@ -21,12 +21,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import __version__, backplane, host, platforms, sessions
+from server import __version__, backplane, host, logs, platforms, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, PlatformRefused, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
-from server.logs import redact_secrets
+from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
     Cause,
@@ -56,6 +56,7 @@ from server.store import SqlStore
 __all__ = ["COOKIE", "create_app", "uvicorn_config"]
 
 COOKIE = "hub_session"
+
 
 def _client_dir() -> Path:
     """client/ of a source checkout, else the copy an installed package carries."""
@@ -242,6 +243,7 @@ def uvicorn_config(app: Starlette | str, settings: Settings, **overrides: Any) -
         "ws_max_size": settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "log_level": settings.log_level,
+        "log_config": log_config(settings.log_format, settings.log_level),
         "timeout_graceful_shutdown": 5,
         "http": HeaderDeadlineProtocol,
         "ws": BoundedWebSocketProtocol,
@@ -537,6 +539,8 @@ async def _websocket(websocket: WebSocket) -> None:
         await websocket.send_denial_response(error_response(503, ErrorCode.UNAVAILABLE, str(error)))
         return
 
+    # Everything this connection logs from here names it (uvicorn's "[accepted]" included).
+    logs.bind(tab=tab_id, user=login.user_id, session=login.id)
     if (wait := hub.cooldown(login.id)) > 0:
         await asyncio.sleep(wait)  # a tab of this session was just closed for flooding
     await websocket.accept()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from server.errors import BadMessage, HubError, StoreUnavailable
+from server.logs import bound
 from server.outbox import Close, Outbox
 from server.protocol import (
     PROTOCOL_VERSION,
@@ -387,13 +388,17 @@ class Hub:
         """
         tab_id = tab.id if tab else None
         arrived = time.monotonic()
-        try:
-            outcome = await self.store.switch(user_id, session_id, request, tab_id)
-        except StoreUnavailable as error:
-            logger.warning("switch %s of user %s: %s", request.id, user_id, error)
-            outcome = SwitchOutcome(
-                accepted=False, state=self.state_of(user_id), reason=RejectReason.UNAVAILABLE
-            )
+        with bound(request=request.id):
+            try:
+                outcome = await self.store.switch(user_id, session_id, request, tab_id)
+            except StoreUnavailable as error:
+                logger.warning("switch to platform %s: %s", request.platform, error)
+                outcome = SwitchOutcome(
+                    accepted=False, state=self.state_of(user_id), reason=RejectReason.UNAVAILABLE
+                )
+            if logger.isEnabledFor(logging.DEBUG):
+                decided = "accepted" if outcome.accepted else (outcome.reason or outcome.ended)
+                logger.debug("switch to platform %s: %s", request.platform, decided)
         if outcome.ended is not None:
             self.end_session(session_id, outcome.ended)
             return None

@@ -67,12 +67,16 @@ class Settings:
     backplane_backoff_s: float = 0.1
 
     log_level: str = "info"
+    # "text" (a line per record, ids as key=value) or "json" (an object per line).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if self.switch_log_ttl_s < 600:
             raise ValueError("switch_log_ttl_s must be at least 600 seconds")
         if self.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be NORMAL, FULL or EXTRA")
+        if self.log_format not in {"text", "json"}:
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.commit_batch_max < 1:
             raise ValueError("commit_batch_max must be at least 1")
         if self.session_idle_s <= 0 or self.session_absolute_s <= 0:

@@ -200,10 +200,12 @@ async def test_a_tab_that_floods_and_never_answers_the_close_is_dropped_unread(
     assert answer["type"] == "switched"
 
 
-async def test_tokens_are_never_logged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_tokens_are_never_logged(tmp_path: Path, log_format: str) -> None:
     """Run a hub process at debug level through logins, tabs, switches, a forged token and
-    logouts; neither a token nor its hash appears in its log."""
-    settings = make_settings(tmp_path, log_level="debug")
+    logouts; neither a token nor its hash appears in its log. In JSON every line is one
+    object, and what a tab's connection logs names its tab, user and switch request."""
+    settings = make_settings(tmp_path, log_level="debug", log_format=log_format)
     await seed_demo_file(settings)
     log = tmp_path / "hub.log"
     hub = await HubProcess(settings, log).start()
@@ -238,6 +240,13 @@ async def test_tokens_are_never_logged(tmp_path: Path) -> None:
     for token in tokens:
         assert token not in text and token_hash(token) not in text
         assert token[:16] not in text
+    if log_format == "json":
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+        accepted = [r for r in records if "[accepted]" in r["message"]]
+        assert accepted and accepted[0]["tab"] == "a" and accepted[0]["user"] == 1
+        decided = [r for r in records if r["message"] == "switch to platform 2: accepted"]
+        assert decided and decided[0]["request"] == "r" and decided[0]["tab"] == "a"
 
 
 def test_the_log_filter_redacts_cookies_and_bearer_tokens() -> None:
