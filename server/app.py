@@ -244,7 +244,7 @@ def uvicorn_config(app: Starlette | str, settings: Settings, **overrides: Any) -
         "ws_per_message_deflate": False,
         "log_level": settings.log_level,
         "log_config": log_config(settings.log_format, settings.log_level),
-        "timeout_graceful_shutdown": 5,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "http": HeaderDeadlineProtocol,
         "ws": BoundedWebSocketProtocol,
         "lifespan": "on",

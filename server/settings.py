@@ -66,6 +66,10 @@ class Settings:
     backplane_connect_s: float = 30
     backplane_backoff_s: float = 0.1
 
+    # SIGTERM: every tab is closed with 1012 at once (it reconnects elsewhere, with jitter);
+    # the switches already received are still decided and committed (a retry with the same
+    # id gets that decision); connections still open after this many seconds are cut.
+    shutdown_timeout_s: float = 5
     log_level: str = "info"
     # "text" (a line per record, ids as key=value) or "json" (an object per line).
     log_format: str = "text"
