@@ -681,7 +681,7 @@ export class HubClient extends EventTarget {
       response = await fetch(new URL("switch", this.api), {
         method: "POST",
         headers: { "content-type": "application/json" },
-        credentials: "same-origin",
+        credentials: "include",
         body: JSON.stringify(request),
       });
     } catch {
@@ -721,7 +721,7 @@ export class HubClient extends EventTarget {
   async #probe() {
     let response;
     try {
-      response = await fetch(new URL("state", this.api), { credentials: "same-origin" });
+      response = await fetch(new URL("state", this.api), { credentials: "include" });
     } catch {
       if (this.#status === "degraded") this.#setStatus("reconnecting");
       return; // The hub is down: keep reconnecting.
@@ -759,7 +759,7 @@ export class HubClient extends EventTarget {
   async #post(path) {
     let response;
     try {
-      response = await fetch(new URL(path, this.api), { method: "POST", credentials: "same-origin" });
+      response = await fetch(new URL(path, this.api), { method: "POST", credentials: "include" });
     } catch (error) {
       throw new Error("The hub cannot be reached; try again.", { cause: error });
     }

@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -170,7 +172,19 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         Mount("/client", StaticFiles(directory=CLIENT_DIR), name="client"),
         *host.routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Pages of the allowed origins (HUB_ALLOWED_ORIGINS: a host app's, say) may call the HTTP
+    # API from their own origin, cookie included (navigation.js's `api` option); the origin
+    # checks of the endpoints still apply. The WebSocket needs no CORS.
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["content-type"],
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 class _FrontDoor:
