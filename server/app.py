@@ -119,6 +119,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         app.state.database, app.state.hub, app.state.listener = database, hub, listener
         metrics.watch(
             tabs=lambda: len(hub.tabs()),
+            sessions=lambda: len(hub.session_ids()),
             checked_out=database.checked_out,
             coalesced=hub.coalesced,
             slow_closed=lambda: hub.slow_closed,

@@ -61,6 +61,11 @@ class Metrics:
             registry=registry,
         )
         self._tabs = Gauge("hub_tabs", "Tabs connected to this process.", registry=registry)
+        self._sessions = Gauge(
+            "hub_sessions_connected",
+            "Login sessions with at least one tab connected to this process.",
+            registry=registry,
+        )
         self._checked_out = Gauge(
             "hub_db_connections_checked_out",
             "Pooled database connections in use right now.",
@@ -82,6 +87,7 @@ class Metrics:
         self,
         *,
         tabs: Callable[[], float],
+        sessions: Callable[[], float],
         checked_out: Callable[[], float],
         coalesced: Callable[[], float],
         slow_closed: Callable[[], float],
@@ -90,6 +96,7 @@ class Metrics:
     ) -> None:
         """Read these figures from the running hub whenever the metrics are scraped."""
         self._tabs.set_function(tabs)
+        self._sessions.set_function(sessions)
         self._checked_out.set_function(checked_out)
         if reconnects is not None:
             self._reconnects.set_function(reconnects)

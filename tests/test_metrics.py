@@ -39,6 +39,7 @@ async def test_metrics_count_switches_commits_and_tabs(running: RunningHub) -> N
     assert samples[("hub_commit_seconds_count", ())] == 2
     assert samples[("hub_commit_batch_size_sum", ())] == 2
     assert samples[("hub_tabs", ())] == 2
+    assert samples[("hub_sessions_connected", ())] == 1  # both tabs share alice's session
     assert samples[("hub_backplane_reconnects", ())] == 0  # SQLite: no listener
     # The session watcher (every 0.1 s here) holds a connection while it reads, so a single
     # scrape may catch it; a leaked connection would keep the gauge above 0 for good.
