@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import __version__, backplane, host, logs, platforms, sessions
 from server.db import Clock, Database, utcnow
-from server.errors import AuthenticationError, BadMessage, PlatformRefused, StoreUnavailable
+from server.errors import AuthenticationError, BadMessage, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
@@ -50,7 +50,7 @@ from server.protocol import (
     decode_body,
     encode,
 )
-from server.responses import error_response, json_response, refused_response
+from server.responses import FAILURES, error_response, failure_response, json_response
 from server.sessions import LoginSession, format_time
 from server.settings import Settings
 from server.store import SqlStore
@@ -488,12 +488,8 @@ async def _platform_change(
         changed = await work(database, login.user_id)
     except AuthenticationError as error:
         return _unauthenticated(error)
-    except BadMessage as error:
-        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
-    except PlatformRefused as error:
-        return refused_response(error)
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    except FAILURES as error:
+        return failure_response(error)
     hub.publish(login.user_id, changed.state, Cause(kind="platforms", tab=None, request=""))
     return json_response(201 if created else 200, changed)
 

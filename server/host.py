@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from server import holds, openapi, platforms, sessions
 from server.db import Database
-from server.errors import BadMessage, PlatformRefused, StoreUnavailable, UsageError
+from server.errors import BadMessage, StoreUnavailable, UsageError
 from server.hub import Hub
 from server.protocol import (
     Cause,
@@ -39,7 +39,7 @@ from server.protocol import (
     UserView,
     decode_body,
 )
-from server.responses import error_response, json_response, refused_response
+from server.responses import FAILURES, error_response, failure_response, json_response
 from server.settings import Settings
 from server.store import upsert_user, user_id_of
 
@@ -104,12 +104,8 @@ def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
             if user_id is None:
                 return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
             return await work(database, hub, request, user_id)
-        except BadMessage as error:
-            return error_response(422, ErrorCode.BAD_REQUEST, str(error))
-        except PlatformRefused as error:
-            return refused_response(error)
-        except StoreUnavailable as error:
-            return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+        except FAILURES as error:
+            return failure_response(error)
 
     return endpoint
 

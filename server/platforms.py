@@ -30,6 +30,7 @@ from server.protocol import (
     PlatformCreate,
     PlatformDetail,
     PlatformList,
+    PlatformMirrored,
     PlatformsMirror,
     PlatformUpdate,
 )
@@ -59,19 +60,7 @@ async def add(database: Database, user_id: int, new: PlatformCreate) -> Platform
         _check_unique(rows, new.name, (new.instance_url, new.username))
         if new.is_default:
             _clear_default(connection, user_id, now)
-        connection.execute(
-            insert(_platforms).values(
-                user_id=user_id,
-                name=new.name,
-                kind=new.kind,
-                instance_url=new.instance_url,
-                username=new.username,
-                is_active=True,
-                is_default=new.is_default,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        _insert(connection, user_id, new, now, active=True)
 
     return await _apply(database, user_id, mutate)
 
@@ -165,21 +154,8 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
                 )
             )
         for platform, account in zip(wanted.platforms, accounts, strict=True):
-            if account in by_account:
-                continue
-            connection.execute(
-                insert(_platforms).values(
-                    user_id=user_id,
-                    name=platform.name,
-                    kind=platform.kind,
-                    instance_url=platform.instance_url,
-                    username=platform.username,
-                    is_active=platform.is_active,
-                    is_default=platform.is_default and platform.is_active,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            if account not in by_account:
+                _insert(connection, user_id, platform, now, active=platform.is_active)
 
     return await _apply(database, user_id, mutate)
 
@@ -213,6 +189,29 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         return PlatformList(platforms=tuple(rows), state=state)
 
     return await database.write_sync(work)
+
+
+def _insert(
+    connection: Connection,
+    user_id: int,
+    platform: PlatformCreate | PlatformMirrored,
+    now: dt.datetime,
+    *,
+    active: bool,
+) -> None:
+    connection.execute(
+        insert(_platforms).values(
+            user_id=user_id,
+            name=platform.name,
+            kind=platform.kind,
+            instance_url=platform.instance_url,
+            username=platform.username,
+            is_active=active,
+            is_default=platform.is_default and active,
+            created_at=now,
+            updated_at=now,
+        )
+    )
 
 
 def _details(connection: Connection, user_id: int) -> list[PlatformDetail]:

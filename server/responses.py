@@ -6,10 +6,13 @@ from typing import Any
 
 from starlette.responses import Response
 
-from server.errors import PlatformRefused
+from server.errors import BadMessage, PlatformRefused, StoreUnavailable
 from server.protocol import ErrorBody, ErrorCode, encode
 
-__all__ = ["error_response", "json_response", "refused_response"]
+__all__ = ["FAILURES", "error_response", "failure_response", "json_response", "refused_response"]
+
+# The errors a changing endpoint answers alike: catch these, answer with failure_response.
+FAILURES = (BadMessage, PlatformRefused, StoreUnavailable)
 
 _REFUSED_STATUS = {ErrorCode.UNKNOWN_PLATFORM: 404, ErrorCode.BAD_REQUEST: 422}
 
@@ -31,3 +34,12 @@ def refused_response(error: PlatformRefused) -> Response:
     request, 409 for a rule it would break."""
     code = ErrorCode(error.code)
     return error_response(_REFUSED_STATUS.get(code, 409), code, str(error))
+
+
+def failure_response(error: BadMessage | PlatformRefused | StoreUnavailable) -> Response:
+    """Return the answer to one of FAILURES: 422 malformed, a refused change, 503."""
+    if isinstance(error, PlatformRefused):
+        return refused_response(error)
+    if isinstance(error, BadMessage):
+        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+    return error_response(503, ErrorCode.UNAVAILABLE, str(error))

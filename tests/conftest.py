@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import socket
+import subprocess
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -254,3 +257,14 @@ def platform_ids(tab: Tab) -> list[int]:
 
 def other_platform(state: dict[str, Any]) -> int:
     return next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
+
+
+def reported_port(process: subprocess.Popen[str], within: float = 30) -> int:
+    """Read a starting `hub serve --port 0` process's stderr until it says its port."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = re.search(r"running on http://127\.0\.0\.1:(\d+)", process.stderr.readline())
+        if found:
+            return int(found.group(1))
+    raise AssertionError("hub serve did not report its port")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import reported_port
 
 
 def hub(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,14 +62,7 @@ def test_serve_starts_and_answers_health(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert process.stderr is not None
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            found = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        assert port, "hub serve did not report its port"
+        port = reported_port(process)
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status_code == 200 and health.json()["status"] == "ok"
     finally:

@@ -11,11 +11,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import reported_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,13 +80,7 @@ def test_the_wheel_carries_the_hub_and_an_installed_hub_serves_the_client(
         text=True,
     )
     try:
-        assert process.stderr is not None
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
-            found = re.search(r"running on http://127\.0\.0\.1:(\d+)", process.stderr.readline())
-            port = int(found.group(1)) if found else None
-        assert port, "the installed hub did not report its port"
+        port = reported_port(process)
         base = f"http://127.0.0.1:{port}"
         script = httpx.get(base + "/client/navigation.js", timeout=5)
         assert script.status_code == 200
