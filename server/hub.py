@@ -248,6 +248,8 @@ class Hub:
         # Login sessions whose tab was closed for abuse (4002), and when they may have a tab
         # again: see cooldown().
         self._cooling: dict[int, float] = {}
+        # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
+        self._http_buckets: dict[int, _Bucket] = {}
 
     # Tabs joining and leaving.
 
@@ -328,6 +330,31 @@ class Hub:
         """Return the newest state the hub has seen for a user with tabs."""
         room = self._rooms.get(user_id)
         return room.state if room else None
+
+    def admit(self, session_id: int) -> bool:
+        """Take a token from a session's HTTP bucket; False when it is over the rate limit.
+
+        A tab's WebSocket has a bucket of its own; this one keeps the HTTP fallback from
+        being a way around it.
+        """
+        bucket = self._http_buckets.get(session_id)
+        if bucket is None:
+            if len(self._http_buckets) >= _MAX_HTTP_BUCKETS:
+                self._forget_full_buckets()
+            bucket = self._http_buckets[session_id] = _Bucket(
+                self.messages_per_second, self.message_burst
+            )
+        return bucket.take()
+
+    def _forget_full_buckets(self) -> None:
+        # A full bucket is what a new session gets anyway: forgetting it changes nothing.
+        now = time.monotonic()
+        for session_id in [
+            s
+            for s, b in self._http_buckets.items()
+            if b.tokens + (now - b.stamp) * b.rate >= b.burst
+        ]:
+            del self._http_buckets[session_id]
 
     def cooldown(self, session_id: int) -> float:
         """Return how long a new tab of this session must wait: a tab of it was just closed
@@ -647,6 +674,7 @@ class Hub:
 
 
 _PONG = encode(Pong())
+_MAX_HTTP_BUCKETS = 10_000
 _RATE_MESSAGE = "Too many messages; slow down"
 
 

@@ -144,6 +144,34 @@ async def test_rate_limit_rejects_excess_switches(tmp_path: Path) -> None:
         await tab.close()
 
 
+async def test_the_http_fallback_is_rate_limited_per_session(tmp_path: Path) -> None:
+    """POST /api/switch past the session's burst: 429 rate_limited with the state, nothing
+    applied; another session of the same user has a burst of its own, and so does a tab."""
+    settings = make_settings(tmp_path, messages_per_second=0.1, message_burst=3)
+    async with serve(settings) as running:
+        token, other = await running.login("alice"), await running.login("alice")
+        tab = await running.tab(token, "a")
+        platforms = [p["id"] for p in tab.hello["state"]["platforms"]]
+        answers = []
+        async with running.http(token, origin=running.url) as http:
+            for n in range(6):  # each to the platform not active, from the current version
+                body = {"id": f"h{n}", "platform": platforms[(n + 1) % 2], "base": min(n, 3)}
+                answers.append(await http.post("/api/switch", json=body))
+        assert [a.status_code for a in answers] == [200, 200, 200, 429, 429, 429]
+        refused = answers[-1].json()
+        assert refused["reason"] == "rate_limited" and refused["state"]["version"] == 3
+        assert (await running.hub.store.load_state(1)).version == 3
+        async with running.http(other, origin=running.url) as http:
+            body = {"id": "o1", "platform": platforms[0], "base": 3}
+            assert (await http.post("/api/switch", json=body)).json()["version"] == 4
+        assert (await tab.switch("t1", platforms[1], base=4)) == {
+            "type": "switched",
+            "id": "t1",
+            "version": 5,
+        }
+        await tab.close()
+
+
 async def test_tab_limit_closes_the_extra_tab_with_4003(tmp_path: Path) -> None:
     """A user's tab beyond max_tabs_per_user is closed with 4003; a reused tab id replaces."""
     async with serve(make_settings(tmp_path, max_tabs_per_user=2)) as running:
