@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import math
 import os
 import re
 import secrets
@@ -51,7 +52,7 @@ from server.protocol import (
     encode,
 )
 from server.responses import FAILURES, error_response, failure_response, json_response
-from server.sessions import LoginSession, format_time
+from server.sessions import LoginFailures, LoginSession, format_time
 from server.settings import Settings
 from server.store import SqlStore
 
@@ -126,6 +127,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             sessions_ended=lambda: hub.sessions_ended,
             reconnects=(lambda: listener.reconnects) if listener is not None else None,
         )
+        login_failures = LoginFailures(settings.login_failure_rate, settings.login_failure_burst)
         tasks = [
             asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(
@@ -144,6 +146,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 "settings": settings,
                 "listener": listener,
                 "metrics": metrics,
+                "login_failures": login_failures,
             }
         finally:
             for task in tasks:
@@ -317,18 +320,30 @@ async def _login(request: Request) -> Response:
     if not _origin_allowed(request):
         return _forbidden_origin()
     database: Database = request.state.database
+    failures: LoginFailures = request.state.login_failures
+    address = request.client.host if request.client else None
     try:
         body = decode_body(await request.body(), LoginRequest)
+        # Checked before the password, whatever it is: a guesser learns nothing while throttled.
+        if (wait := failures.wait(body.username, address)) > 0:
+            response = error_response(
+                429,
+                ErrorCode.RATE_LIMITED,
+                f"Too many failed logins; try again in {math.ceil(wait)} s.",
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         token, login = await sessions.log_in(
             database,
             body.username,
             body.password,
             user_agent=request.headers.get("user-agent"),
-            ip=request.client.host if request.client else None,
+            ip=address,
         )
     except BadMessage as error:
         return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     except AuthenticationError as error:
+        failures.failed(body.username, address)
         return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
     except StoreUnavailable as error:
         return error_response(503, ErrorCode.UNAVAILABLE, str(error))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from server.buckets import TokenBucket, TokenBuckets
 from server.errors import BadMessage, HubError, StoreUnavailable
 from server.logs import bound
 from server.outbox import Close, Outbox
@@ -108,26 +109,6 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-class _Bucket:
-    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Tab:
     """One browser tab's connection: its identity, outbox and writer."""
 
@@ -140,7 +121,7 @@ class Tab:
         self.transport = transport
         self._hub = hub
         self.outbox = Outbox(hub.outbox_size, self._wake)
-        self.bucket = _Bucket(hub.messages_per_second, hub.message_burst)
+        self.bucket = TokenBucket(hub.messages_per_second, hub.message_burst)
         self.bad_messages = 0
         self.excess_messages = 0  # messages over the rate limit, in a row
         self.last_heard = time.monotonic()
@@ -249,7 +230,7 @@ class Hub:
         # again: see cooldown().
         self._cooling: dict[int, float] = {}
         # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
-        self._http_buckets: dict[int, _Bucket] = {}
+        self._http_buckets = TokenBuckets(messages_per_second, message_burst)
 
     # Tabs joining and leaving.
 
@@ -337,24 +318,7 @@ class Hub:
         A tab's WebSocket has a bucket of its own; this one keeps the HTTP fallback from
         being a way around it.
         """
-        bucket = self._http_buckets.get(session_id)
-        if bucket is None:
-            if len(self._http_buckets) >= _MAX_HTTP_BUCKETS:
-                self._forget_full_buckets()
-            bucket = self._http_buckets[session_id] = _Bucket(
-                self.messages_per_second, self.message_burst
-            )
-        return bucket.take()
-
-    def _forget_full_buckets(self) -> None:
-        # A full bucket is what a new session gets anyway: forgetting it changes nothing.
-        now = time.monotonic()
-        for session_id in [
-            s
-            for s, b in self._http_buckets.items()
-            if b.tokens + (now - b.stamp) * b.rate >= b.burst
-        ]:
-            del self._http_buckets[session_id]
+        return self._http_buckets.get(session_id).take()
 
     def cooldown(self, session_id: int) -> float:
         """Return how long a new tab of this session must wait: a tab of it was just closed
@@ -674,7 +638,6 @@ class Hub:
 
 
 _PONG = encode(Pong())
-_MAX_HTTP_BUCKETS = 10_000
 _RATE_MESSAGE = "Too many messages; slow down"
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import backplane
 from server.backplane import SessionsEnded
+from server.buckets import TokenBuckets
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, StoreUnavailable, UsageError
 from server.hub import Hub
@@ -29,6 +30,7 @@ from server.protocol import SessionDetail, SessionEndReason
 __all__ = [
     "LIVENESS_BY_IDS",
     "LIVENESS_COLUMNS",
+    "LoginFailures",
     "LoginSession",
     "authenticate",
     "check",
@@ -122,6 +124,27 @@ async def log_in(
     if found is None or not usable or not valid:
         raise AuthenticationError("invalid_credentials", "Unknown user name or wrong password.")
     return await open_session(database, found[0], user_agent=user_agent, ip=ip)
+
+
+class LoginFailures:
+    """Failed logins, counted per user name and per client address (in this process)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._names = TokenBuckets(rate, burst)
+        self._addresses = TokenBuckets(5 * rate, 5 * burst)
+
+    def wait(self, name: str, address: str | None) -> float:
+        """Return the seconds until a login for ``name`` from ``address`` may be tried."""
+        waits = [self._names.get(name).wait()]
+        if address is not None:
+            waits.append(self._addresses.get(address).wait())
+        return max(waits)
+
+    def failed(self, name: str, address: str | None) -> None:
+        """Count a failed login against the name and the address."""
+        self._names.get(name).take()
+        if address is not None:
+            self._addresses.get(address).take()
 
 
 async def open_session(

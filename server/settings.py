@@ -40,6 +40,11 @@ class Settings:
     # How long a switch decision is remembered for idempotent retries (at least 600 s).
     switch_log_ttl_s: float = 24 * 3600
 
+    # Failed logins: a bucket per user name of this burst, refilled at this rate (a second);
+    # a client address gets five times both. Past it, logins get 429 until it refills.
+    login_failure_burst: int = 10
+    login_failure_rate: float = 0.05
+
     # Per-tab and per-user limits.
     max_tabs_per_user: int = 100
     messages_per_second: float = 20

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from websockets.exceptions import InvalidStatus
@@ -16,7 +18,7 @@ from server.db import LoginSessionRow
 from server.sessions import collect
 from server.settings import Settings
 from server.store import add_user
-from tests.conftest import MakeSettings, RunningHub, serve
+from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 
 
 @pytest.fixture
@@ -238,3 +240,22 @@ async def test_a_user_without_a_password_gets_sessions_only_from_open_session(
     async with running.http(token) as http:
         state = await http.get("/api/state")
     assert state.status_code == 200 and state.json()["user"]["name"] == "dave"
+
+
+async def test_failed_logins_are_throttled_per_name_then_refill(tmp_path: Path) -> None:
+    """Past the burst of failed logins for a name, every login for it gets 429 with
+    Retry-After, the right password too (so guessing learns nothing); another name is
+    untouched; once the bucket refills, the right password logs in."""
+    settings = make_settings(tmp_path, login_failure_burst=3, login_failure_rate=2.0)
+    async with serve(settings) as running, running.http() as http:
+
+        async def attempt(name: str, password: str) -> httpx.Response:
+            return await http.post("/api/login", json={"username": name, "password": password})
+
+        assert [(await attempt("alice", "wrong-pw")).status_code for _ in range(3)] == [401] * 3
+        throttled = await attempt("alice", "alice-demo-pw")
+        assert throttled.status_code == 429 and throttled.json()["error"] == "rate_limited"
+        assert int(throttled.headers["Retry-After"]) >= 1
+        assert (await attempt("bob", "bob-demo-pw")).status_code == 200
+        await asyncio.sleep(0.6)  # 2 tokens a second: one is back
+        assert (await attempt("alice", "alice-demo-pw")).status_code == 200
