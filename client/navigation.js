@@ -329,6 +329,7 @@ export class HubClient extends EventTarget {
   #pollTimer = null;
   #expiresAt = null;
   #hold = null; // the hold on switches the hub announced, or null
+  #reported = new Set(); // unknown message types already warned about
   #nonce = randomId();
   #claimed = false; // another live tab holds the id this tab found in sessionStorage
   #endReason = null; // from session_ended, for the 4001 close that follows
@@ -571,7 +572,12 @@ export class HubClient extends EventTarget {
       case "pong":
         break;
       default:
-        // A newer hub may add messages; ignoring them keeps this client working.
+        // A newer hub may add messages: this client keeps working, and says what it skipped.
+        this.#emit("unknown", { message });
+        if (!this.#reported.has(message?.type)) {
+          this.#reported.add(message?.type);
+          console.warn(`navigation.js: a hub message of unknown type ${JSON.stringify(message?.type)} was skipped`);
+        }
         break;
     }
   }

@@ -491,3 +491,36 @@ async def test_the_demo_page_shows_a_hold_and_its_end(tmp_path: Path, devices: A
         await choose(page, others(start)[0])
         for tab in (page, other):
             await shows(tab, 1, others(start)[0])
+
+
+async def test_a_message_of_an_unknown_type_is_reported_and_skipped(
+    running: RunningHub, devices: Any
+) -> None:
+    """A hub message this client does not know (from a newer hub, say) fires 'unknown' and
+    one console warning, and the tab goes on: a switch after it works."""
+    device = await devices(running)
+    sockets: list[Any] = []
+
+    def proxy(route: Any) -> None:
+        sockets.append(route)
+        route.connect_to_server()
+
+    await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    await device.log_in()
+    tab = await device.open_tab()
+    warnings: list[str] = []
+    tab.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+    await tab.evaluate(
+        "window.unknown = []; window.hub.addEventListener('unknown', "
+        "(e) => window.unknown.push(e.detail.message.type))"
+    )
+    for _ in range(2):
+        sockets[0].send('{"type":"future_thing","x":1}')
+    await tab.wait_for_function("window.unknown.length === 2", timeout=WITHIN_MS)
+    assert await tab.evaluate("window.unknown") == ["future_thing", "future_thing"]
+    assert [w for w in warnings if "future_thing" in w] == [
+        'navigation.js: a hub message of unknown type "future_thing" was skipped'
+    ]
+    start = await state(tab)
+    await choose(tab, others(start)[0])
+    await shows(tab, 1, others(start)[0])
