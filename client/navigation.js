@@ -39,7 +39,7 @@
  * @typedef {Hello|Pong|Switched|Rejected|StateMessage|HoldMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
  *
  * HTTP bodies:
- * @typedef {{user: UserInfo, state: StateView, session: SessionInfo}} StateResponse
+ * @typedef {{user: UserInfo, state: StateView, session: SessionInfo, hold: HoldView|null}} StateResponse
  * @typedef {{user: UserInfo, expires_at: string}} SessionView
  * @typedef {{error: ErrorCode, message: string, reason: string|null}} ErrorBody
  *
@@ -741,6 +741,7 @@ export class HubClient extends EventTarget {
     if (!response.ok || !body?.state) return;
     this.#user = body.user;
     this.#apply(body.state);
+    this.#setHold(body.hold ?? null); // degraded mode hears holds by polling, too
     if (this.#failures >= this.options.degradedAfter) this.#enterDegraded();
   }
 

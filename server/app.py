@@ -415,6 +415,7 @@ async def _state(request: Request) -> Response:
     try:
         login = await sessions.authenticate(database, _token(request))
         state = await hub.store.load_state(login.user_id)
+        hold = await hub.store.load_hold(login.user_id)
     except AuthenticationError as error:
         return _unauthenticated(error)
     except StoreUnavailable as error:
@@ -423,6 +424,7 @@ async def _state(request: Request) -> Response:
         user=UserInfo(id=login.user_id, name=login.user_name),
         state=state,
         session=SessionInfo(expires_at=format_time(login.expires_at)),
+        hold=hold,
     )
     return json_response(200, body)
 

@@ -441,6 +441,7 @@ class StateResponse(_Frozen, frozen=True):
     user: UserInfo
     state: StateView
     session: SessionInfo
+    hold: HoldView | None = None
 
 
 class ErrorBody(_Frozen, frozen=True):

@@ -63,7 +63,9 @@ async def test_a_hold_refuses_switches_as_busy_until_released(
     assert refused["state"]["version"] == 0
     async with running.http(token, origin=running.url) as http:
         answer = await http.post("/api/switch", json={"id": "h1", "platform": target, "base": 0})
+        polled = (await http.get("/api/state")).json()  # what degraded mode polls
     assert answer.status_code == 423 and answer.json()["reason"] == "busy"
+    assert polled["hold"] == {"reason": "Generating captions", "expires_at": placed.hold.expires_at}
     late = await running.tab(token, "late")  # a tab that joins during the hold is told too
     assert late.hello["hold"] == {
         "reason": "Generating captions",
@@ -73,6 +75,8 @@ async def test_a_hold_refuses_switches_as_busy_until_released(
 
     released = await client.release("alice")
     assert released.hold is None
+    async with running.http(token) as http:
+        assert (await http.get("/api/state")).json()["hold"] is None
     for tab in [*tabs, late]:
         assert await hold_message(tab) is None
     accepted = await tabs[0].switch("r1", target)  # the same id: not remembered as busy
