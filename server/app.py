@@ -28,11 +28,11 @@ from server import __version__, backplane, host, logs, platforms, sessions
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
-from server.hub import Hub, TabLimitReached, TransportClosed, describe
+from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
-    Cause,
+    PLATFORMS_CAUSE,
     CloseCode,
     ErrorCode,
     LoginRequest,
@@ -444,14 +444,6 @@ async def _switch(request: Request) -> Response:
     except StoreUnavailable as error:
         return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     request_ = Switch(id=body.id, platform=body.platform, base=body.base)
-    if not hub.admit(login.id):
-        try:
-            state = hub.state_of(login.user_id) or await hub.store.load_state(login.user_id)
-        except StoreUnavailable:
-            state = None
-        reason = RejectReason.RATE_LIMITED
-        refused = Rejected(id=body.id, reason=reason, message=describe(reason, state), state=state)
-        return json_response(_REJECT_STATUS[reason], refused)
     reply = await hub.switch(login.user_id, login.id, request_)
     if reply is None:
         return _unauthenticated(AuthenticationError("expired", "The session ended."))
@@ -515,7 +507,7 @@ async def _platform_change(
         return _unauthenticated(error)
     except FAILURES as error:
         return failure_response(error)
-    hub.publish(login.user_id, changed.state, Cause(kind="platforms", tab=None, request=""))
+    hub.publish(login.user_id, changed.state, PLATFORMS_CAUSE)
     return json_response(201 if created else 200, changed)
 
 

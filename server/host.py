@@ -22,7 +22,7 @@ from server.db import Database
 from server.errors import BadMessage, StoreUnavailable, UsageError
 from server.hub import Hub
 from server.protocol import (
-    Cause,
+    PLATFORMS_CAUSE,
     ErrorCode,
     HoldRequest,
     PlatformCreate,
@@ -46,7 +46,6 @@ from server.store import upsert_user, user_id_of
 __all__ = ["PREFIX", "routes"]
 
 PREFIX = "/api/host"
-_PLATFORMS_CAUSE = Cause(kind="platforms", tab=None, request="")
 
 # (database, hub, request, user id) -> response
 _Work = Callable[[Database, Hub, Request, int], Awaitable[Response]]
@@ -158,7 +157,7 @@ async def _remove_platform(database: Database, hub: Hub, request: Request, user:
 
 
 def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = False) -> Response:
-    hub.publish(user, changed.state, _PLATFORMS_CAUSE)
+    hub.publish(user, changed.state, PLATFORMS_CAUSE)
     return json_response(201 if created else 200, changed)
 
 

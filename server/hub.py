@@ -7,6 +7,7 @@ and a writer task of that tab drains it, running only while the outbox holds som
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -19,6 +20,7 @@ from server.errors import BadMessage, HubError, StoreUnavailable
 from server.logs import bound
 from server.outbox import Close, Outbox
 from server.protocol import (
+    PLATFORMS_CAUSE,
     PROTOCOL_VERSION,
     Cause,
     CloseCode,
@@ -312,14 +314,6 @@ class Hub:
         room = self._rooms.get(user_id)
         return room.state if room else None
 
-    def admit(self, session_id: int) -> bool:
-        """Take a token from a session's HTTP bucket; False when it is over the rate limit.
-
-        A tab's WebSocket has a bucket of its own; this one keeps the HTTP fallback from
-        being a way around it.
-        """
-        return self._http_buckets.get(session_id).take()
-
     def cooldown(self, session_id: int) -> float:
         """Return how long a new tab of this session must wait: a tab of it was just closed
         for abuse (4002), and the wait is the time its rate limit takes to refill.
@@ -375,8 +369,16 @@ class Hub:
     ) -> Switched | Rejected | None:
         """Decide a switch, answer ``tab`` if given, broadcast any new version, return the answer.
 
-        Returns None when the login session had ended: its tabs are being closed.
+        Returns None when the login session had ended: its tabs are being closed. Without a
+        tab (over HTTP), the session's own bucket rate-limits it, as a tab's bucket limits its
+        WebSocket (Hub.receive), so the fallback is no way around the limit.
         """
+        if tab is None and not self._http_buckets.get(session_id).take():
+            state = self.state_of(user_id)
+            if state is None:
+                with contextlib.suppress(StoreUnavailable):
+                    state = await self.store.load_state(user_id)
+            return self._rejection(request, RejectReason.RATE_LIMITED, state)
         tab_id = tab.id if tab else None
         arrived = time.monotonic()
         with bound(request=request.id):
@@ -476,7 +478,7 @@ class Hub:
                 if self._rooms.get(user_id) is not room:
                     return
                 if room.state is None or state.version >= room.state.version:
-                    self.publish(user_id, state, Cause(kind="platforms", tab=None, request=""))
+                    self.publish(user_id, state, PLATFORMS_CAUSE)
                 if state.version >= max(wanted, room.reload_until):
                     return
         finally:
@@ -607,11 +609,11 @@ class Hub:
         tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))
 
     def _reply_rejected(self, tab: Tab, request: Switch, reason: RejectReason) -> None:
-        state = self.state_of(tab.user.id)
-        rejected = Rejected(
-            id=request.id, reason=reason, message=describe(reason, state), state=state
-        )
-        tab.send(encode(rejected))
+        tab.send(encode(self._rejection(request, reason, self.state_of(tab.user.id))))
+
+    @staticmethod
+    def _rejection(request: Switch, reason: RejectReason, state: StateView | None) -> Rejected:
+        return Rejected(id=request.id, reason=reason, message=describe(reason, state), state=state)
 
     def _remember(self, room: _Room | None, state: StateView) -> None:
         # At an equal version the newer read wins: it may list platforms changed since.

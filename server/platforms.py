@@ -25,7 +25,7 @@ from server.backplane import StateChanged
 from server.db import Database, PlatformRow, PlatformStateRow
 from server.errors import PlatformRefused
 from server.protocol import (
-    Cause,
+    PLATFORMS_CAUSE,
     ErrorCode,
     PlatformCreate,
     PlatformDetail,
@@ -40,7 +40,6 @@ __all__ = ["add", "change", "listing", "mirror", "remove"]
 
 _platforms = cast(Table, PlatformRow.__table__)
 _states = cast(Table, PlatformStateRow.__table__)
-_CAUSE = Cause(kind="platforms", tab=None, request="")
 
 
 async def listing(database: Database, user_id: int) -> PlatformList:
@@ -184,7 +183,9 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         if moved.rowcount != 1:
             raise RuntimeError(f"version arbiter: user {user_id} has no state row at {version}")
         _, _, state = read_state(connection, user_id)
-        event = StateChanged(user=user_id, version=state.version, active=state.active, cause=_CAUSE)
+        event = StateChanged(
+            user=user_id, version=state.version, active=state.active, cause=PLATFORMS_CAUSE
+        )
         backplane.stage(connection, origin, [event])
         return PlatformList(platforms=tuple(rows), state=state)
 

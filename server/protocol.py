@@ -14,6 +14,7 @@ import msgspec
 from server.errors import BadMessage
 
 __all__ = [
+    "PLATFORMS_CAUSE",
     "PROTOCOL_VERSION",
     "Cause",
     "ClientMessage",
@@ -188,6 +189,10 @@ class Cause(_Frozen, frozen=True):
     kind: Literal["switch", "platforms", "resync"]
     tab: str | None
     request: str  # "" for a platform change and a resync
+
+
+# What a state broadcast after a platform change carries (server/platforms.py).
+PLATFORMS_CAUSE = Cause(kind="platforms", tab=None, request="")
 
 
 # From a tab.
