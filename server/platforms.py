@@ -127,7 +127,8 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
         by_account = {(r.instance_url, r.username): r for r in rows}
-        gone = [r.id for r in rows if (r.instance_url, r.username) not in set(accounts)]
+        listed = set(accounts)
+        gone = [r.id for r in rows if (r.instance_url, r.username) not in listed]
         if gone:
             connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
         # Names are unique per user: park the renamed ones first, so a swap cannot collide.

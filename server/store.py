@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
@@ -494,7 +495,10 @@ async def add_user(database: Database, name: str, password: str | None) -> int:
     if password is not None and len(password) < 8:
         raise UsageError("a password has at least 8 characters")
     now = database.clock()
-    password_hash = NO_PASSWORD if password is None else hash_password(password)
+    # scrypt takes tens of milliseconds: off the event loop, as log_in's check is.
+    password_hash = (
+        NO_PASSWORD if password is None else await asyncio.to_thread(hash_password, password)
+    )
 
     async def work(session: AsyncSession) -> int:
         if await session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
@@ -515,26 +519,24 @@ async def upsert_user(database: Database, name: str, password: str | None) -> tu
     """
     if not name or len(name) > 64:
         raise UsageError("a user name is 1 to 64 characters")
-    password_hash = None if password is None else hash_password(password)
+    existing = await user_id_of(database, name)
+    if existing is None:
+        try:
+            return await add_user(database, name, password), True
+        except UsageError:
+            existing = await user_id_of(database, name)  # created meanwhile by another call?
+            if existing is None:
+                raise
+    if password is not None:
+        password_hash = await asyncio.to_thread(hash_password, password)
 
-    async def work(session: AsyncSession) -> int | None:
-        user_id = await session.scalar(select(UserRow.id).where(UserRow.name == name))
-        if user_id is not None and password_hash is not None:
+        async def work(session: AsyncSession) -> None:
             await session.execute(
-                update(UserRow).where(UserRow.id == user_id).values(password_hash=password_hash)
+                update(UserRow).where(UserRow.id == existing).values(password_hash=password_hash)
             )
-        return user_id
 
-    existing = await database.write(work)
-    if existing is not None:
-        return existing, False
-    try:
-        return await add_user(database, name, password), True
-    except UsageError:
-        created = await user_id_of(database, name)  # by another request, meanwhile?
-        if created is None:
-            raise
-        return await upsert_user(database, name, password)
+        await database.write(work)
+    return existing, False
 
 
 async def user_id_of(database: Database, name: str) -> int | None:

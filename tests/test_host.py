@@ -220,3 +220,22 @@ async def test_the_openapi_document_describes_every_route(running: RunningHub) -
         assert f'"#/components/schemas/{name}"' in text or name in {"ErrorCode"}
     refs = {part.split('"')[0] for part in text.split("#/components/schemas/")[1:]}
     assert refs <= set(document["components"]["schemas"])
+
+
+async def test_an_upsert_with_a_password_sets_it_for_a_new_and_an_existing_user(
+    running: RunningHub, client: HostClient
+) -> None:
+    """A password given at creation logs in; given again for the existing user, it replaces
+    the old one; an upsert without one keeps it."""
+    async with httpx.AsyncClient(base_url=running.url) as http:
+
+        async def login(password: str) -> int:
+            body = {"username": "erin", "password": password}
+            return (await http.post("/api/login", json=body)).status_code
+
+        assert (await client.upsert_user("erin", "first-password")).created
+        assert await login("first-password") == 200
+        assert not (await client.upsert_user("erin", "second-password")).created
+        assert (await login("first-password"), await login("second-password")) == (401, 200)
+        await client.upsert_user("erin")
+        assert await login("second-password") == 200
