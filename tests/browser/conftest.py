@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -80,6 +81,18 @@ class Device:
             data={"username": name, "password": f"{name}-demo-pw"},
         )
         assert response.ok, await response.text()
+
+    async def record_sockets(self) -> list[Any]:
+        """Route this device's WebSockets to the hub through Playwright, and return the list
+        their routes are added to, to close or write into them from the test."""
+        routes: list[Any] = []
+
+        def proxy(route: Any) -> None:
+            routes.append(route)
+            route.connect_to_server()
+
+        await self.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+        return routes
 
     async def open_tab(self, *, live: bool = True) -> Any:
         """Open the demo page in a new tab; with ``live``, wait until it is connected."""

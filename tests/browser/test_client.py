@@ -396,13 +396,7 @@ async def test_coming_back_online_or_visible_reconnects_at_once(
     """The `online` event and the page becoming visible cut the backoff wait short."""
     # A backoff drawn from [0, 30 s): without the signal the tab would most likely still wait.
     device = await devices(running, baseDelayMs=30_000, maxDelayMs=30_000)
-    sockets: list[Any] = []
-
-    def proxy(route: Any) -> None:
-        sockets.append(route)
-        route.connect_to_server()
-
-    await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    sockets = await device.record_sockets()
     await device.log_in()
     tab = await device.open_tab()
     await sockets[0].close(code=1012, reason="hub restarting")
@@ -499,13 +493,7 @@ async def test_a_message_of_an_unknown_type_is_reported_and_skipped(
     """A hub message this client does not know (from a newer hub, say) fires 'unknown' and
     one console warning, and the tab goes on: a switch after it works."""
     device = await devices(running)
-    sockets: list[Any] = []
-
-    def proxy(route: Any) -> None:
-        sockets.append(route)
-        route.connect_to_server()
-
-    await device.context.route_web_socket(re.compile(r".*/ws(\?.*)?$"), proxy)
+    sockets = await device.record_sockets()
     await device.log_in()
     tab = await device.open_tab()
     warnings: list[str] = []
