@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import __version__, backplane, host, logs, platforms, sessions
 from server.db import Clock, Database, utcnow
-from server.errors import AuthenticationError, BadMessage, StoreUnavailable
+from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
@@ -52,7 +52,7 @@ from server.protocol import (
     encode,
 )
 from server.responses import FAILURES, error_response, failure_response, json_response
-from server.sessions import LoginFailures, LoginSession, format_time
+from server.sessions import LoginSession, LoginThrottle, format_time
 from server.settings import Settings
 from server.store import SqlStore
 
@@ -127,7 +127,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             sessions_ended=lambda: hub.sessions_ended,
             reconnects=(lambda: listener.reconnects) if listener is not None else None,
         )
-        login_failures = LoginFailures(settings.login_failure_rate, settings.login_failure_burst)
+        login_throttle = LoginThrottle(
+            settings.login_failure_rate,
+            settings.login_failure_burst,
+            concurrency=settings.login_concurrency,
+        )
         tasks = [
             asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(
@@ -146,7 +150,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 "settings": settings,
                 "listener": listener,
                 "metrics": metrics,
-                "login_failures": login_failures,
+                "login_throttle": login_throttle,
             }
         finally:
             for task in tasks:
@@ -320,33 +324,40 @@ async def _login(request: Request) -> Response:
     if not _origin_allowed(request):
         return _forbidden_origin()
     database: Database = request.state.database
-    failures: LoginFailures = request.state.login_failures
+    throttle: LoginThrottle = request.state.login_throttle
     address = request.client.host if request.client else None
     try:
         body = decode_body(await request.body(), LoginRequest)
-        # Checked before the password, whatever it is: a guesser learns nothing while throttled.
-        if (wait := failures.wait(body.username, address)) > 0:
-            response = error_response(
-                429,
-                ErrorCode.RATE_LIMITED,
-                f"Too many failed logins; try again in {math.ceil(wait)} s.",
-            )
-            response.headers["Retry-After"] = str(math.ceil(wait))
-            return response
-        token, login = await sessions.log_in(
-            database,
-            body.username,
-            body.password,
-            user_agent=request.headers.get("user-agent"),
-            ip=address,
-        )
     except BadMessage as error:
         return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+    # Charged before the password is checked, whatever it is, and refunded if it is right:
+    # concurrent guesses meet the limit as sequential ones do, and a throttled guesser
+    # learns nothing.
+    if (wait := throttle.charge(body.username, address)) > 0:
+        return _retry_later(
+            429,
+            ErrorCode.RATE_LIMITED,
+            f"Too many failed logins; try again in {math.ceil(wait)} s.",
+            wait,
+        )
+    try:
+        async with throttle.checking():
+            token, login = await sessions.log_in(
+                database,
+                body.username,
+                body.password,
+                user_agent=request.headers.get("user-agent"),
+                ip=address,
+            )
     except AuthenticationError as error:
-        failures.failed(body.username, address)
         return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
+    except Overloaded as error:
+        throttle.refund(body.username, address)
+        return _retry_later(503, ErrorCode.UNAVAILABLE, str(error), 1)
     except StoreUnavailable as error:
+        throttle.refund(body.username, address)
         return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    throttle.refund(body.username, address)
     response = json_response(200, _session_view(login))
     settings: Settings = request.state.settings
     response.set_cookie(
@@ -644,6 +655,12 @@ def _session_view(login: LoginSession) -> SessionView:
 def _unauthenticated(error: AuthenticationError) -> Response:
     response = error_response(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
     response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
+    return response
+
+
+def _retry_later(status: int, code: ErrorCode, message: str, wait: float) -> Response:
+    response = error_response(status, code, message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return response
 
 

@@ -25,6 +25,11 @@ class TokenBucket:
             return True
         return False
 
+    def give(self) -> None:
+        """Put back a token taken for what turned out not to count (never past the burst)."""
+        self._refill()
+        self.tokens = min(float(self.burst), self.tokens + 1)
+
     def wait(self) -> float:
         """Return the seconds until a token is there (0 if one is)."""
         self._refill()

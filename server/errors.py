@@ -7,6 +7,7 @@ __all__ = [
     "BadMessage",
     "HostApiError",
     "HubError",
+    "Overloaded",
     "PlatformRefused",
     "StoreUnavailable",
     "UsageError",
@@ -23,6 +24,10 @@ class BadMessage(HubError):
 
 class StoreUnavailable(HubError):
     """The database could not be reached or stayed locked; nothing was changed."""
+
+
+class Overloaded(HubError):
+    """Too much work of one kind is waiting already; the request was not started."""
 
 
 class AuthenticationError(HubError):

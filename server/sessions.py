@@ -7,12 +7,14 @@ cannot be replayed as a login. Idle expiry slides with activity; absolute expiry
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
@@ -22,15 +24,15 @@ from server import backplane
 from server.backplane import SessionsEnded
 from server.buckets import TokenBuckets
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
-from server.errors import AuthenticationError, StoreUnavailable, UsageError
+from server.errors import AuthenticationError, Overloaded, StoreUnavailable, UsageError
 from server.hub import Hub
-from server.passwords import DUMMY_HASH, NO_PASSWORD, verify_password
+from server.passwords import NO_PASSWORD, dummy_hash, hash_password, needs_rehash, verify_password
 from server.protocol import SessionDetail, SessionEndReason
 
 __all__ = [
     "LIVENESS_BY_IDS",
     "LIVENESS_COLUMNS",
-    "LoginFailures",
+    "LoginThrottle",
     "LoginSession",
     "authenticate",
     "check",
@@ -105,8 +107,10 @@ async def log_in(
     """Check a password and open a fresh session; return its token and the session.
 
     Raises AuthenticationError("invalid_credentials") for an unknown user and a wrong
-    password alike, after the same amount of hashing.
+    password alike, after the same amount of hashing. A hash made at another cost than
+    ``password_cost`` is replaced by one at that cost.
     """
+    cost = database.settings.password_cost
 
     async def find(session: AsyncSession) -> tuple[int, str] | None:
         row = (
@@ -119,32 +123,79 @@ async def log_in(
     found = await database.read(find)
     # A user without a password (NO_PASSWORD) costs the same hashing as an unknown one.
     usable = found is not None and found[1] != NO_PASSWORD
-    encoded = found[1] if found is not None and usable else DUMMY_HASH
+    encoded = found[1] if found is not None and usable else dummy_hash(cost)
     valid = await asyncio.to_thread(verify_password, password, encoded)
     if found is None or not usable or not valid:
         raise AuthenticationError("invalid_credentials", "Unknown user name or wrong password.")
+    if needs_rehash(encoded, cost):
+        await _rehash(database, found[0], encoded, password, cost)
     return await open_session(database, found[0], user_agent=user_agent, ip=ip)
 
 
-class LoginFailures:
-    """Failed logins, counted per user name and per client address (in this process)."""
+async def _rehash(database: Database, user_id: int, old: str, password: str, cost: int) -> None:
+    fresh = await asyncio.to_thread(hash_password, password, cost=cost)
 
-    def __init__(self, rate: float, burst: int) -> None:
+    async def work(session: AsyncSession) -> None:
+        # Only if unchanged meanwhile: a password set since then is newer than this one.
+        await session.execute(
+            update(UserRow)
+            .where(UserRow.id == user_id, UserRow.password_hash == old)
+            .values(password_hash=fresh)
+        )
+
+    await database.write(work)
+
+
+class LoginThrottle:
+    """Failed logins, counted per user name and per client address (in this process), and
+    the password checks running at once.
+
+    A login is charged before its password is checked and refunded if it succeeds, so
+    concurrent guesses meet the same limit as sequential ones: each one takes its token
+    before the first has been checked (``charge``, which awaits nothing).
+    """
+
+    def __init__(self, rate: float, burst: int, *, concurrency: int = 0) -> None:
         self._names = TokenBuckets(rate, burst)
         self._addresses = TokenBuckets(5 * rate, 5 * burst)
+        self.concurrency = concurrency or os.cpu_count() or 1
+        self._checks = asyncio.Semaphore(self.concurrency)
+        self._waiting = 0
 
-    def wait(self, name: str, address: str | None) -> float:
-        """Return the seconds until a login for ``name`` from ``address`` may be tried."""
-        waits = [self._names.get(name).wait()]
+    def charge(self, name: str, address: str | None) -> float:
+        """Charge one login to the name and the address; return 0, or the seconds until
+        one may be tried (and then charge nothing)."""
+        buckets = [self._names.get(name)]
         if address is not None:
-            waits.append(self._addresses.get(address).wait())
-        return max(waits)
+            buckets.append(self._addresses.get(address))
+        wait = max(bucket.wait() for bucket in buckets)
+        if wait > 0:
+            return wait
+        for bucket in buckets:
+            bucket.take()
+        return 0.0
 
-    def failed(self, name: str, address: str | None) -> None:
-        """Count a failed login against the name and the address."""
-        self._names.get(name).take()
+    def refund(self, name: str, address: str | None) -> None:
+        """Give back what a successful login was charged."""
+        self._names.get(name).give()
         if address is not None:
-            self._addresses.get(address).take()
+            self._addresses.get(address).give()
+
+    @contextlib.asynccontextmanager
+    async def checking(self) -> AsyncIterator[None]:
+        """Hold one of the password checks that may run at once; raise Overloaded when
+        too many logins wait already."""
+        if self._checks.locked() and self._waiting >= 8 * self.concurrency:
+            raise Overloaded("Too many logins at once; try again in a moment.")
+        self._waiting += 1
+        try:
+            await self._checks.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._checks.release()
 
 
 async def open_session(

@@ -44,6 +44,12 @@ class Settings:
     # a client address gets five times both. Past it, logins get 429 until it refills.
     login_failure_burst: int = 10
     login_failure_rate: float = 0.05
+    # Password checks (scrypt) running at once; 0 means one per CPU. Logins beyond that wait,
+    # and past eight times as many waiting, they are answered 503 at once.
+    login_concurrency: int = 0
+    # scrypt's N for new password hashes (OWASP's minimum: 2**17, 128 MiB and about 0.3 s a
+    # hash). Hashes of another cost still verify and are re-hashed at the next login.
+    password_cost: int = 2**17
 
     # Per-tab and per-user limits.
     max_tabs_per_user: int = 100
@@ -88,6 +94,8 @@ class Settings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.commit_batch_max < 1:
             raise ValueError("commit_batch_max must be at least 1")
+        if self.password_cost < 2**10 or self.password_cost & (self.password_cost - 1):
+            raise ValueError("password_cost must be a power of two, at least 1024")
         if self.session_idle_s <= 0 or self.session_absolute_s <= 0:
             raise ValueError("session lifetimes must be positive")
 

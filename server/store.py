@@ -497,7 +497,9 @@ async def add_user(database: Database, name: str, password: str | None) -> int:
     now = database.clock()
     # scrypt takes tens of milliseconds: off the event loop, as log_in's check is.
     password_hash = (
-        NO_PASSWORD if password is None else await asyncio.to_thread(hash_password, password)
+        NO_PASSWORD
+        if password is None
+        else await asyncio.to_thread(hash_password, password, cost=database.settings.password_cost)
     )
 
     async def work(session: AsyncSession) -> int:
@@ -528,7 +530,9 @@ async def upsert_user(database: Database, name: str, password: str | None) -> tu
             if existing is None:
                 raise
     if password is not None:
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await asyncio.to_thread(
+            hash_password, password, cost=database.settings.password_cost
+        )
 
         async def work(session: AsyncSession) -> None:
             await session.execute(

@@ -178,6 +178,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "session_check_s": 0.1,
         "collect_interval_s": 3600,
         "heartbeat_s": 5,
+        # scrypt at 2**12 (4 MiB, a few ms): the suite opens many sessions; the default
+        # cost is tested where it matters (tests/test_sessions.py).
+        "password_cost": 2**12,
     }
     base.update(overrides)
     return Settings(**base)

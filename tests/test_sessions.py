@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.exceptions import InvalidStatus
 
 from server import sessions
 from server.app import COOKIE
-from server.db import LoginSessionRow
+from server.db import LoginSessionRow, UserRow
 from server.sessions import collect
 from server.settings import Settings
 from server.store import add_user
@@ -259,3 +260,67 @@ async def test_failed_logins_are_throttled_per_name_then_refill(tmp_path: Path) 
         assert (await attempt("bob", "bob-demo-pw")).status_code == 200
         await asyncio.sleep(0.6)  # 2 tokens a second: one is back
         assert (await attempt("alice", "alice-demo-pw")).status_code == 200
+
+
+async def test_concurrent_guesses_meet_the_same_limit_as_sequential_ones(tmp_path: Path) -> None:
+    """60 wrong guesses for one name sent at once: at most the burst get a password check
+    (401), every other one 429 with Retry-After; the right password is then throttled too,
+    and a successful login is refunded, so it never uses up the budget."""
+    settings = make_settings(tmp_path, login_failure_burst=10, login_failure_rate=0.01)
+    async with serve(settings) as running, running.http() as http:
+
+        async def attempt(name: str, password: str) -> httpx.Response:
+            return await http.post("/api/login", json={"username": name, "password": password})
+
+        for _ in range(15):  # successes are refunded: far past the burst, still 200
+            assert (await attempt("bob", "bob-demo-pw")).status_code == 200
+        answers = await asyncio.gather(*(attempt("alice", f"guess-{n}") for n in range(60)))
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [401] * 10 + [429] * 50, statuses
+        assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 429)
+        assert (await attempt("alice", "alice-demo-pw")).status_code == 429
+
+
+async def test_password_checks_beyond_the_queue_are_answered_503_at_once(tmp_path: Path) -> None:
+    """With one password check at a time and eight waiting, a burst of logins from many
+    names gets its checks in turn and 503 with Retry-After beyond the queue: never an
+    unbounded pile of scrypt work."""
+    settings = make_settings(
+        tmp_path, login_concurrency=1, login_failure_burst=100, password_cost=2**16
+    )
+    async with serve(settings) as running, running.http() as http:
+        answers = await asyncio.gather(
+            *(
+                http.post("/api/login", json={"username": f"u{n}", "password": "x" * 8})
+                for n in range(40)
+            )
+        )
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) == {401, 503}, statuses
+        assert statuses.count(401) >= 9  # one checking, eight waiting, at least
+        assert all(a.headers["Retry-After"] == "1" for a in answers if a.status_code == 503)
+        # Nothing is left waiting: a login now gets its check at once.
+        assert (
+            await http.post("/api/login", json={"username": "bob", "password": "bob-demo-pw"})
+        ).status_code == 200
+
+
+async def test_a_hash_of_another_cost_verifies_and_is_rehashed_at_login(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A password hashed at a lower cost (an older hub, or a raised setting) still logs in,
+    and the login stores a hash at the configured cost."""
+    async with serve(make_on_each_engine(password_cost=2**11)) as running:
+        await running.login("alice")
+    async with serve(make_on_each_engine(password_cost=2**13)) as running:
+
+        async def stored(session: AsyncSession) -> str:
+            hashed: str = await session.scalar(
+                select(UserRow.password_hash).where(UserRow.name == "alice")
+            )
+            return hashed
+
+        assert (await running.database.read(stored)).split("$")[1] == str(2**11)
+        await running.login("alice")
+        assert (await running.database.read(stored)).split("$")[1] == str(2**13)
+        await running.login("alice")
