@@ -25,9 +25,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import __version__, backplane, host, logs, platforms, sessions
+from server.bodies import BodyLimit
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
-from server.guard import PROTOCOL_EXTENSION, BoundedWebSocketProtocol, HeaderDeadlineProtocol
+from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSocketProtocol
 from server.hub import Hub, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
@@ -184,13 +185,14 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
     # API from their own origin, cookie included (navigation.js's `api` option); the origin
     # checks of the endpoints still apply. The WebSocket needs no CORS.
     middleware = [
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_credentials=True,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["content-type"],
-        )
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
@@ -267,7 +269,7 @@ def uvicorn_config(app: Starlette | str, settings: Settings, **overrides: Any) -
         "log_level": settings.log_level,
         "log_config": log_config(settings.log_format, settings.log_level),
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-        "http": HeaderDeadlineProtocol,
+        "http": BoundedHttpProtocol,
         "ws": BoundedWebSocketProtocol,
         "lifespan": "on",
     }

@@ -117,6 +117,9 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN_ORIGIN = "forbidden_origin"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
+    # A request over a size limit (413 body, 431 headers), or not received in time (408).
+    TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
     # A platform change refused (server/platforms.py).
     UNKNOWN_PLATFORM = "unknown_platform"
     INACTIVE_PLATFORM = "inactive_platform"

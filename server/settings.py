@@ -64,6 +64,16 @@ class Settings:
     # A connection must complete its request headers (or WebSocket handshake request) in this
     # long, or it is closed: slow or stalled clients cannot hold connections open for free.
     handshake_timeout_s: float = 10
+    # HTTP requests (server/guard.py, server/bodies.py): the whole request, headers and body,
+    # must arrive within request_timeout_s (else 408); a body is at most max_body_bytes
+    # (413); headers at most max_header_bytes and max_headers of them (431).
+    request_timeout_s: float = 30
+    max_body_bytes: int = 64 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    # Open connections (HTTP and WebSocket); past it, new ones get 503 at once. 0 means the
+    # descriptor limit (ulimit -n) less 100, kept for the database and logs.
+    max_connections: int = 0
 
     # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
     sqlite_synchronous: str = "NORMAL"

@@ -1,0 +1,206 @@
+"""Hostile HTTP requests against a real hub process: huge and endless bodies, huge and
+countless headers, bodies trickled a byte at a time, more connections than descriptors.
+
+Each gets a documented answer (413, 431, 408, 503) in bounded time, the hub's memory stays
+bounded (read from /proc, with generous bounds), and real requests are served meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.settings import Settings
+from tests.conftest import make_settings
+from tests.load import HubProcess, seed_demo_file
+
+MiB = 2**20
+
+
+def rss(pid: int) -> int:
+    """The resident memory of a process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.asynccontextmanager
+async def hub_process(tmp_path: Path, **overrides: Any) -> AsyncIterator[HubProcess]:
+    settings: Settings = make_settings(tmp_path, log_level="info", **overrides)
+    await seed_demo_file(settings)
+    hub = await HubProcess(settings, tmp_path / "hub.log").start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def pid_of(hub: HubProcess) -> int:
+    assert hub.process is not None
+    return hub.process.pid
+
+
+async def exchange(port: int, data: bytes, *, within: float = 10) -> bytes:
+    """Send raw bytes, then read until the hub closes the connection (or ``within``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), within)
+    finally:
+        writer.close()
+
+
+async def stream(port: int, head: bytes, chunk: bytes, total: int) -> tuple[bytes, int]:
+    """Send ``head``, then ``chunk`` until ``total`` bytes or until the hub stops taking them,
+    reading meanwhile (the answer may come early); return the answer and how much was sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received: list[bytes] = []
+
+    async def read() -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                received.append(data)
+
+    reading = asyncio.create_task(read())
+    sent = 0
+    try:
+        writer.write(head)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            while sent < total and not reading.done():
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += len(chunk)
+        await asyncio.wait_for(reading, 10)
+    finally:
+        reading.cancel()
+        writer.close()
+    return b"".join(received), sent
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+async def healthy(hub: HubProcess) -> None:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        login = await http.post(
+            "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+        )
+        assert login.status_code == 200
+
+
+async def test_oversized_bodies_get_413_before_they_are_read(tmp_path: Path) -> None:
+    """A declared 256 MiB body is refused on its Content-Length; a 128 MiB chunked body is
+    refused once it crosses 64 KiB; the hub's memory grows by a few MiB at most."""
+    async with hub_process(tmp_path) as hub:
+        await healthy(hub)
+        before = rss(pid_of(hub))
+        declared = b"POST /api/login HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+        answer, sent = await stream(
+            hub.port, declared + b"Content-Length: %d\r\n\r\n" % (256 * MiB), b"x" * MiB, 256 * MiB
+        )
+        assert status_of(answer) == 413 and b'"error":"too_large"' in answer, answer[:300]
+        assert sent < 64 * MiB  # closed after the answer: the rest was never read
+        chunk = b"%x\r\n%s\r\n" % (MiB, b"x" * MiB)
+        answer, sent = await stream(
+            hub.port, declared + b"Transfer-Encoding: chunked\r\n\r\n", chunk, 128 * MiB
+        )
+        assert status_of(answer) == 413 and b'"error":"too_large"' in answer, answer[:300]
+        assert sent < 64 * MiB
+        # A body at the limit is read and answered as usual (422: not a login).
+        body = b"{" + b" " * (64 * 1024 - 2) + b"}"
+        answer = await exchange(
+            hub.port,
+            declared + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body,
+        )
+        assert status_of(answer) == 422, answer[:300]
+        grown = rss(pid_of(hub)) - before
+        assert grown < 16 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
+        await healthy(hub)
+
+
+async def test_oversized_and_countless_headers_get_431(tmp_path: Path) -> None:
+    """An 8 MiB header and 200,000 headers are refused with 431 without growing the hub."""
+    async with hub_process(tmp_path) as hub:
+        await healthy(hub)
+        before = rss(pid_of(hub))
+        head = b"GET /healthz HTTP/1.1\r\nHost: h\r\n"
+        answer, _ = await stream(hub.port, head + b"X-Big: ", b"a" * 65536, 8 * MiB)
+        assert status_of(answer) == 431, answer[:300]
+        answer, _ = await stream(hub.port, head, b"X-Many: 1\r\n" * 1000, 200_000 * 11)
+        assert status_of(answer) == 431, answer[:300]
+        # Under the limits, all in one read: served.
+        answer = await exchange(
+            hub.port, head + b"X-Fine: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(answer) == 200
+        grown = rss(pid_of(hub)) - before
+        assert grown < 16 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
+        await healthy(hub)
+
+
+async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub_serving(
+    tmp_path: Path,
+) -> None:
+    """150 clients trickle a body a byte at a time, past a cap of 100 connections: those over
+    the cap get 503 at once, the others 408 at the request deadline; while they hold the cap
+    new requests get 503 (not a hang), and once they are cut the hub serves everyone again.
+    A client that leaves mid-upload is an INFO line, not an error with a traceback."""
+    async with hub_process(tmp_path, request_timeout_s=3, max_connections=100) as hub:
+        await healthy(hub)
+        head = b"POST /api/login HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"
+
+        async def trickle() -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            try:
+                writer.write(head)
+                answer = b""
+                for _ in range(60):  # a byte every 0.2 s: far past the deadline
+                    with contextlib.suppress(TimeoutError):
+                        answer = await asyncio.wait_for(reader.read(), 0.2)
+                        break
+                    writer.write(b"{")
+                return status_of(answer)
+            except ConnectionError:
+                return 0
+            finally:
+                writer.close()
+
+        trickles = [asyncio.create_task(trickle()) for _ in range(150)]
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
+            assert (await http.get("/healthz")).status_code == 503  # the cap, at once
+        statuses = await asyncio.gather(*trickles)
+        assert statuses.count(408) >= 90, sorted(statuses)
+        assert set(statuses) <= {408, 503}, sorted(statuses)
+        await healthy(hub)
+        # One that leaves mid-upload.
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(head + b"{")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.5)
+        await healthy(hub)
+    log = (tmp_path / "hub.log").read_text()
+    assert "left before its body arrived" in log
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("path", ["/api/switch", "/api/platforms", "/api/logout"])
+async def test_every_json_endpoint_has_the_body_limit(tmp_path: Path, path: str) -> None:
+    """The limit is in front of every route, authenticated or not: 413 without a session."""
+    async with hub_process(tmp_path, max_body_bytes=1000) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
+            answer = await http.post(path, content=b"{" + b" " * 2000 + b"}")
+        assert answer.status_code == 413 and answer.json()["error"] == "too_large"
