@@ -29,7 +29,7 @@ from server.bodies import BodyLimit
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSocketProtocol
-from server.hub import Hub, TabLimitReached, TransportClosed
+from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import (
@@ -105,6 +105,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             message_burst=settings.message_burst,
             max_bad_messages=settings.max_bad_messages,
             outbox_size=settings.outbox_size,
+            close_timeout_s=settings.close_timeout_s,
         )
         metrics = Metrics()
         hub.on_switch = metrics.switched
@@ -542,6 +543,16 @@ class _Transport:
     def send_now(self, data: str) -> bool:
         return self._protocol is not None and self._protocol.send_text_now(data)
 
+    def guard(self, tab: Tab) -> None:
+        """Count the connection's control frames against the tab's rate limit."""
+        if self._protocol is not None:
+            self._protocol.admit_control = tab.admit
+            self._protocol.on_overflow = tab.overflowed
+
+    def abort(self) -> None:
+        if self._protocol is not None:
+            self._protocol.transport.abort()
+
     async def send_text(self, data: str) -> None:
         try:
             await self._websocket.send_text(data)
@@ -585,9 +596,10 @@ async def _websocket(websocket: WebSocket) -> None:
     if (wait := hub.cooldown(login.id)) > 0:
         await asyncio.sleep(wait)  # a tab of this session was just closed for flooding
     await websocket.accept()
+    transport = _Transport(websocket)
     try:
         tab = await hub.join(
-            _Transport(websocket),
+            transport,
             tab_id=tab_id,
             user=UserInfo(id=login.user_id, name=login.user_name),
             session_id=login.id,
@@ -599,6 +611,7 @@ async def _websocket(websocket: WebSocket) -> None:
     except StoreUnavailable:
         await websocket.close(CloseCode.TRY_AGAIN_LATER, "database unavailable")
         return
+    transport.guard(tab)
     # The handshake's headers (1 KiB) are read before the accept and never again; the tab
     # may stay for hours. Emptied in place: Starlette's cached Headers shares the list.
     websocket.scope["headers"].clear()

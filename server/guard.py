@@ -25,6 +25,7 @@ import collections
 import logging
 import math
 import resource
+from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -33,6 +34,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 )
 from websockets.protocol import State
 
+from server.buckets import TokenBucket
 from server.protocol import ErrorBody, ErrorCode, encode
 from server.settings import Settings
 
@@ -301,8 +303,22 @@ class BoundedWebSocketProtocol(_SansIO):
     slice_bytes = 4096
     after_close_bytes = 65536
 
+    # Set by the endpoint once the tab has joined: its rate limit, which each control frame
+    # (ping, pong) takes a token of, and what to do when the connection holds too much
+    # unsent. Until then, a bucket of the connection's own.
+    admit_control: Callable[[], bool] | None = None
+    on_overflow: Callable[[], None] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        settings = self.app_state.get("settings")
+        settings = settings if isinstance(settings, Settings) else BoundedHttpProtocol.defaults
+        self._max_unsent = settings.max_unsent_bytes
+        self._close_timeout = settings.close_timeout_s
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._bucket = TokenBucket(settings.messages_per_second, settings.message_burst)
+        self._excess = 0
+        self._max_excess = settings.max_bad_messages
         self.queue = _Mailbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
@@ -317,12 +333,62 @@ class BoundedWebSocketProtocol(_SansIO):
             self._read_after_close += len(data)
             if self._read_after_close > self.after_close_bytes:
                 self.transport.close()  # stops reading now; our close frame still goes out
+                self._abort_later()
                 return
             data, self._unparsed = self._unparsed + data, b""
             super().data_received(data)
             return
         self._unparsed += data
         self._feed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        super().connection_lost(exc)
+
+    def _abort_later(self) -> None:
+        # uvicorn closes gracefully after its close timeout (10 s), and a graceful close
+        # waits for the transport's buffer to drain: from a peer that reads nothing, forever,
+        # holding the buffer and the descriptor. Past the hub's close deadline, drop it.
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if self._abort_timer is None:
+            self._abort_timer = self.loop.call_later(self._close_timeout, self.transport.abort)
+
+    def handle_ping(self) -> None:
+        # websockets has queued the pong already: write it only within the rate limit, and
+        # only while the peer reads. A peer that sends pings and reads nothing made the hub
+        # buffer every pong (120 MiB of pings: 360 MiB held, still held after its close).
+        admitted = self._admit()
+        unsent = self.transport.get_write_buffer_size()
+        if admitted and unsent <= self._max_unsent and not self.transport.is_closing():
+            super().handle_ping()
+            return
+        self.conn.data_to_send()  # dropped: this ping goes unanswered
+        if unsent > self._max_unsent and self.on_overflow is not None:
+            self.on_overflow()
+
+    def handle_pong(self, event: Any) -> None:
+        self._admit()  # counted like any frame; unsolicited pongs are ignored
+        super().handle_pong(event)
+
+    def _admit(self) -> bool:
+        if self.admit_control is not None:
+            return self.admit_control()  # the tab's limit, which closes a flooder (4002)
+        # Before the tab has joined (its session and state are being read), the connection's
+        # own bucket; a peer that floods past it then is dropped.
+        if not self.handshake_complete:
+            return False  # nothing may be written before the handshake's response
+        if self._bucket.take():
+            self._excess = 0
+            return True
+        self._excess += 1
+        if self._excess > self._max_excess and not self.transport.is_closing():
+            logger.info("dropping %s: control frames past the rate limit", self.client)
+            self.transport.abort()
+        return False
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -353,6 +419,8 @@ class BoundedWebSocketProtocol(_SansIO):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.close" and self.close_sent:
+            self._abort_later()
         if self.handshake_complete and self.request is not None:
             # The handshake's request and response (websockets' header structures, 2.6 KiB a
             # tab) are not needed once the response is out. Emptied, not just dropped: the

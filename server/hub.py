@@ -79,6 +79,10 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None: ...
 
+    def abort(self) -> None:
+        """Drop the connection now, with whatever it has not sent."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SwitchOutcome:
@@ -135,6 +139,7 @@ class Tab:
         # No writer before the hello is queued: a broadcast that lands while the hello's
         # snapshot is read must wait behind it, never go out first.
         self.greeted = False
+        self.abort_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -150,8 +155,40 @@ class Tab:
             self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
 
     def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
-        """Close the tab after sending ``last``, without waiting."""
+        """Close the tab after sending ``last``, without waiting; past the hub's close
+        deadline, drop its connection and whatever it has not sent."""
+        if not self.outbox.closing and not self.gone:
+            # A peer that reads nothing would keep the close (and the buffers ahead of it)
+            # unsent forever: the transport's own close waits for its buffer to drain.
+            self.abort_timer = self._loop.call_later(self._hub.close_timeout_s, self._abort)
         self.outbox.close(code, reason, last, drop=drop)
+
+    def admit(self) -> bool:
+        """Take a token of the tab's rate limit for one frame (a control frame too); a tab
+        that keeps sending past its burst is closed (4002) and its session cooled down."""
+        if self.bucket.take():
+            self.excess_messages = 0
+            return True
+        # Past its burst, a tab that keeps flooding is closed like one that sends garbage
+        # (4002), before its answers could pile up unread.
+        self.excess_messages += 1
+        if self.excess_messages > self._hub.max_bad_messages and not self.closing:
+            self._hub._spend(self)
+            self.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
+        return False
+
+    def overflowed(self) -> None:
+        """Close a tab whose connection holds more unsent than it may (4008)."""
+        if not self.closing:
+            logger.warning("closing tab %s of user %s: too much unsent", self.id, self.user.id)
+            self._hub.slow_closed += 1
+            self.close(CloseCode.SLOW_CONSUMER, "too much unsent")
+
+    def _abort(self) -> None:
+        self.abort_timer = None
+        if not self.gone:
+            logger.info("dropping tab %s of user %s: its close was not sent", self.id, self.user.id)
+            self.transport.abort()
 
     def _wake(self) -> None:
         if self.writer is not None or not self.greeted or self.gone:
@@ -207,8 +244,10 @@ class Hub:
         message_burst: int = 40,
         max_bad_messages: int = 10,
         outbox_size: int = 64,
+        close_timeout_s: float = 5,
     ) -> None:
         self.store = store
+        self.close_timeout_s = close_timeout_s
         self.heartbeat_s = heartbeat_s
         self.idle_timeout_s = idle_timeout_s
         self.max_tabs_per_user = max_tabs_per_user
@@ -294,6 +333,9 @@ class Hub:
         self._remove(tab)
         self._coalesced_gone += tab.outbox.coalesced  # leave runs once per tab
         tab.gone = True
+        if tab.abort_timer is not None:
+            tab.abort_timer.cancel()
+            tab.abort_timer = None
         if tab.writer is not None and not tab.writer.done():
             tab.writer.cancel()
             await asyncio.gather(tab.writer, return_exceptions=True)
@@ -345,20 +387,14 @@ class Hub:
         except BadMessage as error:
             self._bad_message(tab, str(error))
             return
-        if not tab.bucket.take():
-            # Past its burst, a tab that keeps flooding is closed like one that sends garbage
-            # (4002), before its answers could pile up unread.
-            tab.excess_messages += 1
-            if tab.excess_messages > self.max_bad_messages:
-                self._spend(tab)
-                tab.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
+        if not tab.admit():
+            if tab.closing:
                 return
             if isinstance(message, Switch):
                 self._reply_rejected(tab, message, RejectReason.RATE_LIMITED)
             else:
                 tab.send(encode(Error(code=ErrorCode.RATE_LIMITED, message=_RATE_MESSAGE)))
             return
-        tab.excess_messages = 0
         if isinstance(message, Ping):
             tab.send(_PONG)
         else:

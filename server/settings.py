@@ -58,6 +58,11 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     max_bad_messages: int = 10
     outbox_size: int = 64
+    # What a tab's connection may hold unsent beyond its outbox (the transport's buffer:
+    # pongs, a close); past it the tab is closed with 4008. A closing tab whose close cannot
+    # be sent within close_timeout_s is dropped, with whatever it had not sent.
+    max_unsent_bytes: int = 256 * 1024
+    close_timeout_s: float = 5
     heartbeat_s: float = 25
     # A tab that sends nothing (not even a ping) for this long is closed.
     idle_timeout_s: float = 75

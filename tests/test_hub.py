@@ -43,6 +43,9 @@ class _RecordingTransport:
     async def close(self, code: int, reason: str) -> None:
         self.frames.append(f"close {code}")
 
+    def abort(self) -> None:
+        self.frames.append("aborted")
+
 
 class _HeldReads(SqlStore):
     """The real store, with state reads that wait until the test lets them go."""

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
 
+from server.app import COOKIE
 from server.settings import Settings
 from tests.conftest import make_settings
 from tests.load import HubProcess, seed_demo_file
@@ -204,3 +210,87 @@ async def test_every_json_endpoint_has_the_body_limit(tmp_path: Path, path: str)
         async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
             answer = await http.post(path, content=b"{" + b" " * 2000 + b"}")
         assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+
+
+class PingFlood:
+    """A tab at the socket that sends ping frames as fast as TCP takes them, reading nothing."""
+
+    def __init__(self, port: int, token: str, tab: str) -> None:
+        self.uri = parse_uri(f"ws://127.0.0.1:{port}/ws?tab={tab}")
+        self.token = token
+        self.written = 0
+        self.closed_by_hub = False
+
+    async def run(self, most: int) -> None:
+        protocol = ClientProtocol(self.uri)
+        request = protocol.connect()
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        protocol.send_request(request)
+        reader, writer = await asyncio.open_connection(self.uri.host, self.uri.port)
+        try:
+            for chunk in protocol.data_to_send():
+                writer.write(chunk)
+            protocol.receive_data(await reader.readuntil(b"\r\n\r\n"))
+            for _ in range(1000):
+                protocol.send_ping(b"p" * 125)  # the largest a control frame may carry
+            block = b"".join(protocol.data_to_send())
+            # Never read again: the hub's answers stay in its buffers, or nowhere.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            while self.written < most:
+                writer.write(block)
+                self.written += len(block)
+                await asyncio.wait_for(writer.drain(), 20)
+        except (ConnectionError, TimeoutError):
+            self.closed_by_hub = True
+        finally:
+            writer.transport.abort()
+
+
+async def test_tabs_that_send_pings_and_never_read_hold_no_memory_and_are_closed(
+    tmp_path: Path,
+) -> None:
+    """3 tabs each send up to 40 MiB of ping frames and read nothing: pings count against
+    the tab's rate limit, so past its burst they go unanswered and the tab is closed (4002);
+    a close the peer never reads is dropped at the close deadline. The hub's memory stays
+    within a few MiB, the tabs leave, and another user switches meanwhile."""
+    async with hub_process(tmp_path, close_timeout_s=2) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
+            login = await http.post(
+                "/api/login", json={"username": "bob", "password": "bob-demo-pw"}
+            )
+        token = login.cookies[COOKIE]
+        before = rss(pid_of(hub))
+        floods = [PingFlood(hub.port, token, f"ping{n}") for n in range(3)]
+        running = [asyncio.create_task(f.run(40 * MiB)) for f in floods]
+        await asyncio.sleep(1)
+        async with connect(
+            f"ws://127.0.0.1:{hub.port}/ws?tab=calm",
+            additional_headers={"Authorization": f"Bearer {await login_token(hub, 'alice')}"},
+        ) as calm:
+            hello = json.loads(await calm.recv())
+            state = hello["state"]
+            target = next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
+            await calm.send(
+                json.dumps(
+                    {"type": "switch", "id": "c1", "platform": target, "base": state["version"]}
+                )
+            )
+            assert json.loads(await asyncio.wait_for(calm.recv(), 5))["type"] == "switched"
+        await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert all(f.closed_by_hub for f in floods), [f.written for f in floods]
+        assert all(f.written < 40 * MiB for f in floods), [f.written for f in floods]
+        grown = rss(pid_of(hub)) - before
+        assert grown < 24 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
+        async with asyncio.timeout(10):
+            while (await hub.health())["tabs"]:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.1)
+
+
+async def login_token(hub: HubProcess, name: str) -> str:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
+        login = await http.post(
+            "/api/login", json={"username": name, "password": f"{name}-demo-pw"}
+        )
+    assert login.status_code == 200
+    return login.cookies[COOKIE]

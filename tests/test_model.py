@@ -61,6 +61,9 @@ class RecordingTransport:
     async def close(self, code: int, reason: str) -> None:
         self.closed = code
 
+    def abort(self) -> None:
+        self.closed = self.closed or 1006
+
 
 @dataclass
 class ModelPlatform:
