@@ -9,14 +9,19 @@ every state a tab received, and the database's final state. ``check`` returns ev
   instant ``t_v`` inside its request's window, ``t_1 <= t_2 <= ...``, and every read (a ``hello``
   snapshot, a stale rejection, a no-op switch) of version ``r`` must fall between ``t_r`` and
   ``t_{r+1}``. Those are bounds on each ``t_v``, so one pass that takes each ``t_v`` as early as
-  its bounds allow decides it. A switch with no answer may or may not have happened.
-- one acknowledged switch per version, versions contiguous from 1 to the database's version, and
+  its bounds allow decides it. A switch with no answer may or may not have happened (with the
+  switch log, what it did is known).
+- a no-op switch (to the platform already active, from the current base) is accepted at its
+  unchanged base: it is a read of ``base`` showing the platform it asked for, not a write;
+- one accepted write per version, versions contiguous from 1 to the database's version, and
   no acknowledged switch lost;
 - every state seen with version ``v`` shows the platform that the write of ``v`` chose;
 - each connection receives strictly increasing versions, and each tab never goes back;
 - every tab still connected at the end shows the database's state;
 - no tab receives another user's state (it would name platforms the user does not have);
-- no request id is applied twice (with the switch log: each accepted row matches its answer).
+- no request id is applied twice: a resend gets the logged decision again, and with the switch
+  log, its writes hold each version once, no-ops sit at their base, and each row matches its
+  answer.
 
 ``brute_force`` decides linearizability by trying every order; it exists to test ``check`` on
 small histories. ``TabRecorder`` turns a tab's frames into the records.
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "Answer",
     "Delivery",
     "History",
     "Operation",
@@ -45,6 +51,29 @@ __all__ = [
 ]
 
 Outcome = Literal["switched", "rejected"]
+
+# Rejections the hub writes to the switch log, so a resend gets them again; the others
+# (rate_limited, unavailable, busy, bad_request) leave no row and a resend is decided anew.
+_LOGGED_REJECTIONS = frozenset({"stale", "unknown_platform", "inactive_platform"})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A decision as a tab heard it: the version if switched, the reason if rejected."""
+
+    outcome: Outcome
+    version: int | None = None
+    reason: str | None = None
+
+    @property
+    def decided(self) -> bool:
+        """Tell whether the hub logged this decision, so that every resend must get it again."""
+        return self.outcome == "switched" or self.reason in _LOGGED_REJECTIONS
+
+    def __str__(self) -> str:
+        if self.outcome == "switched":
+            return f"switched at {self.version}"
+        return f"rejected ({self.reason})"
 
 
 @dataclass
@@ -61,10 +90,23 @@ class Operation:
     version: int | None = None  # switched: the version; rejected: the state's version, if any
     active: int | None = None  # rejected: the state's active platform
     reason: str | None = None
+    repeats: list[Answer] = field(default_factory=list)  # answers to resends after the first
 
     @property
     def end(self) -> float:
         return math.inf if self.answered is None else self.answered
+
+    @property
+    def answer(self) -> Answer | None:
+        """Return the first answer heard, or None while there is none."""
+        if self.outcome == "switched":
+            return Answer("switched", version=self.version)
+        return None if self.outcome is None else Answer("rejected", reason=self.reason)
+
+    @property
+    def decided(self) -> bool:
+        """Tell whether the hub logged this answer, so that every resend must get it again."""
+        return self.answer is not None and self.answer.decided
 
 
 @dataclass
@@ -103,7 +145,7 @@ class UserHistory:
     deliveries: list[Delivery] = field(default_factory=list)
     # The database's state after the run, and the accepted rows of its switch log.
     final: tuple[int, int | None] | None = None
-    log: dict[str, int] | None = None  # request id -> version
+    log: dict[str, int] | None = None  # request id -> version (a no-op's is its base)
     # Tabs still connected at the end: each must show the final state.
     open_tabs: set[str] = field(default_factory=set)
 
@@ -124,8 +166,10 @@ class Report:
     users: int = 0
     operations: int = 0
     acknowledged: int = 0
+    noops: int = 0
     rejected: int = 0
     unanswered: int = 0
+    resent: int = 0  # answers to resends after the first answer
     deliveries: int = 0
     versions: int = 0
 
@@ -137,8 +181,9 @@ class Report:
         verdict = "ok" if self.ok else f"{len(self.violations)} violations"
         return (
             f"{verdict}: {self.users} users, {self.operations} switches "
-            f"({self.acknowledged} acknowledged, {self.rejected} rejected, "
-            f"{self.unanswered} unanswered), {self.versions} versions, "
+            f"({self.acknowledged} acknowledged of which {self.noops} no-ops, "
+            f"{self.rejected} rejected, {self.unanswered} unanswered, "
+            f"{self.resent} resends answered again), {self.versions} versions, "
             f"{self.deliveries} states delivered"
         )
 
@@ -154,8 +199,12 @@ def check(history: History) -> Report:
         report.violations.extend(check_user(user, owner))
         report.operations += len(user.operations)
         report.acknowledged += sum(op.outcome == "switched" for op in user.operations)
+        report.noops += sum(
+            op.outcome == "switched" and op.version == op.base for op in user.operations
+        )
         report.rejected += sum(op.outcome == "rejected" for op in user.operations)
         report.unanswered += sum(op.outcome is None for op in user.operations)
+        report.resent += sum(len(op.repeats) for op in user.operations)
         report.deliveries += len(user.deliveries)
         report.versions += user.final[0] if user.final else 0
     return report
@@ -174,24 +223,34 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
         if op.request in by_request:
             say(f"{who}: request {op.request} recorded twice")
         by_request[op.request] = op
+        if op.decided:
+            # A resend refused without a look at the log (unavailable, rate_limited) is no
+            # decision; any other answer must be the first one again.
+            for again in op.repeats:
+                if again.decided and again != op.answer:
+                    say(f"{who}: {op.request} was {op.answer}, then {again} when resent")
 
     writes: dict[int, Operation] = {}
     reads = list(user.reads)
     for op in ops:
-        if op.outcome == "switched":
-            assert op.version is not None and op.answered is not None
-            if op.version == op.base:  # a no-op: the platform was already active
-                reads.append(Read(op.tab, op.sent, op.answered, op.version, op.platform, "no-op"))
-            elif op.version != op.base + 1:
-                say(f"{who}: {op.request} switched from base {op.base} to version {op.version}")
-            elif op.version in writes:
-                say(
-                    f"{who}: version {op.version} acknowledged twice "
-                    f"({writes[op.version].request} and {op.request})"
-                )
-            else:
-                writes[op.version] = op
-        elif op.outcome == "rejected" and op.reason == "stale" and op.version is not None:
+        accepted = _accepted_at(op, user.log)
+        said = "acknowledged" if op.outcome else "logged"
+        if accepted is None:
+            pass
+        elif accepted == op.base:
+            # A no-op (the platform was already active): it read version base, wrote nothing.
+            reads.append(Read(op.tab, op.sent, op.end, op.base, op.platform, "no-op"))
+        elif accepted != op.base + 1:
+            say(f"{who}: {op.request} {said} at version {accepted} from base {op.base}")
+        elif accepted in writes:
+            twice = "acknowledged" if op.outcome and writes[accepted].outcome else "accepted"
+            say(
+                f"{who}: version {accepted} {twice} twice "
+                f"({writes[accepted].request} and {op.request})"
+            )
+        else:
+            writes[accepted] = op
+        if op.outcome == "rejected" and op.reason == "stale" and op.version is not None:
             assert op.answered is not None
             if op.version == op.base:
                 say(f"{who}: {op.request} rejected as stale although its base is current")
@@ -222,10 +281,11 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
         if version > last:
             say(f"{who}: version {version} from {source} is beyond the final version {last}")
 
-    # Who wrote each version: its acknowledged switch, else an unanswered one that fits.
+    # Who wrote each version: its accepted switch, else an unanswered one that fits (without
+    # the log; with it, an unanswered switch that is not in it was not accepted).
     unanswered: dict[int, list[Operation]] = {}
     for op in ops:
-        if op.outcome is None:
+        if op.outcome is None and user.log is None:
             unanswered.setdefault(op.base + 1, []).append(op)
     lower = [-math.inf] * (last + 2)
     upper = [math.inf] * (last + 2)
@@ -280,16 +340,44 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
             if end != user.final:
                 say(f"{who}: tab {tab} ends on {end}, the database on {user.final}")
 
-    # The switch log: each accepted row is a version, and answers agree with it.
     if user.log is not None:
-        if sorted(user.log.values()) != list(range(1, last + 1)):
-            say(f"{who}: the switch log holds versions {sorted(user.log.values())}")
-        for op in ops:
-            logged = user.log.get(op.request)
-            if op.outcome == "switched" and op.version != op.base and logged != op.version:
-                say(f"{who}: {op.request} acknowledged at {op.version}, logged at {logged}")
-            if op.outcome == "rejected" and logged is not None:
-                say(f"{who}: {op.request} was rejected but the log has it at {logged}")
+        problems.extend(_check_log(who, user.log, ops, by_request, last))
+    return problems
+
+
+def _accepted_at(op: Operation, log: dict[str, int] | None) -> int | None:
+    """Return the version ``op`` was accepted at, from its answer or else from the switch log."""
+    if op.outcome == "switched":
+        return op.version
+    if op.outcome is None and log is not None:
+        return log.get(op.request)
+    return None
+
+
+def _check_log(
+    who: str,
+    log: dict[str, int],
+    ops: list[Operation],
+    by_request: dict[str, Operation],
+    last: int,
+) -> list[str]:
+    """Return where the switch log's accepted rows disagree with the versions or the answers."""
+    problems: list[str] = []
+    # A row at its request's base is a no-op, which wrote nothing; every other row (one of an
+    # unknown request too) is a write, and the writes hold each version once.
+    written = sorted(
+        version
+        for request, version in log.items()
+        if request not in by_request or version != by_request[request].base
+    )
+    if written != list(range(1, last + 1)):
+        problems.append(f"{who}: the switch log holds versions {written} for writes, not 1..{last}")
+    for op in ops:
+        logged = log.get(op.request)
+        if op.outcome == "switched" and logged != op.version:
+            problems.append(f"{who}: {op.request} acknowledged at {op.version}, logged at {logged}")
+        if op.outcome == "rejected" and logged is not None:
+            problems.append(f"{who}: {op.request} was rejected but the log has it at {logged}")
     return problems
 
 
@@ -409,9 +497,14 @@ class TabRecorder:
             )
         elif kind in {"switched", "rejected"}:
             op = self.operations.get(message["id"])
-            if op is None or op.outcome is not None:
+            if op is None:
                 return
+            if op.decided:  # the answer to a resend: check_user compares it with the first
+                op.repeats.append(_answer(message))
+                return
+            # Unanswered so far, or refused without a log row (a resend is decided anew).
             op.answered, op.outcome = now, kind
+            op.version = op.active = op.reason = None
             if kind == "switched":
                 op.version = message["version"]
             else:
@@ -423,3 +516,10 @@ class TabRecorder:
     def unanswered(self) -> list[Operation]:
         """Switches with no answer yet: after a lost connection, they may or may not be applied."""
         return [op for op in self.operations.values() if op.outcome is None]
+
+
+def _answer(message: dict[str, Any]) -> Answer:
+    """Return the decision a ``switched`` or ``rejected`` frame carries."""
+    if message["type"] == "switched":
+        return Answer("switched", version=message["version"])
+    return Answer("rejected", reason=message["reason"])

@@ -378,16 +378,50 @@ class Load:
                 return
             await asyncio.sleep(self.random.uniform(0, 0.5))
 
-    async def switch(self, tab: LoadTab, *, stale: bool, within: float = 30) -> str:
-        """Send one switch and wait for its answer: "switched", "rejected:<reason>", "lost"."""
+    async def switch(
+        self, tab: LoadTab, *, stale: bool, noop: bool = False, within: float = 30
+    ) -> str:
+        """Send one switch and wait for its answer: "switched", "rejected:<reason>", "lost".
+
+        With ``noop``, it asks for the platform the tab shows as active, from the tab's version:
+        a no-op (answered at the unchanged version) unless another tab moved the version first.
+        """
         await asyncio.wait_for(tab.connected.wait(), within)
         connection = tab.connection
         if connection is None:  # it dropped again before this task resumed; nothing sent
             return "lost"
-        base = max(0, tab.version - 1) if stale and tab.version > 0 else tab.version
-        choices = [p for p in tab.platforms if p != tab.active] or list(tab.platforms)
-        platform = self.random.choice(choices)
+        if noop and tab.active is not None:
+            base, platform = tab.version, tab.active
+        else:
+            base = max(0, tab.version - 1) if stale and tab.version > 0 else tab.version
+            choices = [p for p in tab.platforms if p != tab.active] or list(tab.platforms)
+            platform = self.random.choice(choices)
         request = f"{tab.name}-{self.random.getrandbits(48):012x}"
+        return await self._send(tab, connection, request, base, platform, within)
+
+    async def resend(self, tab: LoadTab, within: float = 30) -> str:
+        """Resend one of the tab's earlier switches, same id, base and platform, as a client
+        retries: the hub answers with its logged decision (server/history.py checks that it
+        is the first answer again), or decides anew one that it never logged."""
+        await asyncio.wait_for(tab.connected.wait(), within)
+        connection = tab.connection
+        if connection is None:
+            return "lost"
+        earlier = [op for op in tab.recorder.operations.values() if op.request not in tab.answers]
+        if not earlier:
+            return await self.switch(tab, stale=False, within=within)
+        op = self.random.choice(earlier)
+        return await self._send(tab, connection, op.request, op.base, op.platform, within)
+
+    async def _send(
+        self,
+        tab: LoadTab,
+        connection: ClientConnection,
+        request: str,
+        base: int,
+        platform: int,
+        within: float,
+    ) -> str:
         future = asyncio.get_running_loop().create_future()
         tab.answers[request] = future
         tab.recorder.sent(request, base, platform)
@@ -404,11 +438,19 @@ class Load:
         return f"rejected:{answer['reason']}" if kind == "rejected" else kind
 
     async def run(
-        self, switches: int, *, stale_share: float = 0.5, in_flight_per_user: int = 2
+        self,
+        switches: int,
+        *,
+        stale_share: float = 0.5,
+        noop_share: float = 0.1,
+        resend_share: float = 0.1,
+        in_flight_per_user: int = 2,
     ) -> dict[str, int]:
         """Make ``switches`` switches from random tabs, ``in_flight_per_user`` at once per user.
 
-        About ``stale_share`` of them go out with a base one version behind (stale by
+        About ``resend_share`` of them resend an earlier request of their tab (same id), and
+        ``noop_share`` ask for the platform already active (no-ops, unless they lose a race).
+        Of the others, about ``stale_share`` go out with a base one version behind (stale by
         choice); the rest use the tab's newest version and still lose some races.
         """
         counts: dict[str, int] = {}
@@ -423,8 +465,14 @@ class Load:
         async def drive(tabs: list[LoadTab], n: int) -> None:
             for _ in range(n):
                 tab = self.random.choice(tabs)
+                roll = self.random.random()
                 try:
-                    kind = await self.switch(tab, stale=self.random.random() < stale_share)
+                    if roll < resend_share:
+                        kind = await self.resend(tab)
+                    else:
+                        noop = roll < resend_share + noop_share
+                        stale = self.random.random() < stale_share
+                        kind = await self.switch(tab, stale=stale, noop=noop)
                 except TimeoutError:
                     kind = "not connected"
                 counts[kind] = counts.get(kind, 0) + 1

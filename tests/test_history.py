@@ -1,8 +1,10 @@
 """The history checker: it accepts what a correct hub can produce and catches planted bugs.
 
 Random histories come from a simulated register whose switches take effect at random instants
-inside their windows, so they are linearizable by construction. Mutations plant bugs. On small
-histories the linear-time check and the brute-force search must always agree.
+inside their windows, so they are linearizable by construction, and they come with the switch
+log the hub would keep (no-ops at their base) and resends answered as the first time. Mutations
+plant bugs. On small histories the linear-time check and the brute-force search must always
+agree, and the switch log never hides a bug.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.history import (
+    Answer,
     Delivery,
     History,
     Operation,
@@ -39,6 +42,7 @@ class Planned:
     platform: int
     stale_by: int  # a switch's base is this many versions behind its moment, at most
     answered: bool
+    resent: bool  # resent with the same id after its answer
 
     @property
     def point(self) -> float:
@@ -55,12 +59,14 @@ planned = st.builds(
     platform=st.sampled_from(PLATFORMS),
     stale_by=st.integers(0, 2),
     answered=st.booleans(),
+    resent=st.booleans(),
 )
 
 
 def simulate(events: list[Planned]) -> UserHistory:
     """Run a correct versioned compare-and-set register; record what clients would see."""
-    user = UserHistory(user=1, platforms=set(PLATFORMS), initial_active=1)
+    user = UserHistory(user=1, platforms=set(PLATFORMS), initial_active=1, log={})
+    assert user.log is not None
     version, active = 0, 1
     for number, event in enumerate(sorted(events, key=lambda e: e.point)):
         end = float(event.start + event.length)
@@ -76,8 +82,12 @@ def simulate(events: list[Planned]) -> UserHistory:
             op.outcome, op.version = "switched", version
         else:
             op.outcome, op.reason, op.version, op.active = "rejected", "stale", version, active
+        if op.outcome == "switched":
+            user.log[op.request] = op.version
         if event.answered:
             op.answered = end
+            if event.resent and op.answer:
+                op.repeats.append(op.answer)
         else:
             op.outcome = op.version = op.active = op.reason = None
         user.operations.append(op)
@@ -90,7 +100,17 @@ def simulate(events: list[Planned]) -> UserHistory:
 def test_correct_histories_pass_both_checkers(events: list[Planned]) -> None:
     user = simulate(events)
     assert check_user(user) == []
+    assert check_user(bare(user)) == []
     assert brute_force(user)
+
+
+def bare(user: UserHistory) -> UserHistory:
+    """Return a copy without what brute_force does not judge: the switch log and resends."""
+    user = copy.deepcopy(user)
+    user.log = None
+    for op in user.operations:
+        op.repeats.clear()
+    return user
 
 
 MUTATIONS = [
@@ -148,8 +168,23 @@ def mutate(user: UserHistory, how: str, pick: int, amount: int) -> UserHistory:
 def test_the_fast_checker_agrees_with_brute_force(
     events: list[Planned], how: str, pick: int, amount: int
 ) -> None:
-    user = mutate(simulate(events), how, pick, amount)
+    user = mutate(bare(simulate(events)), how, pick, amount)
     assert (check_user(user) == []) == brute_force(user), check_user(user)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(planned, min_size=1, max_size=5),
+    st.sampled_from(MUTATIONS),
+    st.integers(0, 10),
+    st.sampled_from([-2, -1, 1, 2]),
+)
+def test_the_switch_log_never_hides_a_bug(
+    events: list[Planned], how: str, pick: int, amount: int
+) -> None:
+    user = mutate(simulate(events), how, pick, amount)
+    if not brute_force(bare(user)):
+        assert check_user(user) != []
 
 
 def switch(request: str, base: int, platform: int, sent: float, answered: float, version: int):
@@ -264,3 +299,135 @@ def test_the_recorder_turns_frames_into_a_checkable_history() -> None:
         1,
     )
     assert brute_force(user)
+
+
+# No-op switches (to the platform already active, from the current base) are answered
+# `switched` at the unchanged version and logged there: reads, not writes.
+
+
+def with_noops() -> UserHistory:
+    """Two writes and three no-ops, one of them unanswered but in the switch log."""
+    user = two_writes()
+    user.operations += [
+        switch("z", 0, 1, 0, 0.5, 0),  # platform 1 is active at version 0
+        Operation("t", "m", 1, 2, 1.5),  # lost: the log says it was a no-op at version 1
+        switch("n", 2, 1, 4, 5, 2),  # platform 1 is active at version 2
+    ]
+    user.log = {"a": 1, "b": 2, "z": 0, "m": 1, "n": 2}
+    return user
+
+
+def test_a_correct_history_with_noops_in_the_log_passes() -> None:
+    user = with_noops()
+    assert check_user(user) == []
+    assert brute_force(user)
+    history = History(users={1: user})
+    report = check(history)
+    assert report.ok and (report.acknowledged, report.noops, report.unanswered) == (4, 2, 1)
+
+
+def test_planted_noop_showing_a_platform_not_active_at_its_base_is_caught() -> None:
+    user = with_noops()
+    user.operations[-1] = switch("n", 2, 2, 4, 5, 2)  # version 2 shows platform 1, not 2
+    assert any("version 2 shows platform 2" in v for v in check_user(user))
+    assert not brute_force(user)
+
+
+def test_planted_noop_read_out_of_its_versions_window_is_caught() -> None:
+    user = with_noops()
+    # Sent after b was acknowledged at version 2, yet a no-op at version 0.
+    user.operations[2] = switch("z", 0, 1, 3.5, 4, 0)
+    assert any("not linearizable at version 1" in v for v in check_user(user))
+    assert not brute_force(user)
+
+
+def test_planted_duplicated_version_alongside_noops_is_caught() -> None:
+    user = with_noops()
+    user.operations.append(switch("c", 1, 1, 2.5, 3.5, 2))  # a second real write of version 2
+    assert user.log is not None
+    user.log["c"] = 2
+    problems = check_user(user)
+    assert any("version 2 acknowledged twice (b and c)" in v for v in problems)
+    assert any("switch log holds versions [1, 2, 2]" in v for v in problems)
+    assert not brute_force(user)
+
+
+def test_planted_lost_write_alongside_noops_is_caught() -> None:
+    user = with_noops()
+    user.final = (1, 2)  # the database lost version 2, acknowledged to b
+    assert user.log is not None
+    del user.log["b"]
+    problems = check_user(user)
+    assert any("beyond the final version" in v for v in problems)
+    assert any("b acknowledged at 2, logged at None" in v for v in problems)
+    assert not brute_force(user)
+
+
+def test_the_log_must_hold_noops_at_their_base() -> None:
+    user = with_noops()
+    assert user.log is not None
+    user.log["n"] = 3  # a no-op logged as if it had written version 3
+    problems = check_user(user)
+    assert any("n acknowledged at 2, logged at 3" in v for v in problems)
+    assert any("switch log holds versions [1, 2, 3]" in v for v in problems)
+
+    user = with_noops()
+    assert user.log is not None
+    del user.log["z"]
+    assert any("z acknowledged at 0, logged at None" in v for v in check_user(user))
+
+    # A lost switch the log has at its base was a no-op: its platform was the active one.
+    user = with_noops()
+    user.operations[3] = Operation("t", "m", 1, 1, 1.5)  # version 1 shows platform 2
+    assert any("version 1 shows platform 1" in v for v in check_user(user))
+
+
+def test_with_the_log_a_lost_switch_not_in_it_wrote_nothing() -> None:
+    user = with_noops()
+    user.operations[1] = Operation("t", "b", 1, 1, 2)  # b's answer was lost
+    assert check_user(user) == []  # the log has b at version 2: b wrote it
+    assert user.log is not None
+    del user.log["b"]
+    assert any("no switch could have written version 2" in v for v in check_user(user))
+
+
+def test_a_resend_must_get_the_first_decision_again() -> None:
+    user = with_noops()
+    user.operations[0].repeats.append(Answer("switched", version=1))
+    user.operations[2].repeats.append(Answer("switched", version=0))
+    # Refused before the log was read (the database locked): no decision, nothing to compare.
+    user.operations[2].repeats.append(Answer("rejected", reason="unavailable"))
+    assert check_user(user) == []
+    user.operations[2].repeats.append(Answer("switched", version=1))  # applied on the resend
+    assert any("z was switched at 0, then switched at 1 when resent" in v for v in check_user(user))
+
+
+def test_the_recorder_keeps_noops_and_resends() -> None:
+    ticks = iter(range(100))
+    history = History()
+    tab = TabRecorder(history, user=1, tab="t1", clock=lambda: float(next(ticks)))
+    platforms = [{"id": 1}, {"id": 2}]
+    tab.received({"type": "hello", "state": {"version": 0, "active": 1, "platforms": platforms}})
+    tab.sent("r1", 0, 1)  # platform 1 is active: a no-op
+    tab.received({"type": "switched", "id": "r1", "version": 0})
+    tab.sent("r1", 0, 1)  # resent after its answer: the same decision again
+    tab.received({"type": "switched", "id": "r1", "version": 0})
+    tab.sent("r2", 0, 2)
+    tab.received({"type": "switched", "id": "r2", "version": 1})
+    tab.received({"type": "state", "state": {"version": 1, "active": 2, "platforms": platforms}})
+    tab.sent("r3", 1, 1)
+    refused = {"type": "rejected", "id": "r3", "reason": "unavailable", "message": "..."}
+    tab.received(refused)
+    tab.sent("r3", 1, 1)  # no log row for "unavailable": the resend is decided anew
+    tab.received({"type": "switched", "id": "r3", "version": 2})
+    tab.received({"type": "state", "state": {"version": 2, "active": 1, "platforms": platforms}})
+    user = history.user(1)
+    user.final, user.open_tabs = (2, 1), {"t1"}
+    user.log = {"r1": 0, "r2": 1, "r3": 2}
+    report = check(history)
+    assert report.ok, report.violations
+    assert (report.acknowledged, report.noops, report.rejected) == (3, 1, 0)
+    assert tab.operations["r1"].repeats == [Answer("switched", version=0)]
+
+    tab.received({"type": "rejected", "id": "r2", "reason": "stale", "message": "..."})
+    assert any("r2 was switched at 1, then rejected (stale)" in v for v in check_user(user))
