@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
@@ -32,6 +33,7 @@ from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSock
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
+from server.paths import route
 from server.protocol import (
     PLATFORMS_CAUSE,
     CloseCode,
@@ -52,7 +54,13 @@ from server.protocol import (
     decode_body,
     encode,
 )
-from server.responses import FAILURES, error_response, failure_response, json_response
+from server.responses import (
+    FAILURES,
+    error_response,
+    failure_response,
+    http_error_response,
+    json_response,
+)
 from server.sessions import LoginSession, LoginThrottle, format_time
 from server.settings import Settings
 from server.store import SqlStore
@@ -172,10 +180,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         Route("/api/session/extend", _extend, methods=["POST"]),
         Route("/api/state", _state),
         Route("/api/switch", _switch, methods=["POST"]),
-        Route("/api/platforms", _platforms_list, methods=["GET"]),
-        Route("/api/platforms", _platforms_add, methods=["POST"]),
-        Route("/api/platforms/{platform:int}", _platforms_change, methods=["PATCH"]),
-        Route("/api/platforms/{platform:int}", _platforms_remove, methods=["DELETE"]),
+        route("/api/platforms", GET=_platforms_list, POST=_platforms_add),
+        route("/api/platforms/{platform:id}", PATCH=_platforms_change, DELETE=_platforms_remove),
         # Under uvicorn_config, _FrontDoor serves /ws before Starlette sees it; the route
         # keeps the app whole under any other ASGI server.
         WebSocketRoute("/ws", _websocket),
@@ -195,7 +201,12 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             allow_headers=["content-type"],
         ),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error_response},
+    )
 
 
 class _FrontDoor:

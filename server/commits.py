@@ -35,7 +35,10 @@ class GroupCommit(Generic[R, Out]):
     ``decide`` receives a batch in arrival order and returns one outcome per request, in the
     same order; it commits before it returns. When it raises StoreUnavailable, every request
     of the batch gets that error (nothing was applied). When it raises anything else, the
-    batch is retried one request at a time, so a request that trips a bug fails alone.
+    batch is split in halves and each half retried, down to single requests, so a request
+    that trips a bug or a constraint fails alone, and costs the others of its batch about
+    2 log2(n) transactions, not n (one poisoned request per batch, retried one at a time,
+    cut everyone's switches from about 1,300 a second to 66).
     """
 
     def __init__(
@@ -119,9 +122,10 @@ class GroupCommit(Generic[R, Out]):
                 logger.exception("a request failed")
                 _settle(batch[0][1], error=error)
                 return
-            logger.exception("a batch of %d failed; retrying one request at a time", len(batch))
-            for item in batch:
-                await self._commit([item])
+            logger.warning("a batch of %d failed (%s); retrying its halves", len(batch), error)
+            half = len(batch) // 2
+            await self._commit(batch[:half])
+            await self._commit(batch[half:])
             return
         if self.on_commit is not None:
             self.on_commit(len(batch), time.monotonic() - started)

@@ -21,6 +21,7 @@ from server import holds, openapi, platforms, sessions
 from server.db import Database
 from server.errors import BadMessage, StoreUnavailable, UsageError
 from server.hub import Hub
+from server.paths import route
 from server.protocol import (
     PLATFORMS_CAUSE,
     ErrorCode,
@@ -38,6 +39,7 @@ from server.protocol import (
     UserUpsert,
     UserView,
     decode_body,
+    is_line,
 )
 from server.responses import FAILURES, error_response, failure_response, json_response
 from server.settings import Settings
@@ -55,19 +57,27 @@ def routes() -> list[Route]:
     """Return the host API's routes, to mount beside the hub's own."""
     user = PREFIX + "/users/{name}"
     return [
-        Route(PREFIX + "/openapi.json", _schema, methods=["GET"]),
-        Route(user, _upsert_user, methods=["PUT"]),
-        Route(user + "/platforms", _for_user(_list_platforms), methods=["GET"]),
-        Route(user + "/platforms", _for_user(_mirror_platforms), methods=["PUT"]),
-        Route(user + "/platforms", _for_user(_add_platform), methods=["POST"]),
-        Route(user + "/platforms/{platform:int}", _for_user(_change_platform), methods=["PATCH"]),
-        Route(user + "/platforms/{platform:int}", _for_user(_remove_platform), methods=["DELETE"]),
-        Route(user + "/hold", _for_user(_place_hold), methods=["PUT"]),
-        Route(user + "/hold", _for_user(_release_hold), methods=["DELETE"]),
-        Route(user + "/sessions", _for_user(_mint_session), methods=["POST"]),
-        Route(user + "/sessions", _for_user(_list_sessions), methods=["GET"]),
-        Route(user + "/sessions", _for_user(_revoke_sessions), methods=["DELETE"]),
-        Route(user + "/sessions/{session:int}", _for_user(_revoke_session), methods=["DELETE"]),
+        route(PREFIX + "/openapi.json", GET=_schema),
+        route(user, PUT=_upsert_user),
+        route(
+            user + "/platforms",
+            GET=_for_user(_list_platforms),
+            PUT=_for_user(_mirror_platforms),
+            POST=_for_user(_add_platform),
+        ),
+        route(
+            user + "/platforms/{platform:id}",
+            PATCH=_for_user(_change_platform),
+            DELETE=_for_user(_remove_platform),
+        ),
+        route(user + "/hold", PUT=_for_user(_place_hold), DELETE=_for_user(_release_hold)),
+        route(
+            user + "/sessions",
+            POST=_for_user(_mint_session),
+            GET=_for_user(_list_sessions),
+            DELETE=_for_user(_revoke_sessions),
+        ),
+        route(user + "/sessions/{session:id}", DELETE=_for_user(_revoke_session)),
     ]
 
 
@@ -99,7 +109,7 @@ def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
         hub: Hub = request.state.hub
         name = request.path_params["name"]
         try:
-            user_id = await user_id_of(database, name)
+            user_id = await user_id_of(database, name) if is_line(name) else None
             if user_id is None:
                 return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
             return await work(database, hub, request, user_id)

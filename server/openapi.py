@@ -12,7 +12,9 @@ from typing import Any
 import msgspec
 
 from server import __version__
+from server.paths import MAX_ID
 from server.protocol import (
+    LINE,
     ErrorBody,
     HoldAnswer,
     HoldRequest,
@@ -178,7 +180,11 @@ def _path_names(path: str) -> list[str]:
 
 
 def _parameter(name: str) -> dict[str, Any]:
-    schema = {"type": "string"} if name == "name" else {"type": "integer", "minimum": 1}
+    schema: dict[str, Any] = (
+        {"type": "string", "minLength": 1, "maxLength": 64, "pattern": LINE}
+        if name == "name"
+        else {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    )
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 

@@ -132,6 +132,8 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
         if gone:
             connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
         # Names are unique per user: park the renamed ones first, so a swap cannot collide.
+        # A parked name holds a control character, which no real name may (protocol.LINE),
+        # and not NUL, which PostgreSQL cannot store.
         kept = [
             (p, by_account[a])
             for p, a in zip(wanted.platforms, accounts, strict=True)
@@ -139,7 +141,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
         ]
         for _, row in kept:
             connection.execute(
-                update(_platforms).where(_platforms.c.id == row.id).values(name=f"\x00{row.id}")
+                update(_platforms).where(_platforms.c.id == row.id).values(name=f"\x1f{row.id}")
             )
         for platform, row in kept:
             connection.execute(

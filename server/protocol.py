@@ -7,6 +7,9 @@ Every JSON text frame between a tab and the hub is one of the structs below, tag
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
+import urllib.parse
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -58,8 +61,12 @@ __all__ = [
     "SessionView",
     "StateResponse",
     "SwitchRequest",
+    "LINE",
+    "check_instance_url",
     "decode",
     "decode_body",
+    "is_line",
+    "readable",
     "decode_server",
     "encode",
 ]
@@ -67,7 +74,12 @@ __all__ = [
 PROTOCOL_VERSION = 1
 T = TypeVar("T")
 
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Text that every engine can store and every page can show on one line: no NUL (PostgreSQL
+# cannot store it: an 11 KB traceback and a failed batch) and no other C0 control character.
+# msgspec refuses lone surrogates and invalid UTF-8 itself.
+LINE = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE)]
 PlatformId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
@@ -120,6 +132,9 @@ class ErrorCode(enum.StrEnum):
     # A request over a size limit (413 body, 431 headers), or not received in time (408).
     TOO_LARGE = "too_large"
     TIMEOUT = "timeout"
+    # No such path, or a method the path does not take (405, with Allow).
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     # A platform change refused (server/platforms.py).
     UNKNOWN_PLATFORM = "unknown_platform"
     INACTIVE_PLATFORM = "inactive_platform"
@@ -290,7 +305,7 @@ class Error(_Frozen, frozen=True, tag="error", tag_field="type"):
 class LoginRequest(_Frozen, frozen=True):
     """Body of ``POST /api/login``."""
 
-    username: Annotated[str, msgspec.Meta(max_length=200)]
+    username: Annotated[str, msgspec.Meta(max_length=200, pattern=LINE)]
     password: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
@@ -302,12 +317,13 @@ class SwitchRequest(_Frozen, frozen=True):
     base: Version
 
 
-PlatformName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+PlatformName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)]
 PlatformKind = Literal["pixelfed", "mastodon"]
+# Checked whole by check_instance_url as well (the port's range, the host, no credentials).
 InstanceUrl = Annotated[
     str, msgspec.Meta(min_length=8, max_length=500, pattern=r"^https?://[^\s/]+[^\s]*$")
 ]
-AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE)]
 
 
 class PlatformCreate(_Frozen, frozen=True):
@@ -318,6 +334,9 @@ class PlatformCreate(_Frozen, frozen=True):
     instance_url: InstanceUrl
     username: AccountName
     is_default: bool = False
+
+    def __post_init__(self) -> None:
+        check_instance_url(self.instance_url)
 
 
 class PlatformUpdate(_Frozen, frozen=True):
@@ -368,11 +387,14 @@ class PlatformMirrored(_Frozen, frozen=True):
     is_active: bool = True
     is_default: bool = False
 
+    def __post_init__(self) -> None:
+        check_instance_url(self.instance_url)
+
 
 class HoldRequest(_Frozen, frozen=True):
     """Body of the host API's ``PUT .../hold``: hold the user's switches while a job runs."""
 
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE)]
     ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
 
 
@@ -401,8 +423,15 @@ class UserView(_Frozen, frozen=True):
 class SessionMint(_Frozen, frozen=True):
     """Body of the host API's ``POST .../sessions``: the device the session is for."""
 
-    user_agent: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    user_agent: Annotated[str, msgspec.Meta(max_length=300, pattern=LINE)] | None = None
     ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip is not None:
+            try:
+                ipaddress.ip_address(self.ip)
+            except ValueError:
+                raise ValueError(f"ip {self.ip!r} is not an IPv4 or IPv6 address") from None
 
 
 class SessionDetail(_Frozen, frozen=True):
@@ -502,11 +531,33 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         decoded: T = msgspec.json.decode(body, type=kind)
         return decoded
     except msgspec.ValidationError as error:
-        raise BadMessage(f"Invalid request body: {error}") from None
+        raise BadMessage(f"Invalid request body: {readable(str(error))}") from None
     except msgspec.DecodeError as error:
         raise BadMessage(f"Request body is not valid JSON: {error}") from None
     except RecursionError:
         raise BadMessage("Request body is nested too deeply") from None
+
+
+def check_instance_url(url: str) -> None:
+    """Raise ValueError, saying why, unless ``url`` is an http(s) URL a page can open: a host,
+    a port in range if any, no credentials, no control characters."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"instance_url {url!r} is not a valid URL: {error}") from None
+    host = parts.hostname or ""
+    if parts.scheme not in {"http", "https"} or not host:
+        raise ValueError(f"instance_url {url!r} needs http:// or https:// and a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("instance_url must not carry credentials")
+    if _CONTROL.search(url) or not re.fullmatch(r"[\w.\-\[\]:]+", host) or port == 0:
+        raise ValueError(f"instance_url {url!r} has an invalid host or port")
+
+
+def is_line(text: str) -> bool:
+    """Tell whether ``text`` holds no NUL or other control character (the LINE rule)."""
+    return _CONTROL.search(text) is None
 
 
 def encode(message: object) -> str:
@@ -514,7 +565,13 @@ def encode(message: object) -> str:
     return _encoder.encode(message).decode()
 
 
+def readable(detail: str) -> str:
+    """Say a validation error's text in words (the LINE rule's regex, named)."""
+    return detail.replace(f"matching regex {LINE!r}", "without NUL or other control characters")
+
+
 def _explain(detail: str) -> str:
+    detail = readable(detail)
     if "Invalid value" in detail and "`$.type`" in detail:
         return f"Unknown message type ({detail}); expected one of: switch, ping"
     if "missing required field `type`" in detail:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import BadMessage, PlatformRefused, StoreUnavailable
 from server.protocol import ErrorBody, ErrorCode, encode
 
-__all__ = ["FAILURES", "error_response", "failure_response", "json_response", "refused_response"]
+__all__ = [
+    "FAILURES",
+    "error_response",
+    "failure_response",
+    "http_error_response",
+    "json_response",
+    "refused_response",
+]
 
 # The errors a changing endpoint answers alike: catch these, answer with failure_response.
 FAILURES = (BadMessage, PlatformRefused, StoreUnavailable)
@@ -34,6 +43,19 @@ def refused_response(error: PlatformRefused) -> Response:
     request, 409 for a rule it would break."""
     code = ErrorCode(error.code)
     return error_response(_REFUSED_STATUS.get(code, 409), code, str(error))
+
+
+def http_error_response(request: Request, error: Exception) -> Response:
+    """Answer the router's own errors (no such path, a method the path does not take) in the
+    one JSON shape, with their headers (``Allow``)."""
+    assert isinstance(error, HTTPException)
+    code = _HTTP_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
+    response = error_response(error.status_code, code, str(error.detail))
+    response.headers.update(error.headers or {})
+    return response
+
+
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
 def failure_response(error: BadMessage | PlatformRefused | StoreUnavailable) -> Response:

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol, cast
@@ -220,7 +221,8 @@ async def open_session(
         last_seen_at=now,
         idle_expires_at=min(now + dt.timedelta(seconds=settings.session_idle_s), absolute),
         absolute_expires_at=absolute,
-        user_agent=(user_agent or "")[:300] or None,
+        # A header may hold what the protocol refuses in bodies; keep what can be shown.
+        user_agent=_CONTROL.sub("", user_agent or "")[:300] or None,
         ip=ip,
     )
 
@@ -502,6 +504,8 @@ async def collect_forever(
                 collected.switches,
             )
 
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _ENDED_MESSAGES = {
     SessionEndReason.EXPIRED: "The session expired; log in again.",

@@ -9,6 +9,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
+import msgspec
 from sqlalchemy import (
     Connection,
     Table,
@@ -37,11 +38,14 @@ from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
     Cause,
     HoldView,
+    PlatformCreate,
     PlatformView,
     RejectReason,
     SessionEndReason,
     StateView,
     Switch,
+    is_line,
+    readable,
 )
 from server.sessions import LIVENESS_BY_IDS, ended_reason, format_time
 from server.settings import Settings
@@ -52,6 +56,7 @@ __all__ = [
     "DEMO_USERS",
     "add_platform",
     "add_user",
+    "check_user_name",
     "effective_active",
     "read_holds",
     "read_state",
@@ -484,14 +489,19 @@ def effective_active(
 # Administration: the command line and the demo seed use these.
 
 
+def check_user_name(name: str) -> None:
+    """Raise UsageError unless ``name`` is 1 to 64 characters with no control character."""
+    if not name or len(name) > 64 or not is_line(name):
+        raise UsageError("a user name is 1 to 64 characters, with no control characters")
+
+
 async def add_user(database: Database, name: str, password: str | None) -> int:
     """Create a user with version 0 and no switch yet; return the user's id.
 
     A user added without a password cannot log in with one; sessions are opened for them
     with ``sessions.open_session``.
     """
-    if not name or len(name) > 64:
-        raise UsageError("a user name is 1 to 64 characters")
+    check_user_name(name)
     if password is not None and len(password) < 8:
         raise UsageError("a password has at least 8 characters")
     now = database.clock()
@@ -519,8 +529,7 @@ async def upsert_user(database: Database, name: str, password: str | None) -> tu
 
     An existing user keeps its password when ``password`` is None.
     """
-    if not name or len(name) > 64:
-        raise UsageError("a user name is 1 to 64 characters")
+    check_user_name(name)
     existing = await user_id_of(database, name)
     if existing is None:
         try:
@@ -566,8 +575,11 @@ async def add_platform(
     """Connect a platform account to a user; return the platform's id."""
     if kind not in PLATFORM_KINDS:
         raise UsageError(f"unknown kind {kind!r}; expected one of {', '.join(PLATFORM_KINDS)}")
-    if not instance_url.startswith(("https://", "http://")):
-        raise UsageError("the instance URL must start with https:// or http://")
+    fields = {"name": name, "kind": kind, "instance_url": instance_url, "username": username}
+    try:  # the rules a page's or the host app's platform is held to
+        msgspec.convert(fields, PlatformCreate)
+    except msgspec.ValidationError as error:
+        raise UsageError(readable(str(error))) from None
     now = database.clock()
 
     async def work(session: AsyncSession) -> int:

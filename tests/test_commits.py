@@ -187,6 +187,36 @@ async def test_a_request_that_raises_fails_alone() -> None:
         await commits.submit(1)
 
 
+async def test_one_failing_request_costs_its_batch_halvings_not_a_transaction_each() -> None:
+    """A batch of 256 with one culprit is retried in halves: the culprit fails alone, every
+    other request succeeds, in at most 2 log2(256) + 1 = 17 attempts (one at a time: 257)."""
+    calls: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def decide(batch: Sequence[int]) -> list[int]:
+        if batch[0] == -1:
+            await release.wait()  # holds the committer while the real batch queues
+        calls.append(list(batch))
+        if 100 in batch:
+            raise ValueError("poisoned")
+        return [n * 2 for n in batch]
+
+    commits: GroupCommit[int, int] = GroupCommit(decide, max_batch=256)
+    blocker = asyncio.ensure_future(commits.submit(-1))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(commits.submit(n)) for n in range(256)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    await blocker
+    await commits.close()
+    assert isinstance(results[100], ValueError)
+    assert [r for n, r in enumerate(results) if n != 100] == [n * 2 for n in range(256) if n != 100]
+    attempts = [c for c in calls if c != [-1]]
+    assert attempts[0] == list(range(256)) and [100] in attempts
+    assert len(attempts) <= 17, len(attempts)
+
+
 async def test_switch_log_count_matches_decisions(make_on_each_engine: MakeSettings) -> None:
     """Every decision of a mixed batch (accepted, stale, unknown platform) writes one log row."""
     store, population = await open_store(make_on_each_engine, 2)
