@@ -372,6 +372,9 @@ async def _login(request: Request) -> Response:
         throttle.refund(body.username, address)
         return error_response(503, ErrorCode.UNAVAILABLE, str(error))
     throttle.refund(body.username, address)
+    hub: Hub = request.state.hub
+    for displaced in login.displaced:
+        hub.end_session(displaced, SessionEndReason.REVOKED)
     response = json_response(200, _session_view(login))
     settings: Settings = request.state.settings
     response.set_cookie(

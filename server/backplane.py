@@ -50,6 +50,7 @@ logger = logging.getLogger("hub.backplane")
 CHANNEL = "hub_events"
 # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more; a batch's events are split.
 _MAX_PAYLOAD = 7000
+_SESSIONS_PER_EVENT = 250
 
 
 class StateChanged(msgspec.Struct, tag="state", frozen=True):
@@ -111,10 +112,22 @@ def decode_events(payload: str | bytes) -> tuple[str, list[Event]]:
     return notice.origin, notice.events
 
 
+def _split(events: Sequence[Event]) -> Iterator[Event]:
+    # A revoke-all of 1,600 sessions was one event over NOTIFY's limit (a 500): sessions go
+    # in events of at most _SESSIONS_PER_EVENT ids (about 5 KB), so no count can break it.
+    for event in events:
+        if isinstance(event, SessionsEnded) and len(event.sessions) > _SESSIONS_PER_EVENT:
+            for start in range(0, len(event.sessions), _SESSIONS_PER_EVENT):
+                chunk = event.sessions[start : start + _SESSIONS_PER_EVENT]
+                yield SessionsEnded(sessions=chunk, reason=event.reason)
+        else:
+            yield event
+
+
 def _payloads(origin: str, events: Sequence[Event]) -> Iterator[str]:
     batch: list[Event] = []
     size = 0
-    for event in events:
+    for event in _split(events):
         length = len(_encoder.encode(event)) + 1
         if batch and size + length > _MAX_PAYLOAD:
             yield _encoder.encode(_Notice(origin, batch, time.time())).decode()

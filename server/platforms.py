@@ -34,7 +34,7 @@ from server.protocol import (
     PlatformsMirror,
     PlatformUpdate,
 )
-from server.store import read_state
+from server.store import check_room, read_state
 
 __all__ = ["add", "change", "listing", "mirror", "remove"]
 
@@ -55,7 +55,10 @@ async def listing(database: Database, user_id: int) -> PlatformList:
 async def add(database: Database, user_id: int, new: PlatformCreate) -> PlatformList:
     """Connect a platform account; the first one, or one asked to be, becomes the default."""
 
+    most = database.settings.max_platforms_per_user
+
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+        check_room(len(rows) + 1, most)
         _check_unique(rows, new.name, (new.instance_url, new.username))
         if new.is_default:
             _clear_default(connection, user_id, now)
@@ -116,6 +119,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
     The host app is the source of truth here, so a list without an active platform is
     accepted: the user then has none, and tabs are told to set one up (``active`` null).
     """
+    check_room(len(wanted.platforms), database.settings.max_platforms_per_user)
     accounts = [(p.instance_url, p.username) for p in wanted.platforms]
     names = [p.name for p in wanted.platforms]
     if len(set(accounts)) < len(accounts) or len(set(names)) < len(names):

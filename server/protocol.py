@@ -141,6 +141,7 @@ class ErrorCode(enum.StrEnum):
     LAST_ACTIVE_PLATFORM = "last_active_platform"
     NAME_TAKEN = "name_taken"
     ACCOUNT_TAKEN = "account_taken"
+    TOO_MANY_PLATFORMS = "too_many_platforms"
     # The host API (server/host.py).
     UNKNOWN_USER = "unknown_user"
     UNKNOWN_SESSION = "unknown_session"

@@ -85,6 +85,9 @@ class LoginSession:
     user_id: int
     user_name: str
     expires_at: dt.datetime
+    # Opening it ended these older sessions of the user (past max_sessions_per_user): the
+    # caller ends their tabs here; other processes hear it with the commit.
+    displaced: tuple[int, ...] = ()
 
 
 def format_time(moment: dt.datetime) -> str:
@@ -227,12 +230,36 @@ async def open_session(
     )
 
     async def store(session: AsyncSession) -> LoginSession:
-        name = await session.scalar(select(UserRow.name).where(UserRow.id == user_id))
+        name = await session.scalar(
+            select(UserRow.name).where(UserRow.id == user_id).with_for_update()
+        )
         if name is None:
             raise UsageError(f"no user with id {user_id}")
+        # The user's row is locked (FOR UPDATE; SQLite has one writer): two logins at once
+        # count the same sessions one after the other, so the cap holds.
+        live = (
+            await session.scalars(
+                select(LoginSessionRow.id)
+                .where(
+                    LoginSessionRow.user_id == user_id,
+                    LoginSessionRow.revoked_at.is_(None),
+                    LoginSessionRow.idle_expires_at > now,
+                    LoginSessionRow.absolute_expires_at > now,
+                )
+                .order_by(LoginSessionRow.id)
+            )
+        ).all()
+        displaced = list(live[: max(0, len(live) - settings.max_sessions_per_user + 1)])
+        if displaced:
+            await session.execute(
+                update(LoginSessionRow)
+                .where(LoginSessionRow.id.in_(displaced))
+                .values(revoked_at=now, revoked_reason=SessionEndReason.REVOKED.value)
+            )
+            await _stage_ended(database, session, displaced, SessionEndReason.REVOKED)
         session.add(row)
         await session.flush()
-        return LoginSession(row.id, user_id, name, row.expires_at)
+        return LoginSession(row.id, user_id, name, row.expires_at, tuple(displaced))
 
     return token, await database.write(store)
 

@@ -40,6 +40,12 @@ class Settings:
     # How long a switch decision is remembered for idempotent retries (at least 600 s).
     switch_log_ttl_s: float = 24 * 3600
 
+    # Live login sessions per user: a new one past it ends the user's oldest (its tabs are
+    # told: session_ended, revoked). The app the hub was made for allowed 5.
+    max_sessions_per_user: int = 10
+    # Platforms per user (a page's, the host app's and the command line's alike).
+    max_platforms_per_user: int = 50
+
     # Failed logins: a bucket per user name of this burst, refilled at this rate (a second);
     # a client address gets five times both. Past it, logins get 429 until it refills.
     login_failure_burst: int = 10
@@ -107,6 +113,8 @@ class Settings:
             raise ValueError("sqlite_synchronous must be NORMAL, FULL or EXTRA")
         if self.log_format not in {"text", "json"}:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.max_sessions_per_user < 1 or self.max_platforms_per_user < 1:
+            raise ValueError("max_sessions_per_user and max_platforms_per_user must be at least 1")
         if self.commit_batch_max < 1:
             raise ValueError("commit_batch_max must be at least 1")
         if self.password_cost < 2**10 or self.password_cost & (self.password_cost - 1):

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Connection,
     Table,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -32,11 +33,12 @@ from server.db import (
     SwitchLogRow,
     UserRow,
 )
-from server.errors import UsageError
+from server.errors import PlatformRefused, UsageError
 from server.hub import SwitchOutcome
 from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
     Cause,
+    ErrorCode,
     HoldView,
     PlatformCreate,
     PlatformView,
@@ -56,6 +58,7 @@ __all__ = [
     "DEMO_USERS",
     "add_platform",
     "add_user",
+    "check_room",
     "check_user_name",
     "effective_active",
     "read_holds",
@@ -489,6 +492,14 @@ def effective_active(
 # Administration: the command line and the demo seed use these.
 
 
+def check_room(count: int, most: int) -> None:
+    """Refuse a change that would leave a user more than ``most`` platforms."""
+    if count > most:
+        raise PlatformRefused(
+            ErrorCode.TOO_MANY_PLATFORMS, f"A user may connect at most {most} platforms."
+        )
+
+
 def check_user_name(name: str) -> None:
     """Raise UsageError unless ``name`` is 1 to 64 characters with no control character."""
     if not name or len(name) > 64 or not is_line(name):
@@ -595,6 +606,13 @@ async def add_platform(
         )
         if clash is not None:
             raise UsageError(f"{user_name} already has a platform with that name or account")
+        count = await session.scalar(
+            select(func.count()).select_from(PlatformRow).where(PlatformRow.user_id == user_id)
+        )
+        try:
+            check_room((count or 0) + 1, database.settings.max_platforms_per_user)
+        except PlatformRefused as error:
+            raise UsageError(str(error)) from None
         has_default = await session.scalar(
             select(PlatformRow.id).where(PlatformRow.user_id == user_id, PlatformRow.is_default)
         )

@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from server.db import PlatformRow, PlatformStateRow, UserRow
+from server.errors import UsageError
 from server.settings import Settings
-from tests.conftest import RunningHub, Tab
+from server.store import add_platform
+from tests.conftest import MakeSettings, RunningHub, Tab, serve
 
 T = TypeVar("T")
 NEW = {"name": "Photos", "kind": "pixelfed", "instance_url": "https://pixey.org", "username": "a"}
@@ -220,3 +222,31 @@ async def test_a_switch_racing_a_deactivation_has_exactly_one_outcome(
     assert tab.received[-1]["state"]["active"] == final["active"]
     print(f"\noutcomes seen: {sorted(outcomes)}")
     await tab.close()
+
+
+async def test_a_user_has_at_most_the_platform_cap(make_on_each_engine: MakeSettings) -> None:
+    """With a cap of 4, alice (3 platforms) may add one more; the next add, a mirror of
+    five and the command line's add are refused (409 too_many_platforms), nothing stored."""
+    async with serve(make_on_each_engine(max_platforms_per_user=4, api_key="k")) as running:
+        async with running.http(await running.login("alice")) as alice:
+            assert (await alice.post("/api/platforms", json=NEW)).status_code == 201
+            refused = await alice.post(
+                "/api/platforms", json={**NEW, "name": "More", "username": "b"}
+            )
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"] == "too_many_platforms"
+        async with running.http(authorization="Bearer k") as api:
+            five = [{**NEW, "name": f"P{n}", "username": f"u{n}"} for n in range(5)]
+            mirrored = await api.put("/api/host/users/bob/platforms", json={"platforms": five})
+        assert mirrored.status_code == 409 and mirrored.json()["error"] == "too_many_platforms"
+        with pytest.raises(UsageError, match="at most 4"):
+            await add_platform(
+                running.database,
+                "alice",
+                "Cli",
+                kind="pixelfed",
+                instance_url="https://c.example",
+                username="c",
+            )
+        assert len((await stored(running, "alice"))["platforms"]) == 4
+        assert len((await stored(running, "bob"))["platforms"]) == 2

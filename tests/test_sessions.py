@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,63 @@ async def test_a_hash_of_another_cost_verifies_and_is_rehashed_at_login(
         await running.login("alice")
         assert (await running.database.read(stored)).split("$")[1] == str(2**13)
         await running.login("alice")
+
+
+async def test_a_login_past_the_session_cap_ends_the_users_oldest_session(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """With at most 3 live sessions per user, a fourth login ends the oldest: its tab gets
+    session_ended (revoked) and 4001, the other three stay live, other users are untouched."""
+    async with serve(make_on_each_engine(max_sessions_per_user=3)) as running:
+        tokens = [await running.login("alice") for _ in range(3)]
+        oldest = await running.tab(tokens[0], "oldest")
+        newest = await running.tab(tokens[2], "newest")
+        bob = await running.login("bob")
+        tokens.append(await running.login("alice"))
+        code, messages = await oldest.closed()
+        assert code == 4001
+        assert {"type": "session_ended", "reason": "revoked"} in messages
+        for token, status in zip(tokens, [401, 200, 200, 200], strict=True):
+            async with running.http(token) as client:
+                assert (await client.get("/api/state")).status_code == status
+        async with running.http(bob) as client:
+            assert (await client.get("/api/state")).status_code == 200
+        live = [r for r in await session_rows(running) if r.revoked_at is None]
+        assert sorted(r.user_id for r in live) == [1, 1, 1, 2]
+        await newest.send({"type": "ping"})
+        assert await newest.receive() == {"type": "pong"}
+        await newest.close()
+
+
+async def test_revoking_thousands_of_sessions_at_once_reaches_every_tab(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A revoke-all of 2,000 sessions (its notice once was one NOTIFY, too long for
+    PostgreSQL: a 500) answers 200 and ends the tabs of the first and the last."""
+    settings = make_on_each_engine(max_sessions_per_user=5000, api_key="k")
+    async with serve(settings) as running:
+        first = await running.login("alice")
+        now = running.database.clock()
+
+        async def many(session: Any) -> None:
+            session.add_all(
+                LoginSessionRow(
+                    user_id=1,
+                    token_hash=hashlib.sha256(f"bulk-{n}".encode()).hexdigest(),
+                    created_at=now,
+                    last_seen_at=now,
+                    idle_expires_at=now + dt.timedelta(hours=1),
+                    absolute_expires_at=now + dt.timedelta(hours=2),
+                )
+                for n in range(1998)
+            )
+
+        await running.database.write(many)
+        last = await running.login("alice")
+        tabs = [await running.tab(first, "first"), await running.tab(last, "last")]
+        async with running.http(authorization="Bearer k") as api:
+            answer = await api.delete("/api/host/users/alice/sessions")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"sessions": 2000, "tabs": 2}
+        for tab in tabs:
+            assert (await tab.closed())[0] == 4001
