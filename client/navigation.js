@@ -6,8 +6,9 @@
 //   await hub.switchPlatform(id);
 //
 // docs/client.md documents every option, event and field; docs/protocol.md every message.
-// The building blocks (Backoff, Debouncer, Switcher, mergeState, TabChannel) are exported for
-// tests/client/*.test.js, which run them under node's test runner with fake timers.
+// The building blocks (Backoff, Debouncer, Switcher, mergeState, TabChannel, randomId) are
+// exported for tests/client/*.test.js, which run them under node's test runner with fake timers;
+// describePlatform is for pages, to show platform data that may hold anything.
 
 /**
  * Messages of the wire protocol; they mirror server/protocol.py.
@@ -78,9 +79,66 @@ export const DEFAULTS = Object.freeze({
   tabKey: "platform-hub.tab",
 });
 
-const randomId = () => globalThis.crypto.randomUUID();
+// The hub's rule for tab ids (server/app.py); request ids may be 1 to 64 characters of any kind.
+const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const ID_BYTES = 16;
+// Display strings longer than this many characters are cut short (describePlatform).
+const MAX_LABEL_CHARS = 120;
+const UNNAMED = "Unnamed platform";
 
 // Pure building blocks.
+
+/**
+ * A random UUID (version 4), such as "3b241101-e2bb-4255-8caf-4136c566a962": 36 characters of
+ * 0-9, a-f and "-", a valid tab id and request id. Made with crypto.getRandomValues, which
+ * every page has, and not crypto.randomUUID, which exists only in secure contexts (HTTPS or
+ * localhost): a hub on a LAN address or a dev host name over plain HTTP has none.
+ */
+export function randomId(crypto = globalThis.crypto) {
+  const bytes = crypto.getRandomValues(new Uint8Array(ID_BYTES));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx (RFC 9562)
+  const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  const groups = [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)];
+  return groups.join("-");
+}
+
+/** `value` as a string: numbers and booleans spelt out; objects, null and undefined as "". */
+function asText(value) {
+  if (typeof value === "string") return value;
+  return ["number", "boolean", "bigint"].includes(typeof value) ? String(value) : "";
+}
+
+/** `value` as display text: a string, controls as spaces, trimmed, cut at MAX_LABEL_CHARS. */
+function displayText(value) {
+  const text = asText(value)
+    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, " ")
+    .trim();
+  const chars = Array.from(text); // code points, so a cut never splits a surrogate pair
+  return chars.length > MAX_LABEL_CHARS ? `${chars.slice(0, MAX_LABEL_CHARS - 1).join("")}…` : text;
+}
+
+/**
+ * Display strings for a platform, whatever its data holds (it comes from the host app or the
+ * person who connected it): never throws. `name` falls back to "Unnamed platform"; `host` is
+ * the instance URL's host, or the URL as written where it does not parse (`https://x:99999`).
+ * Each is at most MAX_LABEL_CHARS characters. Show them as text (`textContent`), never as HTML.
+ * @param {Partial<PlatformView>} platform @returns {{name: string, username: string, host: string}}
+ */
+export function describePlatform(platform) {
+  const url = asText(platform?.instance_url).trim();
+  let host = "";
+  try {
+    host = new URL(url).host;
+  } catch {
+    // Not a URL the browser accepts: show it as written.
+  }
+  return {
+    name: displayText(platform?.name) || UNNAMED,
+    username: displayText(platform?.username),
+    host: displayText(host || url),
+  };
+}
 
 /** Full-jitter backoff: a delay drawn uniformly from [0, min(cap, base * 2**attempt)). */
 export function backoffDelay(attempt, baseMs, capMs, random = Math.random) {
@@ -395,7 +453,7 @@ export class HubClient extends EventTarget {
   /** This tab's id: kept across reloads, renewed when a duplicated tab clashes. */
   get tabId() {
     let id = this.storage?.getItem(this.options.tabKey);
-    if (!id) {
+    if (!id || !TAB_ID.test(id)) {
       id = randomId();
       this.storage?.setItem(this.options.tabKey, id);
     }

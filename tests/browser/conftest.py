@@ -3,6 +3,9 @@
 Without Chromium the browser tests skip and say why, except under CI=true, where
 they fail: CI installs Chromium (scripts/ensure-chromium, run by make test), so a skip
 there would hide a gap.
+
+The hub's Content-Security-Policy has no 'unsafe-eval': give page.wait_for_function a function
+("() => ..."), which Playwright runs as such, never a bare expression, which it evals.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from playwright.async_api import async_playwright, expect
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# A host name that is not localhost, resolved to the hubs of the tests: a page served from it
+# over plain HTTP is not a secure context (no crypto.randomUUID, say), as on a LAN or dev host.
+HOST_NAME = "hub.test"
+
 # As root in a container Chromium needs --no-sandbox; the rest keep it off this machine's
 # closed network (it would otherwise try to reach Google's hosts at every start).
 CHROMIUM_ARGS = [
@@ -29,7 +36,20 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    f"--host-resolver-rules=MAP {HOST_NAME} 127.0.0.1",
 ]
+
+# Every page records the Content-Security-Policy violations it sees (the hub's policy, once it
+# sends one, or one a test imposes); the devices fixture fails a test that had any.
+_WATCH_CSP = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  const where = `${e.sourceFile}:${e.lineNumber}`;
+  const text = `${e.effectiveDirective} blocked ${e.blockedURI || "?"} at ${where}`;
+  window.cspViolations.push(text);
+  window.reportCspViolation(text);
+});
+"""
 
 # Within this many milliseconds a change must show in every tab it concerns.
 WITHIN_MS = 1000
@@ -73,9 +93,11 @@ class Device:
         self.base_url = base_url
         self.pages: list[Any] = []
         self.errors: list[str] = []
+        self.csp_violations: list[str] = []
 
     async def log_in(self, name: str = "alice") -> None:
-        """Log in over HTTP, as a page would; the cookie lands in this context."""
+        """Log in over HTTP, as a page would; the cookie lands in this context. (Playwright
+        makes this request itself, without Chromium's host rules: not for HOST_NAME.)"""
         response = await self.context.request.post(
             f"{self.base_url}/api/login",
             data={"username": name, "password": f"{name}-demo-pw"},
@@ -107,18 +129,33 @@ class Device:
 
 @pytest.fixture
 async def devices(browser: Any) -> AsyncIterator[Any]:
-    """Make devices: ``await devices(hub, **client_options)``; checks no page threw."""
+    """Make devices: ``await devices(hub, **client_options)``, with ``host_name=HOST_NAME`` to
+    reach the hub by that name; checks no page threw and no page broke its
+    Content-Security-Policy."""
     made: list[Device] = []
 
-    async def make(hub: Any, **options: Any) -> Device:
+    async def make(hub: Any, *, host_name: str | None = None, **options: Any) -> Device:
         context = await browser.new_context()
+        base_url = hub.url if host_name is None else f"http://{host_name}:{hub.port}"
+        device = Device(context, base_url)
+        await context.expose_binding(
+            "reportCspViolation", lambda _source, text: device.csp_violations.append(text)
+        )
+
+        def console(message: Any) -> None:
+            # Chromium also logs each violation ("... violates the following Content Security
+            # Policy directive ..."), even one the page's listener could not report.
+            if "Content Security Policy" in message.text:
+                device.csp_violations.append(message.text)
+
+        context.on("console", console)
+        await context.add_init_script(_WATCH_CSP)
         # The demo page passes window.hubOptions to its HubClient; record each tab's
         # initial id too, to see what a duplicated tab inherited.
         await context.add_init_script(
             f"window.hubOptions = {json.dumps(options)};"
             "window.initialTabId = sessionStorage.getItem('platform-hub.tab');"
         )
-        device = Device(context, hub.url)
         made.append(device)
         return device
 
@@ -127,3 +164,5 @@ async def devices(browser: Any) -> AsyncIterator[Any]:
         await device.context.close()
     errors = [error for device in made for error in device.errors]
     assert not errors, f"uncaught errors in the page: {errors}"
+    violations = [text for device in made for text in device.csp_violations]
+    assert not violations, f"Content-Security-Policy violations: {violations}"

@@ -118,11 +118,11 @@ async def test_simultaneous_switches_converge_and_the_loser_says_why(
         await choose(left, a)
         await choose(right, b)
         for tab in (left, right):
-            await tab.wait_for_function("window.hub.switcher.inFlight !== null")
+            await tab.wait_for_function("() => window.hub.switcher.inFlight !== null")
         await asyncio.sleep(0.2)  # let both requests reach the hub and wait on the lock
         await blocker.rollback()
     for tab in (left, right):
-        await tab.wait_for_function("window.hub.switcher.inFlight === null")
+        await tab.wait_for_function("() => window.hub.switcher.inFlight === null")
 
     user_id = (await left.evaluate("window.hub.user"))["id"]
     final = await running.hub.store.load_state(user_id)
@@ -356,7 +356,9 @@ async def test_a_link_that_stops_answering_pings_is_dropped_and_replaced(
             "window.statuses = [];"
             "hub.addEventListener('status', (e) => statuses.push(e.detail.status));"
         )
-        await tab.wait_for_function("statuses.join() === 'reconnecting,open'", timeout=PATIENCE_MS)
+        await tab.wait_for_function(
+            "() => statuses.join() === 'reconnecting,open'", timeout=PATIENCE_MS
+        )
         assert len(connections) == 2
         # The replacement link works: a switch goes through it.
         target = others(await state(tab))[0]
@@ -504,7 +506,7 @@ async def test_a_message_of_an_unknown_type_is_reported_and_skipped(
     )
     for _ in range(2):
         sockets[0].send('{"type":"future_thing","x":1}')
-    await tab.wait_for_function("window.unknown.length === 2", timeout=WITHIN_MS)
+    await tab.wait_for_function("() => window.unknown.length === 2", timeout=WITHIN_MS)
     assert await tab.evaluate("window.unknown") == ["future_thing", "future_thing"]
     assert [w for w in warnings if "future_thing" in w] == [
         'navigation.js: a hub message of unknown type "future_thing" was skipped'

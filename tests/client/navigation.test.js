@@ -3,7 +3,15 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 
-import { Backoff, Debouncer, Switcher, backoffDelay, mergeState } from "../../client/navigation.js";
+import {
+  Backoff,
+  Debouncer,
+  Switcher,
+  backoffDelay,
+  describePlatform,
+  mergeState,
+  randomId,
+} from "../../client/navigation.js";
 
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "setInterval"] }));
 afterEach(() => mock.timers.reset());
@@ -213,5 +221,97 @@ describe("Switcher", () => {
     assert.equal(h.switcher.target, null);
     mock.timers.tick(100000);
     assert.equal(h.sent.length, 1);
+  });
+});
+
+describe("randomId", () => {
+  const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/; // server/app.py's rule; request ids: 1 to 64 characters
+  // What a page over plain HTTP off localhost has: getRandomValues, and no randomUUID.
+  const insecure = { getRandomValues: (bytes) => globalThis.crypto.getRandomValues(bytes) };
+  const filled = (value) => ({ getRandomValues: (bytes) => bytes.fill(value) });
+
+  test("makes UUIDs (version 4) with getRandomValues alone, valid tab and request ids", () => {
+    const ids = new Set(Array.from({ length: 1000 }, () => randomId(insecure)));
+    assert.equal(ids.size, 1000);
+    for (const id of ids) {
+      assert.match(id, UUID_V4);
+      assert.match(id, TAB_ID);
+    }
+  });
+
+  test("sets the version and variant bits and keeps the rest", () => {
+    assert.equal(randomId(filled(0x00)), "00000000-0000-4000-8000-000000000000");
+    assert.equal(randomId(filled(0xff)), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+  });
+
+  test("the Switcher's default request ids never call crypto.randomUUID", () => {
+    const randomUUID = mock.method(globalThis.crypto, "randomUUID", () => {
+      throw new TypeError("crypto.randomUUID is not a function");
+    });
+    try {
+      const sent = [];
+      const switcher = new Switcher({
+        debounceMs: 0,
+        switchTimeoutMs: 1000,
+        send: (request) => sent.push(request),
+        confirmed: () => ({ version: 0, active: 1, platforms: [] }),
+        changed: () => {},
+      });
+      switcher.choose(2);
+      mock.timers.tick(0);
+      assert.match(sent[0].id, UUID_V4);
+      assert.equal(randomUUID.mock.callCount(), 0);
+    } finally {
+      randomUUID.mock.restore();
+    }
+  });
+});
+
+describe("describePlatform", () => {
+  const long = "W".repeat(5000);
+  const cut = (text) => `${text.slice(0, 119)}…`;
+
+  test("shows a platform's name, account and the host of its instance", () => {
+    const platform = { id: 1, name: "Pixelfed", instance_url: "https://pixelfed.social/@a", username: "alice" };
+    assert.deepEqual(describePlatform(platform), { name: "Pixelfed", username: "alice", host: "pixelfed.social" });
+    assert.equal(describePlatform({ instance_url: "https://x.example:8443" }).host, "x.example:8443");
+    assert.equal(describePlatform({ instance_url: "https://bücher.example" }).host, "xn--bcher-kva.example");
+  });
+
+  test("shows a URL that does not parse as written instead of throwing", () => {
+    for (const url of ["https://x:99999", "https://", "not a url", "http://[::1", "https://a b.example"]) {
+      assert.equal(describePlatform({ instance_url: url }).host, url);
+    }
+    assert.equal(describePlatform({ instance_url: "javascript:alert(1)" }).host, "javascript:alert(1)");
+  });
+
+  test("falls back for empty, missing and wrongly typed fields", () => {
+    const empty = { name: "Unnamed platform", username: "", host: "" };
+    for (const platform of [{}, null, undefined, 42, "x", [], { name: "", username: "", instance_url: "" }]) {
+      assert.deepEqual(describePlatform(platform), empty, JSON.stringify(platform));
+    }
+    assert.deepEqual(describePlatform({ name: "   ", username: 42, instance_url: ["https://a.example"] }), {
+      name: "Unnamed platform",
+      username: "42",
+      host: "",
+    });
+    assert.equal(describePlatform({ name: { toString: null } }).name, "Unnamed platform");
+    assert.equal(describePlatform({ name: true }).name, "true");
+  });
+
+  test("cuts very long text at 120 characters, never inside a surrogate pair", () => {
+    const shown = describePlatform({ name: long, username: long, instance_url: `https://${"a".repeat(3000)}.example` });
+    assert.deepEqual(shown, { name: cut(long), username: cut(long), host: cut("a".repeat(3000)) });
+    const emoji = describePlatform({ name: "😀".repeat(500) }).name;
+    assert.equal(Array.from(emoji).length, 120);
+    assert.ok(emoji.isWellFormed());
+  });
+
+  test("turns control characters into spaces and keeps other Unicode as it is", () => {
+    assert.equal(describePlatform({ name: "a\u0000b\nc\u0085d\u2028e\u0007" }).name, "a b c d e");
+    const odd = "\u202egnp.exe\u202c مرحبا 👩‍👩‍👧 Z̤͔ͧ̑̓ \ud83d";
+    assert.equal(describePlatform({ name: odd }).name, odd);
+    assert.equal(describePlatform({ name: "<img src=x onerror=alert(1)>" }).name, "<img src=x onerror=alert(1)>");
   });
 });
