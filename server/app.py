@@ -30,6 +30,7 @@ from server.bodies import BodyLimit
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSocketProtocol
+from server.headers import SecurityHeaders
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
@@ -192,6 +193,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
     # API from their own origin, cookie included (navigation.js's `api` option); the origin
     # checks of the endpoints still apply. The WebSocket needs no CORS.
     middleware = [
+        Middleware(SecurityHeaders),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         Middleware(
             CORSMiddleware,

@@ -6,10 +6,12 @@ import asyncio
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from server.headers import CONTENT_SECURITY_POLICY
 from server.store import seed_demo
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
 from tests.load import wait_until
@@ -294,3 +296,22 @@ async def test_the_starlette_app_alone_serves_tabs_too(tmp_path: Path) -> None:
         assert (await second.receive_type("state"))["state"]["version"] == answer["version"]
     finally:
         await running.stop()
+
+
+async def test_pages_scripts_and_answers_carry_the_security_headers(running: RunningHub) -> None:
+    """The page, its scripts and the API's answers (errors included) carry the CSP, nosniff,
+    no-referrer and no-framing headers."""
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        answers = [
+            await http.get("/"),
+            await http.get("/client/navigation.js"),
+            await http.get("/client/demo.js"),
+            await http.get("/api/state"),
+            await http.post("/api/login", content=b"{"),
+        ]
+    for answer in answers:
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answers[1].headers["content-type"].startswith("text/javascript")
