@@ -118,6 +118,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         )
         metrics = Metrics()
         hub.on_switch = metrics.switched
+        database.on_late_commit = hub.resync_soon
         store.commits.on_commit = metrics.committed
         listener = backplane.listener_for(
             settings.database_url,

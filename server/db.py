@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import secrets
 import time
@@ -49,6 +50,8 @@ __all__ = [
     "UserRow",
     "utcnow",
 ]
+
+logger = logging.getLogger("hub.db")
 
 T = TypeVar("T")
 Clock = Callable[[], dt.datetime]
@@ -217,7 +220,15 @@ class Database:
         # Names this handle's commits on the backplane (server/backplane.py), so its own
         # process, which publishes them itself, can tell them from other processes'.
         self.origin = secrets.token_hex(8)
-        self.engine: AsyncEngine = create_async_engine(settings.database_url)
+        self.engine: AsyncEngine = create_async_engine(
+            settings.database_url, **_engine_options(settings)
+        )
+        # PostgreSQL: a unit of work with no answer within database_timeout_s is answered
+        # StoreUnavailable; its transaction may still commit when the server answers again
+        # (a COMMIT already sent cannot be called back), and then this is told, so that what
+        # it changed still reaches the tabs (the app resyncs them).
+        self._deadline = None if settings.is_sqlite else settings.database_timeout_s
+        self.on_late_commit: Callable[[], None] | None = None
         # The hot path (switch batches, state reads) runs synchronous units of work. On
         # SQLite each runs whole in one hop to a thread, on the plain sqlite3 driver: through
         # aiosqlite, every cursor call is its own hop (about 60 per switch, 5 ms of CPU).
@@ -339,7 +350,7 @@ class Database:
                     f"The database is unavailable: {_first_line(error)}"
                 ) from error
 
-        return await self._shielded(self._serialized(unit) if write else unit())
+        return await self._shielded(self._serialized(unit) if write else unit(), write=write)
 
     async def _run(
         self,
@@ -362,13 +373,33 @@ class Database:
                     f"The database is unavailable: {_first_line(error)}"
                 ) from error
 
-        return await self._shielded(self._serialized(unit) if serialize else unit())
+        return await self._shielded(
+            self._serialized(unit) if serialize else unit(), write=serialize
+        )
 
-    async def _shielded(self, unit: Awaitable[T]) -> T:
+    async def _shielded(self, unit: Awaitable[T], *, write: bool = False) -> T:
         task = asyncio.ensure_future(unit)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        return await asyncio.shield(task)
+        if self._deadline is None:
+            return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._deadline)
+        except TimeoutError:
+            if write:
+                task.add_done_callback(self._finished_late)
+            else:
+                task.add_done_callback(_retrieve)
+            raise StoreUnavailable(
+                f"The database did not answer within {self._deadline:g} s."
+            ) from None
+
+    def _finished_late(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        logger.warning("a unit of work the hub gave up on committed late; resyncing tabs")
+        if self.on_late_commit is not None:
+            self.on_late_commit()
 
     async def _serialized(self, unit: Callable[[], Awaitable[T]]) -> T:
         if self._write_lock is None:
@@ -382,6 +413,22 @@ class Database:
             except StoreUnavailable as error:
                 self._write_failed_at, self._write_failure = time.monotonic(), str(error)
                 raise
+
+
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    """Bound every wait on PostgreSQL: connecting, each statement, a pool checkout."""
+    if settings.is_sqlite:
+        return {}
+    timeout = settings.database_timeout_s
+    return {
+        "connect_args": {"timeout": timeout, "command_timeout": timeout},
+        "pool_timeout": timeout,
+    }
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a read given up on may fail later, unheard
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:

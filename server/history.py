@@ -55,6 +55,9 @@ Outcome = Literal["switched", "rejected"]
 # Rejections the hub writes to the switch log, so a resend gets them again; the others
 # (rate_limited, unavailable, busy, bad_request) leave no row and a resend is decided anew.
 _LOGGED_REJECTIONS = frozenset({"stale", "unknown_platform", "inactive_platform"})
+# Answers that confirm nothing: the database did not answer in time, and the transaction may
+# still commit once it does (docs/protocol.md); such a switch may or may not have happened.
+_UNCONFIRMED = frozenset({"unavailable"})
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ class Operation:
 
     @property
     def end(self) -> float:
-        return math.inf if self.answered is None else self.answered
+        return math.inf if self.answered is None or self.unconfirmed else self.answered
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Tell whether the answer leaves open whether the switch happened (unavailable)."""
+        return self.outcome is None or (self.outcome == "rejected" and self.reason in _UNCONFIRMED)
 
     @property
     def answer(self) -> Answer | None:
@@ -285,7 +293,7 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
     # the log; with it, an unanswered switch that is not in it was not accepted).
     unanswered: dict[int, list[Operation]] = {}
     for op in ops:
-        if op.outcome is None and user.log is None:
+        if op.unconfirmed and user.log is None:
             unanswered.setdefault(op.base + 1, []).append(op)
     lower = [-math.inf] * (last + 2)
     upper = [math.inf] * (last + 2)
@@ -349,7 +357,7 @@ def _accepted_at(op: Operation, log: dict[str, int] | None) -> int | None:
     """Return the version ``op`` was accepted at, from its answer or else from the switch log."""
     if op.outcome == "switched":
         return op.version
-    if op.outcome is None and log is not None:
+    if op.unconfirmed and log is not None:
         return log.get(op.request)
     return None
 
@@ -376,7 +384,7 @@ def _check_log(
         logged = log.get(op.request)
         if op.outcome == "switched" and logged != op.version:
             problems.append(f"{who}: {op.request} acknowledged at {op.version}, logged at {logged}")
-        if op.outcome == "rejected" and logged is not None:
+        if op.outcome == "rejected" and not op.unconfirmed and logged is not None:
             problems.append(f"{who}: {op.request} was rejected but the log has it at {logged}")
     return problems
 

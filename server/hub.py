@@ -272,6 +272,7 @@ class Hub:
         self._cooling: dict[int, float] = {}
         # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
         self._http_buckets = TokenBuckets(messages_per_second, message_burst)
+        self._resyncing: asyncio.Task[None] | None = None
 
     # Tabs joining and leaving.
 
@@ -520,6 +521,20 @@ class Hub:
         finally:
             room.reloading = None
 
+    def resync_soon(self) -> None:
+        """Resync every user with tabs here in the background (once, if asked again meanwhile):
+        a commit the hub gave up waiting for (server/db.py) landed after all."""
+        if self._resyncing is not None and not self._resyncing.done():
+            return
+
+        async def resync() -> None:
+            try:
+                await self.resync()
+            except StoreUnavailable as error:
+                logger.warning("resync after a late commit failed: %s", error)
+
+        self._resyncing = asyncio.get_running_loop().create_task(resync(), name="resync")
+
     async def resync(self) -> None:
         """Read the state of every user with tabs here and publish it, unless older than what
         was published here meanwhile (after notifications were lost; outboxes drop what a
@@ -616,6 +631,8 @@ class Hub:
     async def close(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every tab with ``code`` and wait briefly for the closes to go out."""
         reloads = [r.reloading for r in self._rooms.values() if r.reloading is not None]
+        if self._resyncing is not None:
+            reloads.append(self._resyncing)
         for task in reloads:
             task.cancel()
         await asyncio.gather(*reloads, return_exceptions=True)

@@ -87,6 +87,10 @@ class Settings:
     max_connections: int = 0
 
     # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
+    # PostgreSQL: the most any database call may wait (connecting, a statement, a pool
+    # checkout, a unit of work) before it is answered unavailable; a stalled server costs each
+    # request this long at most, and the hub recovers by itself once it answers.
+    database_timeout_s: float = 5
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_ms: int = 5000
     # Group commit: at most this many switches share one transaction. 1 commits each switch

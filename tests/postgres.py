@@ -65,12 +65,16 @@ class Relay:
 
     Down, it is what a stopped server looks like from the hub: every connection is cut and
     new ones are refused (nothing listens on the port). Up again, it listens on the same port.
+    Stalled, it is a server behind a partition: connections stay open and new ones are
+    accepted, but nothing is relayed either way until it resumes (then all of it is).
     """
 
     def __init__(self) -> None:
         self._target = ("127.0.0.1", 5432)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self, url: str) -> str:
@@ -95,7 +99,16 @@ class Relay:
             writer.transport.abort()
         self._links.clear()
 
+    def stall(self) -> None:
+        """Relay nothing, either way, and connect nothing new upstream, until resume()."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Relay again, what was held first."""
+        self._flowing.set()
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -106,6 +119,7 @@ class Relay:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await source.read(65536):
+                    await self._flowing.wait()
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import backplane
 from server.backplane import SessionsEnded, StateChanged
@@ -451,3 +451,55 @@ async def test_hub_serve_workers_share_one_port_and_deliver_across_each_other(
         finally:
             # SIGTERM, not kill -9: the supervisor stops its workers before it exits.
             await hub.terminate()
+
+
+async def test_a_stalled_database_costs_each_request_a_bounded_wait_then_everything_recovers(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stops answering without closing anything (a partition; the relay holds every
+    byte) for as long as the test needs: switches, logins and new tabs are each answered
+    `unavailable` (503) within a few database timeouts, not when the stall ends; then it
+    answers again, switches are accepted, every tab converges and the history holds (an
+    `unavailable` answer confirms nothing: a commit already sent may land after it)."""
+    relay = Relay()
+    async with processes(tmp_path, users=10, count=2, relay=relay, database_timeout_s=1.0) as (
+        settings,
+        population,
+        hubs,
+    ):
+        load = Load(population, tabs_per_user=2)
+        try:
+            await load.connect_all([hub.port for hub in hubs])
+            before = await load.run(60, stale_share=0.0)
+            relay.stall()
+            started = time.monotonic()
+            async with asyncio.timeout(60):  # far past a few timeouts; the stall lasts until then
+                during = await load.run(40, stale_share=0.0)
+                async with httpx.AsyncClient(base_url=hubs[0].url, timeout=30) as http:
+                    login = await http.post(
+                        "/api/login", json={"username": "user00000", "password": "irrelevant"}
+                    )
+                token = next(iter(population.tokens.values()))
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(
+                        f"ws://127.0.0.1:{hubs[1].port}/ws?tab=new",
+                        additional_headers={"Authorization": f"Bearer {token}"},
+                        open_timeout=30,
+                    )
+            stalled_for = time.monotonic() - started
+            relay.resume()
+            await asyncio.sleep(1)
+            after = await load.run(60, stale_share=0.0)
+            took = await converge(load, settings, CONVERGE_WITHIN_S)
+        finally:
+            relay.resume()
+            await load.close()
+        summary = await check_history(load, settings)
+        print(f"\nstalled: before {before}, during {during} in {stalled_for:.1f} s, after {after}")
+        print(f"{summary}; converged {took:.2f} s after")
+        assert login.status_code == 503 and login.json()["error"] == "unavailable"
+        assert refused.value.response.status_code == 503
+        assert during.get("rejected:unavailable", 0) > 0
+        assert set(during) <= {"rejected:unavailable", "switched", "rejected:stale"}
+        assert after.get("switched", 0) > 0 and "rejected:unavailable" not in after
+        assert all(1006 not in t.close_codes for t in load.tabs)
