@@ -91,6 +91,8 @@ class Settings:
     # checkout, a unit of work) before it is answered unavailable; a stalled server costs each
     # request this long at most, and the hub recovers by itself once it answers.
     database_timeout_s: float = 5
+    # GET /healthz (readiness) answers 503 when its probe of the database takes longer.
+    readiness_timeout_s: float = 2
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_ms: int = 5000
     # Group commit: at most this many switches share one transaction. 1 commits each switch

@@ -486,6 +486,8 @@ async def test_a_stalled_database_costs_each_request_a_bounded_wait_then_everyth
                         additional_headers={"Authorization": f"Bearer {token}"},
                         open_timeout=30,
                     )
+                async with httpx.AsyncClient(base_url=hubs[0].url, timeout=30) as http:
+                    ready, live = await http.get("/healthz"), await http.get("/livez")
             stalled_for = time.monotonic() - started
             relay.resume()
             await asyncio.sleep(1)
@@ -498,6 +500,8 @@ async def test_a_stalled_database_costs_each_request_a_bounded_wait_then_everyth
         print(f"\nstalled: before {before}, during {during} in {stalled_for:.1f} s, after {after}")
         print(f"{summary}; converged {took:.2f} s after")
         assert login.status_code == 503 and login.json()["error"] == "unavailable"
+        assert ready.status_code == 503 and "did not answer" in ready.json()["reason"]
+        assert live.status_code == 200
         assert refused.value.response.status_code == 503
         assert during.get("rejected:unavailable", 0) > 0
         assert set(during) <= {"rejected:unavailable", "switched", "rejected:stale"}

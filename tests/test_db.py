@@ -140,6 +140,28 @@ async def test_locked_database_rejects_unavailable_then_recovers(tmp_path: Path)
         await tab.close()
 
 
+async def test_readiness_fails_while_the_database_cannot_write_and_liveness_holds(
+    tmp_path: Path,
+) -> None:
+    """While another process holds SQLite's write lock, GET /healthz (readiness) answers 503
+    with the reason and GET /livez (liveness) 200; readiness is 200 again once it is free."""
+    settings = make_settings(tmp_path, sqlite_busy_timeout_ms=200, readiness_timeout_s=1)
+    async with serve(settings) as running, running.http() as http:
+        assert (await http.get("/healthz")).json()["status"] == "ok"
+        path = settings.database_url.split("///", 1)[1]
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            ready, live = await http.get("/healthz"), await http.get("/livez")
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+        assert "locked" in ready.json()["reason"], ready.json()
+        assert live.status_code == 200 and live.json()["status"] == "ok"
+        assert (await http.get("/healthz")).status_code == 200
+
+
 async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
     """A switch under a session revoked in the database is not applied; the tab gets 4001."""
     token = await running.login("alice")
