@@ -31,6 +31,7 @@ from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSocketProtocol
 from server.headers import SecurityHeaders
+from server.hosts import HostCheck, allowed_hosts, host_allowed
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
 from server.metrics import CONTENT_TYPE, Metrics
@@ -195,6 +196,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
     # API from their own origin, cookie included (navigation.js's `api` option); the origin
     # checks of the endpoints still apply. The WebSocket needs no CORS.
     middleware = [
+        Middleware(HostCheck, settings=settings),
         Middleware(SecurityHeaders),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         Middleware(
@@ -362,7 +364,7 @@ async def _metrics(request: Request) -> Response:
 
 
 async def _login(request: Request) -> Response:
-    if not _origin_allowed(request):
+    if not _origin_allowed(request, by_cookie=False):
         return _forbidden_origin()
     database: Database = request.state.database
     throttle: LoginThrottle = request.state.login_throttle
@@ -610,12 +612,11 @@ class _Transport:
 async def _websocket(websocket: WebSocket) -> None:
     database: Database = websocket.state.database
     hub: Hub = websocket.state.hub
-    if not _origin_allowed(websocket):
-        await websocket.send_denial_response(_forbidden_origin())
+    if not host_allowed(websocket.headers, allowed_hosts(websocket.state.settings)):
+        denial = error_response(400, ErrorCode.FORBIDDEN_HOST, "Not served under that host.")
+        await websocket.send_denial_response(denial)
         return
-    if "origin" not in websocket.headers and _uses_cookie(websocket):
-        # Browsers always send Origin on a WebSocket handshake; a cookie without one is not
-        # from a page, and the check above cannot vouch for it.
+    if not _origin_allowed(websocket):
         await websocket.send_denial_response(_forbidden_origin())
         return
     tab_id = websocket.query_params.get("tab") or secrets.token_urlsafe(12)
@@ -678,11 +679,17 @@ async def _websocket(websocket: WebSocket) -> None:
 # Helpers of the endpoints.
 
 
-def _origin_allowed(connection: HTTPConnection) -> bool:
+def _origin_allowed(connection: HTTPConnection, *, by_cookie: bool = True) -> bool:
+    """Tell whether the request's Origin may use the hub; ``by_cookie`` false for a request
+    that a cookie cannot authenticate (a login)."""
     origin = connection.headers.get("origin")
-    if origin is None:
-        # Not a browser: cross-site requests always carry an Origin.
+    if origin is None and not by_cookie:
         return True
+    if origin is None:
+        # Browsers send an Origin with every WebSocket handshake and every request that
+        # changes state; a cookie without one is not from a page, and nothing here can vouch
+        # for it. A client that is not a browser presents its session as a bearer token.
+        return not _uses_cookie(connection)
     settings: Settings = connection.state.settings
     if origin in settings.allowed_origins:
         return True

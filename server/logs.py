@@ -31,8 +31,12 @@ __all__ = [
     "redact_secrets",
 ]
 
+# A session token wherever a client may put one: the cookie (quoted too), a bearer header,
+# or a query string (which the hub refuses, but uvicorn logs the request line first).
 _SECRETS = re.compile(
-    r"(?P<keep>hub_session=|authorization:\s*bearer\s+|bearer\s+)[^\s;,'\"]+", re.IGNORECASE
+    r"(?P<keep>hub_session=\"?|authorization:\s*bearer\s+|bearer\s+"
+    r"|[?&](?:token|access_token|session|hub_session|api_key|key)=)[^\s;,'\"&]+",
+    re.IGNORECASE,
 )
 # Never mutated: bind and bound set a new mapping.
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(

@@ -62,6 +62,7 @@ __all__ = [
     "StateResponse",
     "SwitchRequest",
     "LINE",
+    "URL_PATTERN",
     "check_instance_url",
     "decode",
     "decode_body",
@@ -127,6 +128,8 @@ class ErrorCode(enum.StrEnum):
     INVALID_CREDENTIALS = "invalid_credentials"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN_ORIGIN = "forbidden_origin"
+    # The Host header names a host the hub is not served under (HUB_ALLOWED_HOSTS).
+    FORBIDDEN_HOST = "forbidden_host"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
     # A request over a size limit (413 body, 431 headers), or not received in time (408).
@@ -142,6 +145,7 @@ class ErrorCode(enum.StrEnum):
     NAME_TAKEN = "name_taken"
     ACCOUNT_TAKEN = "account_taken"
     TOO_MANY_PLATFORMS = "too_many_platforms"
+    DEFAULT_TAKEN = "default_taken"
     # The host API (server/host.py).
     UNKNOWN_USER = "unknown_user"
     UNKNOWN_SESSION = "unknown_session"
@@ -320,10 +324,19 @@ class SwitchRequest(_Frozen, frozen=True):
 
 PlatformName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)]
 PlatformKind = Literal["pixelfed", "mastodon"]
-# Checked whole by check_instance_url as well (the port's range, the host, no credentials).
-InstanceUrl = Annotated[
-    str, msgspec.Meta(min_length=8, max_length=500, pattern=r"^https?://[^\s/]+[^\s]*$")
-]
+# Characters no URL here may hold: controls, spaces of every kind. Spelt out rather than
+# \s, whose meaning differs between Python's re and the ECMA-262 dialect of JSON Schema
+# (U+001C-U+001F, U+0085), so what the OpenAPI document admits is what the hub accepts.
+_NOT_IN_URL = r"\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# A host name or an IPv4 address (an instance is reached by name; IPv6 literals are left out).
+_URL_HOST = rf"[^/@:?#\[\]\\{_NOT_IN_URL}]+"
+_URL_PORT = (
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
+    r"|[1-9][0-9]{0,3}))?"
+)
+# http(s), a host (no credentials), a port from 1 to 65535 if any, then anything printable.
+URL_PATTERN = rf"^https?://{_URL_HOST}{_URL_PORT}(?:[/?#][^{_NOT_IN_URL}]*)?$"
+InstanceUrl = Annotated[str, msgspec.Meta(min_length=8, max_length=500, pattern=URL_PATTERN)]
 AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE)]
 
 
@@ -411,6 +424,9 @@ class UserUpsert(_Frozen, frozen=True):
 
     # None: the user logs in only through sessions the host app mints.
     password: Annotated[str, msgspec.Meta(min_length=8, max_length=1000)] | None = None
+    # A new password for an existing user ends the user's live sessions (their tabs are told:
+    # session_ended, revoked), as a reset should; false keeps them.
+    end_sessions: bool = True
 
 
 class UserView(_Frozen, frozen=True):
@@ -419,13 +435,24 @@ class UserView(_Frozen, frozen=True):
     id: int
     name: str
     created: bool
+    # The live sessions a new password ended.
+    sessions_ended: int = 0
 
 
 class SessionMint(_Frozen, frozen=True):
     """Body of the host API's ``POST .../sessions``: the device the session is for."""
 
     user_agent: Annotated[str, msgspec.Meta(max_length=300, pattern=LINE)] | None = None
-    ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    ip: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=64,
+                extra_json_schema={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         if self.ip is not None:
@@ -540,20 +567,18 @@ def decode_body(body: bytes, kind: type[T]) -> T:
 
 
 def check_instance_url(url: str) -> None:
-    """Raise ValueError, saying why, unless ``url`` is an http(s) URL a page can open: a host,
-    a port in range if any, no credentials, no control characters."""
+    """Raise ValueError, saying why, unless ``url`` is an http(s) URL a page can open: the
+    URL_PATTERN rule (a host, a port in range if any, no credentials, nothing unprintable),
+    and one urllib can take apart."""
+    if re.fullmatch(URL_PATTERN[1:-1], url) is None:
+        raise ValueError(f"instance_url {url!r} is not an http(s) URL with a host and valid port")
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port  # raises for a port out of range or not a number
+        parts.port  # noqa: B018 (raises for a port it cannot read)
     except ValueError as error:
         raise ValueError(f"instance_url {url!r} is not a valid URL: {error}") from None
-    host = parts.hostname or ""
-    if parts.scheme not in {"http", "https"} or not host:
-        raise ValueError(f"instance_url {url!r} needs http:// or https:// and a host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("instance_url must not carry credentials")
-    if _CONTROL.search(url) or not re.fullmatch(r"[\w.\-\[\]:]+", host) or port == 0:
-        raise ValueError(f"instance_url {url!r} has an invalid host or port")
+    if not parts.hostname:
+        raise ValueError(f"instance_url {url!r} has no host")
 
 
 def is_line(text: str) -> bool:

@@ -23,6 +23,9 @@ class Settings:
     port: int = 8000
     # Origins allowed to open a WebSocket or change state. Empty means "the hub's own origin".
     allowed_origins: tuple[str, ...] = ()
+    # Host names requests may name in their Host header (DNS rebinding). Empty means the
+    # served host (for a loopback host: 127.0.0.1, localhost and ::1); "*" means any.
+    allowed_hosts: tuple[str, ...] = ()
     cookie_secure: bool = False
     # The host app's key for the host API (server/host.py); empty turns that API off.
     api_key: str = dataclasses.field(default="", repr=False)
@@ -113,6 +116,11 @@ class Settings:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
+        if any(origin.strip() in {"*", "null"} for origin in self.allowed_origins):
+            raise ValueError(
+                "allowed_origins may not hold * or null: they would let any page (and "
+                "sandboxed ones) call the hub with its users' cookies; list the origins"
+            )
         if self.switch_log_ttl_s < 600:
             raise ValueError("switch_log_ttl_s must be at least 600 seconds")
         if self.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:

@@ -94,8 +94,12 @@ class RunningHub:
         return response.cookies[COOKIE]
 
     def http(self, token: str | None = None, **headers: str) -> httpx.AsyncClient:
-        """Return an HTTP client carrying ``token`` as the session cookie."""
+        """Return an HTTP client carrying ``token`` as the session cookie, as a page would."""
         cookies = {COOKIE: token} if token else None
+        # As a page sends them: a cookie comes with the page's Origin (the hub refuses a
+        # cookie without one on a state change, as a browser never sends that).
+        if token and not any(name.lower() == "origin" for name in headers):
+            headers = {"Origin": self.url, **headers}
         return httpx.AsyncClient(
             base_url=self.url, cookies=cookies, headers=headers, timeout=TIMEOUT
         )

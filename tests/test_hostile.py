@@ -230,6 +230,12 @@ async def test_tokens_are_never_logged(tmp_path: Path, log_format: str) -> None:
                     f"ws://127.0.0.1:{hub.port}/ws?tab=b",
                     additional_headers={"Authorization": f"Bearer {tokens[1]}x"},
                 )
+            # A quoted cookie value, and a token in a query string (refused, but logged).
+            quoted = await http.get("/api/state", headers={"Cookie": f'{COOKIE}="{tokens[1]}"'})
+            assert quoted.status_code == 200
+            await http.get(f"/api/state?token={tokens[1]}&access_token={tokens[1]}")
+            with pytest.raises(InvalidStatus):
+                await connect(f"ws://127.0.0.1:{hub.port}/ws?tab=c&token={tokens[1]}")
             http.cookies.set(COOKIE, tokens[1])
             await http.get("/api/state")
             await http.post("/api/logout", headers=origin)
@@ -254,6 +260,15 @@ def test_the_log_filter_redacts_cookies_and_bearer_tokens() -> None:
     assert redact(line) == (
         "< cookie: a=1; hub_session=[redacted]; b=2 | Authorization: Bearer [redacted]"
     )
+    # A quoted cookie value authenticates as well (RFC 6265 allows the quotes).
+    assert redact('cookie: hub_session="abc123-_XYZ"; b=2') == (
+        'cookie: hub_session="[redacted]"; b=2'
+    )
+    # A token in a query string is refused, but the request line is logged first.
+    assert redact('"GET /ws?tab=t&token=abc123 HTTP/1.1" 401') == (
+        '"GET /ws?tab=t&token=[redacted] HTTP/1.1" 401'
+    )
+    assert redact("/api/state?access_token=x.y.z&b=1") == "/api/state?access_token=[redacted]&b=1"
 
 
 # The decoder.
@@ -422,3 +437,76 @@ def test_oversized_frames_close_with_1009_and_the_next_connection_works(
     assert fuzz_tab.answers.get("close 1009", 0) >= 1
     fuzz_tab.send('{"type":"ping"}')
     assert fuzz_tab.answers.get("pong", 0) >= 1
+
+
+async def test_state_changes_with_a_cookie_need_an_origin_as_the_websocket_does(
+    running: RunningHub,
+) -> None:
+    """A cookie without an Origin is refused (403) on every state change over HTTP, as on
+    the WebSocket; a bearer token needs none; the page's own Origin passes."""
+    token = await running.login("alice")
+    async with httpx.AsyncClient(base_url=running.url, cookies={COOKIE: token}) as bare:
+        for path, body in [
+            ("/api/switch", {"id": "o1", "platform": 2, "base": 0}),
+            ("/api/session/extend", None),
+            (
+                "/api/platforms",
+                {"name": "X", "kind": "pixelfed", "instance_url": "https://x.y", "username": "x"},
+            ),
+            ("/api/logout", None),
+        ]:
+            answer = await bare.post(path, json=body)
+            assert answer.status_code == 403 and answer.json()["error"] == "forbidden_origin", path
+        assert (await bare.get("/api/state")).status_code == 200  # reads need no Origin
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=running.url, headers=bearer) as client:
+        assert (await client.post("/api/session/extend")).status_code == 200
+    async with running.http(token) as page:  # with the page's Origin
+        assert (await page.post("/api/logout")).status_code == 200
+
+
+async def test_a_host_name_the_hub_is_not_served_under_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a request (or handshake) whose Host names another site gets 400
+    forbidden_host, login included; the loopback names and the configured ones pass."""
+    async with serve(make_settings(tmp_path, allowed_hosts=("hub.example",))) as running:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            for host, status in [("evil.example", 400), ("hub.example", 200), ("127.0.0.1", 400)]:
+                answer = await http.get("/livez", headers={"Host": host})
+                assert answer.status_code == status, (host, answer.text)
+            rebound = await http.post(
+                "/api/login",
+                json={"username": "alice", "password": "alice-demo-pw"},
+                headers={
+                    "Host": f"evil.example:{running.port}",
+                    "Origin": f"http://evil.example:{running.port}",
+                },
+            )
+            assert rebound.status_code == 400 and rebound.json()["error"] == "forbidden_host"
+        token = await login_as(running, "alice", host="hub.example")
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(
+                f"ws://127.0.0.1:{running.port}/ws",
+                additional_headers={"Authorization": f"Bearer {token}", "Host": "evil.example"},
+            )
+        assert refused.value.response.status_code == 400
+    async with serve(make_settings(tmp_path)) as running, running.http() as http:
+        for host in ("127.0.0.1", "localhost", f"localhost:{running.port}", "[::1]:80"):
+            assert (await http.get("/livez", headers={"Host": host})).status_code == 200, host
+        assert (await http.get("/livez", headers={"Host": "evil.example"})).status_code == 400
+
+
+async def login_as(running: RunningHub, name: str, *, host: str) -> str:
+    async with httpx.AsyncClient(base_url=running.url, headers={"Host": host}) as http:
+        login = await http.post(
+            "/api/login", json={"username": name, "password": f"{name}-demo-pw"}
+        )
+    assert login.status_code == 200, login.text
+    return login.cookies[COOKIE]
+
+
+@pytest.mark.parametrize("origins", ["*", "https://a.example,*", "null"])
+def test_a_wildcard_or_null_allowed_origin_is_refused_at_start(origins: str) -> None:
+    """HUB_ALLOWED_ORIGINS=* (or null) would let any page call the hub with its users'
+    cookies: the settings refuse it, saying why."""
+    with pytest.raises(ValueError, match="may not hold"):
+        Settings.from_environ({"HUB_ALLOWED_ORIGINS": origins})

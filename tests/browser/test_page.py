@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import Page, Route, expect
 
 from server.headers import CONTENT_SECURITY_POLICY
 from tests.browser.conftest import HOST_NAME, PATIENCE_MS, WITHIN_MS
 from tests.browser.test_client import choose, others, shows, state
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, make_settings, serve
 
 Message = MutableMapping[str, Any]
 
@@ -76,12 +78,20 @@ async def test_the_page_runs_under_the_hubs_content_security_policy(
     assert device.csp_violations == []
 
 
+@pytest.fixture
+async def on_host_name(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """A hub served under HOST_NAME as well (HUB_ALLOWED_HOSTS), as a dev host would be."""
+    async with serve(make_settings(tmp_path, allowed_hosts=("127.0.0.1", HOST_NAME))) as hub:
+        yield hub
+
+
 async def test_the_page_works_over_plain_http_on_a_host_name_other_than_localhost(
-    running: RunningHub, devices: Any
+    on_host_name: RunningHub, devices: Any
 ) -> None:
     """Served as http://hub.test:port (no secure context, so no crypto.randomUUID), the page
     signs in through its form, goes live with a valid tab id, and a switch reaches a second
     tab; nothing throws and no message appears."""
+    running = on_host_name
     device = await devices(running, host_name=HOST_NAME)
     page = await device.open_tab(live=False)
     assert page.url.startswith(f"http://{HOST_NAME}:")
