@@ -75,9 +75,15 @@ class HostClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def upsert_user(self, name: str, password: str | None = None) -> UserView:
-        """Create the user, or set its password; None keeps it (or leaves it without one)."""
-        return await self._call("PUT", f"/users/{name}", UserView, UserUpsert(password=password))
+    async def upsert_user(
+        self, name: str, password: str | None = None, *, end_sessions: bool = True
+    ) -> UserView:
+        """Create the user, or set its password; None keeps it (or leaves it without one).
+
+        A new password ends the user's live sessions unless ``end_sessions`` is false.
+        """
+        body = UserUpsert(password=password, end_sessions=end_sessions)
+        return await self._call("PUT", f"/users/{name}", UserView, body)
 
     async def platforms(self, name: str) -> PlatformList:
         """Return every platform of the user and the state its tabs see."""

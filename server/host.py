@@ -130,12 +130,18 @@ async def _upsert_user(request: Request) -> Response:
     name = request.path_params["name"]
     try:
         body = decode_body(await request.body() or b"{}", UserUpsert)
-        user_id, created = await upsert_user(database, name, body.password)
+        user_id, created, ended = await upsert_user(
+            database, name, body.password, end_sessions=body.end_sessions
+        )
     except (BadMessage, UsageError) as error:
         return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     except StoreUnavailable as error:
         return error_response(503, ErrorCode.UNAVAILABLE, str(error))
-    return json_response(201 if created else 200, UserView(id=user_id, name=name, created=created))
+    hub: Hub = request.state.hub
+    for session_id in ended:
+        hub.end_session(session_id, SessionEndReason.REVOKED)
+    view = UserView(id=user_id, name=name, created=created, sessions_ended=len(ended))
+    return json_response(201 if created else 200, view)
 
 
 # Platforms: the same changes as a user's own (server/platforms.py), published alike.

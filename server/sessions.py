@@ -49,6 +49,7 @@ __all__ = [
     "token_hash",
     "revoke",
     "revoke_all",
+    "revoke_all_within",
     "watch_forever",
 ]
 
@@ -335,28 +336,32 @@ async def revoke(
 
 async def revoke_all(database: Database, user_id: int, reason: SessionEndReason) -> list[int]:
     """Revoke every live session of a user; return their ids."""
-    now = database.clock()
+    return await database.write(
+        lambda session: revoke_all_within(database, session, user_id, reason)
+    )
 
-    async def work(session: AsyncSession) -> list[int]:
-        ids = list(
-            (
-                await session.scalars(
-                    select(LoginSessionRow.id).where(
-                        LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None)
-                    )
+
+async def revoke_all_within(
+    database: Database, session: AsyncSession, user_id: int, reason: SessionEndReason
+) -> list[int]:
+    """Revoke every live session of a user in the open write transaction; return their ids."""
+    ids = list(
+        (
+            await session.scalars(
+                select(LoginSessionRow.id).where(
+                    LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None)
                 )
-            ).all()
-        )
-        if ids:
-            await session.execute(
-                update(LoginSessionRow)
-                .where(LoginSessionRow.id.in_(ids))
-                .values(revoked_at=now, revoked_reason=reason.value)
             )
-            await _stage_ended(database, session, ids, reason)
-        return ids
-
-    return await database.write(work)
+        ).all()
+    )
+    if ids:
+        await session.execute(
+            update(LoginSessionRow)
+            .where(LoginSessionRow.id.in_(ids))
+            .values(revoked_at=database.clock(), revoked_reason=reason.value)
+        )
+        await _stage_ended(database, session, ids, reason)
+    return ids
 
 
 async def live_sessions(database: Database, user_id: int) -> list[SessionDetail]:

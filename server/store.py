@@ -49,7 +49,7 @@ from server.protocol import (
     is_line,
     readable,
 )
-from server.sessions import LIVENESS_BY_IDS, ended_reason, format_time
+from server.sessions import LIVENESS_BY_IDS, ended_reason, format_time, revoke_all_within
 from server.settings import Settings
 
 __all__ = [
@@ -535,32 +535,40 @@ async def add_user(database: Database, name: str, password: str | None) -> int:
     return await database.write(work)
 
 
-async def upsert_user(database: Database, name: str, password: str | None) -> tuple[int, bool]:
-    """Create a user, or set an existing one's password; return the id and whether it is new.
+async def upsert_user(
+    database: Database, name: str, password: str | None, *, end_sessions: bool = True
+) -> tuple[int, bool, list[int]]:
+    """Create a user, or set an existing one's password; return the id, whether it is new,
+    and the sessions a new password ended.
 
-    An existing user keeps its password when ``password`` is None.
+    An existing user keeps its password when ``password`` is None. A new password ends the
+    user's live sessions in the same transaction (a reset locks out whoever knew the old
+    one), unless ``end_sessions`` is false.
     """
     check_user_name(name)
     existing = await user_id_of(database, name)
     if existing is None:
         try:
-            return await add_user(database, name, password), True
+            return await add_user(database, name, password), True, []
         except UsageError:
             existing = await user_id_of(database, name)  # created meanwhile by another call?
             if existing is None:
                 raise
-    if password is not None:
-        password_hash = await asyncio.to_thread(
-            hash_password, password, cost=database.settings.password_cost
+    if password is None:
+        return existing, False, []
+    password_hash = await asyncio.to_thread(
+        hash_password, password, cost=database.settings.password_cost
+    )
+
+    async def work(session: AsyncSession) -> list[int]:
+        await session.execute(
+            update(UserRow).where(UserRow.id == existing).values(password_hash=password_hash)
         )
+        if not end_sessions:
+            return []
+        return await revoke_all_within(database, session, existing, SessionEndReason.REVOKED)
 
-        async def work(session: AsyncSession) -> None:
-            await session.execute(
-                update(UserRow).where(UserRow.id == existing).values(password_hash=password_hash)
-            )
-
-        await database.write(work)
-    return existing, False
+    return existing, False, await database.write(work)
 
 
 async def user_id_of(database: Database, name: str) -> int | None:

@@ -245,3 +245,22 @@ async def test_an_upsert_with_a_password_sets_it_for_a_new_and_an_existing_user(
         assert (await login("first-password"), await login("second-password")) == (401, 200)
         await client.upsert_user("erin")
         assert await login("second-password") == 200
+
+
+async def test_a_password_reset_ends_the_users_other_sessions_unless_told_not_to(
+    running: RunningHub, client: HostClient
+) -> None:
+    """A new password for an existing user ends its live sessions (their tabs get
+    session_ended, revoked) in the same transaction; with end_sessions false they stay."""
+    await client.upsert_user("fay", "first-password")
+    old = await running.login("fay", "first-password")
+    tab = await running.tab(old, "old")
+    reset = await client.upsert_user("fay", "second-password")
+    assert reset.sessions_ended == 1
+    code, messages = await tab.closed()
+    assert code == 4001 and {"type": "session_ended", "reason": "revoked"} in messages
+    kept = await running.login("fay", "second-password")
+    again = await client.upsert_user("fay", "third-password", end_sessions=False)
+    assert again.sessions_ended == 0
+    async with running.http(kept) as http:
+        assert (await http.get("/api/state")).status_code == 200
