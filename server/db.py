@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -261,6 +262,8 @@ class Database:
         self._write_lock = asyncio.Lock() if settings.is_sqlite else None
         self._write_failed_at = -math.inf
         self._write_failure = ""
+        # SQLite's write-ahead log, checked after each write (a stat): see _recover_wal.
+        self._wal = _wal_path(settings.database_url) if settings.is_sqlite else None
 
     async def create_schema(self) -> schema.SchemaState:
         """Bring the schema to this hub's newest revision (server/schema.py), creating it.
@@ -409,10 +412,50 @@ class Database:
             if self._write_failed_at > queued_at:
                 raise StoreUnavailable(self._write_failure)
             try:
-                return await unit()
+                result = await unit()
             except StoreUnavailable as error:
                 self._write_failed_at, self._write_failure = time.monotonic(), str(error)
                 raise
+            # A stat of a local file: microseconds, once per commit (a batch of switches).
+            if self._wal is not None and not os.path.exists(self._wal):  # noqa: ASYNC240
+                await self._recover_wal()
+            return result
+
+    async def _recover_wal(self) -> None:
+        """Save what a deleted WAL holds and start a new one.
+
+        Deleting hub.db-wal under a running hub (an operator cleaning up "temporary" files)
+        lost every commit since the last checkpoint at the next start: 99 of 560
+        acknowledged switches in one trial. The pooled connections still hold the deleted
+        file open, so a checkpoint through one of them copies its commits into hub.db; then
+        every connection is closed, and the next ones make a new WAL.
+        """
+        assert self._sync_engine is not None and self._writer is not None
+        sync_engine = self._sync_engine
+        logger.error(
+            "%s was deleted under the running hub: saving its commits into the database and "
+            "starting a new one (never delete -wal or -shm files while a hub runs)",
+            self._wal,
+        )
+
+        def checkpoint() -> None:
+            with sync_engine.connect() as connection:
+                busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+            if busy:
+                raise StoreUnavailable("The deleted WAL could not be checkpointed (busy).")
+            sync_engine.dispose()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer, checkpoint)
+        except Exception as error:
+            self._write_failed_at, self._write_failure = time.monotonic(), str(error)
+            raise StoreUnavailable(f"The database's WAL was deleted: {error}") from error
+        await self.engine.dispose()
+
+
+def _wal_path(url: str) -> str | None:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return None if not path or path.startswith(":memory:") else path + "-wal"
 
 
 def _engine_options(settings: Settings) -> dict[str, Any]:

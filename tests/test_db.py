@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select, text, update
 
 from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
@@ -14,6 +15,7 @@ from server.errors import StoreUnavailable
 from server.protocol import Switch
 from server.store import SqlStore, seed_demo
 from tests.conftest import RunningHub, make_settings, other_platform, serve
+from tests.load import HubProcess, seed_demo_file
 
 
 async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(
@@ -218,3 +220,41 @@ async def test_writers_queued_behind_a_failed_write_fail_with_it(tmp_path: Path)
     assert await database.write(work) == 2
     assert database.checked_out() == 0
     await database.dispose()
+
+
+async def test_a_wal_deleted_under_the_running_hub_loses_no_acknowledged_switch(
+    tmp_path: Path,
+) -> None:
+    """An operator deletes hub.db-wal while the hub runs, and the hub is then killed (-9):
+    the hub saved what the deleted file held into hub.db and started a new WAL at once, so
+    after a restart every acknowledged switch is there (before, the restart lost every
+    commit since the last checkpoint)."""
+    settings = make_settings(tmp_path, log_level="warning", message_burst=1000)
+    wal = tmp_path / "hub.db-wal"
+    await seed_demo_file(settings)
+    hub = await HubProcess(settings, tmp_path / "hub.log").start()
+    try:
+        async with httpx.AsyncClient(base_url=hub.url, headers={"Origin": hub.url}) as http:
+            login = await http.post(
+                "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+            )
+            assert login.status_code == 200
+            version = 0
+            for n in range(60):
+                if n == 30:
+                    wal.unlink()
+                body = {"id": f"s{n}", "platform": 1 + (n + 1) % 2, "base": version}
+                answer = (await http.post("/api/switch", json=body)).json()
+                assert answer["type"] == "switched", answer
+                version = answer["version"]
+        hub.kill()
+        hub = await HubProcess(settings, tmp_path / "hub2.log").start()
+        async with httpx.AsyncClient(base_url=hub.url) as http:
+            login = await http.post(
+                "/api/login", json={"username": "alice", "password": "alice-demo-pw"}
+            )
+            state = (await http.get("/api/state")).json()["state"]
+        assert state["version"] == version == 60
+    finally:
+        hub.stop()
+    assert "was deleted under the running hub" in (tmp_path / "hub.log").read_text()
