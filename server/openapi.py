@@ -132,6 +132,9 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
 )
 
 
+_OPTIONAL_BODIES = (UserUpsert, SessionMint)
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """Return the OpenAPI document of the host API."""
@@ -152,7 +155,8 @@ def document() -> dict[str, Any]:
             },
         }
         if body is not None:
-            operation["requestBody"] = {"required": method != "put" or body is not UserUpsert}
+            # The bodies whose fields all have defaults may be left out (an empty body is {}).
+            operation["requestBody"] = {"required": body not in _OPTIONAL_BODIES}
             operation["requestBody"]["content"] = _content(body)
         paths.setdefault(path, {})[method] = operation
     return {

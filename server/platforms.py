@@ -127,7 +127,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
             ErrorCode.NAME_TAKEN, "Each platform's name, and each account, must appear once."
         )
     if sum(p.is_default and p.is_active for p in wanted.platforms) > 1:
-        raise PlatformRefused(ErrorCode.BAD_REQUEST, "At most one platform can be the default.")
+        raise PlatformRefused(ErrorCode.DEFAULT_TAKEN, "At most one platform can be the default.")
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
         by_account = {(r.instance_url, r.username): r for r in rows}
