@@ -65,6 +65,7 @@ class HostCheck:
             response = error_response(
                 400, ErrorCode.FORBIDDEN_HOST, "This hub is not served under that host name."
             )
+            response.headers["connection"] = "close"  # its body, if any, is never read
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

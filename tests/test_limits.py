@@ -111,7 +111,7 @@ async def test_oversized_bodies_get_413_before_they_are_read(tmp_path: Path) -> 
     async with hub_process(tmp_path) as hub:
         await healthy(hub)
         before = rss(pid_of(hub))
-        declared = b"POST /api/login HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+        declared = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         answer, sent = await stream(
             hub.port, declared + b"Content-Length: %d\r\n\r\n" % (256 * MiB), b"x" * MiB, 256 * MiB
         )
@@ -131,6 +131,7 @@ async def test_oversized_bodies_get_413_before_they_are_read(tmp_path: Path) -> 
         )
         assert status_of(answer) == 422, answer[:300]
         grown = rss(pid_of(hub)) - before
+        print(f"\nbodies: hub {before / MiB:.1f} -> {(before + grown) / MiB:.1f} MiB")
         assert grown < 16 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
         await healthy(hub)
 
@@ -140,7 +141,7 @@ async def test_oversized_and_countless_headers_get_431(tmp_path: Path) -> None:
     async with hub_process(tmp_path) as hub:
         await healthy(hub)
         before = rss(pid_of(hub))
-        head = b"GET /healthz HTTP/1.1\r\nHost: h\r\n"
+        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         answer, _ = await stream(hub.port, head + b"X-Big: ", b"a" * 65536, 8 * MiB)
         assert status_of(answer) == 431, answer[:300]
         answer, _ = await stream(hub.port, head, b"X-Many: 1\r\n" * 1000, 200_000 * 11)
@@ -151,6 +152,7 @@ async def test_oversized_and_countless_headers_get_431(tmp_path: Path) -> None:
         )
         assert status_of(answer) == 200
         grown = rss(pid_of(hub)) - before
+        print(f"\nheaders: hub {before / MiB:.1f} -> {(before + grown) / MiB:.1f} MiB")
         assert grown < 16 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
         await healthy(hub)
 
@@ -164,7 +166,7 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
     A client that leaves mid-upload is an INFO line, not an error with a traceback."""
     async with hub_process(tmp_path, request_timeout_s=3, max_connections=100) as hub:
         await healthy(hub)
-        head = b"POST /api/login HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"
+        head = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
 
         async def trickle() -> int:
             reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
@@ -187,6 +189,9 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
         async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
             assert (await http.get("/healthz")).status_code == 503  # the cap, at once
         statuses = await asyncio.gather(*trickles)
+        print(
+            f"\ntrickles: {sorted(statuses).count(408)} x 408, {sorted(statuses).count(503)} x 503"
+        )
         assert statuses.count(408) >= 90, sorted(statuses)
         assert set(statuses) <= {408, 503}, sorted(statuses)
         await healthy(hub)
@@ -281,6 +286,9 @@ async def test_tabs_that_send_pings_and_never_read_hold_no_memory_and_are_closed
         assert all(f.closed_by_hub for f in floods), [f.written for f in floods]
         assert all(f.written < 40 * MiB for f in floods), [f.written for f in floods]
         grown = rss(pid_of(hub)) - before
+        written = sum(f.written for f in floods) / MiB
+        after = (before + grown) / MiB
+        print(f"\npings: {written:.1f} MiB sent; hub {before / MiB:.1f} -> {after:.1f} MiB")
         assert grown < 24 * MiB, f"the hub grew by {grown / MiB:.1f} MiB"
         async with asyncio.timeout(10):
             while (await hub.health())["tabs"]:  # noqa: ASYNC110 (another process)
