@@ -158,13 +158,17 @@ def mutate(user: UserHistory, how: str, pick: int, amount: int) -> UserHistory:
     return user
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+# A small history, a mutation of it, where, and by how much.
+MUTATED = (
     st.lists(planned, min_size=1, max_size=5),
     st.sampled_from(MUTATIONS),
     st.integers(0, 10),
     st.sampled_from([-2, -1, 1, 2]),
 )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(*MUTATED)
 def test_the_fast_checker_agrees_with_brute_force(
     events: list[Planned], how: str, pick: int, amount: int
 ) -> None:
@@ -173,12 +177,7 @@ def test_the_fast_checker_agrees_with_brute_force(
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(planned, min_size=1, max_size=5),
-    st.sampled_from(MUTATIONS),
-    st.integers(0, 10),
-    st.sampled_from([-2, -1, 1, 2]),
-)
+@given(*MUTATED)
 def test_the_switch_log_never_hides_a_bug(
     events: list[Planned], how: str, pick: int, amount: int
 ) -> None:

@@ -111,7 +111,9 @@ async def test_oversized_bodies_get_413_before_they_are_read(tmp_path: Path) -> 
     async with hub_process(tmp_path) as hub:
         await healthy(hub)
         before = rss(pid_of(hub))
-        declared = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        declared = (
+            b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        )
         answer, sent = await stream(
             hub.port, declared + b"Content-Length: %d\r\n\r\n" % (256 * MiB), b"x" * MiB, 256 * MiB
         )
