@@ -27,8 +27,8 @@ from typing import Any
 from server.db import Database
 from server.protocol import Switch
 from server.settings import Settings
-from server.store import SqlStore
-from tests.load import Population, database_facts, populate
+from server.storage.switches import SqlStore
+from tests.support.load import Population, database_facts, populate
 
 ROOT = Path(__file__).resolve().parent.parent
 

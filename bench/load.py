@@ -35,7 +35,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.load import RawFlood
+from tests.support.load import RawFlood
 
 RUN_ID = secrets.token_hex(4)
 
@@ -238,8 +238,8 @@ async def flood(args: argparse.Namespace, tokens: dict[str, str] | None) -> dict
 
     The hostile tab of the benchmark: run as its own process beside a rate phase, it shows
     what one abusive tab costs everyone else. It never backs off, and it is cheap (frames are
-    built once and written in blocks, tests/load.py's RawFlood), so on a shared 2-core machine
-    the flooder's own CPU does not stand in for the target's cost: a websockets client
+    built once and written in blocks, tests/support/load.py's RawFlood), so on a shared 2-core
+    machine the flooder's own CPU does not stand in for the target's cost: a websockets client
     framing each message took a whole core.
     """
     user = list(tokens)[-1] if tokens else str(args.users + 1)

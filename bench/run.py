@@ -41,7 +41,7 @@ import websockets
 from bench import commits
 from server import __version__
 from server.settings import Settings
-from tests.load import HubProcess, free_port, populate
+from tests.support.load import HubProcess, free_port, populate
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (250, 500, 1000, 2000, 4000)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.scale [--users 500] [--tabs 4] [--duration 10] [--write|--render]
 
 Each configuration gets a fresh database (SQLite file, or a PostgreSQL database on the
-machine's server, tests/postgres.py), its users, and its hub processes. The load generator
+machine's server, tests/support/postgres.py), its users, and its hub processes. The load generator
 (bench/load.py, a separate process) spreads the tabs of every user over the processes, so a
 switch made through one process reaches tabs on the others: the latency measured is
 cross-process delivery. Reported for each: p50/p99 at a fixed rate, saturated accepted
@@ -26,8 +26,8 @@ from typing import Any
 
 from bench.run import ROOT, Target, cpu_seconds, load, machine, settle, versions
 from server.settings import Settings
-from tests.load import HubProcess, populate
-from tests.postgres import fresh_database
+from tests.support.load import HubProcess, populate
+from tests.support.postgres import fresh_database
 
 CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4))
 

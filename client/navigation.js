@@ -79,7 +79,7 @@ export const DEFAULTS = Object.freeze({
   tabKey: "platform-hub.tab",
 });
 
-// The hub's rule for tab ids (server/app.py); request ids may be 1 to 64 characters of any kind.
+// The hub's rule for tab ids (server/web/app.py); request ids may be 1 to 64 characters of any kind.
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_BYTES = 16;
 // Display strings longer than this many characters are cut short (describePlatform).

@@ -34,7 +34,7 @@ from starlette.routing import Route
 from server.client import HostClient
 from server.protocol import PlatformMirrored
 
-HUB_COOKIE = "hub_session"  # the cookie the hub reads (server/app.py's COOKIE)
+HUB_COOKIE = "hub_session"  # the cookie the hub reads (server/web/app.py's COOKIE)
 APP_COOKIE = "studio_session"
 
 

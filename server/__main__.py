@@ -9,11 +9,12 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from server import __version__, schema
+from server import __version__
 from server.db import Database
 from server.errors import HubError, UsageError
 from server.settings import Settings
-from server.store import DEMO_USERS, PLATFORM_KINDS, add_platform, add_user, seed_demo
+from server.storage import schema
+from server.storage.switches import DEMO_USERS, PLATFORM_KINDS, add_platform, add_user, seed_demo
 
 __all__ = ["main"]
 
@@ -104,7 +105,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from server.app import create_app, tune_gc, uvicorn_config
+    from server.web.app import create_app, tune_gc, uvicorn_config
 
     workers = args.workers or 1
     if workers > 1 and settings.is_sqlite:
@@ -124,7 +125,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # where these settings, command-line flags included, are put first; they share the
     # listening socket, and PostgreSQL carries their fan-out as between separate processes.
     os.environ.update(settings.to_environ())
-    config = uvicorn_config("server.app:app_from_environ", settings, workers=workers, factory=True)
+    config = uvicorn_config(
+        "server.web.app:app_from_environ", settings, workers=workers, factory=True
+    )
     Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
 

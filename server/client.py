@@ -1,4 +1,4 @@
-"""An async Python client of the host API (server/host.py), for the host app to call.
+"""An async Python client of the host API (server/web/host_api.py), for the host app to call.
 
     async with HostClient("http://127.0.0.1:8000", api_key) as hub:
         await hub.upsert_user("alice")

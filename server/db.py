@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from server import schema
 from server.errors import StoreUnavailable
 from server.settings import Settings
+from server.storage import schema
 
 __all__ = [
     "Base",
@@ -178,7 +178,7 @@ class SwitchLogRow(Base):
 
 
 class HoldRow(Base):
-    """A hold on a user's switches while a job of the host app runs (server/holds.py)."""
+    """A hold on a user's switches while a job of the host app runs (server/storage/holds.py)."""
 
     __tablename__ = "holds"
     user_id: Mapped[int] = mapped_column(
@@ -218,7 +218,7 @@ class Database:
     def __init__(self, settings: Settings, *, clock: Clock = utcnow) -> None:
         self.settings = settings
         self.clock = clock
-        # Names this handle's commits on the backplane (server/backplane.py), so its own
+        # Names this handle's commits on the backplane (server/storage/backplane.py), so its own
         # process, which publishes them itself, can tell them from other processes'.
         self.origin = secrets.token_hex(8)
         self.engine: AsyncEngine = create_async_engine(
@@ -266,7 +266,7 @@ class Database:
         self._wal = _wal_path(settings.database_url) if settings.is_sqlite else None
 
     async def create_schema(self) -> schema.SchemaState:
-        """Bring the schema to this hub's newest revision (server/schema.py), creating it.
+        """Bring the schema to this hub's newest revision (server/storage/schema.py), creating it.
 
         Returns where the schema stood before.
         """
@@ -288,7 +288,7 @@ class Database:
 
     def _schema_engine(self) -> AsyncEngine:
         # On SQLite, BEGIN IMMEDIATE: a second process upgrading at once waits for the first,
-        # then finds nothing left to do (PostgreSQL takes an advisory lock, server/schema.py).
+        # then finds nothing left to do (PostgreSQL takes an advisory lock: storage/schema.py).
         return self.engine.execution_options(hub_write=True)
 
     async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

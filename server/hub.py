@@ -220,7 +220,8 @@ class _Room:
     def __init__(self) -> None:
         self.tabs: dict[str, Tab] = {}
         self.state: StateView | None = None
-        # The hold in force (server/holds.py), once read or told; its end, when its TTL runs out.
+        # The hold in force (server/storage/holds.py), once read or told; its end, when its
+        # TTL runs out.
         self.hold: HoldView | None = None
         self.hold_known = False
         self.hold_timer: asyncio.TimerHandle | None = None

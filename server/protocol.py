@@ -138,7 +138,7 @@ class ErrorCode(enum.StrEnum):
     # No such path, or a method the path does not take (405, with Allow).
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
-    # A platform change refused (server/platforms.py).
+    # A platform change refused (server/storage/platforms.py).
     UNKNOWN_PLATFORM = "unknown_platform"
     INACTIVE_PLATFORM = "inactive_platform"
     LAST_ACTIVE_PLATFORM = "last_active_platform"
@@ -146,7 +146,7 @@ class ErrorCode(enum.StrEnum):
     ACCOUNT_TAKEN = "account_taken"
     TOO_MANY_PLATFORMS = "too_many_platforms"
     DEFAULT_TAKEN = "default_taken"
-    # The host API (server/host.py).
+    # The host API (server/web/host_api.py).
     UNKNOWN_USER = "unknown_user"
     UNKNOWN_SESSION = "unknown_session"
 
@@ -214,7 +214,7 @@ class Cause(_Frozen, frozen=True):
     request: str  # "" for a platform change and a resync
 
 
-# What a state broadcast after a platform change carries (server/platforms.py).
+# What a state broadcast after a platform change carries (server/storage/platforms.py).
 PLATFORMS_CAUSE = Cause(kind="platforms", tab=None, request="")
 
 

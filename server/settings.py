@@ -27,7 +27,7 @@ class Settings:
     # served host (for a loopback host: 127.0.0.1, localhost and ::1); "*" means any.
     allowed_hosts: tuple[str, ...] = ()
     cookie_secure: bool = False
-    # The host app's key for the host API (server/host.py); empty turns that API off.
+    # The host app's key for the host API (server/web/host_api.py); empty turns that API off.
     api_key: str = dataclasses.field(default="", repr=False)
 
     # Login sessions.
@@ -78,9 +78,10 @@ class Settings:
     # A connection must complete its request headers (or WebSocket handshake request) in this
     # long, or it is closed: slow or stalled clients cannot hold connections open for free.
     handshake_timeout_s: float = 10
-    # HTTP requests (server/guard.py, server/bodies.py): the whole request, headers and body,
-    # must arrive within request_timeout_s (else 408); a body is at most max_body_bytes
-    # (413); headers at most max_header_bytes and max_headers of them (431).
+    # HTTP requests (server/web/uvicorn_protocols.py, server/web/bodies.py): the whole
+    # request, headers and body, must arrive within request_timeout_s (else 408); a body is
+    # at most max_body_bytes (413); headers at most max_header_bytes and max_headers of them
+    # (431).
     request_timeout_s: float = 30
     max_body_bytes: int = 64 * 1024
     max_header_bytes: int = 32 * 1024

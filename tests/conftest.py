@@ -23,12 +23,12 @@ from sqlalchemy import exc as sa_exc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.app import COOKIE, create_app, uvicorn_config
 from server.db import Database
 from server.hub import Hub
 from server.settings import Settings
-from server.store import seed_demo
-from tests.postgres import fresh_database
+from server.storage.switches import seed_demo
+from server.web.app import COOKIE, create_app, uvicorn_config
+from tests.support.postgres import fresh_database
 
 # SQLAlchemy's warnings (such as a connection garbage-collected while checked out) fail tests.
 warnings.simplefilter("error", sa_exc.SAWarning)
@@ -207,7 +207,7 @@ async def make_on_each_engine(
 ) -> AsyncIterator[MakeSettings]:
     """make_settings on a fresh SQLite file, then on a fresh PostgreSQL database.
 
-    A test that takes this runs twice, once per engine (tests/postgres.py has the rules).
+    A test that takes this runs twice, once per engine (tests/support/postgres.py has the rules).
     """
     if request.param == "sqlite":
         yield functools.partial(make_settings, tmp_path)

@@ -11,10 +11,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from server.headers import CONTENT_SECURITY_POLICY
-from server.store import seed_demo
+from server.storage.switches import seed_demo
+from server.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
-from tests.load import wait_until
+from tests.support.load import wait_until
 
 
 async def refused_status(running: RunningHub, **kwargs: object) -> tuple[int, bytes]:

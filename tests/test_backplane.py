@@ -1,4 +1,4 @@
-"""server/backplane.py: several hub processes on one PostgreSQL database act as one hub.
+"""server/storage/backplane.py: several hub processes on one PostgreSQL database act as one hub.
 
 Real `hub serve` processes, real tabs spread across them (as a proxy without sticky sessions
 would), the history checker over everything they saw. The bounds asserted on time are far
@@ -21,13 +21,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server import backplane
-from server.backplane import SessionsEnded, StateChanged
 from server.client import HostClient
-from server.history import check
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
-from tests.load import (
+from server.storage import backplane
+from server.storage.backplane import SessionsEnded, StateChanged
+from tests.support.history import check
+from tests.support.load import (
     HubProcess,
     Load,
     Population,
@@ -36,7 +36,7 @@ from tests.load import (
     record_facts,
     wait_until,
 )
-from tests.postgres import BASE_URL, Relay, fresh_database
+from tests.support.postgres import BASE_URL, Relay, fresh_database
 
 CONVERGE_WITHIN_S = 5.0
 
@@ -238,7 +238,7 @@ async def test_a_hold_placed_through_one_process_holds_the_switches_on_the_other
             state = hello["state"]
             target = next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
             async with HostClient(hubs[0].url, "k") as host:
-                name = "user00000"  # tests/load.py's populate names its users so
+                name = "user00000"  # tests/support/load.py's populate names its users so
                 await host.hold(name, "Captioning", 30)
                 assert await next_of(tab, "hold") == {"type": "hold", "hold": ANY_HOLD}
                 switch = {"type": "switch", "id": "h1", "platform": target, "base": 0}

@@ -12,7 +12,7 @@ import pytest
 
 from bench import scale
 from bench.run import ceiling, idle_memory, load, load_command, peer
-from tests.postgres import require_postgres
+from tests.support.postgres import require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 

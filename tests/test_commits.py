@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from server.commits import GroupCommit
 from server.db import Database, SwitchLogRow
 from server.errors import StoreUnavailable
 from server.protocol import RejectReason, Switch
-from server.store import SqlStore
+from server.storage.commits import GroupCommit
+from server.storage.switches import SqlStore
 from tests.conftest import MakeSettings, make_settings
-from tests.load import Population, populate
+from tests.support.load import Population, populate
 
 
 async def open_store(

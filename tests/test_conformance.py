@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import MakeSettings
-from tests.load import HubProcess, seed_demo_file
+from tests.support.load import HubProcess, seed_demo_file
 
 KEY = "conformance-key"
 

@@ -13,9 +13,9 @@ from sqlalchemy import func, select, text, update
 from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
 from server.errors import StoreUnavailable
 from server.protocol import Switch
-from server.store import SqlStore, seed_demo
+from server.storage.switches import SqlStore, seed_demo
 from tests.conftest import RunningHub, make_settings, other_platform, serve
-from tests.load import HubProcess, seed_demo_file
+from tests.support.load import HubProcess, seed_demo_file
 
 
 async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(

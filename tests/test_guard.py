@@ -1,4 +1,5 @@
-"""server/guard.py: the lean WebSocket protocol keeps nothing an idle tab does not need.
+"""server/web/uvicorn_protocols.py: the lean WebSocket protocol keeps nothing an idle tab does
+not need.
 
 The header deadline and the bounded reads are tested with the hostile input they stop
 (tests/test_hostile.py); here, what a live connection keeps, and the small primitives that
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from server.guard import BoundedWebSocketProtocol, _Flag, _Mailbox
+from server.web.uvicorn_protocols import BoundedWebSocketProtocol, _Flag, _Mailbox
 from tests.conftest import TIMEOUT, RunningHub, other_platform
 
 

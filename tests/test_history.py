@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.history import (
+from tests.support.history import (
     Answer,
     Delivery,
     History,

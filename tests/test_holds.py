@@ -1,4 +1,4 @@
-"""server/holds.py: a hold refuses a user's switches as busy until released or expired.
+"""server/storage/holds.py: a hold refuses a user's switches as busy until released or expired.
 
 A real hub with the host API, on SQLite and on PostgreSQL; tabs are real WebSockets, and the
 stored version is read back to prove that nothing was applied.

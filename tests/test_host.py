@@ -1,4 +1,5 @@
-"""server/host.py, server/client.py and server/openapi.py: the host app's API, end to end.
+"""server/web/host_api.py, server/client.py and server/web/openapi.py: the host app's API, end
+to end.
 
 A real hub with an API key, called through the package's own client (HostClient) and raw
 HTTP; tabs are real WebSockets connected with the sessions the API mints.
@@ -14,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server import host
 from server.client import HostApiError, HostClient
-from server.openapi import ENDPOINTS
 from server.protocol import PlatformCreate, PlatformMirrored, PlatformUpdate
-from server.store import user_id_of
+from server.storage.switches import user_id_of
+from server.web import host_api as host
+from server.web.openapi import ENDPOINTS
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 
 KEY = "host-api-test-key"

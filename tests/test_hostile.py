@@ -25,15 +25,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_sync
 
-from server.app import COOKIE
 from server.db import LoginSessionRow
 from server.errors import BadMessage
 from server.logs import redact
 from server.protocol import Ping, Switch, decode
-from server.sessions import token_hash
 from server.settings import Settings
+from server.storage.sessions import token_hash
+from server.web.app import COOKIE
 from tests.conftest import RunningHub, make_settings, other_platform, serve
-from tests.load import HubProcess, RawFlood, seed_demo_file
+from tests.support.load import HubProcess, RawFlood, seed_demo_file
 
 # Handshakes.
 

@@ -18,7 +18,7 @@ from server.protocol import (
     UserInfo,
     decode_server,
 )
-from server.store import SqlStore, seed_demo
+from server.storage.switches import SqlStore, seed_demo
 from tests.conftest import TIMEOUT, make_settings
 
 

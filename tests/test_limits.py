@@ -21,10 +21,10 @@ from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
-from server.app import COOKIE
 from server.settings import Settings
+from server.web.app import COOKIE
 from tests.conftest import make_settings
-from tests.load import HubProcess, seed_demo_file
+from tests.support.load import HubProcess, seed_demo_file
 
 MiB = 2**20
 

@@ -1,4 +1,4 @@
-"""server/metrics.py: GET /metrics tells what the hub did, in Prometheus' text format."""
+"""server/web/metrics.py: GET /metrics tells what the hub did, in Prometheus' text format."""
 
 from __future__ import annotations
 

@@ -31,13 +31,13 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select, update
 
-from server import sessions
 from server.db import Database, PlatformRow, UserRow
 from server.errors import AuthenticationError
 from server.hub import Hub, Tab
 from server.protocol import SessionEndReason, UserInfo
-from server.sessions import format_time
-from server.store import SqlStore, seed_demo
+from server.storage import sessions
+from server.storage.sessions import format_time
+from server.storage.switches import SqlStore, seed_demo
 from tests.conftest import make_settings
 
 SESSION_S = 3600.0  # idle == absolute: sliding never moves the expiry, the model stays simple

@@ -41,8 +41,8 @@ def test_the_wheel_carries_the_hub_and_an_installed_hub_serves_the_client(
     for expected in (
         "server/_client/navigation.js",
         "server/_client/index.html",
-        "server/migrations/script.py.mako",
-        "server/migrations/versions/0002_holds.py",
+        "server/storage/migrations/script.py.mako",
+        "server/storage/migrations/versions/0002_holds.py",
     ):
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

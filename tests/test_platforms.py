@@ -1,4 +1,5 @@
-"""server/platforms.py: platform management over HTTP, each change a new version for every tab.
+"""server/storage/platforms.py: platform management over HTTP, each change a new version for
+every tab.
 
 Real hub, real sockets, on SQLite and on PostgreSQL; the stored rows are read back, never
 just the replies.
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from server.db import PlatformRow, PlatformStateRow, UserRow
 from server.errors import UsageError
 from server.settings import Settings
-from server.store import add_platform
+from server.storage.switches import add_platform
 from tests.conftest import MakeSettings, RunningHub, Tab, serve
 
 T = TypeVar("T")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from server.history import History, check
 from server.settings import Settings
-from tests.load import (
+from tests.support.history import History, check
+from tests.support.load import (
     HubProcess,
     Load,
     Population,

@@ -1,4 +1,4 @@
-"""server/schema.py: the migrations build the models' schema; outdated schemas are refused.
+"""server/storage/schema.py: the migrations build the models' schema; outdated schemas are refused.
 
 On a fresh SQLite file and a fresh PostgreSQL database each; the command line on SQLite.
 """
@@ -17,9 +17,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, select, text
 
-from server import schema
 from server.db import Base, Database, UserRow
-from server.schema import SchemaOutdated
+from server.storage import schema
+from server.storage.schema import SchemaOutdated
 from tests.conftest import MakeSettings
 
 

@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.exceptions import InvalidStatus
 
-from server import sessions
-from server.app import COOKIE
 from server.db import LoginSessionRow, UserRow
-from server.sessions import collect
 from server.settings import Settings
-from server.store import add_user
+from server.storage import sessions
+from server.storage.sessions import collect
+from server.storage.switches import add_user
+from server.web.app import COOKIE
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from server.store import add_platform
+from server.storage.switches import add_platform
 from tests.conftest import TIMEOUT, RunningHub, Tab, make_settings, other_platform, serve
 
 SWITCHES = 1000

@@ -216,7 +216,7 @@ async def test_no_delivery_across_users(running: RunningHub) -> None:
 
 async def test_concurrent_tabs_agree(running: RunningHub) -> None:
     """20 users x 5 tabs switching at once: one winner per version, contiguous, no regressions."""
-    from server.store import add_platform, add_user
+    from server.storage.switches import add_platform, add_user
 
     users = [f"user{i:02d}" for i in range(20)]
     for name in users:

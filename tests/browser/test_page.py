@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, Route, expect
 
-from server.headers import CONTENT_SECURITY_POLICY
+from server.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.browser.conftest import HOST_NAME, PATIENCE_MS, WITHIN_MS
 from tests.browser.test_client import choose, others, shows, state
 from tests.conftest import RunningHub, make_settings, serve
@@ -37,8 +37,8 @@ async def log_in_through_the_form(page: Page, name: str = "alice") -> None:
 async def test_the_page_runs_under_the_hubs_content_security_policy(
     running: RunningHub, devices: Any
 ) -> None:
-    """Under the CSP, nosniff and referrer headers the hub sends (server/headers.py) on the
-    page and its files, the page loads styled, signs in, goes live over the WebSocket,
+    """Under the CSP, nosniff and referrer headers the hub sends (server/web/security_headers.py)
+    on the page and its files, the page loads styled, signs in, goes live over the WebSocket,
     switches and manages platforms without a single policy violation."""
     device = await devices(running)
     page = await device.context.new_page()

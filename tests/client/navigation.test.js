@@ -226,7 +226,7 @@ describe("Switcher", () => {
 
 describe("randomId", () => {
   const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-  const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/; // server/app.py's rule; request ids: 1 to 64 characters
+  const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/; // server/web/app.py's rule; request ids: 1 to 64 characters
   // What a page over plain HTTP off localhost has: getRandomValues, and no randomUUID.
   const insecure = { getRandomValues: (bytes) => globalThis.crypto.getRandomValues(bytes) };
   const filled = (value) => ({ getRandomValues: (bytes) => bytes.fill(value) });

@@ -5,7 +5,7 @@ Revises: (none)
 Create Date: 2026-11-30
 
 It is exactly what the models made with create_all before migrations existed, so a database
-from then is adopted by recording this revision (server/schema.py).
+from then is adopted by recording this revision (server/storage/schema.py).
 Datetimes are stored naive, in UTC (server/db.py's _UTCDateTime converts).
 """
 

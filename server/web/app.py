@@ -25,17 +25,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import __version__, backplane, host, logs, platforms, sessions
-from server.bodies import BodyLimit
+from server import __version__, logs
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
-from server.guard import PROTOCOL_EXTENSION, BoundedHttpProtocol, BoundedWebSocketProtocol
-from server.headers import SecurityHeaders
-from server.hosts import HostCheck, allowed_hosts, host_allowed
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.logs import log_config, redact_secrets
-from server.metrics import CONTENT_TYPE, Metrics
-from server.paths import route
 from server.protocol import (
     PLATFORMS_CAUSE,
     CloseCode,
@@ -56,16 +50,28 @@ from server.protocol import (
     decode_body,
     encode,
 )
-from server.responses import (
+from server.settings import Settings
+from server.storage import backplane, platforms, sessions
+from server.storage.sessions import LoginSession, LoginThrottle, format_time
+from server.storage.switches import SqlStore
+from server.web import host_api as host
+from server.web.bodies import BodyLimit
+from server.web.hosts import HostCheck, allowed_hosts, host_allowed
+from server.web.metrics import CONTENT_TYPE, Metrics
+from server.web.paths import route
+from server.web.responses import (
     FAILURES,
     error_response,
     failure_response,
     http_error_response,
     json_response,
 )
-from server.sessions import LoginSession, LoginThrottle, format_time
-from server.settings import Settings
-from server.store import SqlStore
+from server.web.security_headers import SecurityHeaders
+from server.web.uvicorn_protocols import (
+    PROTOCOL_EXTENSION,
+    BoundedHttpProtocol,
+    BoundedWebSocketProtocol,
+)
 
 __all__ = ["COOKIE", "create_app", "uvicorn_config"]
 
@@ -74,10 +80,11 @@ COOKIE = "hub_session"
 
 def _client_dir() -> Path:
     """client/ of a source checkout, else the copy an installed package carries."""
-    source = Path(__file__).resolve().parent.parent / "client"
+    package = Path(__file__).resolve().parent.parent
+    source = package.parent / "client"
     if (source / "navigation.js").is_file():
         return source
-    return Path(__file__).resolve().parent / "_client"
+    return package / "_client"
 
 
 CLIENT_DIR = _client_dir()
@@ -509,7 +516,7 @@ async def _switch(request: Request) -> Response:
     return json_response(200, reply)
 
 
-# Platform management (server/platforms.py): every change reaches the user's tabs.
+# Platform management (server/storage/platforms.py): every change reaches the user's tabs.
 
 
 async def _platforms_list(request: Request) -> Response:

@@ -15,8 +15,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.protocol import ErrorCode
-from server.responses import error_response
 from server.settings import Settings
+from server.web.responses import error_response
 
 __all__ = ["HostCheck", "allowed_hosts", "host_allowed"]
 

@@ -62,7 +62,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     Each answer is the hub's usual JSON error body, with ``connection: close``. The limits
     are the served app's settings (its lifespan state carries them), or the defaults before
     the app has started. A module-level class, named by import string, so worker processes
-    (``hub serve --workers``) can load it. Request bodies are bounded in ``server/bodies.py``.
+    (``hub serve --workers``) can load it. Request bodies are bounded in ``server/web/bodies.py``.
     """
 
     defaults = Settings()

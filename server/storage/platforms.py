@@ -20,8 +20,6 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
-from server import backplane
-from server.backplane import StateChanged
 from server.db import Database, PlatformRow, PlatformStateRow
 from server.errors import PlatformRefused
 from server.protocol import (
@@ -34,7 +32,9 @@ from server.protocol import (
     PlatformsMirror,
     PlatformUpdate,
 )
-from server.store import check_room, read_state
+from server.storage import backplane
+from server.storage.backplane import StateChanged
+from server.storage.switches import check_room, read_state
 
 __all__ = ["add", "change", "listing", "mirror", "remove"]
 

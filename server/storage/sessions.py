@@ -21,14 +21,20 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import backplane
-from server.backplane import SessionsEnded
 from server.buckets import TokenBuckets
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, Overloaded, StoreUnavailable, UsageError
 from server.hub import Hub
-from server.passwords import NO_PASSWORD, dummy_hash, hash_password, needs_rehash, verify_password
 from server.protocol import SessionDetail, SessionEndReason
+from server.storage import backplane
+from server.storage.backplane import SessionsEnded
+from server.storage.passwords import (
+    NO_PASSWORD,
+    dummy_hash,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 
 __all__ = [
     "LIVENESS_BY_IDS",

@@ -4,8 +4,8 @@ holds a user's switches while one of its jobs runs.
 
 Every request carries ``Authorization: Bearer <HUB_API_KEY>``; without a key configured the
 API is off. Users are named in the path by their name, the host app's own identifier. Each
-change reaches the user's tabs as the same change made by the user would (server/app.py);
-``GET /api/host/openapi.json`` describes every endpoint (server/openapi.py).
+change reaches the user's tabs as the same change made by the user would (server/web/app.py);
+``GET /api/host/openapi.json`` describes every endpoint (server/web/openapi.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import holds, openapi, platforms, sessions
 from server.db import Database
 from server.errors import BadMessage, StoreUnavailable, UsageError
 from server.hub import Hub
-from server.paths import route
 from server.protocol import (
     PLATFORMS_CAUSE,
     ErrorCode,
@@ -41,9 +39,12 @@ from server.protocol import (
     decode_body,
     is_line,
 )
-from server.responses import FAILURES, error_response, failure_response, json_response
 from server.settings import Settings
-from server.store import upsert_user, user_id_of
+from server.storage import holds, platforms, sessions
+from server.storage.switches import upsert_user, user_id_of
+from server.web import openapi
+from server.web.paths import route
+from server.web.responses import FAILURES, error_response, failure_response, json_response
 
 __all__ = ["PREFIX", "routes"]
 
@@ -144,7 +145,7 @@ async def _upsert_user(request: Request) -> Response:
     return json_response(201 if created else 200, view)
 
 
-# Platforms: the same changes as a user's own (server/platforms.py), published alike.
+# Platforms: the same changes as a user's own (server/storage/platforms.py), published alike.
 
 
 async def _list_platforms(database: Database, hub: Hub, request: Request, user: int) -> Response:
@@ -177,7 +178,7 @@ def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = Fa
     return json_response(201 if created else 200, changed)
 
 
-# Holds (server/holds.py): switches are refused as busy while the host app's job runs.
+# Holds (server/storage/holds.py): switches are refused as busy while the host app's job runs.
 
 
 async def _place_hold(database: Database, hub: Hub, request: Request, user: int) -> Response:

@@ -8,7 +8,7 @@ hold's reason, and every tab is told when the hold starts and ends.
 A hold is a row (one per user). Placing or releasing one locks the user's state row first,
 as a switch batch does, and the batch reads holds after that lock: a switch is decided
 wholly before a placement (and the placement's answer shows its result) or after it (and is
-refused). The change travels to other processes with its commit (server/backplane.py); each
+refused). The change travels to other processes with its commit (server/storage/backplane.py); each
 process with tabs of the user tells them, and ends the hold there when its TTL runs out.
 """
 
@@ -19,12 +19,12 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, delete, insert
 
-from server import backplane
-from server.backplane import HoldChanged
 from server.db import Database, HoldRow
 from server.protocol import HoldAnswer, HoldView
-from server.sessions import format_time
-from server.store import read_state
+from server.storage import backplane
+from server.storage.backplane import HoldChanged
+from server.storage.sessions import format_time
+from server.storage.switches import read_state
 
 __all__ = ["place", "release"]
 

@@ -1,7 +1,7 @@
 """The host API's OpenAPI 3.1 document, its schemas generated from the protocol's structs.
 
 ``GET /api/host/openapi.json`` serves it. The paths are listed here once, beside the
-routes of server/host.py; tests/test_host.py checks that the two name the same endpoints.
+routes of server/web/host_api.py; tests/test_host.py checks that the two name the same endpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 
 from server import __version__
-from server.paths import MAX_ID
 from server.protocol import (
     LINE,
     ErrorBody,
@@ -29,6 +28,7 @@ from server.protocol import (
     UserUpsert,
     UserView,
 )
+from server.web.paths import MAX_ID
 
 __all__ = ["ENDPOINTS", "document"]
 

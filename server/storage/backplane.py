@@ -15,7 +15,7 @@ answer, and a notification can arrive before that answer is sent.
 Notifications are lost while the listening connection is down. The listener reconnects with
 backoff, LISTENs first, then resyncs every user with tabs here from the table: versions make
 that idempotent, and tabs never regress. Sessions are also rechecked from the table every
-``session_check_s`` (server/sessions.py), which catches a lost logout.
+``session_check_s`` (server/storage/sessions.py), which catches a lost logout.
 """
 
 from __future__ import annotations

@@ -21,9 +21,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import backplane
-from server.backplane import StateChanged
-from server.commits import GroupCommit
 from server.db import (
     Database,
     HoldRow,
@@ -35,7 +32,6 @@ from server.db import (
 )
 from server.errors import PlatformRefused, UsageError
 from server.hub import SwitchOutcome
-from server.passwords import NO_PASSWORD, hash_password
 from server.protocol import (
     Cause,
     ErrorCode,
@@ -49,8 +45,12 @@ from server.protocol import (
     is_line,
     readable,
 )
-from server.sessions import LIVENESS_BY_IDS, ended_reason, format_time, revoke_all_within
 from server.settings import Settings
+from server.storage import backplane
+from server.storage.backplane import StateChanged
+from server.storage.commits import GroupCommit
+from server.storage.passwords import NO_PASSWORD, hash_password
+from server.storage.sessions import LIVENESS_BY_IDS, ended_reason, format_time, revoke_all_within
 
 __all__ = [
     "PendingSwitch",
@@ -74,7 +74,7 @@ PLATFORM_KINDS = ("pixelfed", "mastodon")
 class SqlStore:
     """Decide switches with a conditional update on the version, many per transaction.
 
-    Switches go through a group commit (server/commits.py): the switches that queue while a
+    Switches go through a group commit (server/storage/commits.py): the switches that queue while a
     batch commits are decided together, in arrival order, in the next transaction. Each
     decision is the one a lone transaction would take, because a batch reads everything it
     needs under the write lock and applies its decisions in order.
@@ -196,8 +196,8 @@ class _Batch:
         rows = connection.execute(LIVENESS_BY_IDS, {"ids": session_ids})
         self.logins = {row.id: row for row in rows}
         self.states = _read_states(connection, user_ids, lock=True)
-        # After the state rows' lock: a hold placed meanwhile (server/holds.py takes the same
-        # lock first) is either committed and seen here, or placed after this batch.
+        # After the state rows' lock: a hold placed meanwhile (server/storage/holds.py takes the
+        # same lock first) is either committed and seen here, or placed after this batch.
         self.holds = read_holds(connection, user_ids, self.now)
         self.platforms = _read_platforms(connection, user_ids, inactive=True)
         # Joined from a VALUES list: SQLite answers "(a, b) IN (VALUES ...)" with a scan of
@@ -389,7 +389,7 @@ def read_state(
     connection: Connection, user_id: int, *, lock: bool = False
 ) -> tuple[int, int | None, StateView]:
     """Read a user's version, stored active choice and the state tabs see, in the open
-    transaction; ``lock`` takes the state row as a switch batch does (server/platforms.py)."""
+    transaction; ``lock`` takes the state row as a switch batch does (storage/platforms.py)."""
     version, stored = _read_states(connection, [user_id], lock=lock).get(user_id, (0, None))
     platforms = _read_platforms(connection, [user_id]).get(user_id, _NO_PLATFORMS)
     return version, stored, platforms.state(version, stored)

@@ -1,4 +1,4 @@
-"""Alembic's environment for the hub: runs on the connection server/schema.py hands it."""
+"""Alembic's environment for the hub: runs on the connection server/storage/schema.py hands it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from server.db import Base
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "The hub's migrations run through `hub db upgrade` (server/schema.py), "
+        "The hub's migrations run through `hub db upgrade` (server/storage/schema.py), "
         "not the alembic command line."
     )
 context.configure(

@@ -3,7 +3,7 @@
 Used by tests/test_scenarios.py (and usable from a shell). The hub runs as `python -m server
 serve` on a SQLite file; users and sessions are created in that file beforehand. Each tab is a
 `websockets` client whose frames feed a TabRecorder, so a run ends in a History that
-server.history.check judges against the database's final state and switch log.
+tests.support.history.check judges against the database's final state and switch log.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import Close, Opcode
 from websockets.uri import parse_uri
 
-from server import sessions
 from server.db import Database, PlatformStateRow, SwitchLogRow
-from server.history import History, Operation, TabRecorder
 from server.settings import Settings
-from server.store import SqlStore, add_platform, add_user, seed_demo
+from server.storage import sessions
+from server.storage.switches import SqlStore, add_platform, add_user, seed_demo
+from tests.support.history import History, Operation, TabRecorder
 
 PLATFORMS = (
     ("Pixelfed", "pixelfed", "https://pixelfed.example"),
@@ -401,7 +401,7 @@ class Load:
 
     async def resend(self, tab: LoadTab, within: float = 30) -> str:
         """Resend one of the tab's earlier switches, same id, base and platform, as a client
-        retries: the hub answers with its logged decision (server/history.py checks that it
+        retries: the hub answers with its logged decision (tests/support/history.py checks that it
         is the first answer again), or decides anew one that it never logged."""
         await asyncio.wait_for(tab.connected.wait(), within)
         connection = tab.connection

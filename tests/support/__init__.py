@@ -1,0 +1,1 @@
+"""Test support: the hub harness's helpers, the history checker, the load harness, PostgreSQL."""
