@@ -26,6 +26,7 @@ from typing import Any
 
 from server.db import Database
 from server.protocol import Switch
+from server.rules import Accepted
 from server.settings import Settings
 from server.storage.switches import SqlStore
 from tests.support.load import Population, database_facts, populate
@@ -55,11 +56,11 @@ async def run_one(
             n += 1
             request = Switch(id=uuid.uuid4().hex, platform=platforms[n % 3], base=version)
             started = time.perf_counter()
-            outcome = await store.switch(user_id, session_id, request, None)
+            decision = await store.switch(user_id, session_id, request, None)
             latencies.append(time.perf_counter() - started)
-            if not outcome.accepted:
-                raise AssertionError(f"user {user_id}: {outcome.reason}")
-            version = outcome.version
+            if not isinstance(decision, Accepted):
+                raise AssertionError(f"user {user_id}: {decision}")
+            version = decision.version
             accepted[user_id] = accepted.get(user_id, 0) + 1
 
     cpu = time.process_time()

@@ -132,7 +132,7 @@ class PlatformStateRow(Base):
     )
     version: Mapped[int] = mapped_column(default=0)
     # Only meaningful from version 1 on: version 0 means "never switched", and then the
-    # active platform follows the default rule (see store.effective_active).
+    # active platform follows the default rule (server/rules.py's active_platform).
     active_platform_id: Mapped[int | None] = mapped_column(
         ForeignKey("platforms.id", ondelete="SET NULL")
     )

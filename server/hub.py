@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -45,11 +44,11 @@ from server.protocol import (
     decode,
     encode,
 )
+from server.rules import Accepted, Decision, Refused, SessionGone
 
 __all__ = [
     "Hub",
     "Store",
-    "SwitchOutcome",
     "Tab",
     "TabLimitReached",
     "Transport",
@@ -84,23 +83,6 @@ class Transport(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SwitchOutcome:
-    """The store's committed decision on one switch request."""
-
-    accepted: bool
-    # None only for "unavailable" when the hub has no state of this user in memory.
-    state: StateView | None
-    version: int = 0
-    reason: RejectReason | None = None
-    # True when the switch created a new version, which must then be broadcast.
-    changed: bool = False
-    # Set when the login session had ended: nothing was applied.
-    ended: SessionEndReason | None = None
-    # For ``busy``: the reason of the hold that refused it.
-    detail: str | None = None
-
-
 class Store(Protocol):
     """The durable side of the hub: it decides switches and holds the state."""
 
@@ -110,7 +92,7 @@ class Store(Protocol):
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
-    ) -> SwitchOutcome: ...
+    ) -> Decision: ...
 
     async def close(self) -> None: ...
 
@@ -421,42 +403,37 @@ class Hub:
         arrived = time.monotonic()
         with bound(request=request.id):
             try:
-                outcome = await self.store.switch(user_id, session_id, request, tab_id)
+                decision = await self.store.switch(user_id, session_id, request, tab_id)
             except StoreUnavailable as error:
                 logger.warning("switch to platform %s: %s", request.platform, error)
-                outcome = SwitchOutcome(
-                    accepted=False, state=self.state_of(user_id), reason=RejectReason.UNAVAILABLE
-                )
+                decision = Refused(RejectReason.UNAVAILABLE, self.state_of(user_id))
             if logger.isEnabledFor(logging.DEBUG):
-                decided = "accepted" if outcome.accepted else (outcome.reason or outcome.ended)
-                logger.debug("switch to platform %s: %s", request.platform, decided)
-        if outcome.ended is not None:
-            self.end_session(session_id, outcome.ended)
-            return None
+                logger.debug("switch to platform %s: %s", request.platform, _result(decision))
         reply: Switched | Rejected
-        if outcome.accepted:
-            reply = Switched(id=request.id, version=outcome.version)
-        else:
-            assert outcome.reason is not None
-            message = describe(outcome.reason, outcome.state, outcome.detail)
-            reply = Rejected(
-                id=request.id, reason=outcome.reason, message=message, state=outcome.state
-            )
+        match decision:
+            case SessionGone(reason=ended):
+                self.end_session(session_id, ended)
+                return None
+            case Accepted():
+                reply = Switched(id=request.id, version=decision.version)
+            case Refused():
+                message = describe(decision.reason, decision.state, decision.detail)
+                reply = Rejected(
+                    id=request.id, reason=decision.reason, message=message, state=decision.state
+                )
         # The asking tab hears its decision before the broadcast of what it caused.
         if tab is not None and not tab.closing:
             tab.send(encode(reply))
         broadcast_after = -1.0
-        if outcome.state is not None:
-            if outcome.changed:
+        if decision.state is not None:
+            if isinstance(decision, Accepted) and decision.changed:
                 cause = Cause(kind="switch", tab=tab_id, request=request.id)
-                self.publish(user_id, outcome.state, cause)
+                self.publish(user_id, decision.state, cause)
                 broadcast_after = time.monotonic() - arrived
             else:
-                self._remember(self._rooms.get(user_id), outcome.state)
+                self._remember(self._rooms.get(user_id), decision.state)
         if self.on_switch is not None:
-            reason = outcome.reason.value if outcome.reason else "ended"
-            result = "accepted" if outcome.accepted else reason
-            self.on_switch(result, broadcast_after)
+            self.on_switch(_result(decision), broadcast_after)
         return reply
 
     def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
@@ -694,6 +671,19 @@ class Hub:
 
 
 _PONG = encode(Pong())
+
+
+def _result(decision: Decision) -> str:
+    # For metrics and logs: "accepted", the reason refused, or "ended".
+    match decision:
+        case Accepted():
+            return "accepted"
+        case Refused(reason=reason):
+            return reason.value
+        case SessionGone():
+            return "ended"
+
+
 _RATE_MESSAGE = "Too many messages; slow down"
 
 

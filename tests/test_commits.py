@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from server.db import Database, SwitchLogRow
 from server.errors import StoreUnavailable
 from server.protocol import RejectReason, Switch
+from server.rules import Accepted, Refused
 from server.storage.commits import GroupCommit
 from server.storage.switches import SqlStore
 from tests.conftest import MakeSettings, make_settings
@@ -70,10 +71,10 @@ async def test_many_users_share_transactions_and_each_gets_its_own_version(
                     for user, ids in population.platforms.items()
                 )
             )
-            assert all(o.accepted and o.changed for o in outcomes)
-            assert {o.version for o in outcomes} == {round_ + 1}
-            for outcome, ids in zip(outcomes, population.platforms.values(), strict=True):
-                assert outcome.state is not None and outcome.state.active == ids[1 + round_ % 2]
+            for decision, ids in zip(outcomes, population.platforms.values(), strict=True):
+                assert isinstance(decision, Accepted) and decision.changed, decision
+                assert decision.version == round_ + 1
+                assert decision.state.active == ids[1 + round_ % 2]
         assert store.commits.requests == 180
         assert store.commits.batches < 180
         assert store.commits.largest > 1
@@ -103,10 +104,10 @@ async def test_same_base_in_one_batch_has_exactly_one_winner(
                 for n in range(10)
             )
         )
-        winners = [o for o in outcomes if o.accepted]
+        winners = [o for o in outcomes if isinstance(o, Accepted)]
         assert len(winners) == 1 and winners[0].version == 1
-        losers = [o for o in outcomes if not o.accepted]
-        assert {o.reason for o in losers} == {RejectReason.STALE}
+        losers = [o for o in outcomes if isinstance(o, Refused)]
+        assert len(losers) == 9 and {o.reason for o in losers} == {RejectReason.STALE}
         assert all(o.state == winners[0].state for o in losers)
         rows = await log_rows(store)
         assert sorted(r[2] for r in rows) == [False] * 9 + [True]
@@ -128,8 +129,9 @@ async def test_a_retry_inside_the_same_batch_gets_the_first_decision(
             store.switch(user, population.sessions[user], request, "a"),
         )
         assert store.commits.largest == 2
-        assert (first.accepted, first.version, first.changed) == (True, 1, True)
-        assert (second.accepted, second.version, second.changed) == (True, 1, False)
+        assert isinstance(first, Accepted) and isinstance(second, Accepted)
+        assert (first.version, first.changed) == (1, True)
+        assert (second.version, second.changed, second.record) == (1, False, False)
         assert await log_rows(store) == [(user, "once", True, None, 1)]
     finally:
         await close(store)
@@ -159,7 +161,7 @@ async def test_a_batch_that_cannot_lock_the_database_applies_nothing_and_recover
         retried = await asyncio.gather(
             *(store.switch(u, population.sessions[u], r, None) for u, r in requests)
         )
-        assert all(o.accepted and o.version == 1 for o in retried)
+        assert all(isinstance(o, Accepted) and o.version == 1 for o in retried), retried
     finally:
         other.close()
         await close(store)
@@ -233,7 +235,8 @@ async def test_switch_log_count_matches_decisions(make_on_each_engine: MakeSetti
                 u2, population.sessions[u2], Switch(id="c", platform=ids1[1], base=0), None
             ),
         )
-        assert [o.reason for o in outcomes] == [
+        assert [type(o) for o in outcomes] == [Accepted, Refused, Refused]
+        assert [getattr(o, "reason", None) for o in outcomes] == [
             None,
             RejectReason.STALE,
             RejectReason.UNKNOWN_PLATFORM,

@@ -32,6 +32,7 @@ from server.protocol import (
     PlatformsMirror,
     PlatformUpdate,
 )
+from server.rules import active_platform, default_platform
 from server.storage import backplane
 from server.storage.backplane import StateChanged
 from server.storage.switches import check_room, read_state
@@ -179,9 +180,8 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         version, _, before = read_state(connection, user_id, lock=True)
         mutate(connection, _details(connection, user_id), now)
         rows = _normalize_default(connection, user_id, now)
-        active_ids = [r.id for r in rows if r.is_active]
-        default = next((r.id for r in rows if r.is_active and r.is_default), None)
-        active = before.active if before.active in active_ids else default
+        # The next version is past 0, so the choice tabs saw stays while it is active.
+        active = active_platform(version + 1, before.active, [r for r in rows if r.is_active])
         moved = connection.execute(
             update(_states)
             .where(_states.c.user_id == user_id, _states.c.version == version)
@@ -247,7 +247,7 @@ def _normalize_default(
     active = [r for r in rows if r.is_active]
     defaults = [r for r in active if r.is_default]
     stray = [r.id for r in rows if r.is_default and not r.is_active] + [r.id for r in defaults[1:]]
-    wanted = defaults[0].id if defaults else (active[0].id if active else None)
+    wanted = default_platform(active)
     if not stray and (wanted is None or defaults):
         return rows
     if stray:

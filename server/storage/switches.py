@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import (
@@ -31,19 +31,28 @@ from server.db import (
     UserRow,
 )
 from server.errors import PlatformRefused, UsageError
-from server.hub import SwitchOutcome
 from server.protocol import (
     Cause,
     ErrorCode,
     HoldView,
     PlatformCreate,
-    PlatformView,
     RejectReason,
     SessionEndReason,
     StateView,
     Switch,
     is_line,
     readable,
+)
+from server.rules import (
+    NO_PLATFORMS,
+    Accepted,
+    Decision,
+    Logged,
+    Platforms,
+    Refused,
+    Seen,
+    SessionGone,
+    decide,
 )
 from server.settings import Settings
 from server.storage import backplane
@@ -60,7 +69,6 @@ __all__ = [
     "add_user",
     "check_room",
     "check_user_name",
-    "effective_active",
     "read_holds",
     "read_state",
     "seed_demo",
@@ -83,7 +91,7 @@ class SqlStore:
     def __init__(self, database: Database, *, max_batch: int | None = None) -> None:
         self.database = database
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
-        self.commits: GroupCommit[PendingSwitch, SwitchOutcome] = GroupCommit(
+        self.commits: GroupCommit[PendingSwitch, Decision] = GroupCommit(
             self._decide, max_batch=batch
         )
 
@@ -110,18 +118,18 @@ class SqlStore:
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
-    ) -> SwitchOutcome:
+    ) -> Decision:
         """Decide one switch; return once the decision and any new state are committed."""
         return await self.commits.submit(PendingSwitch(user_id, session_id, request, tab_id))
 
-    async def _decide(self, batch: Sequence[PendingSwitch]) -> list[SwitchOutcome]:
+    async def _decide(self, batch: Sequence[PendingSwitch]) -> list[Decision]:
         now = self.database.clock()
         settings = self.database.settings
 
         origin = self.database.origin
 
-        def work(connection: Connection) -> list[SwitchOutcome]:
-            outcomes = _Batch(connection, batch, now, settings).decide()
+        def work(connection: Connection) -> list[Decision]:
+            decisions = _Batch(connection, batch, now, settings).decide()
             # Other processes learn of each new version with this commit, in commit order.
             backplane.stage(
                 connection,
@@ -129,15 +137,15 @@ class SqlStore:
                 (
                     StateChanged(
                         user=pending.user_id,
-                        version=outcome.version,
-                        active=outcome.state.active,
+                        version=decision.version,
+                        active=decision.state.active,
                         cause=Cause(kind="switch", tab=pending.tab_id, request=pending.request.id),
                     )
-                    for pending, outcome in zip(batch, outcomes, strict=True)
-                    if outcome.changed and outcome.state is not None
+                    for pending, decision in zip(batch, decisions, strict=True)
+                    if isinstance(decision, Accepted) and decision.changed
                 ),
             )
-            return outcomes
+            return decisions
 
         return await self.database.write_sync(work)
 
@@ -152,7 +160,6 @@ class PendingSwitch:
     tab_id: str | None
 
 
-_EMPTY = StateView(version=0, active=None, platforms=())
 _sessions = cast(Table, LoginSessionRow.__table__)
 _states = cast(Table, PlatformStateRow.__table__)
 _platforms = cast(Table, PlatformRow.__table__)
@@ -175,19 +182,19 @@ class _Batch:
         self.touched: set[int] = set()
         # Per user: (version, stored active id) as decided so far in this batch.
         self.states: dict[int, tuple[int, int | None]] = {}
-        self.platforms: dict[int, _Platforms] = {}
+        self.platforms: dict[int, Platforms] = {}
         self.holds: dict[int, HoldView] = {}
-        # Per (user, request id): (accepted, reason, version) of a decision already taken.
-        self.logged: dict[tuple[int, str], tuple[bool, str | None, int]] = {}
+        # Per (user, request id): the decision already taken.
+        self.logged: dict[tuple[int, str], Logged] = {}
         self.updates: list[dict[str, Any]] = []
         self.log_rows: list[dict[str, Any]] = []
         self.used: dict[int, dt.datetime] = {}
 
-    def decide(self) -> list[SwitchOutcome]:
+    def decide(self) -> list[Decision]:
         self._read()
-        outcomes = [self._one(pending) for pending in self.batch]
+        decisions = [self._one(pending) for pending in self.batch]
         self._write()
-        return outcomes
+        return decisions
 
     def _read(self) -> None:
         connection = self.connection
@@ -209,72 +216,48 @@ class _Batch:
             tuple(value for pair in asked for value in pair),
         )
         self.logged = {
-            (row.user_id, row.request_id): (row.accepted, row.reason, row.version) for row in logged
+            (row.user_id, row.request_id): Logged(
+                None if row.accepted else RejectReason(row.reason), row.version
+            )
+            for row in logged
         }
 
-    def _one(self, pending: PendingSwitch) -> SwitchOutcome:
-        user_id, request, now = pending.user_id, pending.request, self.now
+    def _one(self, pending: PendingSwitch) -> Decision:
+        user_id, request = pending.user_id, pending.request
         # Expiry and logout win over a switch racing them: a switch commits only under a
         # live session, checked inside the same transaction.
         login = self.logins.get(pending.session_id)
-        ended = SessionEndReason.REVOKED if login is None else ended_reason(login, now)
-        if login is None or ended is not None:
-            return SwitchOutcome(accepted=False, state=_EMPTY, ended=ended)
-        self._touch(login)
-
-        platforms = self.platforms.get(user_id, _NO_PLATFORMS)
+        ended = SessionEndReason.REVOKED if login is None else ended_reason(login, self.now)
         version, stored = self.states.get(user_id, (0, None))
-        state = platforms.state(version, stored)
-        logged = self.logged.get((user_id, request.id))
-        if logged is not None:
-            accepted, reason, logged_version = logged
-            return SwitchOutcome(
-                accepted=accepted,
-                state=state,
-                version=logged_version,
-                reason=RejectReason(reason) if reason else None,
-            )
-
         hold = self.holds.get(user_id)
-        if hold is not None:
-            # Not logged: once the hold ends, a retry with the same id is decided afresh.
-            return SwitchOutcome(
-                accepted=False, state=state, reason=RejectReason.BUSY, detail=hold.reason
-            )
-
-        target = request.platform
-        reason_: RejectReason | None = None
-        # Another user's platform and a missing one get the same answer, so the reply
-        # reveals nothing about platforms that are not this user's.
-        if target in platforms.inactive:
-            reason_ = RejectReason.INACTIVE_PLATFORM
-        elif target not in platforms.active:
-            reason_ = RejectReason.UNKNOWN_PLATFORM
-        elif request.base != version or user_id not in self.states:
-            reason_ = RejectReason.STALE
-        if reason_ is not None:
-            self._log(pending, version, reason_)
-            return SwitchOutcome(accepted=False, state=state, reason=reason_)
-        if state.active == target:
-            self._log(pending, version, None)
-            return SwitchOutcome(accepted=True, state=state, version=version)
-
-        # The arbiter: only the first switch from this base can move the version.
-        new_version = version + 1
-        self.updates.append(
-            {
-                "b_user_id": user_id,
-                "b_base": version,
-                "version": new_version,
-                "active_platform_id": target,
-                "updated_at": now,
-            }
+        seen = Seen(
+            session_ended=ended,
+            version=version,
+            stored=stored,
+            has_state=user_id in self.states,
+            platforms=self.platforms.get(user_id, NO_PLATFORMS),
+            hold_reason=hold.reason if hold is not None else None,
+            logged=self.logged.get((user_id, request.id)),
         )
-        self.states[user_id] = (new_version, target)
-        self.used[target] = now
-        self._log(pending, new_version, None)
-        new_state = StateView(version=new_version, active=target, platforms=state.platforms)
-        return SwitchOutcome(accepted=True, state=new_state, version=new_version, changed=True)
+        decision = decide(request, seen)
+        if isinstance(decision, SessionGone):
+            return decision
+        self._touch(login)
+        if decision.record:
+            self._log(pending, decision)
+        if isinstance(decision, Accepted) and decision.changed:
+            self.updates.append(
+                {
+                    "b_user_id": user_id,
+                    "b_base": version,
+                    "version": decision.version,
+                    "active_platform_id": request.platform,
+                    "updated_at": self.now,
+                }
+            )
+            self.states[user_id] = (decision.version, request.platform)
+            self.used[request.platform] = self.now
+        return decision
 
     def _touch(self, login: Any) -> None:
         if login.id in self.touched:
@@ -282,7 +265,13 @@ class _Batch:
         if (self.now - login.last_seen_at).total_seconds() >= self.settings.session_touch_s:
             self.touched.add(login.id)
 
-    def _log(self, pending: PendingSwitch, version: int, reason: RejectReason | None) -> None:
+    def _log(self, pending: PendingSwitch, decision: Accepted | Refused) -> None:
+        reason = decision.reason if isinstance(decision, Refused) else None
+        if isinstance(decision, Accepted):
+            version = decision.version
+        else:  # refused at the version it saw; a batch always reads the user's state
+            assert decision.state is not None
+            version = decision.state.version
         row = {
             "user_id": pending.user_id,
             "request_id": pending.request.id,
@@ -294,8 +283,7 @@ class _Batch:
             "decided_at": self.now,
         }
         self.log_rows.append(row)
-        key = (pending.user_id, pending.request.id)
-        self.logged[key] = (reason is None, reason.value if reason else None, version)
+        self.logged[(pending.user_id, pending.request.id)] = Logged(reason, version)
 
     def _write(self) -> None:
         connection, now = self.connection, self.now
@@ -391,7 +379,7 @@ def read_state(
     """Read a user's version, stored active choice and the state tabs see, in the open
     transaction; ``lock`` takes the state row as a switch batch does (storage/platforms.py)."""
     version, stored = _read_states(connection, [user_id], lock=lock).get(user_id, (0, None))
-    platforms = _read_platforms(connection, [user_id]).get(user_id, _NO_PLATFORMS)
+    platforms = _read_platforms(connection, [user_id]).get(user_id, NO_PLATFORMS)
     return version, stored, platforms.state(version, stored)
 
 
@@ -416,77 +404,12 @@ def _read_states(
 
 def _read_platforms(
     connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
-) -> dict[int, _Platforms]:
+) -> dict[int, Platforms]:
     query = _PLATFORMS if inactive else _ACTIVE_PLATFORMS
     grouped: dict[int, list[Any]] = {}
     for row in connection.execute(query, {"users": list(user_ids)}):
         grouped.setdefault(row[1], []).append(row)
-    return {user_id: _Platforms.of(rows) for user_id, rows in grouped.items()}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Platforms:
-    """One user's platforms, digested once per read for the decisions that follow."""
-
-    views: tuple[PlatformView, ...]  # the active ones, by id
-    active: frozenset[int]
-    inactive: frozenset[int]
-    fallback: int | None  # the default rule's choice: see effective_active
-
-    @classmethod
-    def of(cls, rows: Sequence[tuple[Any, ...]]) -> _Platforms:
-        """Digest a user's rows of (id, user_id, name, kind, url, username, active, default)."""
-        views, active, inactive, default = [], [], [], None
-        for id_, _, name, kind, url, username, is_active, is_default in rows:
-            if not is_active:
-                inactive.append(id_)
-                continue
-            active.append(id_)
-            views.append(
-                PlatformView(
-                    id=id_,
-                    name=name,
-                    kind=kind,
-                    instance_url=url,
-                    username=username,
-                    is_default=is_default,
-                )
-            )
-            if is_default and default is None:
-                default = id_
-        # The default rule of effective_active: the default platform, else the first one.
-        fallback = default if default is not None else (active[0] if active else None)
-        return cls(tuple(views), frozenset(active), frozenset(inactive), fallback)
-
-    def state(self, version: int, stored: int | None) -> StateView:
-        """Return the state at ``version`` with ``stored`` as the chosen platform."""
-        active = stored if version > 0 and stored in self.active else self.fallback
-        return StateView(version=version, active=active, platforms=self.views)
-
-
-_NO_PLATFORMS = _Platforms(views=(), active=frozenset(), inactive=frozenset(), fallback=None)
-
-
-class _PlatformLike(Protocol):
-    id: int
-    is_active: bool
-    is_default: bool
-
-
-def effective_active(
-    version: int, stored: int | None, platforms: Sequence[_PlatformLike]
-) -> int | None:
-    """Return the active platform: the stored choice once switched, else the default rule.
-
-    The default rule: the default platform, else the first active one, else none.
-    """
-    active = [p for p in platforms if p.is_active]
-    if version > 0 and any(p.id == stored for p in active):
-        return stored
-    default = next((p for p in active if p.is_default), None)
-    if default is not None:
-        return default.id
-    return active[0].id if active else None
+    return {user_id: Platforms.of(rows) for user_id, rows in grouped.items()}
 
 
 # Administration: the command line and the demo seed use these.
