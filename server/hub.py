@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from server.buckets import TokenBucket, TokenBuckets
 from server.errors import BadMessage, HubError, StoreUnavailable
+from server.limits import TokenBucket, TokenBuckets
 from server.logs import bound
 from server.outbox import Close, Outbox
 from server.protocol import (

@@ -21,10 +21,10 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.buckets import TokenBuckets
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, Overloaded, StoreUnavailable, UsageError
 from server.hub import Hub
+from server.limits import TokenBuckets
 from server.protocol import SessionDetail, SessionEndReason
 from server.storage import backplane
 from server.storage.backplane import SessionsEnded

@@ -34,7 +34,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 )
 from websockets.protocol import State
 
-from server.buckets import TokenBucket
+from server.limits import TokenBucket
 from server.protocol import ErrorBody, ErrorCode, encode
 from server.settings import Settings
 
