@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from server.errors import BadMessage, HubError, StoreUnavailable
-from server.limits import TokenBucket, TokenBuckets
+from server.limits import Cooldown, TokenBucket, TokenBuckets
 from server.logs import bound
 from server.outbox import Close, Outbox
 from server.protocol import (
@@ -250,9 +250,9 @@ class Hub:
         self._rooms: dict[int, _Room] = {}
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._by_session: dict[int, dict[Tab, None]] = {}
-        # Login sessions whose tab was closed for abuse (4002), and when they may have a tab
-        # again: see cooldown().
-        self._cooling: dict[int, float] = {}
+        # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
+        # would have refilled before they may have a tab again: see cooldown().
+        self._cooling = Cooldown(message_burst / messages_per_second)
         # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
         self._http_buckets = TokenBuckets(messages_per_second, message_burst)
         self._resyncing: asyncio.Task[None] | None = None
@@ -348,14 +348,7 @@ class Hub:
         second, each 40 switches decided and written before the close (docs/performance.md,
         "Flood"). Waiting before the accept costs the hub a timer, not a connection's work.
         """
-        until = self._cooling.get(session_id)
-        if until is None:
-            return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._cooling[session_id]
-            return 0.0
-        return left
+        return self._cooling.left(session_id)
 
     # Messages from tabs.
 
@@ -624,11 +617,7 @@ class Hub:
     # Internals.
 
     def _spend(self, tab: Tab) -> None:
-        # Only sessions closed for abuse are held here, each until its cooldown is over.
-        now = time.monotonic()
-        for session_id in [s for s, until in self._cooling.items() if until <= now]:
-            del self._cooling[session_id]
-        self._cooling[tab.session_id] = now + self.message_burst / self.messages_per_second
+        self._cooling.start(tab.session_id)
 
     def _bad_message(self, tab: Tab, detail: str) -> None:
         tab.bad_messages += 1

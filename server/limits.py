@@ -1,10 +1,21 @@
-"""Token buckets: the rate limits of tabs, of the HTTP fallback and of failed logins."""
+"""Every rate limit: token buckets (tabs, the HTTP fallback, pings), the cooldown of a session
+whose tab was closed for abuse, and the failed-login throttle with its password-check queue.
+
+All in-process and in memory: with N hub processes an attacker spread across them gets N
+times each budget (docs/deployment.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import time
+from collections.abc import AsyncIterator
 
-__all__ = ["TokenBucket", "TokenBuckets"]
+from server.errors import Overloaded
+
+__all__ = ["Cooldown", "LoginThrottle", "TokenBucket", "TokenBuckets"]
 
 
 class TokenBucket:
@@ -65,3 +76,82 @@ class TokenBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Cooldown:
+    """Keys (login sessions) that must wait ``seconds`` before their next try, each from when
+    it was last started; only keys still waiting are held."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._until: dict[object, float] = {}
+
+    def start(self, key: object) -> None:
+        """Make ``key`` wait ``seconds`` from now (forgetting keys whose wait is over)."""
+        now = time.monotonic()
+        for done in [k for k, until in self._until.items() if until <= now]:
+            del self._until[done]
+        self._until[key] = now + self.seconds
+
+    def left(self, key: object) -> float:
+        """Return how long ``key`` must still wait (0 if it need not)."""
+        until = self._until.get(key)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._until[key]
+            return 0.0
+        return left
+
+
+class LoginThrottle:
+    """Failed logins, counted per user name and per client address (in this process), and
+    the password checks running at once.
+
+    A login is charged before its password is checked and refunded if it succeeds, so
+    concurrent guesses meet the same limit as sequential ones: each one takes its token
+    before the first has been checked (``charge``, which awaits nothing).
+    """
+
+    def __init__(self, rate: float, burst: int, *, concurrency: int = 0) -> None:
+        self._names = TokenBuckets(rate, burst)
+        self._addresses = TokenBuckets(5 * rate, 5 * burst)
+        self.concurrency = concurrency or os.cpu_count() or 1
+        self._checks = asyncio.Semaphore(self.concurrency)
+        self._waiting = 0
+
+    def charge(self, name: str, address: str | None) -> float:
+        """Charge one login to the name and the address; return 0, or the seconds until
+        one may be tried (and then charge nothing)."""
+        buckets = [self._names.get(name)]
+        if address is not None:
+            buckets.append(self._addresses.get(address))
+        wait = max(bucket.wait() for bucket in buckets)
+        if wait > 0:
+            return wait
+        for bucket in buckets:
+            bucket.take()
+        return 0.0
+
+    def refund(self, name: str, address: str | None) -> None:
+        """Give back what a successful login was charged."""
+        self._names.get(name).give()
+        if address is not None:
+            self._addresses.get(address).give()
+
+    @contextlib.asynccontextmanager
+    async def checking(self) -> AsyncIterator[None]:
+        """Hold one of the password checks that may run at once; raise Overloaded when
+        too many logins wait already."""
+        if self._checks.locked() and self._waiting >= 8 * self.concurrency:
+            raise Overloaded("Too many logins at once; try again in a moment.")
+        self._waiting += 1
+        try:
+            await self._checks.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._checks.release()

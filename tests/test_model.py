@@ -38,6 +38,7 @@ from server.protocol import SessionEndReason, UserInfo
 from server.storage import sessions
 from server.storage.sessions import format_time
 from server.storage.switches import SqlStore, seed_demo
+from server.web import tasks
 from tests.conftest import make_settings
 
 SESSION_S = 3600.0  # idle == absolute: sliding never moves the expiry, the model stays simple
@@ -258,7 +259,7 @@ class HubModel(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([1.0, 60.0, 601.0, 1800.0, 3601.0]))
     def time_passes(self, seconds: float) -> None:
         self.clock.now += dt.timedelta(seconds=seconds)
-        self.run(sessions.check(self.database, self.hub))
+        self.run(tasks.check(self.database, self.hub))
         for session in {t.session.id: t.session for t in self.tabs if t.open}.values():
             if not self.live(session):
                 self.expect_ended(session, self.end_reason(session))

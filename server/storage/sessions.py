@@ -7,24 +7,20 @@ cannot be replayed as a login. Idle expiry slides with activity; absolute expiry
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
-from server.errors import AuthenticationError, Overloaded, StoreUnavailable, UsageError
-from server.hub import Hub
-from server.limits import TokenBuckets
+from server.errors import AuthenticationError, UsageError
 from server.protocol import SessionDetail, SessionEndReason
 from server.storage import backplane
 from server.storage.backplane import SessionsEnded
@@ -39,16 +35,14 @@ from server.storage.passwords import (
 __all__ = [
     "LIVENESS_BY_IDS",
     "LIVENESS_COLUMNS",
-    "LoginThrottle",
     "LoginSession",
     "authenticate",
-    "check",
     "ended_reason",
     "expires_at",
     "collect",
-    "collect_forever",
     "extend",
     "format_time",
+    "idle_expiry",
     "log_in",
     "live_sessions",
     "open_session",
@@ -56,7 +50,7 @@ __all__ = [
     "revoke",
     "revoke_all",
     "revoke_all_within",
-    "watch_forever",
+    "statuses",
 ]
 
 logger = logging.getLogger("hub.sessions")
@@ -157,58 +151,6 @@ async def _rehash(database: Database, user_id: int, old: str, password: str, cos
     await database.write(work)
 
 
-class LoginThrottle:
-    """Failed logins, counted per user name and per client address (in this process), and
-    the password checks running at once.
-
-    A login is charged before its password is checked and refunded if it succeeds, so
-    concurrent guesses meet the same limit as sequential ones: each one takes its token
-    before the first has been checked (``charge``, which awaits nothing).
-    """
-
-    def __init__(self, rate: float, burst: int, *, concurrency: int = 0) -> None:
-        self._names = TokenBuckets(rate, burst)
-        self._addresses = TokenBuckets(5 * rate, 5 * burst)
-        self.concurrency = concurrency or os.cpu_count() or 1
-        self._checks = asyncio.Semaphore(self.concurrency)
-        self._waiting = 0
-
-    def charge(self, name: str, address: str | None) -> float:
-        """Charge one login to the name and the address; return 0, or the seconds until
-        one may be tried (and then charge nothing)."""
-        buckets = [self._names.get(name)]
-        if address is not None:
-            buckets.append(self._addresses.get(address))
-        wait = max(bucket.wait() for bucket in buckets)
-        if wait > 0:
-            return wait
-        for bucket in buckets:
-            bucket.take()
-        return 0.0
-
-    def refund(self, name: str, address: str | None) -> None:
-        """Give back what a successful login was charged."""
-        self._names.get(name).give()
-        if address is not None:
-            self._addresses.get(address).give()
-
-    @contextlib.asynccontextmanager
-    async def checking(self) -> AsyncIterator[None]:
-        """Hold one of the password checks that may run at once; raise Overloaded when
-        too many logins wait already."""
-        if self._checks.locked() and self._waiting >= 8 * self.concurrency:
-            raise Overloaded("Too many logins at once; try again in a moment.")
-        self._waiting += 1
-        try:
-            await self._checks.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._checks.release()
-
-
 async def open_session(
     database: Database,
     user_id: int,
@@ -229,7 +171,7 @@ async def open_session(
         token_hash=token_hash(token),
         created_at=now,
         last_seen_at=now,
-        idle_expires_at=min(now + dt.timedelta(seconds=settings.session_idle_s), absolute),
+        idle_expires_at=idle_expiry(now, absolute, settings.session_idle_s),
         absolute_expires_at=absolute,
         # A header may hold what the protocol refuses in bodies; keep what can be shown.
         user_agent=_CONTROL.sub("", user_agent or "")[:300] or None,
@@ -257,13 +199,7 @@ async def open_session(
             )
         ).all()
         displaced = list(live[: max(0, len(live) - settings.max_sessions_per_user + 1)])
-        if displaced:
-            await session.execute(
-                update(LoginSessionRow)
-                .where(LoginSessionRow.id.in_(displaced))
-                .values(revoked_at=now, revoked_reason=SessionEndReason.REVOKED.value)
-            )
-            await _stage_ended(database, session, displaced, SessionEndReason.REVOKED)
+        await _end(database, session, displaced, SessionEndReason.REVOKED)
         session.add(row)
         await session.flush()
         return LoginSession(row.id, user_id, name, row.expires_at, tuple(displaced))
@@ -311,9 +247,7 @@ async def extend(database: Database, login: LoginSession) -> LoginSession | None
         if row is None or ended_reason(row, now) is not None:
             return None
         row.last_seen_at = now
-        row.idle_expires_at = min(
-            now + dt.timedelta(seconds=settings.session_idle_s), row.absolute_expires_at
-        )
+        row.idle_expires_at = idle_expiry(now, row.absolute_expires_at, settings.session_idle_s)
         return dataclasses.replace(login, expires_at=row.expires_at)
 
     return await database.write(work)
@@ -323,19 +257,23 @@ async def revoke(
     database: Database, session_id: int, reason: SessionEndReason, *, user_id: int | None = None
 ) -> bool:
     """Revoke one session (only if it is ``user_id``'s, when given); return whether it was live."""
-    now = database.clock()
 
     async def work(session: AsyncSession) -> bool:
         owned = () if user_id is None else (LoginSessionRow.user_id == user_id,)
-        result = await session.execute(
-            update(LoginSessionRow)
-            .where(LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None), *owned)
-            .values(revoked_at=now, revoked_reason=reason.value)
-        )
-        revoked = bool(getattr(result, "rowcount", 0))
-        if revoked:  # else it was not live (or not this user's): no tab to close anywhere
-            await _stage_ended(database, session, [session_id], reason)
-        return revoked
+        ids = (
+            await session.scalars(
+                select(LoginSessionRow.id)
+                .where(
+                    LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None), *owned
+                )
+                # Locked: a revocation racing this one waits, then finds it revoked already
+                # (PostgreSQL rechecks the condition; SQLite has one writer anyway).
+                .with_for_update()
+            )
+        ).all()
+        # Not live (or not this user's): no tab to close anywhere.
+        await _end(database, session, list(ids), reason)
+        return bool(ids)
 
     return await database.write(work)
 
@@ -354,19 +292,13 @@ async def revoke_all_within(
     ids = list(
         (
             await session.scalars(
-                select(LoginSessionRow.id).where(
-                    LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None)
-                )
+                select(LoginSessionRow.id)
+                .where(LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None))
+                .with_for_update()
             )
         ).all()
     )
-    if ids:
-        await session.execute(
-            update(LoginSessionRow)
-            .where(LoginSessionRow.id.in_(ids))
-            .values(revoked_at=database.clock(), revoked_reason=reason.value)
-        )
-        await _stage_ended(database, session, ids, reason)
+    await _end(database, session, ids, reason)
     return ids
 
 
@@ -398,10 +330,18 @@ async def live_sessions(database: Database, user_id: int) -> list[SessionDetail]
     return await database.read(work)
 
 
-async def _stage_ended(
+async def _end(
     database: Database, session: AsyncSession, ids: list[int], reason: SessionEndReason
 ) -> None:
-    # With the revocation's commit, every other hub process closes the sessions' tabs.
+    # Every end of a session comes here: in the open write transaction, and with its commit
+    # every other hub process closes the sessions' tabs.
+    if not ids:
+        return
+    await session.execute(
+        update(LoginSessionRow)
+        .where(LoginSessionRow.id.in_(ids))
+        .values(revoked_at=database.clock(), revoked_reason=reason.value)
+    )
     event = SessionsEnded(sessions=ids, reason=reason)
     origin = database.origin
     await session.run_sync(lambda sync: backplane.stage(sync.connection(), origin, [event]))
@@ -418,6 +358,12 @@ class SessionTimes(Protocol):
     def idle_expires_at(self) -> dt.datetime: ...
     @property
     def absolute_expires_at(self) -> dt.datetime: ...
+
+
+def idle_expiry(now: dt.datetime, absolute: dt.datetime, idle_s: float) -> dt.datetime:
+    """Return a session's idle expiry after activity at ``now``: ``idle_s`` later, never past
+    its absolute expiry."""
+    return min(now + dt.timedelta(seconds=idle_s), absolute)
 
 
 def expires_at(row: SessionTimes) -> dt.datetime:
@@ -465,9 +411,11 @@ async def collect(database: Database) -> Collected:
     return await database.write(work)
 
 
-async def _statuses(
+async def statuses(
     database: Database, ids: Iterable[int]
 ) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
+    """Return why each of these sessions ended (None: live) and when it expires; a session
+    collected already is missing."""
     now = database.clock()
     wanted = sorted(ids)
 
@@ -482,65 +430,6 @@ async def _statuses(
         return found
 
     return await database.read_sync(work)
-
-
-async def check(database: Database, hub: Hub) -> None:
-    """End the tabs of sessions that ended, and warn those of sessions about to expire."""
-    told = hub.session_ids()
-    if not told:
-        return
-    statuses = await _statuses(database, told)
-    now = database.clock()
-    warning = dt.timedelta(seconds=database.settings.session_warning_s)
-    for session_id in told:
-        status = statuses.get(session_id)
-        if status is None:
-            # Collected already: it was revoked or it expired; say which we can tell.
-            hub.end_session(session_id, SessionEndReason.REVOKED)
-            continue
-        ended, expires_at = status
-        if ended is not None:
-            hub.end_session(session_id, ended)
-        elif expires_at - now <= warning:
-            hub.warn_session(session_id, format_time(expires_at))
-        else:
-            hub.extend_session(session_id, format_time(expires_at))
-
-
-async def watch_forever(database: Database, hub: Hub) -> None:
-    """Check connected sessions and idle tabs every ``session_check_s``, until cancelled."""
-    interval = database.settings.session_check_s
-    while True:
-        await asyncio.sleep(interval)
-        hub.close_idle()
-        try:
-            await check(database, hub)
-        except StoreUnavailable as error:
-            logger.warning("session check skipped: %s", error)
-
-
-async def collect_forever(
-    database: Database, *, on_collect: Callable[[int], None] | None = None
-) -> None:
-    """Collect ended sessions and old switch-log rows every ``collect_interval_s``.
-
-    ``on_collect`` is told how many sessions each collection deleted (metrics).
-    """
-    while True:
-        await asyncio.sleep(database.settings.collect_interval_s)
-        try:
-            collected = await collect(database)
-        except StoreUnavailable as error:
-            logger.warning("collection skipped: %s", error)
-            continue
-        if on_collect is not None:
-            on_collect(collected.sessions)
-        if collected.sessions or collected.switches:
-            logger.info(
-                "collected %d sessions and %d switch-log rows",
-                collected.sessions,
-                collected.switches,
-            )
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -59,7 +59,13 @@ from server.storage import backplane
 from server.storage.backplane import StateChanged
 from server.storage.commits import GroupCommit
 from server.storage.passwords import NO_PASSWORD, hash_password
-from server.storage.sessions import LIVENESS_BY_IDS, ended_reason, format_time, revoke_all_within
+from server.storage.sessions import (
+    LIVENESS_BY_IDS,
+    ended_reason,
+    format_time,
+    idle_expiry,
+    revoke_all_within,
+)
 
 __all__ = [
     "PendingSwitch",
@@ -308,9 +314,10 @@ class _Batch:
                     {
                         "b_id": login_id,
                         "last_seen_at": now,
-                        "idle_expires_at": min(
-                            now + dt.timedelta(seconds=self.settings.session_idle_s),
+                        "idle_expires_at": idle_expiry(
+                            now,
                             self.logins[login_id].absolute_expires_at,
+                            self.settings.session_idle_s,
                         ),
                     }
                     for login_id in sorted(self.touched)

@@ -29,6 +29,7 @@ from server import __version__, logs
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
+from server.limits import LoginThrottle
 from server.logs import log_config, redact_secrets
 from server.protocol import (
     PLATFORMS_CAUSE,
@@ -52,9 +53,10 @@ from server.protocol import (
 )
 from server.settings import Settings
 from server.storage import backplane, platforms, sessions
-from server.storage.sessions import LoginSession, LoginThrottle, format_time
+from server.storage.sessions import LoginSession, format_time
 from server.storage.switches import SqlStore
 from server.web import host_api as host
+from server.web import tasks
 from server.web.bodies import BodyLimit
 from server.web.hosts import HostCheck, allowed_hosts, host_allowed
 from server.web.metrics import CONTENT_TYPE, Metrics
@@ -152,15 +154,15 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             settings.login_failure_burst,
             concurrency=settings.login_concurrency,
         )
-        tasks = [
-            asyncio.create_task(sessions.watch_forever(database, hub), name="session-watcher"),
+        background = [
+            asyncio.create_task(tasks.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(
-                sessions.collect_forever(database, on_collect=metrics.collected),
+                tasks.collect_forever(database, on_collect=metrics.collected),
                 name="session-collector",
             ),
         ]
         if listener is not None:
-            tasks.append(asyncio.create_task(listener.run_forever(), name="backplane"))
+            background.append(asyncio.create_task(listener.run_forever(), name="backplane"))
             # Serve once listening: a tab that joins earlier could miss a notification.
             await asyncio.wait_for(listener.connected.wait(), settings.backplane_connect_s)
         try:
@@ -173,9 +175,9 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 "login_throttle": login_throttle,
             }
         finally:
-            for task in tasks:
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await hub.close(CloseCode.SERVICE_RESTART)
             await hub.store.close()
             await database.dispose()
