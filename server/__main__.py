@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import os
 import sys
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+import msgspec
 
 from server import __version__
 from server.db import Database
 from server.errors import HubError, UsageError
+from server.protocol import PlatformCreate, PlatformKind, readable
 from server.settings import Settings
-from server.storage import schema
-from server.storage.switches import DEMO_USERS, PLATFORM_KINDS, add_platform, add_user, seed_demo
+from server.storage import platforms, schema
+from server.storage.users import DEMO_USERS, add_user, seed_demo, user_id_of
 
 __all__ = ["main"]
 
@@ -90,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     platform_add.add_argument("--database-url")
     platform_add.add_argument("user")
     platform_add.add_argument("name")
-    platform_add.add_argument("--kind", required=True, choices=PLATFORM_KINDS)
+    platform_add.add_argument("--kind", required=True, choices=typing.get_args(PlatformKind))
     platform_add.add_argument("--instance-url", required=True)
     platform_add.add_argument("--username", required=True)
     platform_add.add_argument("--default", action="store_true", help="make it the default")
@@ -174,18 +178,27 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _platform_add(settings: Settings, args: argparse.Namespace) -> int:
-    platform_id = _with_database(
-        settings,
-        lambda db: add_platform(
-            db,
-            args.user,
-            args.name,
-            kind=args.kind,
-            instance_url=args.instance_url,
-            username=args.username,
-            default=args.default,
-        ),
-    )
+    fields = {
+        "name": args.name,
+        "kind": args.kind,
+        "instance_url": args.instance_url,
+        "username": args.username,
+        "is_default": args.default,
+    }
+    try:  # the rules a page's or the host app's platform is held to
+        new = msgspec.convert(fields, PlatformCreate)
+    except msgspec.ValidationError as error:
+        raise UsageError(readable(str(error))) from None
+
+    async def add(database: Database) -> int:
+        user_id = await user_id_of(database, args.user)
+        if user_id is None:
+            raise UsageError(f"no user named {args.user!r}")
+        # Platform management: a new version, which every hub process's tabs of the user get.
+        listed = await platforms.add(database, user_id, new)
+        return next(p.id for p in listed.platforms if p.name == new.name)
+
+    platform_id = _with_database(settings, add)
     print(f"added platform {args.name} to {args.user} (id {platform_id})")
     return 0
 

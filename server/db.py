@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     TypeDecorator,
     UniqueConstraint,
     create_engine,
@@ -49,6 +50,12 @@ __all__ = [
     "PlatformStateRow",
     "SwitchLogRow",
     "UserRow",
+    "holds",
+    "login_sessions",
+    "platform_states",
+    "platforms",
+    "switch_log",
+    "users",
     "utcnow",
 ]
 
@@ -191,6 +198,15 @@ class HoldRow(Base):
 
 # Errors that mean "the database is not there right now", as opposed to a bug or a conflict.
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+# The tables, for Core statements (the hot path and every unit of work written with them).
+users = cast(Table, UserRow.__table__)
+platforms = cast(Table, PlatformRow.__table__)
+platform_states = cast(Table, PlatformStateRow.__table__)
+login_sessions = cast(Table, LoginSessionRow.__table__)
+switch_log = cast(Table, SwitchLogRow.__table__)
+holds = cast(Table, HoldRow.__table__)
+
+
 # SQLSTATE classes that mean the server cannot serve now, whatever the statement: connection
 # exceptions (08), insufficient resources (53, e.g. too many connections) and operator
 # intervention (57: shutdown, terminated backend, cannot connect now). asyncpg's errors come

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from server.db import Database
 from server.hub import Hub
 from server.settings import Settings
-from server.storage.switches import seed_demo
+from server.storage.users import seed_demo
 from server.web.app import COOKIE, create_app, uvicorn_config
 from tests.support.postgres import fresh_database
 

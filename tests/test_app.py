@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from server.storage.switches import seed_demo
+from server.storage.users import seed_demo
 from server.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
 from tests.support.load import wait_until

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import reported_port
+from tests.conftest import make_settings, reported_port, serve
+from tests.support.postgres import fresh_database
 
 
 def hub(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,3 +81,29 @@ def test_serve_refuses_workers_on_sqlite(tmp_path: Path) -> None:
     refused = hub(tmp_path, "serve", "--workers", "2", "--port", "0")
     assert refused.returncode == 2
     assert "Several workers need PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def test_platform_add_reaches_open_tabs_on_postgresql(tmp_path: Path) -> None:
+    """`hub platform add`, run beside a serving hub on PostgreSQL, moves the version and the
+    hub's open tabs of that user get the new state with the new platform (through NOTIFY)."""
+    command = [
+        sys.executable, "-m", "server", "platform", "add", "alice", "Cli", "--kind", "mastodon",
+        "--instance-url", "https://cli.example", "--username", "alice",
+    ]  # fmt: skip
+    async with (
+        fresh_database() as url,
+        serve(make_settings(tmp_path, database_url=url)) as running,
+    ):
+        tab = await running.tab(await running.login("alice"), "a")
+        version = tab.hello["state"]["version"]
+        env = {**os.environ, "HUB_DATABASE_URL": url}
+        started = time.monotonic()
+        added = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert added.returncode == 0, added.stderr
+        message = await tab.receive_type("state")
+        print(f"\nplatform add -> tab: {time.monotonic() - started:.2f} s (process included)")
+        assert message["state"]["version"] == version + 1
+        assert message["cause"] == {"kind": "platforms", "tab": None, "request": ""}
+        assert "Cli" in [p["name"] for p in message["state"]["platforms"]]

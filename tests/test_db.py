@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text, update
 from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
 from server.errors import StoreUnavailable
 from server.protocol import Switch
-from server.storage.switches import SqlStore, seed_demo
+from server.storage.switches import SqlStore
+from server.storage.users import seed_demo
 from tests.conftest import RunningHub, make_settings, other_platform, serve
 from tests.support.load import HubProcess, seed_demo_file
 

@@ -17,7 +17,7 @@ import pytest
 
 from server.client import HostApiError, HostClient
 from server.protocol import PlatformCreate, PlatformMirrored, PlatformUpdate
-from server.storage.switches import user_id_of
+from server.storage.users import user_id_of
 from server.web import host_api as host
 from server.web.openapi import ENDPOINTS
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve

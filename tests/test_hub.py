@@ -18,7 +18,8 @@ from server.protocol import (
     UserInfo,
     decode_server,
 )
-from server.storage.switches import SqlStore, seed_demo
+from server.storage.switches import SqlStore
+from server.storage.users import seed_demo
 from tests.conftest import TIMEOUT, make_settings
 
 

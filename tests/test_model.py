@@ -37,7 +37,8 @@ from server.hub import Hub, Tab
 from server.protocol import SessionEndReason, UserInfo
 from server.storage import sessions
 from server.storage.sessions import format_time
-from server.storage.switches import SqlStore, seed_demo
+from server.storage.switches import SqlStore
+from server.storage.users import seed_demo
 from server.web import tasks
 from tests.conftest import make_settings
 

@@ -18,7 +18,7 @@ from server.db import LoginSessionRow, UserRow
 from server.settings import Settings
 from server.storage import sessions
 from server.storage.sessions import collect
-from server.storage.switches import add_user
+from server.storage.users import add_user
 from server.web.app import COOKIE
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from server.storage.switches import add_platform
+from server.protocol import PlatformCreate
+from server.storage import platforms
+from server.storage.users import user_id_of
 from tests.conftest import TIMEOUT, RunningHub, Tab, make_settings, other_platform, serve
 
 SWITCHES = 1000
@@ -32,15 +34,16 @@ async def test_a_tab_that_stops_reading_gets_the_newest_state_when_it_reads_agai
 async def _slow_tab_scenario(running: RunningHub) -> None:
     # Forty more platforms make each state frame about 6 KB, so 1,000 of them are more than
     # the kernel's socket buffers can absorb: the hub must feel the push-back.
+    alice = await user_id_of(running.database, "alice")
+    assert alice is not None
     for n in range(40):
-        await add_platform(
-            running.database,
-            "alice",
-            f"Extra {n}",
+        extra = PlatformCreate(
+            name=f"Extra {n}",
             kind="mastodon",
             instance_url=f"https://extra{n}.example",
             username="alice",
         )
+        await platforms.add(running.database, alice, extra)
     token = await running.login("alice")
     switcher = await running.tab(token, "switcher")
     observers = [await running.tab(token, f"observer-{n}") for n in range(3)]

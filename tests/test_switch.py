@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from server.db import PlatformRow, PlatformStateRow, SwitchLogRow, UserRow
+from server.protocol import PlatformCreate, PlatformKind
 from server.settings import Settings
+from server.storage.users import add_user
 from tests.conftest import RunningHub, Tab, other_platform
 
 
@@ -216,20 +218,16 @@ async def test_no_delivery_across_users(running: RunningHub) -> None:
 
 async def test_concurrent_tabs_agree(running: RunningHub) -> None:
     """20 users x 5 tabs switching at once: one winner per version, contiguous, no regressions."""
-    from server.storage.switches import add_platform, add_user
-
     users = [f"user{i:02d}" for i in range(20)]
     for name in users:
-        await add_user(running.database, name, f"{name}-demo-pw")
-        for index, kind in enumerate(["pixelfed", "mastodon", "mastodon"]):
-            await add_platform(
-                running.database,
-                name,
-                f"P{index}",
-                kind=kind,
-                instance_url=f"https://p{index}.example",
-                username=name,
+        kinds: list[PlatformKind] = ["pixelfed", "mastodon", "mastodon"]
+        listed = [
+            PlatformCreate(
+                name=f"P{index}", kind=kind, instance_url=f"https://p{index}.example", username=name
             )
+            for index, kind in enumerate(kinds)
+        ]
+        await add_user(running.database, name, f"{name}-demo-pw", listed)
     tabs: dict[str, list[Tab]] = {}
     for name in users:
         token = await running.login(name)

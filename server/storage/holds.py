@@ -15,11 +15,11 @@ process with tabs of the user tells them, and ends the hold there when its TTL r
 from __future__ import annotations
 
 import datetime as dt
-from typing import cast
 
-from sqlalchemy import Connection, Table, delete, insert
+from sqlalchemy import Connection, delete, insert
 
-from server.db import Database, HoldRow
+from server import db
+from server.db import Database
 from server.protocol import HoldAnswer, HoldView
 from server.storage import backplane
 from server.storage.backplane import HoldChanged
@@ -28,7 +28,7 @@ from server.storage.switches import read_state
 
 __all__ = ["place", "release"]
 
-_holds = cast(Table, HoldRow.__table__)
+_holds = db.holds
 
 
 async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> HoldAnswer:

@@ -15,12 +15,13 @@ either wholly before it or wholly after it. The rules, checked inside that trans
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
-from server.db import Database, PlatformRow, PlatformStateRow
+from server import db
+from server.db import Database
 from server.errors import PlatformRefused
 from server.protocol import (
     PLATFORMS_CAUSE,
@@ -35,12 +36,12 @@ from server.protocol import (
 from server.rules import active_platform, default_platform
 from server.storage import backplane
 from server.storage.backplane import StateChanged
-from server.storage.switches import check_room, read_state
+from server.storage.switches import read_state
 
-__all__ = ["add", "change", "listing", "mirror", "remove"]
+__all__ = ["add", "change", "check_room", "listing", "mirror", "remove", "seed"]
 
-_platforms = cast(Table, PlatformRow.__table__)
-_states = cast(Table, PlatformStateRow.__table__)
+_platforms = db.platforms
+_states = db.platform_states
 
 
 async def listing(database: Database, user_id: int) -> PlatformList:
@@ -165,6 +166,36 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
                 _insert(connection, user_id, platform, now, active=platform.is_active)
 
     return await _apply(database, user_id, mutate)
+
+
+def seed(
+    connection: Connection,
+    user_id: int,
+    new: Sequence[PlatformCreate],
+    now: dt.datetime,
+    *,
+    most: int,
+) -> None:
+    """Write a new user's first platforms, in the transaction that creates the user (no tab
+    of theirs can exist yet, so no version moves): the rules of ``add``, all at once."""
+    check_room(len(new), most)
+    rows: list[PlatformDetail] = []
+    for platform in new:
+        _check_unique(rows, platform.name, (platform.instance_url, platform.username))
+        rows.append(
+            PlatformDetail(0, platform.name, platform.kind, platform.instance_url,
+                           platform.username, True, platform.is_default)
+        )  # fmt: skip
+        _insert(connection, user_id, platform, now, active=True)
+    _normalize_default(connection, user_id, now)
+
+
+def check_room(count: int, most: int) -> None:
+    """Refuse a change that would leave a user more than ``most`` platforms."""
+    if count > most:
+        raise PlatformRefused(
+            ErrorCode.TOO_MANY_PLATFORMS, f"A user may connect at most {most} platforms."
+        )
 
 
 _Mutation = Callable[[Connection, list[PlatformDetail], dt.datetime], None]

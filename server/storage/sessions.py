@@ -1,4 +1,4 @@
-"""Login sessions: create, authenticate, extend, revoke, watch and collect.
+"""Login sessions: open, authenticate, extend, revoke, list and collect.
 
 Only the SHA-256 of a session's 256-bit random token is stored, so a copy of the database
 cannot be replayed as a login. Idle expiry slides with activity; absolute expiry never moves.
@@ -14,11 +14,12 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import db
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, UsageError
 from server.protocol import SessionDetail, SessionEndReason
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("hub.sessions")
-_sessions = cast(Table, LoginSessionRow.__table__)
+_sessions = db.login_sessions
 # A session's identity and the times that decide whether it is live (see ended_reason); the
 # switch batch reads the same columns.
 LIVENESS_COLUMNS = (

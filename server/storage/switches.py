@@ -1,47 +1,32 @@
-"""The units of work behind the hub: reading state and deciding switches, plus admin writes."""
+"""The switch batch around rules.decide, and the reads of a user's state and holds."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-import msgspec
 from sqlalchemy import (
     Connection,
-    Table,
     bindparam,
-    func,
     insert,
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import db
 from server.db import (
     Database,
-    HoldRow,
-    LoginSessionRow,
-    PlatformRow,
-    PlatformStateRow,
-    SwitchLogRow,
-    UserRow,
 )
-from server.errors import PlatformRefused, UsageError
 from server.protocol import (
     Cause,
-    ErrorCode,
     HoldView,
-    PlatformCreate,
     RejectReason,
     SessionEndReason,
     StateView,
     Switch,
-    is_line,
-    readable,
 )
 from server.rules import (
     NO_PLATFORMS,
@@ -58,31 +43,19 @@ from server.settings import Settings
 from server.storage import backplane
 from server.storage.backplane import StateChanged
 from server.storage.commits import GroupCommit
-from server.storage.passwords import NO_PASSWORD, hash_password
 from server.storage.sessions import (
     LIVENESS_BY_IDS,
     ended_reason,
     format_time,
     idle_expiry,
-    revoke_all_within,
 )
 
 __all__ = [
     "PendingSwitch",
     "SqlStore",
-    "DEMO_USERS",
-    "add_platform",
-    "add_user",
-    "check_room",
-    "check_user_name",
     "read_holds",
     "read_state",
-    "seed_demo",
-    "upsert_user",
-    "user_id_of",
 ]
-
-PLATFORM_KINDS = ("pixelfed", "mastodon")
 
 
 class SqlStore:
@@ -166,11 +139,11 @@ class PendingSwitch:
     tab_id: str | None
 
 
-_sessions = cast(Table, LoginSessionRow.__table__)
-_states = cast(Table, PlatformStateRow.__table__)
-_platforms = cast(Table, PlatformRow.__table__)
-_log = cast(Table, SwitchLogRow.__table__)
-_holds = cast(Table, HoldRow.__table__)
+_sessions = db.login_sessions
+_states = db.platform_states
+_platforms = db.platforms
+_log = db.switch_log
+_holds = db.holds
 
 
 class _Batch:
@@ -417,238 +390,3 @@ def _read_platforms(
     for row in connection.execute(query, {"users": list(user_ids)}):
         grouped.setdefault(row[1], []).append(row)
     return {user_id: Platforms.of(rows) for user_id, rows in grouped.items()}
-
-
-# Administration: the command line and the demo seed use these.
-
-
-def check_room(count: int, most: int) -> None:
-    """Refuse a change that would leave a user more than ``most`` platforms."""
-    if count > most:
-        raise PlatformRefused(
-            ErrorCode.TOO_MANY_PLATFORMS, f"A user may connect at most {most} platforms."
-        )
-
-
-def check_user_name(name: str) -> None:
-    """Raise UsageError unless ``name`` is 1 to 64 characters with no control character."""
-    if not name or len(name) > 64 or not is_line(name):
-        raise UsageError("a user name is 1 to 64 characters, with no control characters")
-
-
-async def add_user(database: Database, name: str, password: str | None) -> int:
-    """Create a user with version 0 and no switch yet; return the user's id.
-
-    A user added without a password cannot log in with one; sessions are opened for them
-    with ``sessions.open_session``.
-    """
-    check_user_name(name)
-    if password is not None and len(password) < 8:
-        raise UsageError("a password has at least 8 characters")
-    now = database.clock()
-    # scrypt takes tens of milliseconds: off the event loop, as log_in's check is.
-    password_hash = (
-        NO_PASSWORD
-        if password is None
-        else await asyncio.to_thread(hash_password, password, cost=database.settings.password_cost)
-    )
-
-    async def work(session: AsyncSession) -> int:
-        if await session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
-            raise UsageError(f"user {name!r} exists already")
-        user = UserRow(name=name, password_hash=password_hash, created_at=now)
-        session.add(user)
-        await session.flush()
-        session.add(PlatformStateRow(user_id=user.id, version=0, updated_at=now))
-        return user.id
-
-    return await database.write(work)
-
-
-async def upsert_user(
-    database: Database, name: str, password: str | None, *, end_sessions: bool = True
-) -> tuple[int, bool, list[int]]:
-    """Create a user, or set an existing one's password; return the id, whether it is new,
-    and the sessions a new password ended.
-
-    An existing user keeps its password when ``password`` is None. A new password ends the
-    user's live sessions in the same transaction (a reset locks out whoever knew the old
-    one), unless ``end_sessions`` is false.
-    """
-    check_user_name(name)
-    existing = await user_id_of(database, name)
-    if existing is None:
-        try:
-            return await add_user(database, name, password), True, []
-        except UsageError:
-            existing = await user_id_of(database, name)  # created meanwhile by another call?
-            if existing is None:
-                raise
-    if password is None:
-        return existing, False, []
-    password_hash = await asyncio.to_thread(
-        hash_password, password, cost=database.settings.password_cost
-    )
-
-    async def work(session: AsyncSession) -> list[int]:
-        await session.execute(
-            update(UserRow).where(UserRow.id == existing).values(password_hash=password_hash)
-        )
-        if not end_sessions:
-            return []
-        return await revoke_all_within(database, session, existing, SessionEndReason.REVOKED)
-
-    return existing, False, await database.write(work)
-
-
-async def user_id_of(database: Database, name: str) -> int | None:
-    """Return the id of the user with this name, if there is one."""
-
-    async def work(session: AsyncSession) -> int | None:
-        found: int | None = await session.scalar(select(UserRow.id).where(UserRow.name == name))
-        return found
-
-    return await database.read(work)
-
-
-async def add_platform(
-    database: Database,
-    user_name: str,
-    name: str,
-    *,
-    kind: str,
-    instance_url: str,
-    username: str,
-    default: bool = False,
-) -> int:
-    """Connect a platform account to a user; return the platform's id."""
-    if kind not in PLATFORM_KINDS:
-        raise UsageError(f"unknown kind {kind!r}; expected one of {', '.join(PLATFORM_KINDS)}")
-    fields = {"name": name, "kind": kind, "instance_url": instance_url, "username": username}
-    try:  # the rules a page's or the host app's platform is held to
-        msgspec.convert(fields, PlatformCreate)
-    except msgspec.ValidationError as error:
-        raise UsageError(readable(str(error))) from None
-    now = database.clock()
-
-    async def work(session: AsyncSession) -> int:
-        user_id = await session.scalar(select(UserRow.id).where(UserRow.name == user_name))
-        if user_id is None:
-            raise UsageError(f"no user named {user_name!r}")
-        clash = await session.scalar(
-            select(PlatformRow.id).where(
-                PlatformRow.user_id == user_id,
-                (PlatformRow.name == name)
-                | ((PlatformRow.instance_url == instance_url) & (PlatformRow.username == username)),
-            )
-        )
-        if clash is not None:
-            raise UsageError(f"{user_name} already has a platform with that name or account")
-        count = await session.scalar(
-            select(func.count()).select_from(PlatformRow).where(PlatformRow.user_id == user_id)
-        )
-        try:
-            check_room((count or 0) + 1, database.settings.max_platforms_per_user)
-        except PlatformRefused as error:
-            raise UsageError(str(error)) from None
-        has_default = await session.scalar(
-            select(PlatformRow.id).where(PlatformRow.user_id == user_id, PlatformRow.is_default)
-        )
-        if default and has_default is not None:
-            await session.execute(
-                update(PlatformRow)
-                .where(PlatformRow.user_id == user_id)
-                .values(is_default=False, updated_at=now)
-            )
-        platform = PlatformRow(
-            user_id=user_id,
-            name=name,
-            kind=kind,
-            instance_url=instance_url,
-            username=username,
-            is_active=True,
-            is_default=default or has_default is None,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(platform)
-        await session.flush()
-        return platform.id
-
-    return await database.write(work)
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoPlatform:
-    """A platform account of a demo user."""
-
-    name: str
-    kind: str
-    instance_url: str
-    username: str
-    default: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoUser:
-    """A demo user with a known password."""
-
-    name: str
-    password: str
-    platforms: tuple[DemoPlatform, ...]
-
-
-DEMO_USERS = (
-    DemoUser(
-        "alice",
-        "alice-demo-pw",
-        (
-            DemoPlatform("Pixelfed", "pixelfed", "https://pixelfed.social", "alice", True),
-            DemoPlatform("Mastodon", "mastodon", "https://mastodon.social", "alice"),
-            DemoPlatform("Fosstodon", "mastodon", "https://fosstodon.org", "alice_dev"),
-        ),
-    ),
-    DemoUser(
-        "bob",
-        "bob-demo-pw",
-        (
-            DemoPlatform("Mastodon", "mastodon", "https://mastodon.social", "bob", True),
-            DemoPlatform("Pixelfed", "pixelfed", "https://pixelfed.de", "bob_photos"),
-        ),
-    ),
-    DemoUser(
-        "carol",
-        "carol-demo-pw",
-        (
-            DemoPlatform("Photos", "pixelfed", "https://pixelfed.social", "carol"),
-            DemoPlatform("Work", "mastodon", "https://hachyderm.io", "carol", True),
-            DemoPlatform("Art", "pixelfed", "https://pixey.org", "carol_art"),
-        ),
-    ),
-)
-
-
-async def seed_demo(database: Database) -> list[DemoUser]:
-    """Create the demo users and platforms that do not exist yet; return the new users."""
-
-    async def existing(session: AsyncSession) -> set[str]:
-        return set((await session.scalars(select(UserRow.name))).all())
-
-    present = await database.read(existing)
-    created = []
-    for user in DEMO_USERS:
-        if user.name in present:
-            continue
-        await add_user(database, user.name, user.password)
-        for p in user.platforms:
-            await add_platform(
-                database,
-                user.name,
-                p.name,
-                kind=p.kind,
-                instance_url=p.instance_url,
-                username=p.username,
-                default=p.default,
-            )
-        created.append(user)
-    return created

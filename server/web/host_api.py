@@ -41,7 +41,7 @@ from server.protocol import (
 )
 from server.settings import Settings
 from server.storage import holds, platforms, sessions
-from server.storage.switches import upsert_user, user_id_of
+from server.storage.users import upsert_user, user_id_of
 from server.web import openapi
 from server.web.paths import route
 from server.web.responses import FAILURES, error_response, failure_response, json_response

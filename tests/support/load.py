@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import Close, Opcode
 from websockets.uri import parse_uri
 
+from server import db
 from server.db import Database, PlatformStateRow, SwitchLogRow
+from server.protocol import PlatformCreate
 from server.settings import Settings
 from server.storage import sessions
-from server.storage.switches import SqlStore, add_platform, add_user, seed_demo
+from server.storage.switches import SqlStore
+from server.storage.users import add_user, seed_demo
 from tests.support.history import History, Operation, TabRecorder
 
 PLATFORMS = (
@@ -70,26 +73,27 @@ async def populate(settings: Settings, users: int) -> Population:
     try:
         for n in range(users):
             name = f"user{n:05d}"
-            user_id = await add_user(database, name, None)
-            ids = []
-            for i, (platform, kind, url) in enumerate(PLATFORMS):
-                ids.append(
-                    await add_platform(
-                        database,
-                        name,
-                        platform,
-                        kind=kind,
-                        instance_url=url,
-                        username=name,
-                        default=i == 0,
-                    )
+            listed = [
+                PlatformCreate(
+                    name=platform, kind=kind, instance_url=url, username=name, is_default=i == 0
                 )
-            platforms[user_id] = tuple(ids)
+                for i, (platform, kind, url) in enumerate(PLATFORMS)
+            ]
+            user_id = await add_user(database, name, None, listed)
+            platforms[user_id] = await _platform_ids(database, user_id)
             tokens[user_id], login = await sessions.open_session(database, user_id)
             login_ids[user_id] = login.id
     finally:
         await database.dispose()
     return Population(tokens, platforms, login_ids)
+
+
+async def _platform_ids(database: Database, user_id: int) -> tuple[int, ...]:
+    def read(connection: Connection) -> tuple[int, ...]:
+        query = select(db.platforms.c.id).where(db.platforms.c.user_id == user_id)
+        return tuple(connection.execute(query.order_by(db.platforms.c.id)).scalars())
+
+    return await database.read_sync(read)
 
 
 async def seed_demo_file(settings: Settings) -> None:
