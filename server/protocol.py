@@ -60,7 +60,6 @@ __all__ = [
     "UserView",
     "SessionView",
     "StateResponse",
-    "SwitchRequest",
     "LINE",
     "URL_PATTERN",
     "check_instance_url",
@@ -222,7 +221,11 @@ PLATFORMS_CAUSE = Cause(kind="platforms", tab=None, request="")
 
 
 class Switch(_Frozen, frozen=True, tag="switch", tag_field="type"):
-    """Ask to make ``platform`` active, given that the tab last saw version ``base``."""
+    """Ask to make ``platform`` active, given that the tab last saw version ``base``.
+
+    Also the body of ``POST /api/switch``: decoded as this type alone, ``type`` may be left
+    out (and must be "switch" if given).
+    """
 
     id: RequestId
     platform: PlatformId
@@ -312,14 +315,6 @@ class LoginRequest(_Frozen, frozen=True):
 
     username: Annotated[str, msgspec.Meta(max_length=200, pattern=LINE)]
     password: Annotated[str, msgspec.Meta(max_length=1000)]
-
-
-class SwitchRequest(_Frozen, frozen=True):
-    """Body of ``POST /api/switch``: the fields of a ``switch`` message."""
-
-    id: RequestId
-    platform: PlatformId
-    base: Version
 
 
 PlatformName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)]

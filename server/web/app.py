@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import __version__, logs
 from server.db import Clock, Database, utcnow
-from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
+from server.errors import AuthenticationError, HubError, Overloaded, StoreUnavailable
 from server.hub import Hub, Tab, TabLimitReached, TransportClosed
 from server.limits import LoginThrottle
 from server.logs import log_config, redact_secrets
@@ -46,7 +46,6 @@ from server.protocol import (
     SessionView,
     StateResponse,
     Switch,
-    SwitchRequest,
     UserInfo,
     decode_body,
     encode,
@@ -62,11 +61,11 @@ from server.web.hosts import HostCheck, allowed_hosts, host_allowed
 from server.web.metrics import CONTENT_TYPE, Metrics
 from server.web.paths import route
 from server.web.responses import (
-    FAILURES,
     error_response,
-    failure_response,
     http_error_response,
+    hub_error_response,
     json_response,
+    retry_later,
 )
 from server.web.security_headers import SecurityHeaders
 from server.web.uvicorn_protocols import (
@@ -220,7 +219,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error_response},
+        exception_handlers={HTTPException: http_error_response, HubError: hub_error_response},
     )
 
 
@@ -378,15 +377,12 @@ async def _login(request: Request) -> Response:
     database: Database = request.state.database
     throttle: LoginThrottle = request.state.login_throttle
     address = request.client.host if request.client else None
-    try:
-        body = decode_body(await request.body(), LoginRequest)
-    except BadMessage as error:
-        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+    body = decode_body(await request.body(), LoginRequest)
     # Charged before the password is checked, whatever it is, and refunded if it is right:
     # concurrent guesses meet the limit as sequential ones do, and a throttled guesser
     # learns nothing.
     if (wait := throttle.charge(body.username, address)) > 0:
-        return _retry_later(
+        return retry_later(
             429,
             ErrorCode.RATE_LIMITED,
             f"Too many failed logins; try again in {math.ceil(wait)} s.",
@@ -403,12 +399,9 @@ async def _login(request: Request) -> Response:
             )
     except AuthenticationError as error:
         return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
-    except Overloaded as error:
-        throttle.refund(body.username, address)
-        return _retry_later(503, ErrorCode.UNAVAILABLE, str(error), 1)
-    except StoreUnavailable as error:
-        throttle.refund(body.username, address)
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    except (Overloaded, StoreUnavailable):
+        throttle.refund(body.username, address)  # not a guess that was checked
+        raise
     throttle.refund(body.username, address)
     hub: Hub = request.state.hub
     for displaced in login.displaced:
@@ -440,17 +433,12 @@ async def _end_sessions(request: Request, *, everywhere: bool) -> Response:
         return _forbidden_origin()
     database: Database = request.state.database
     hub: Hub = request.state.hub
-    try:
-        login = await sessions.authenticate(database, _token(request), touch=False)
-        if everywhere:
-            ended = await sessions.revoke_all(database, login.user_id, SessionEndReason.LOGOUT)
-        else:
-            await sessions.revoke(database, login.id, SessionEndReason.LOGOUT)
-            ended = [login.id]
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    login = await sessions.authenticate(database, _token(request), touch=False)
+    if everywhere:
+        ended = await sessions.revoke_all(database, login.user_id, SessionEndReason.LOGOUT)
+    else:
+        await sessions.revoke(database, login.id, SessionEndReason.LOGOUT)
+        ended = [login.id]
     tabs = sum(hub.end_session(session_id, SessionEndReason.LOGOUT) for session_id in ended)
     response = json_response(200, {"sessions": len(ended), "tabs": tabs})
     response.delete_cookie(COOKIE, path="/")
@@ -462,15 +450,10 @@ async def _extend(request: Request) -> Response:
         return _forbidden_origin()
     database: Database = request.state.database
     hub: Hub = request.state.hub
-    try:
-        login = await sessions.authenticate(database, _token(request), touch=False)
-        extended = await sessions.extend(database, login)
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    login = await sessions.authenticate(database, _token(request), touch=False)
+    extended = await sessions.extend(database, login)
     if extended is None:
-        return _unauthenticated(AuthenticationError("expired", "The session ended meanwhile."))
+        raise AuthenticationError("expired", "The session ended meanwhile.")
     hub.extend_session(extended.id, format_time(extended.expires_at))
     return json_response(200, _session_view(extended))
 
@@ -478,14 +461,9 @@ async def _extend(request: Request) -> Response:
 async def _state(request: Request) -> Response:
     database: Database = request.state.database
     hub: Hub = request.state.hub
-    try:
-        login = await sessions.authenticate(database, _token(request))
-        state = await hub.store.load_state(login.user_id)
-        hold = await hub.store.load_hold(login.user_id)
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    login = await sessions.authenticate(database, _token(request))
+    state = await hub.store.load_state(login.user_id)
+    hold = await hub.store.load_hold(login.user_id)
     body = StateResponse(
         user=UserInfo(id=login.user_id, name=login.user_name),
         state=state,
@@ -500,19 +478,11 @@ async def _switch(request: Request) -> Response:
         return _forbidden_origin()
     database: Database = request.state.database
     hub: Hub = request.state.hub
-    try:
-        login = await sessions.authenticate(database, _token(request))
-        body = decode_body(await request.body(), SwitchRequest)
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except BadMessage as error:
-        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
-    request_ = Switch(id=body.id, platform=body.platform, base=body.base)
-    reply = await hub.switch(login.user_id, login.id, request_)
+    login = await sessions.authenticate(database, _token(request))
+    switch = decode_body(await request.body(), Switch)
+    reply = await hub.switch(login.user_id, login.id, switch)
     if reply is None:
-        return _unauthenticated(AuthenticationError("expired", "The session ended."))
+        raise AuthenticationError("expired", "The session ended.")
     if isinstance(reply, Rejected):
         return json_response(_REJECT_STATUS[reply.reason], reply)
     return json_response(200, reply)
@@ -523,14 +493,8 @@ async def _switch(request: Request) -> Response:
 
 async def _platforms_list(request: Request) -> Response:
     database: Database = request.state.database
-    try:
-        login = await sessions.authenticate(database, _token(request))
-        listed = await platforms.listing(database, login.user_id)
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
-    return json_response(200, listed)
+    login = await sessions.authenticate(database, _token(request))
+    return json_response(200, await platforms.listing(database, login.user_id))
 
 
 async def _platforms_add(request: Request) -> Response:
@@ -566,13 +530,8 @@ async def _platform_change(
         return _forbidden_origin()
     database: Database = request.state.database
     hub: Hub = request.state.hub
-    try:
-        login = await sessions.authenticate(database, _token(request))
-        changed = await work(database, login.user_id)
-    except AuthenticationError as error:
-        return _unauthenticated(error)
-    except FAILURES as error:
-        return failure_response(error)
+    login = await sessions.authenticate(database, _token(request))
+    changed = await work(database, login.user_id)
     hub.publish(login.user_id, changed.state, PLATFORMS_CAUSE)
     return json_response(201 if created else 200, changed)
 
@@ -635,11 +594,9 @@ async def _websocket(websocket: WebSocket) -> None:
         return
     try:
         login = await sessions.authenticate(database, _token(websocket))
-    except AuthenticationError as error:
-        await websocket.send_denial_response(_unauthenticated(error))
-        return
-    except StoreUnavailable as error:
-        await websocket.send_denial_response(error_response(503, ErrorCode.UNAVAILABLE, str(error)))
+    except (AuthenticationError, StoreUnavailable) as error:
+        # Before the accept, in the HTTP endpoints' words (Starlette's handlers do not apply).
+        await websocket.send_denial_response(hub_error_response(websocket, error))
         return
 
     # Everything this connection logs from here names it (uvicorn's "[accepted]" included).
@@ -722,18 +679,6 @@ def _session_view(login: LoginSession) -> SessionView:
         user=UserInfo(id=login.user_id, name=login.user_name),
         expires_at=format_time(login.expires_at),
     )
-
-
-def _unauthenticated(error: AuthenticationError) -> Response:
-    response = error_response(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
-    return response
-
-
-def _retry_later(status: int, code: ErrorCode, message: str, wait: float) -> Response:
-    response = error_response(status, code, message)
-    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return response
 
 
 def _forbidden_origin() -> Response:

@@ -1,6 +1,8 @@
-"""The host app's API: the web app beside the hub mirrors its users and platforms into it,
-mints login sessions for people it has authenticated, lists and revokes their sessions, and
-holds a user's switches while one of its jobs runs.
+"""The host app's API: users, platforms, login sessions and holds, under the API key.
+
+The web app beside the hub mirrors its users and platforms into it, mints login sessions for
+people it has authenticated, lists and revokes their sessions, and holds a user's switches
+while one of its jobs runs.
 
 Every request carries ``Authorization: Bearer <HUB_API_KEY>``; without a key configured the
 API is off. Users are named in the path by their name, the host app's own identifier. Each
@@ -18,7 +20,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.db import Database
-from server.errors import BadMessage, StoreUnavailable, UsageError
 from server.hub import Hub
 from server.protocol import (
     PLATFORMS_CAUSE,
@@ -44,7 +45,7 @@ from server.storage import holds, platforms, sessions
 from server.storage.users import upsert_user, user_id_of
 from server.web import openapi
 from server.web.paths import route
-from server.web.responses import FAILURES, error_response, failure_response, json_response
+from server.web.responses import error_response, json_response
 
 __all__ = ["PREFIX", "routes"]
 
@@ -101,7 +102,7 @@ def _refusal(request: Request) -> Response | None:
 
 
 def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap an endpoint: check the key, find the user, and answer every error alike."""
+    """Wrap an endpoint: check the key and find the user (errors: responses.hub_error_response)."""
 
     async def endpoint(request: Request) -> Response:
         if (refused := _refusal(request)) is not None:
@@ -109,13 +110,10 @@ def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
         database: Database = request.state.database
         hub: Hub = request.state.hub
         name = request.path_params["name"]
-        try:
-            user_id = await user_id_of(database, name) if is_line(name) else None
-            if user_id is None:
-                return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
-            return await work(database, hub, request, user_id)
-        except FAILURES as error:
-            return failure_response(error)
+        user_id = await user_id_of(database, name) if is_line(name) else None
+        if user_id is None:
+            return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
+        return await work(database, hub, request, user_id)
 
     return endpoint
 
@@ -129,15 +127,10 @@ async def _upsert_user(request: Request) -> Response:
         return refused
     database: Database = request.state.database
     name = request.path_params["name"]
-    try:
-        body = decode_body(await request.body() or b"{}", UserUpsert)
-        user_id, created, ended = await upsert_user(
-            database, name, body.password, end_sessions=body.end_sessions
-        )
-    except (BadMessage, UsageError) as error:
-        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
-    except StoreUnavailable as error:
-        return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+    body = decode_body(await request.body() or b"{}", UserUpsert)
+    user_id, created, ended = await upsert_user(
+        database, name, body.password, end_sessions=body.end_sessions
+    )
     hub: Hub = request.state.hub
     for session_id in ended:
         hub.end_session(session_id, SessionEndReason.REVOKED)

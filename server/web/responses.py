@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from server.errors import BadMessage, PlatformRefused, StoreUnavailable
+from server.errors import (
+    AuthenticationError,
+    BadMessage,
+    HubError,
+    Overloaded,
+    PlatformRefused,
+    StoreUnavailable,
+    UsageError,
+)
 from server.protocol import ErrorBody, ErrorCode, encode
 
 __all__ = [
-    "FAILURES",
     "error_response",
     "failure_response",
     "http_error_response",
+    "hub_error_response",
+    "retry_later",
+    "unauthenticated",
     "json_response",
     "refused_response",
 ]
-
-# The errors a changing endpoint answers alike: catch these, answer with failure_response.
-FAILURES = (BadMessage, PlatformRefused, StoreUnavailable)
 
 _REFUSED_STATUS = {ErrorCode.UNKNOWN_PLATFORM: 404, ErrorCode.BAD_REQUEST: 422}
 
@@ -59,9 +67,40 @@ _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
 def failure_response(error: BadMessage | PlatformRefused | StoreUnavailable) -> Response:
-    """Return the answer to one of FAILURES: 422 malformed, a refused change, 503."""
+    """Return the answer to a failed change: 422 malformed, a refused change, 503."""
     if isinstance(error, PlatformRefused):
         return refused_response(error)
     if isinstance(error, BadMessage):
         return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     return error_response(503, ErrorCode.UNAVAILABLE, str(error))
+
+
+def unauthenticated(error: AuthenticationError) -> Response:
+    """Return 401 with the reason the session is not usable, and a WWW-Authenticate."""
+    response = error_response(401, ErrorCode.UNAUTHENTICATED, str(error), error.reason)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
+    return response
+
+
+def retry_later(status: int, code: ErrorCode, message: str, wait: float) -> Response:
+    """Return an error with a Retry-After of ``wait`` seconds (at least 1)."""
+    response = error_response(status, code, message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
+
+
+def hub_error_response(connection: HTTPConnection, error: Exception) -> Response:
+    """Answer an error of the hub's tree that an endpoint let through, the same way from
+    every endpoint: 401 no usable session, 422 malformed, a refused platform change, 503
+    unavailable (with Retry-After when overloaded)."""
+    match error:
+        case AuthenticationError():
+            return unauthenticated(error)
+        case BadMessage() | PlatformRefused() | StoreUnavailable():
+            return failure_response(error)
+        case Overloaded():
+            return retry_later(503, ErrorCode.UNAVAILABLE, str(error), 1)
+        case UsageError():
+            return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+    assert isinstance(error, HubError)
+    raise error  # not an answer of its own: the server error it is
