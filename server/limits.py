@@ -1,5 +1,8 @@
-"""Every rate limit: token buckets (tabs, the HTTP fallback, pings), the cooldown of a session
-whose tab was closed for abuse, and the failed-login throttle with its password-check queue.
+"""Every rate limit: token buckets, the cooldown after abuse, the failed-login throttle.
+
+Tabs, the HTTP fallback and pings take tokens from buckets; a session whose tab was closed
+for abuse waits out a cooldown; failed logins are throttled per name and per address, and
+password checks queue behind a semaphore.
 
 All in-process and in memory: with N hub processes an attacker spread across them gets N
 times each budget (docs/deployment.md).
