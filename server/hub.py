@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from server.errors import BadMessage, HubError, StoreUnavailable
+from server.events import Event, HoldChanged, SessionsEnded, StateChanged
 from server.limits import Cooldown, TokenBucket, TokenBuckets
 from server.logs import bound
 from server.outbox import Close, Outbox
@@ -418,16 +419,31 @@ class Hub:
         if tab is not None and not tab.closing:
             tab.send(encode(reply))
         broadcast_after = -1.0
-        if decision.state is not None:
-            if isinstance(decision, Accepted) and decision.changed:
-                cause = Cause(kind="switch", tab=tab_id, request=request.id)
-                self.publish(user_id, decision.state, cause)
-                broadcast_after = time.monotonic() - arrived
-            else:
-                self._remember(self._rooms.get(user_id), decision.state)
+        if isinstance(decision, Accepted) and decision.event is not None:
+            self.apply(decision.event, decision.state)
+            broadcast_after = time.monotonic() - arrived
+        elif decision.state is not None:
+            self._remember(self._rooms.get(user_id), decision.state)
         if self.on_switch is not None:
             self.on_switch(_result(decision), broadcast_after)
         return reply
+
+    def apply(self, event: Event, state: StateView | None = None) -> None:
+        """Take a committed change to this process's tabs: this process's own (with the
+        ``state`` it committed) and other processes' (from the backplane) alike."""
+        match event:
+            case StateChanged(user=user, version=version, cause=cause):
+                if state is not None:
+                    self.publish(user, state, cause)
+                elif cause.kind == "platforms":
+                    self.reload(user, version)  # the event names no platforms: read them
+                else:
+                    self.advance(user, version, event.active, cause)
+            case HoldChanged(user=user, hold=hold):
+                self.hold(user, hold)
+            case SessionsEnded(sessions=ended, reason=reason):
+                for session_id in ended:
+                    self.end_session(session_id, reason)
 
     def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
         """Send a committed state to every tab of its user; never waits for a tab."""

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from server.events import StateChanged
 from server.protocol import (
     PlatformView,
     RejectReason,
@@ -144,6 +145,9 @@ class Accepted:
     version: int
     changed: bool = False
     record: bool = True  # the switch log records it (not a replay of a logged decision)
+    # What a change committed, for every process's tabs: storage fills it in, as it alone
+    # knows the asking tab (it is the same event the backplane carries).
+    event: StateChanged | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.client import HostClient
+from server.events import Event, SessionsEnded, StateChanged
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
 from server.storage import backplane
-from server.storage.backplane import SessionsEnded, StateChanged
 from tests.support.history import check
 from tests.support.load import (
     HubProcess,
@@ -60,7 +60,7 @@ async def next_of(tab: ClientConnection, kind: str) -> dict[str, Any]:
 def test_events_travel_in_payloads_postgresql_accepts() -> None:
     """A large batch is split into notifications under PostgreSQL's payload limit, and
     decodes back to the same events in the same order, with their origin."""
-    events: list[backplane.Event] = [
+    events: list[Event] = [
         StateChanged(
             user=n,
             version=n + 1,

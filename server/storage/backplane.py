@@ -31,15 +31,11 @@ import asyncpg
 import msgspec
 from sqlalchemy import Connection, text
 
-from server.protocol import Cause, HoldView, SessionEndReason
+from server.events import Event, SessionsEnded
 
 __all__ = [
     "CHANNEL",
-    "Event",
-    "HoldChanged",
     "Listener",
-    "SessionsEnded",
-    "StateChanged",
     "decode_events",
     "listener_for",
     "stage",
@@ -51,32 +47,6 @@ CHANNEL = "hub_events"
 # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more; a batch's events are split.
 _MAX_PAYLOAD = 7000
 _SESSIONS_PER_EVENT = 250
-
-
-class StateChanged(msgspec.Struct, tag="state", frozen=True):
-    """A user's state moved to ``version``, with ``active`` chosen, because of ``cause``."""
-
-    user: int
-    version: int
-    active: int | None
-    cause: Cause
-
-
-class SessionsEnded(msgspec.Struct, tag="ended", frozen=True):
-    """Login sessions ended (logout, logout-all, revocation): close their tabs everywhere."""
-
-    sessions: list[int]
-    reason: SessionEndReason
-
-
-class HoldChanged(msgspec.Struct, tag="hold", frozen=True):
-    """A hold on a user's switches started (``hold``) or was released (None)."""
-
-    user: int
-    hold: HoldView | None
-
-
-Event = StateChanged | SessionsEnded | HoldChanged
 
 
 class _Notice(msgspec.Struct, frozen=True):

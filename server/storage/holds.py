@@ -20,9 +20,9 @@ from sqlalchemy import Connection, delete, insert
 
 from server import db
 from server.db import Database
+from server.events import HoldChanged
 from server.protocol import HoldAnswer, HoldView
 from server.storage import backplane
-from server.storage.backplane import HoldChanged
 from server.storage.sessions import format_time
 from server.storage.switches import read_state
 

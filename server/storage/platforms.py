@@ -23,6 +23,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from server import db
 from server.db import Database
 from server.errors import PlatformRefused
+from server.events import StateChanged
 from server.protocol import (
     PLATFORMS_CAUSE,
     ErrorCode,
@@ -35,7 +36,6 @@ from server.protocol import (
 )
 from server.rules import active_platform, default_platform
 from server.storage import backplane
-from server.storage.backplane import StateChanged
 from server.storage.switches import read_state
 
 __all__ = ["add", "change", "check_room", "listing", "mirror", "remove", "seed"]

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server import db
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, UsageError
+from server.events import SessionsEnded
 from server.protocol import SessionDetail, SessionEndReason
 from server.storage import backplane
-from server.storage.backplane import SessionsEnded
 from server.storage.passwords import (
     NO_PASSWORD,
     dummy_hash,

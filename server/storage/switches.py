@@ -20,6 +20,7 @@ from server import db
 from server.db import (
     Database,
 )
+from server.events import StateChanged
 from server.protocol import (
     Cause,
     HoldView,
@@ -41,7 +42,6 @@ from server.rules import (
 )
 from server.settings import Settings
 from server.storage import backplane
-from server.storage.backplane import StateChanged
 from server.storage.commits import GroupCommit
 from server.storage.sessions import (
     LIVENESS_BY_IDS,
@@ -113,16 +113,7 @@ class SqlStore:
             backplane.stage(
                 connection,
                 origin,
-                (
-                    StateChanged(
-                        user=pending.user_id,
-                        version=decision.version,
-                        active=decision.state.active,
-                        cause=Cause(kind="switch", tab=pending.tab_id, request=pending.request.id),
-                    )
-                    for pending, decision in zip(batch, decisions, strict=True)
-                    if isinstance(decision, Accepted) and decision.changed
-                ),
+                (d.event for d in decisions if isinstance(d, Accepted) and d.event is not None),
             )
             return decisions
 
@@ -225,6 +216,9 @@ class _Batch:
         if decision.record:
             self._log(pending, decision)
         if isinstance(decision, Accepted) and decision.changed:
+            cause = Cause(kind="switch", tab=pending.tab_id, request=request.id)
+            event = StateChanged(user_id, decision.version, decision.state.active, cause)
+            decision = dataclasses.replace(decision, event=event)
             self.updates.append(
                 {
                     "b_user_id": user_id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import math
 import os
@@ -132,7 +131,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         listener = backplane.listener_for(
             settings.database_url,
             database.origin,
-            functools.partial(_deliver, hub),
+            hub.apply,
             hub.resync,
             backoff_s=settings.backplane_backoff_s,
         )
@@ -243,20 +242,6 @@ class _FrontDoor:
             await _websocket(WebSocket(scope, receive, send))
         else:
             await self.app(scope, receive, send)
-
-
-def _deliver(hub: Hub, event: backplane.Event) -> None:
-    """Hand an event another process committed to this process's tabs."""
-    if isinstance(event, backplane.StateChanged):
-        if event.cause.kind == "platforms":
-            hub.reload(event.user, event.version)
-        else:
-            hub.advance(event.user, event.version, event.active, event.cause)
-    elif isinstance(event, backplane.HoldChanged):
-        hub.hold(event.user, event.hold)
-    else:
-        for session_id in event.sessions:
-            hub.end_session(session_id, event.reason)
 
 
 def app_from_environ() -> _FrontDoor:

@@ -1,0 +1,40 @@
+"""Events: what a commit changed, in one shape for this process's tabs and every other's.
+
+Storage builds each event once, in the transaction that makes the change: it is staged for
+the other processes (server/storage/backplane.py) and handed to this process's hub, which
+takes both through one door, ``Hub.apply``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from server.protocol import Cause, HoldView, SessionEndReason
+
+__all__ = ["Event", "HoldChanged", "SessionsEnded", "StateChanged"]
+
+
+class StateChanged(msgspec.Struct, tag="state", frozen=True):
+    """A user's state moved to ``version``, with ``active`` chosen, because of ``cause``."""
+
+    user: int
+    version: int
+    active: int | None
+    cause: Cause
+
+
+class SessionsEnded(msgspec.Struct, tag="ended", frozen=True):
+    """Login sessions ended (logout, logout-all, revocation): close their tabs everywhere."""
+
+    sessions: list[int]
+    reason: SessionEndReason
+
+
+class HoldChanged(msgspec.Struct, tag="hold", frozen=True):
+    """A hold on a user's switches started (``hold``) or was released (None)."""
+
+    user: int
+    hold: HoldView | None
+
+
+Event = StateChanged | SessionsEnded | HoldChanged
