@@ -1,7 +1,6 @@
 """Per-user state, tabs and fan-out. Pure asyncio: no Starlette, no SQL.
 
-The hub never awaits a tab: it puts frames in each tab's bounded outbox (server/outbox.py),
-and a writer task of that tab drains it, running only while the outbox holds something.
+The hub never awaits a tab: it queues frames in each tab's outbox (server/tab.py).
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ from typing import Protocol
 
 from server.errors import BadMessage, HubError, StoreUnavailable
 from server.events import Event, HoldChanged, SessionsEnded, StateChanged
-from server.limits import Cooldown, TokenBucket, TokenBuckets
+from server.limits import Cooldown, TokenBuckets
 from server.logs import bound
-from server.outbox import Close, Outbox
 from server.protocol import (
     PLATFORMS_CAUSE,
     PROTOCOL_VERSION,
@@ -46,42 +44,20 @@ from server.protocol import (
     encode,
 )
 from server.rules import Accepted, Decision, Refused, SessionGone
+from server.tab import Tab, Transport
 
 __all__ = [
     "Hub",
     "Store",
-    "Tab",
     "TabLimitReached",
-    "Transport",
-    "TransportClosed",
     "describe",
 ]
 
 logger = logging.getLogger("hub")
 
 
-class TransportClosed(HubError):
-    """The connection under a tab is gone."""
-
-
 class TabLimitReached(HubError):
     """The user already has the maximum number of tabs connected."""
-
-
-class Transport(Protocol):
-    """The connection a tab writes to."""
-
-    async def send_text(self, data: str) -> None: ...
-
-    def send_now(self, data: str) -> bool:
-        """Write ``data`` at once if the connection takes it without waiting; else False."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-    def abort(self) -> None:
-        """Drop the connection now, with whatever it has not sent."""
-        ...
 
 
 class Store(Protocol):
@@ -96,105 +72,6 @@ class Store(Protocol):
     ) -> Decision: ...
 
     async def close(self) -> None: ...
-
-
-class Tab:
-    """One browser tab's connection: its identity, outbox and writer."""
-
-    def __init__(
-        self, hub: Hub, transport: Transport, *, tab_id: str, user: UserInfo, session_id: int
-    ) -> None:
-        self.id = tab_id
-        self.user = user
-        self.session_id = session_id
-        self.transport = transport
-        self._hub = hub
-        self.outbox = Outbox(hub.outbox_size, self._wake)
-        self.bucket = TokenBucket(hub.messages_per_second, hub.message_burst)
-        self.bad_messages = 0
-        self.excess_messages = 0  # messages over the rate limit, in a row
-        self.last_heard = time.monotonic()
-        self.warned_for: str | None = None
-        self.expires_at: str = ""
-        # Runs only while the outbox holds something: an idle tab has no task.
-        self.writer: asyncio.Task[None] | None = None
-        self.gone = False  # the connection ended or failed: start no writer
-        # No writer before the hello is queued: a broadcast that lands while the hello's
-        # snapshot is read must wait behind it, never go out first.
-        self.greeted = False
-        self.abort_timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
-
-    @property
-    def closing(self) -> bool:
-        """Tell whether the tab is being closed."""
-        return self.outbox.closing
-
-    def send(self, frame: str) -> None:
-        """Queue a frame; a tab that cannot keep up is closed instead."""
-        if not self.outbox.put(frame):
-            logger.warning("closing slow tab %s of user %s", self.id, self.user.id)
-            self._hub.slow_closed += 1
-            self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
-
-    def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
-        """Close the tab after sending ``last``, without waiting; past the hub's close
-        deadline, drop its connection and whatever it has not sent."""
-        if not self.outbox.closing and not self.gone:
-            # A peer that reads nothing would keep the close (and the buffers ahead of it)
-            # unsent forever: the transport's own close waits for its buffer to drain.
-            self.abort_timer = self._loop.call_later(self._hub.close_timeout_s, self._abort)
-        self.outbox.close(code, reason, last, drop=drop)
-
-    def admit(self) -> bool:
-        """Take a token of the tab's rate limit for one frame (a control frame too); a tab
-        that keeps sending past its burst is closed (4002) and its session cooled down."""
-        if self.bucket.take():
-            self.excess_messages = 0
-            return True
-        # Past its burst, a tab that keeps flooding is closed like one that sends garbage
-        # (4002), before its answers could pile up unread.
-        self.excess_messages += 1
-        if self.excess_messages > self._hub.max_bad_messages and not self.closing:
-            self._hub._spend(self)
-            self.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
-        return False
-
-    def overflowed(self) -> None:
-        """Close a tab whose connection holds more unsent than it may (4008)."""
-        if not self.closing:
-            logger.warning("closing tab %s of user %s: too much unsent", self.id, self.user.id)
-            self._hub.slow_closed += 1
-            self.close(CloseCode.SLOW_CONSUMER, "too much unsent")
-
-    def _abort(self) -> None:
-        self.abort_timer = None
-        if not self.gone:
-            logger.info("dropping tab %s of user %s: its close was not sent", self.id, self.user.id)
-            self.transport.abort()
-
-    def _wake(self) -> None:
-        if self.writer is not None or not self.greeted or self.gone:
-            return
-        # What the connection takes without waiting is written now, in order: no task, no
-        # await. The rest, and the close, go to a writer task.
-        outbox = self.outbox
-        while (frame := outbox.peek()) is not None and self.transport.send_now(frame):
-            outbox.take()
-        if len(outbox) or outbox.closing:
-            self.writer = self._loop.create_task(self._write())
-
-    async def _write(self) -> None:
-        try:
-            while (item := self.outbox.take()) is not None:
-                if isinstance(item, Close):
-                    await self.transport.close(item.code, item.reason)
-                    return
-                await self.transport.send_text(item)
-        except TransportClosed:
-            self.gone = True
-        finally:
-            self.writer = None
 
 
 class _Room:
@@ -303,9 +180,7 @@ class Hub:
             heartbeat_s=self.heartbeat_s,
             hold=room.hold,
         )
-        tab.outbox.put_state(state.version, encode(hello), first=True)
-        tab.greeted = True
-        tab._wake()  # sends the hello, and whatever queued behind it meanwhile
+        tab.open(encode(hello), state.version)
         return tab
 
     async def drain(self, tab: Tab, within: float = 5.0) -> None:
@@ -317,13 +192,10 @@ class Hub:
         """Forget a tab whose connection has ended, and stop its writer."""
         self._remove(tab)
         self._coalesced_gone += tab.outbox.coalesced  # leave runs once per tab
-        tab.gone = True
-        if tab.abort_timer is not None:
-            tab.abort_timer.cancel()
-            tab.abort_timer = None
-        if tab.writer is not None and not tab.writer.done():
-            tab.writer.cancel()
-            await asyncio.gather(tab.writer, return_exceptions=True)
+        writer = tab.end()
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def coalesced(self) -> int:
         """Return how many states were replaced by newer ones before going out, since start."""

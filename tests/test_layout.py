@@ -14,7 +14,7 @@ MOST_LINES = 450
 # Modules still over the limit, each with the most lines it may have until it is split
 # (issue 13): the ratchet only tightens.
 NOT_SPLIT_YET = {
-    "server/hub.py": 700,
+    "server/hub.py": 590,
     "server/protocol.py": 600,
     "server/db.py": 525,
     "server/web/app.py": 690,

@@ -33,12 +33,13 @@ from sqlalchemy import select, update
 
 from server.db import Database, PlatformRow, UserRow
 from server.errors import AuthenticationError
-from server.hub import Hub, Tab
+from server.hub import Hub
 from server.protocol import SessionEndReason, UserInfo
 from server.storage import sessions
 from server.storage.sessions import format_time
 from server.storage.switches import SqlStore
 from server.storage.users import seed_demo
+from server.tab import Tab
 from server.web import tasks
 from tests.conftest import make_settings
 

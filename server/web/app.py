@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import __version__, logs
 from server.db import Clock, Database, utcnow
 from server.errors import AuthenticationError, HubError, Overloaded, StoreUnavailable
-from server.hub import Hub, Tab, TabLimitReached, TransportClosed
+from server.hub import Hub, TabLimitReached
 from server.limits import LoginThrottle
 from server.logs import log_config, redact_secrets
 from server.protocol import (
@@ -53,6 +53,7 @@ from server.settings import Settings
 from server.storage import backplane, platforms, sessions
 from server.storage.sessions import LoginSession, format_time
 from server.storage.switches import SqlStore
+from server.tab import Tab, TransportClosed
 from server.web import host_api as host
 from server.web import tasks
 from server.web.bodies import BodyLimit
