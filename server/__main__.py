@@ -109,7 +109,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from server.web.app import create_app, tune_gc, uvicorn_config
+    from server.web.app import create_app
+    from server.web.serving import tune_gc, uvicorn_config
 
     workers = args.workers or 1
     if workers > 1 and settings.is_sqlite:
@@ -130,7 +131,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # listening socket, and PostgreSQL carries their fan-out as between separate processes.
     os.environ.update(settings.to_environ())
     config = uvicorn_config(
-        "server.web.app:app_from_environ", settings, workers=workers, factory=True
+        "server.web.serving:app_from_environ", settings, workers=workers, factory=True
     )
     Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0

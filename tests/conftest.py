@@ -27,7 +27,9 @@ from server.db import Database
 from server.hub import Hub
 from server.settings import Settings
 from server.storage.users import seed_demo
-from server.web.app import COOKIE, create_app, uvicorn_config
+from server.web.app import create_app
+from server.web.credentials import COOKIE
+from server.web.serving import uvicorn_config
 from tests.support.postgres import fresh_database
 
 # SQLAlchemy's warnings (such as a connection garbage-collected while checked out) fail tests.

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from server.web.app import COOKIE
+from server.web.credentials import COOKIE
 from tests.conftest import MakeSettings, RunningHub, other_platform, serve
 
 KEY = "boundary-test-key"

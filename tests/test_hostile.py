@@ -31,7 +31,7 @@ from server.logs import redact
 from server.protocol import Ping, Switch, decode
 from server.settings import Settings
 from server.storage.sessions import token_hash
-from server.web.app import COOKIE
+from server.web.credentials import COOKIE
 from tests.conftest import RunningHub, make_settings, other_platform, serve
 from tests.support.load import HubProcess, RawFlood, seed_demo_file
 

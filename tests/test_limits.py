@@ -22,7 +22,7 @@ from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from server.settings import Settings
-from server.web.app import COOKIE
+from server.web.credentials import COOKIE
 from tests.conftest import make_settings
 from tests.support.load import HubProcess, seed_demo_file
 

@@ -19,7 +19,7 @@ from server.settings import Settings
 from server.storage import sessions
 from server.storage.sessions import collect
 from server.storage.users import add_user
-from server.web.app import COOKIE
+from server.web.credentials import COOKIE
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 
 

@@ -6,7 +6,7 @@ while one of its jobs runs.
 
 Every request carries ``Authorization: Bearer <HUB_API_KEY>``; without a key configured the
 API is off. Users are named in the path by their name, the host app's own identifier. Each
-change reaches the user's tabs as the same change made by the user would (server/web/app.py);
+change reaches the user's tabs as the same change made by the user would (server/web/pages.py);
 ``GET /api/host/openapi.json`` describes every endpoint (server/web/openapi.py).
 """
 
