@@ -1,7 +1,7 @@
 // The demo page's script (client/index.html): a file, not an inline <script>, because the hub's
 // Content-Security-Policy runs scripts from 'self' only. For the same reason the page has no
 // inline event handlers and no style attributes: listeners are added here, styles are classes.
-import { HubClient, TabChannel, describePlatform } from "./navigation.js";
+import { HubClient, Status, TabChannel, describePlatform } from "./navigation.js";
 
 const $ = (id) => document.getElementById(id);
 // Tests (and developers) may tune the client before the page loads: window.hubOptions.
@@ -15,12 +15,12 @@ let hub = null;
 let shownPlatforms = "";
 
 const STATUS_WORDS = {
-  connecting: "Connecting",
-  open: "Live",
-  reconnecting: "Reconnecting…",
-  degraded: "Live (HTTP fallback)",
-  ended: "Signed out",
-  closed: "Closed",
+  [Status.CONNECTING]: "Connecting",
+  [Status.OPEN]: "Live",
+  [Status.RECONNECTING]: "Reconnecting…",
+  [Status.DEGRADED]: "Live (HTTP fallback)",
+  [Status.ENDED]: "Signed out",
+  [Status.CLOSED]: "Closed",
 };
 const ENDED_WORDS = {
   logout: "You are signed out.",
@@ -241,9 +241,9 @@ function connect(user) {
     $("status").textContent = STATUS_WORDS[status] ?? status;
     $("status").className = `badge ${status}`;
     $("tab").textContent = hub.tabId.slice(0, 8);
-    if (status === "reconnecting") announce("Connection lost. Reconnecting…");
-    else if (status === "degraded") announce("Live updates are blocked; using the HTTP fallback.");
-    else if (status === "open" && previous !== "connecting") announce("Connected again.");
+    if (status === Status.RECONNECTING) announce("Connection lost. Reconnecting…");
+    else if (status === Status.DEGRADED) announce("Live updates are blocked; using the HTTP fallback.");
+    else if (status === Status.OPEN && previous !== Status.CONNECTING) announce("Connected again.");
   });
   hub.addEventListener("hold", (e) => {
     const hold = e.detail;

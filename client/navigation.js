@@ -6,9 +6,9 @@
 //   await hub.switchPlatform(id);
 //
 // docs/client.md documents every option, event and field; docs/protocol.md every message.
-// The building blocks (Backoff, Debouncer, Switcher, mergeState, TabChannel, randomId) are
-// exported for tests/client/*.test.js, which run them under node's test runner with fake timers;
-// describePlatform is for pages, to show platform data that may hold anything.
+// The building blocks (Backoff, Debouncer, Switcher, mergeState, TabChannel, HttpFallback,
+// randomId) are exported for tests/client/*.test.js, which run them under node's test runner
+// with fake timers; describePlatform is for pages, to show platform data that may hold anything.
 
 /**
  * Messages of the wire protocol; they mirror server/protocol.py.
@@ -43,6 +43,7 @@
  * @typedef {{user: UserInfo, state: StateView, session: SessionInfo, hold: HoldView|null}} StateResponse
  * @typedef {{user: UserInfo, expires_at: string}} SessionView
  * @typedef {{error: ErrorCode, message: string, reason: string|null}} ErrorBody
+ * @typedef {{status: number, ok: boolean, body: StateResponse|Switched|Rejected|ErrorBody|null}} HttpAnswer
  *
  * What the client emits:
  * @typedef {{version: number, active: number|null, platforms: PlatformView[], pending: number|null}} ClientState
@@ -51,16 +52,37 @@
  *         | {ok: false, reason: RejectReason|"superseded"|"timeout"|"ended"|"closed", message: string, state?: StateView|null}} Decision
  */
 
+/**
+ * WebSocket close codes: the hub's, as server/protocol.py's CloseCode names them, and the
+ * client's own (ABNORMAL, PONG_TIMEOUT). docs/protocol.md lists all those a close frame carries.
+ */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
+  // Never in a close frame: a connection lost without one, or a socket that could not be made.
+  ABNORMAL: 1006,
   SERVICE_RESTART: 1012,
   TRY_AGAIN_LATER: 1013,
+  // The client's own, never the hub's: it dropped a link that delivered nothing for
+  // pongTimeoutMs after a ping, and tells the hub why in case the link still carries it.
+  PONG_TIMEOUT: 4000,
   SESSION_ENDED: 4001,
   PROTOCOL_ABUSE: 4002,
   TAB_LIMIT: 4003,
   IDLE_TIMEOUT: 4004,
   TAB_REPLACED: 4005,
   SLOW_CONSUMER: 4008,
+});
+
+/** The client's connection states (the `status` event); docs/client.md says what each means. */
+export const Status = Object.freeze({
+  CONNECTING: "connecting",
+  OPEN: "open",
+  RECONNECTING: "reconnecting",
+  DEGRADED: "degraded",
+  // Terminal: the login session is over.
+  ENDED: "ended",
+  // Terminal: close() was called.
+  CLOSED: "closed",
 });
 
 export const DEFAULTS = Object.freeze({
@@ -79,7 +101,7 @@ export const DEFAULTS = Object.freeze({
   tabKey: "platform-hub.tab",
 });
 
-// The hub's rule for tab ids (server/web/app.py); request ids may be 1 to 64 characters of any kind.
+// The hub's rule for tab ids (server/web/websocket.py); request ids may be 1 to 64 characters of any kind.
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_BYTES = 16;
 // Display strings longer than this many characters are cut short (describePlatform).
@@ -215,6 +237,23 @@ export class Debouncer {
     this.timer = null;
     this.value = undefined;
   }
+}
+
+/**
+ * The message in a frame from the hub, or null for a frame that is not one: not text, not JSON,
+ * or not a JSON object with a string `type`. The type is not checked against the known ones.
+ * @param {unknown} data @returns {ServerMessage|null}
+ */
+function decode(data) {
+  if (typeof data !== "string") return null;
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  const isMessage = typeof message === "object" && message !== null && !Array.isArray(message);
+  return isMessage && typeof message.type === "string" ? message : null;
 }
 
 /**
@@ -371,10 +410,66 @@ export class TabChannel {
   }
 }
 
+/**
+ * The HTTP fallback, kept apart from the WebSocket path as centrifuge-js keeps its transports:
+ * `GET state` (the session probe after a failed attempt, and degraded mode's poll), `POST switch`
+ * (degraded mode's switches, with the request ids the WebSocket would use) and the poll timer.
+ * It carries requests and answers only: what an answer means, and the status, stay with the client.
+ * An answer's body is parsed JSON, or null where it is not JSON.
+ */
+export class HttpFallback {
+  /** `fetch` is looked up on every request by default, so a page may wrap it at any time. */
+  constructor({ api, pollIntervalMs }, fetch = (...args) => globalThis.fetch(...args)) {
+    this.api = api;
+    this.pollIntervalMs = pollIntervalMs;
+    this.fetch = fetch;
+    this.pollTimer = null;
+  }
+
+  /** @returns {Promise<HttpAnswer|null>} the answer to `GET state` (a StateResponse), or null if none came. */
+  state() {
+    return this.#request("state", { credentials: "include" });
+  }
+
+  /**
+   * @param {{id: string, platform: number, base: number}} request
+   * @returns {Promise<HttpAnswer|null>} the answer to `POST switch` (Switched, Rejected), or null if none came.
+   */
+  switch(request) {
+    return this.#request("switch", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      credentials: "include",
+      body: JSON.stringify(request),
+    });
+  }
+
+  /** Call `poll()` every pollIntervalMs until stopPolling(); while polling, calls change nothing. */
+  startPolling(poll) {
+    this.pollTimer ??= setInterval(poll, this.pollIntervalMs);
+  }
+
+  stopPolling() {
+    clearInterval(this.pollTimer);
+    this.pollTimer = null;
+  }
+
+  async #request(path, init) {
+    let response;
+    try {
+      response = await this.fetch(new URL(path, this.api), init);
+    } catch {
+      return null;
+    }
+    const body = await response.json().catch(() => null);
+    return { status: response.status, ok: response.ok, body };
+  }
+}
+
 // The client.
 
 export class HubClient extends EventTarget {
-  /** @type {Status} */ #status = "connecting";
+  /** @type {Status} */ #status = Status.CONNECTING;
   /** @type {StateView|null} */ #confirmed = null;
   /** @type {ClientState|null} */ #view = null;
   /** @type {UserInfo|null} */ #user = null;
@@ -384,10 +479,9 @@ export class HubClient extends EventTarget {
   #reconnectTimer = null;
   #pinger = null;
   #pongTimer = null;
-  #pollTimer = null;
   #expiresAt = null;
   #hold = null; // the hold on switches the hub announced, or null
-  #reported = new Set(); // unknown message types already warned about
+  #reported = new Set(); // unknown message types already warned about (null: frames that are none)
   #nonce = randomId();
   #claimed = false; // another live tab holds the id this tab found in sessionStorage
   #endReason = null; // from session_ended, for the 4001 close that follows
@@ -404,6 +498,7 @@ export class HubClient extends EventTarget {
     }
     this.url = url;
     this.api = new URL(this.options.api.replace(/\/?$/, "/"), origin);
+    this.http = new HttpFallback({ api: this.api, pollIntervalMs: this.options.pollIntervalMs });
     this.storage = this.options.storage ?? globalThis.sessionStorage;
     this.backoff = new Backoff(this.options);
     this.switcher = new Switcher({
@@ -465,7 +560,7 @@ export class HubClient extends EventTarget {
    * @returns {Promise<Decision>}
    */
   switchPlatform(platform) {
-    if (this.#status === "ended" || this.#status === "closed") {
+    if (this.#over()) {
       return Promise.resolve({ ok: false, reason: this.#status, message: this.#goneMessage() });
     }
     return this.switcher.choose(Number(platform));
@@ -488,9 +583,9 @@ export class HubClient extends EventTarget {
 
   /** Stop for good: close the connection, cancel timers and pending switches. */
   close() {
-    if (this.#status === "closed") return;
+    if (this.#status === Status.CLOSED) return;
     this.#shutdown({ ok: false, reason: "closed", message: "The hub client was closed." });
-    this.#setStatus("closed");
+    this.#setStatus(Status.CLOSED);
   }
 
   // Connecting.
@@ -518,20 +613,13 @@ export class HubClient extends EventTarget {
     try {
       socket = new WebSocket(url);
     } catch {
-      this.#lost(1006);
+      this.#lost(CloseCode.ABNORMAL);
       return;
     }
     this.#socket = socket;
     this.#heard = false;
     socket.onmessage = (event) => {
-      if (this.#socket !== socket) return;
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      this.#receive(message);
+      if (this.#socket === socket) this.#receive(event.data);
     };
     socket.onclose = (event) => {
       if (this.#socket === socket) this.#lost(event.code);
@@ -539,12 +627,13 @@ export class HubClient extends EventTarget {
   }
 
   /** Drop the socket now, without waiting for a closing handshake a dead link never finishes. */
-  #abandon(code = 4000) {
+  #abandon(code = CloseCode.PONG_TIMEOUT) {
     const socket = this.#socket;
     if (!socket) return;
     socket.onmessage = socket.onclose = null;
     try {
-      socket.close(code === 4000 ? 4000 : 1000);
+      // close() takes only 1000 and 3000-4999: any other code goes as a normal close.
+      socket.close(code === CloseCode.PONG_TIMEOUT ? code : CloseCode.NORMAL);
     } catch {
       // Already closing.
     }
@@ -567,7 +656,7 @@ export class HubClient extends EventTarget {
       this.#failures += 1;
       this.#probe();
     }
-    if (this.#status !== "degraded") this.#setStatus("reconnecting");
+    if (this.#status !== Status.DEGRADED) this.#setStatus(Status.RECONNECTING);
     this.#scheduleReconnect();
   }
 
@@ -580,15 +669,21 @@ export class HubClient extends EventTarget {
   #wake() {
     if (this.#over()) return;
     if (this.#reconnectTimer !== null) this.#connect();
-    if (this.#status === "degraded") this.#poll();
+    if (this.#status === Status.DEGRADED) this.#poll();
   }
 
   // Messages from the hub.
 
-  /** @param {ServerMessage} message */
-  #receive(message) {
+  /** @param {unknown} data a frame as the socket delivered it */
+  #receive(data) {
+    // Any frame, even one that is not a message, shows the link is alive.
     clearTimeout(this.#pongTimer);
     this.#pongTimer = null;
+    const message = decode(data);
+    if (message === null) {
+      this.#skip(data, null);
+      return;
+    }
     switch (message.type) {
       case "hello":
         this.#heard = true;
@@ -597,11 +692,11 @@ export class HubClient extends EventTarget {
         this.#sessionExtended(message.session.expires_at, false);
         if (message.tab !== this.tabId) this.storage?.setItem(this.options.tabKey, message.tab);
         this.backoff.connected();
-        this.#stopPolling();
+        this.http.stopPolling();
         this.#startHeartbeat(message.heartbeat_s);
         this.#apply(message.state);
         this.#setHold(message.hold ?? null);
-        this.#setStatus("open");
+        this.#setStatus(Status.OPEN);
         this.switcher.resend();
         break;
       case "state":
@@ -631,13 +726,24 @@ export class HubClient extends EventTarget {
         break;
       default:
         // A newer hub may add messages: this client keeps working, and says what it skipped.
-        this.#emit("unknown", { message });
-        if (!this.#reported.has(message?.type)) {
-          this.#reported.add(message?.type);
-          console.warn(`navigation.js: a hub message of unknown type ${JSON.stringify(message?.type)} was skipped`);
-        }
+        this.#skip(message, message.type);
         break;
     }
+  }
+
+  /**
+   * Report a frame this client cannot act on: an "unknown" event every time, and one warning
+   * for each unknown type (`type` null: for all the frames that are not messages).
+   */
+  #skip(message, type) {
+    this.#emit("unknown", { message });
+    if (this.#reported.has(type)) return;
+    this.#reported.add(type);
+    console.warn(
+      type === null
+        ? 'navigation.js: a hub frame that is not a message (a JSON object with a string "type") was skipped'
+        : `navigation.js: a hub message of unknown type ${JSON.stringify(type)} was skipped`,
+    );
   }
 
   #switched(id, version) {
@@ -733,26 +839,17 @@ export class HubClient extends EventTarget {
     const socket = this.#socket;
     if (socket && this.#heard && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify({ type: "switch", ...request }));
-    } else if (this.#status === "degraded") {
+    } else if (this.#status === Status.DEGRADED) {
       this.#switchOverHttp(request);
     }
     // Otherwise it stays in flight and goes out again, with the same id, after the next hello.
   }
 
   async #switchOverHttp(request) {
-    let response;
-    try {
-      response = await fetch(new URL("switch", this.api), {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        credentials: "include",
-        body: JSON.stringify(request),
-      });
-    } catch {
-      return; // Unreachable: resent at the next poll or hello.
-    }
-    const body = await response.json().catch(() => null);
-    if (response.status === 401) {
+    const answer = await this.http.switch(request);
+    if (answer === null) return; // Unreachable: resent at the next poll or hello.
+    const body = answer.body;
+    if (answer.status === 401) {
       this.#refused(body);
     } else if (body?.type === "switched") {
       this.#switched(body.id, body.version);
@@ -768,8 +865,8 @@ export class HubClient extends EventTarget {
     this.#pinger = setInterval(() => {
       if (this.#socket?.readyState !== WebSocket.OPEN) return;
       this.#socket.send('{"type":"ping"}');
-      // Any message clears it; silence past the timeout means the link is dead.
-      this.#pongTimer ??= setTimeout(() => this.#abandon(4000), this.options.pongTimeoutMs);
+      // Any frame clears it; silence past the timeout means the link is dead.
+      this.#pongTimer ??= setTimeout(() => this.#abandon(CloseCode.PONG_TIMEOUT), this.options.pongTimeoutMs);
     }, seconds * 1000);
   }
 
@@ -783,20 +880,18 @@ export class HubClient extends EventTarget {
 
   /** After a failed attempt, ask over HTTP whether the session still stands (and the state). */
   async #probe() {
-    let response;
-    try {
-      response = await fetch(new URL("state", this.api), { credentials: "include" });
-    } catch {
-      if (this.#status === "degraded") this.#setStatus("reconnecting");
+    const answer = await this.http.state();
+    if (answer === null) {
+      if (this.#status === Status.DEGRADED) this.#setStatus(Status.RECONNECTING);
       return; // The hub is down: keep reconnecting.
     }
     if (this.#over() || this.#heard) return;
-    const body = await response.json().catch(() => null);
-    if (response.status === 401) {
+    const body = answer.body;
+    if (answer.status === 401) {
       this.#refused(body);
       return;
     }
-    if (!response.ok || !body?.state) return;
+    if (!answer.ok || !body?.state) return;
     this.#user = body.user;
     this.#apply(body.state);
     this.#setHold(body.hold ?? null); // degraded mode hears holds by polling, too
@@ -804,21 +899,16 @@ export class HubClient extends EventTarget {
   }
 
   #enterDegraded() {
-    const first = this.#status !== "degraded";
-    this.#setStatus("degraded");
+    const first = this.#status !== Status.DEGRADED;
+    this.#setStatus(Status.DEGRADED);
     if (first) this.switcher.resend();
-    this.#pollTimer ??= setInterval(() => this.#poll(), this.options.pollIntervalMs);
+    this.http.startPolling(() => this.#poll());
   }
 
   async #poll() {
     if (this.#over() || this.#heard) return;
     await this.#probe();
-    if (this.#status === "degraded") this.switcher.resend();
-  }
-
-  #stopPolling() {
-    clearInterval(this.#pollTimer);
-    this.#pollTimer = null;
+    if (this.#status === Status.DEGRADED) this.switcher.resend();
   }
 
   async #post(path) {
@@ -851,7 +941,7 @@ export class HubClient extends EventTarget {
     if (this.#over()) return;
     if (share) this.channel?.post({ kind: "ended", user: this.#user?.id, reason });
     this.#shutdown({ ok: false, reason: "ended", message: "The session ended." });
-    this.#setStatus("ended");
+    this.#setStatus(Status.ENDED);
     this.#emit("session", { kind: "ended", reason });
   }
 
@@ -860,10 +950,10 @@ export class HubClient extends EventTarget {
     this.#socket = null;
     if (socket) {
       socket.onmessage = socket.onclose = null;
-      socket.close(1000);
+      socket.close(CloseCode.NORMAL);
     }
     this.#stopHeartbeat();
-    this.#stopPolling();
+    this.http.stopPolling();
     this.backoff.lost();
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
@@ -878,11 +968,11 @@ export class HubClient extends EventTarget {
   // Small helpers.
 
   #over() {
-    return this.#status === "ended" || this.#status === "closed";
+    return this.#status === Status.ENDED || this.#status === Status.CLOSED;
   }
 
   #goneMessage() {
-    return this.#status === "ended" ? "The session ended." : "The hub client was closed.";
+    return this.#status === Status.ENDED ? "The session ended." : "The hub client was closed.";
   }
 
   #setStatus(status) {

@@ -85,7 +85,8 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the hub uses; 4000-4999 are the hub's own."""
+    """WebSocket close codes the hub uses; 4001-4999 are the hub's own (4000 is the
+    browser client's: it drops a link that answered no ping, navigation.js PONG_TIMEOUT)."""
 
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009

@@ -1,11 +1,16 @@
 // Unit tests of the client's logic with node's test runner and fake timers: `node --test tests/client/`.
 // The behaviour in a browser, against a real hub, is tested in tests/browser/.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 
 import {
   Backoff,
+  CloseCode,
   Debouncer,
+  HttpFallback,
+  HubClient,
+  Status,
   Switcher,
   backoffDelay,
   describePlatform,
@@ -226,7 +231,7 @@ describe("Switcher", () => {
 
 describe("randomId", () => {
   const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-  const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/; // server/web/app.py's rule; request ids: 1 to 64 characters
+  const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/; // server/web/websocket.py's rule; request ids: 1 to 64 characters
   // What a page over plain HTTP off localhost has: getRandomValues, and no randomUUID.
   const insecure = { getRandomValues: (bytes) => globalThis.crypto.getRandomValues(bytes) };
   const filled = (value) => ({ getRandomValues: (bytes) => bytes.fill(value) });
@@ -313,5 +318,386 @@ describe("describePlatform", () => {
     const odd = "\u202egnp.exe\u202c مرحبا 👩‍👩‍👧 Z̤͔ͧ̑̓ \ud83d";
     assert.equal(describePlatform({ name: odd }).name, odd);
     assert.equal(describePlatform({ name: "<img src=x onerror=alert(1)>" }).name, "<img src=x onerror=alert(1)>");
+  });
+});
+
+// The client against a fake WebSocket and a fake fetch.
+
+/** A WebSocket the test plays the hub on: it records what the client sends and how it closes. */
+class FakeWebSocket {
+  static OPEN = 1;
+  /** @type {FakeWebSocket[]} every socket made, oldest first */
+  static made = [];
+
+  constructor(url) {
+    this.url = String(url);
+    this.readyState = FakeWebSocket.OPEN;
+    this.sent = [];
+    this.closedWith = null;
+    this.onmessage = this.onclose = null;
+    FakeWebSocket.made.push(this);
+  }
+
+  send(data) {
+    this.sent.push(data);
+  }
+
+  close(code) {
+    this.closedWith = code;
+    this.readyState = 3;
+  }
+
+  /** The hub sends a frame: an object goes as its JSON, anything else as it is. */
+  deliver(frame) {
+    const data = typeof frame === "object" && !(frame instanceof ArrayBuffer) ? JSON.stringify(frame) : frame;
+    this.onmessage?.({ data });
+  }
+
+  /** The connection is gone, with `code`. */
+  drop(code) {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+}
+
+const STATE = { version: 3, active: 1, platforms: [{ id: 1 }, { id: 2 }] };
+const USER = { id: 7, name: "alice" };
+
+function hello(hub, heartbeatS = 25) {
+  return {
+    type: "hello",
+    protocol: 1,
+    tab: hub.tabId,
+    user: USER,
+    state: STATE,
+    session: { expires_at: "2030-01-01T00:00:00Z" },
+    heartbeat_s: heartbeatS,
+    hold: null,
+  };
+}
+
+function memoryStorage() {
+  const items = new Map();
+  return {
+    getItem: (key) => items.get(key) ?? null,
+    setItem: (key, value) => items.set(key, String(value)),
+    removeItem: (key) => items.delete(key),
+  };
+}
+
+/** A client on fake sockets, and every event it emitted as [type, detail]. */
+function connect(options = {}) {
+  const hub = new HubClient({ channelName: null, storage: memoryStorage(), ...options });
+  const events = [];
+  for (const type of ["status", "unknown", "state", "session"]) {
+    hub.addEventListener(type, (event) => events.push([type, event.detail]));
+  }
+  const socket = () => FakeWebSocket.made.at(-1);
+  const statuses = () => events.filter(([type]) => type === "status").map(([, detail]) => detail);
+  return { hub, events, socket, statuses };
+}
+
+/** A fetch answering `GET state` and `POST switch` as the hub would; `calls` records each request. */
+function fakeFetch({ state = { status: 200, body: { user: USER, state: STATE, hold: null } } } = {}) {
+  const calls = [];
+  const fetch = async (url, init = {}) => {
+    const request = { url: String(url), method: init.method ?? "GET", init };
+    calls.push(request);
+    let answer = { status: 404, body: { error: "not_found" } };
+    if (request.url.endsWith("/api/state")) answer = state;
+    if (request.url.endsWith("/api/switch")) {
+      const { id } = JSON.parse(init.body);
+      answer = { status: 200, body: { type: "switched", id, version: STATE.version + 1 } };
+    }
+    return { status: answer.status, ok: answer.status < 400, json: async () => answer.body };
+  };
+  return { fetch, calls };
+}
+
+describe("HubClient", () => {
+  const saved = { WebSocket: globalThis.WebSocket, fetch: globalThis.fetch };
+  let clients = [];
+  let http;
+
+  beforeEach(() => {
+    FakeWebSocket.made = [];
+    globalThis.WebSocket = FakeWebSocket;
+    http = fakeFetch();
+    globalThis.fetch = http.fetch;
+    clients = [];
+  });
+
+  afterEach(() => {
+    for (const hub of clients) hub.close();
+    mock.restoreAll();
+    globalThis.fetch = saved.fetch;
+    if (saved.WebSocket === undefined) delete globalThis.WebSocket;
+    else globalThis.WebSocket = saved.WebSocket;
+  });
+
+  /** connect(), closed after the test. */
+  function client(options) {
+    const made = connect(options);
+    clients.push(made.hub);
+    return made;
+  }
+
+  describe("CloseCode and the heartbeat", () => {
+    test("is frozen, names 4000 (PONG_TIMEOUT, the client's own) and gives each code one name", () => {
+      assert.ok(Object.isFrozen(CloseCode));
+      assert.equal(CloseCode.PONG_TIMEOUT, 4000);
+      const codes = Object.values(CloseCode);
+      assert.equal(new Set(codes).size, codes.length);
+    });
+
+    test("agrees with server/protocol.py's CloseCode wherever either names a code", () => {
+      const source = readFileSync(new URL("../../server/protocol.py", import.meta.url), "utf8");
+      const block = source.split("class CloseCode(")[1].split("\nclass ")[0];
+      const hub = Object.fromEntries(Array.from(block.matchAll(/^ {4}([A-Z_]+) = (\d+)$/gm), ([, name, code]) => [name, Number(code)]));
+      assert.ok(Object.keys(hub).length >= 5, "server/protocol.py's CloseCode was found");
+      for (const [name, code] of Object.entries(hub)) {
+        if (name in CloseCode) assert.equal(CloseCode[name], code, name);
+        const ours = Object.keys(CloseCode).find((key) => CloseCode[key] === code);
+        if (ours) assert.equal(ours, name, `code ${code}`);
+      }
+    });
+
+    test("a link silent for pongTimeoutMs after a ping is closed with PONG_TIMEOUT and replaced", () => {
+      const { hub, socket, statuses } = client({ pongTimeoutMs: 1000, baseDelayMs: 10, maxDelayMs: 10 });
+      const first = socket();
+      first.deliver(hello(hub, 5));
+      mock.timers.tick(5000);
+      assert.deepEqual(first.sent, ['{"type":"ping"}']);
+      mock.timers.tick(999);
+      assert.equal(first.closedWith, null);
+      mock.timers.tick(1);
+      assert.equal(first.closedWith, CloseCode.PONG_TIMEOUT);
+      assert.equal(hub.status, Status.RECONNECTING);
+      assert.deepEqual(statuses().at(-1), { status: Status.RECONNECTING, previous: Status.OPEN });
+      mock.timers.tick(10);
+      assert.equal(FakeWebSocket.made.length, 2, "a new connection replaces the dead one");
+    });
+
+    test("any frame after a ping, even one that is not a message, keeps the link", () => {
+      mock.method(console, "warn", () => {});
+      const { hub, socket } = client({ pongTimeoutMs: 1000 });
+      socket().deliver(hello(hub, 5));
+      mock.timers.tick(5000);
+      mock.timers.tick(900);
+      socket().deliver("not json");
+      mock.timers.tick(4000);
+      assert.equal(socket().closedWith, null);
+      assert.equal(hub.status, Status.OPEN);
+    });
+
+    test("SESSION_ENDED ends the session for good; TAB_REPLACED retries with a new tab id", () => {
+      const storage = memoryStorage();
+      const { hub, socket, events } = client({ storage, baseDelayMs: 10, maxDelayMs: 10 });
+      socket().deliver(hello(hub));
+      const tab = hub.tabId;
+      socket().drop(CloseCode.TAB_REPLACED);
+      assert.equal(storage.getItem("platform-hub.tab"), null);
+      assert.equal(hub.status, Status.RECONNECTING);
+      mock.timers.tick(10);
+      assert.equal(FakeWebSocket.made.length, 2);
+      socket().deliver(hello(hub));
+      assert.notEqual(hub.tabId, tab);
+
+      socket().drop(CloseCode.SESSION_ENDED);
+      assert.equal(hub.status, Status.ENDED);
+      assert.deepEqual(events.at(-1), ["session", { kind: "ended", reason: "revoked" }]);
+      mock.timers.tick(100000);
+      assert.equal(FakeWebSocket.made.length, 2, "4001 is terminal: no reconnect");
+    });
+  });
+
+  describe("Status", () => {
+    test("is frozen and holds the six states as their strings", () => {
+      assert.ok(Object.isFrozen(Status));
+      assert.deepEqual(Status, {
+        CONNECTING: "connecting",
+        OPEN: "open",
+        RECONNECTING: "reconnecting",
+        DEGRADED: "degraded",
+        ENDED: "ended",
+        CLOSED: "closed",
+      });
+    });
+
+    test("each change emits one status event, {status, previous}, and repeats emit none", async () => {
+      const { hub, socket, statuses } = client({ baseDelayMs: 10, maxDelayMs: 10 });
+      assert.equal(hub.status, Status.CONNECTING);
+      socket().deliver(hello(hub));
+      socket().drop(CloseCode.SERVICE_RESTART);
+      mock.timers.tick(10);
+      socket().drop(CloseCode.TRY_AGAIN_LATER); // still reconnecting: no event
+      mock.timers.tick(10);
+      socket().deliver(hello(hub));
+      hub.close();
+      hub.close();
+      assert.deepEqual(statuses(), [
+        { status: Status.OPEN, previous: Status.CONNECTING },
+        { status: Status.RECONNECTING, previous: Status.OPEN },
+        { status: Status.OPEN, previous: Status.RECONNECTING },
+        { status: Status.CLOSED, previous: Status.OPEN },
+      ]);
+      assert.equal(hub.status, Status.CLOSED);
+      assert.equal((await hub.switchPlatform(2)).reason, "closed");
+    });
+  });
+
+  describe("the unknown event", () => {
+    test("reports a message of an unknown type, with one warning per type, and goes on", () => {
+      const warn = mock.method(console, "warn", () => {});
+      const { hub, socket, events } = client();
+      socket().deliver(hello(hub));
+      for (const type of ["future_thing", "future_thing", "other_thing"]) socket().deliver({ type, x: 1 });
+      const unknown = events.filter(([type]) => type === "unknown").map(([, detail]) => detail);
+      assert.deepEqual(unknown, [
+        { message: { type: "future_thing", x: 1 } },
+        { message: { type: "future_thing", x: 1 } },
+        { message: { type: "other_thing", x: 1 } },
+      ]);
+      assert.deepEqual(
+        warn.mock.calls.map((call) => call.arguments),
+        [
+          ['navigation.js: a hub message of unknown type "future_thing" was skipped'],
+          ['navigation.js: a hub message of unknown type "other_thing" was skipped'],
+        ],
+      );
+      assert.equal(hub.status, Status.OPEN);
+    });
+
+    test("reports frames that are not messages, with the frame as received and one warning", () => {
+      const warn = mock.method(console, "warn", () => {});
+      const { hub, socket, events } = client();
+      socket().deliver(hello(hub));
+      const binary = new ArrayBuffer(4);
+      const frames = ["not json", "", "[1,2]", "null", "42", '"hello"', '{"type":5}', '{"kind":"state"}', '[{"type":"state"}]', binary];
+      for (const frame of frames) socket().deliver(frame);
+      const unknown = events.filter(([type]) => type === "unknown").map(([, detail]) => detail);
+      assert.equal(unknown.length, frames.length);
+      unknown.forEach((detail, i) => assert.equal(detail.message, frames[i], `frame ${i}`));
+      assert.deepEqual(
+        warn.mock.calls.map((call) => call.arguments),
+        [['navigation.js: a hub frame that is not a message (a JSON object with a string "type") was skipped']],
+      );
+      // The connection goes on: a state after them is shown.
+      socket().deliver({ type: "state", state: { ...STATE, version: 9 }, cause: { kind: "resync", tab: null, request: "r" } });
+      assert.equal(hub.state.version, 9);
+      assert.equal(hub.status, Status.OPEN);
+    });
+
+    test("a frame that is not a message does not use up the warning of an unknown type", () => {
+      const warn = mock.method(console, "warn", () => {});
+      const { hub, socket } = client();
+      socket().deliver(hello(hub));
+      socket().deliver("{");
+      socket().deliver({ type: "null" });
+      socket().deliver("{");
+      assert.equal(warn.mock.callCount(), 2);
+      assert.match(warn.mock.calls[1].arguments[0], /unknown type "null"/);
+    });
+  });
+
+  describe("HttpFallback", () => {
+    const api = new URL("http://hub.test/api/");
+
+    test("GET state and POST switch: the requests, and the answers with their bodies parsed", async () => {
+      const fallback = new HttpFallback({ api, pollIntervalMs: 1000 }, http.fetch);
+      assert.deepEqual(await fallback.state(), {
+        status: 200,
+        ok: true,
+        body: { user: USER, state: STATE, hold: null },
+      });
+      const request = { id: "r1", platform: 2, base: 3 };
+      assert.deepEqual(await fallback.switch(request), {
+        status: 200,
+        ok: true,
+        body: { type: "switched", id: "r1", version: 4 },
+      });
+      assert.deepEqual(http.calls, [
+        { url: "http://hub.test/api/state", method: "GET", init: { credentials: "include" } },
+        {
+          url: "http://hub.test/api/switch",
+          method: "POST",
+          init: {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            credentials: "include",
+            body: JSON.stringify(request),
+          },
+        },
+      ]);
+    });
+
+    test("answers null when no answer came, and a null body for one that is not JSON", async () => {
+      const down = new HttpFallback({ api, pollIntervalMs: 1000 }, async () => {
+        throw new TypeError("Failed to fetch");
+      });
+      assert.equal(await down.state(), null);
+      assert.equal(await down.switch({ id: "r1", platform: 2, base: 3 }), null);
+      const proxy = new HttpFallback({ api, pollIntervalMs: 1000 }, async () => ({
+        status: 502,
+        ok: false,
+        json: async () => {
+          throw new SyntaxError("Unexpected token <");
+        },
+      }));
+      assert.deepEqual(await proxy.state(), { status: 502, ok: false, body: null });
+    });
+
+    test("uses the page's fetch at the time of each request by default", async () => {
+      const fallback = new HttpFallback({ api, pollIntervalMs: 1000 });
+      const later = fakeFetch({ state: { status: 401, body: { error: "unauthenticated", reason: "logout" } } });
+      globalThis.fetch = later.fetch;
+      assert.equal((await fallback.state()).status, 401);
+      assert.equal(later.calls.length, 1);
+    });
+
+    test("polls every pollIntervalMs, once however often it is started, until stopped", () => {
+      const fallback = new HttpFallback({ api, pollIntervalMs: 1000 }, http.fetch);
+      let polls = 0;
+      fallback.startPolling(() => polls++);
+      fallback.startPolling(() => polls++);
+      mock.timers.tick(3000);
+      assert.equal(polls, 3);
+      fallback.stopPolling();
+      mock.timers.tick(3000);
+      assert.equal(polls, 3);
+    });
+
+    test("the client turns degraded after degradedAfter failed attempts, then polls and switches over HTTP", async () => {
+      const { hub, socket, statuses } = client({ degradedAfter: 2, baseDelayMs: 10, maxDelayMs: 10, pollIntervalMs: 1000 });
+      socket().drop(CloseCode.ABNORMAL);
+      await settled();
+      assert.equal(hub.status, Status.RECONNECTING);
+      assert.equal(hub.state.version, STATE.version, "the probe's state is shown");
+      mock.timers.tick(10);
+      socket().drop(CloseCode.ABNORMAL);
+      await settled();
+      assert.deepEqual(statuses(), [
+        { status: Status.RECONNECTING, previous: Status.CONNECTING },
+        { status: Status.DEGRADED, previous: Status.RECONNECTING },
+      ]);
+
+      const decision = hub.switchPlatform(2);
+      mock.timers.tick(150);
+      await settled();
+      assert.deepEqual(await decision, { ok: true, version: STATE.version + 1, platform: 2 });
+      const switches = http.calls.filter((call) => call.url.endsWith("/api/switch"));
+      assert.equal(switches.length, 1);
+
+      const probes = http.calls.filter((call) => call.url.endsWith("/api/state")).length;
+      mock.timers.tick(1000);
+      await settled();
+      assert.equal(http.calls.filter((call) => call.url.endsWith("/api/state")).length, probes + 1, "degraded mode polls");
+
+      socket().deliver(hello(hub));
+      assert.equal(hub.status, Status.OPEN);
+      mock.timers.tick(5000);
+      await settled();
+      assert.equal(http.calls.filter((call) => call.url.endsWith("/api/state")).length, probes + 1, "after a hello, nothing more goes over HTTP");
+    });
   });
 });
