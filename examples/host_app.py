@@ -31,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from server.api import PlatformMirrored
 from server.client import HostClient
-from server.protocol import PlatformMirrored
 
 HUB_COOKIE = "hub_session"  # the cookie the hub reads (server/web/app.py's COOKIE)
 APP_COOKIE = "studio_session"

@@ -13,9 +13,10 @@ from typing import TypeVar
 import msgspec
 
 from server import __version__
+from server.api import PlatformCreate, PlatformKind
 from server.db import Database
 from server.errors import HubError, UsageError
-from server.protocol import PlatformCreate, PlatformKind, readable
+from server.protocol import readable
 from server.settings import Settings
 from server.storage import platforms, schema
 from server.storage.users import DEMO_USERS, add_user, seed_demo, user_id_of

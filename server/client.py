@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from server.errors import HostApiError
-from server.protocol import (
+from server.api import (
     HoldAnswer,
     HoldRequest,
     PlatformCreate,
@@ -35,6 +34,7 @@ from server.protocol import (
     UserUpsert,
     UserView,
 )
+from server.errors import HostApiError
 
 __all__ = ["HostApiError", "HostClient"]
 

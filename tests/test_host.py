@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.api import PlatformCreate, PlatformMirrored, PlatformUpdate
 from server.client import HostApiError, HostClient
-from server.protocol import PlatformCreate, PlatformMirrored, PlatformUpdate
 from server.storage.users import user_id_of
 from server.web import host_api as host
 from server.web.openapi import ENDPOINTS

@@ -15,7 +15,6 @@ MOST_LINES = 450
 # (issue 13): the ratchet only tightens.
 NOT_SPLIT_YET = {
     "server/hub.py": 590,
-    "server/protocol.py": 600,
     "server/db.py": 525,
     "tests/support/history.py": 535,
     "tests/support/load.py": 540,

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
+from server.api import PlatformCreate
 from server.db import PlatformRow, PlatformStateRow, UserRow
 from server.errors import PlatformRefused
-from server.protocol import PlatformCreate
 from server.settings import Settings
 from server.storage import platforms
 from server.storage.users import user_id_of

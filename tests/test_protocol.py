@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from server.api import LoginRequest, decode_body
 from server.errors import BadMessage
 from server.protocol import (
     Cause,
     CloseCode,
-    LoginRequest,
     Ping,
     Rejected,
     RejectReason,
@@ -18,7 +18,6 @@ from server.protocol import (
     StateView,
     Switch,
     decode,
-    decode_body,
     decode_server,
     encode,
 )

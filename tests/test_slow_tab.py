@@ -14,7 +14,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from server.protocol import PlatformCreate
+from server.api import PlatformCreate
 from server.storage import platforms
 from server.storage.users import user_id_of
 from tests.conftest import TIMEOUT, RunningHub, Tab, make_settings, other_platform, serve

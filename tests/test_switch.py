@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from server.api import PlatformCreate, PlatformKind
 from server.db import PlatformRow, PlatformStateRow, SwitchLogRow, UserRow
-from server.protocol import PlatformCreate, PlatformKind
 from server.settings import Settings
 from server.storage.users import add_user
 from tests.conftest import RunningHub, Tab, other_platform

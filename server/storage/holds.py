@@ -19,9 +19,10 @@ import datetime as dt
 from sqlalchemy import Connection, delete, insert
 
 from server import db
+from server.api import HoldAnswer
 from server.db import Database
 from server.events import HoldChanged
-from server.protocol import HoldAnswer, HoldView
+from server.protocol import HoldView
 from server.storage import backplane
 from server.storage.sessions import format_time
 from server.storage.switches import read_state

@@ -21,12 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from server import db
-from server.db import Database
-from server.errors import PlatformRefused
-from server.events import StateChanged
-from server.protocol import (
-    PLATFORMS_CAUSE,
-    ErrorCode,
+from server.api import (
     PlatformCreate,
     PlatformDetail,
     PlatformList,
@@ -34,6 +29,10 @@ from server.protocol import (
     PlatformsMirror,
     PlatformUpdate,
 )
+from server.db import Database
+from server.errors import PlatformRefused
+from server.events import StateChanged
+from server.protocol import PLATFORMS_CAUSE, ErrorCode
 from server.rules import active_platform, default_platform
 from server.storage import backplane
 from server.storage.switches import read_state

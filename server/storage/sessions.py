@@ -20,10 +20,11 @@ from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import db
+from server.api import SessionDetail
 from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
 from server.errors import AuthenticationError, UsageError
 from server.events import SessionsEnded
-from server.protocol import SessionDetail, SessionEndReason
+from server.protocol import SessionEndReason
 from server.storage import backplane
 from server.storage.passwords import (
     NO_PASSWORD,

@@ -15,9 +15,10 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import db
+from server.api import PlatformCreate, PlatformKind
 from server.db import Database, UserRow
 from server.errors import UsageError
-from server.protocol import PlatformCreate, PlatformKind, SessionEndReason, is_line
+from server.protocol import SessionEndReason, is_line
 from server.storage import platforms
 from server.storage.passwords import NO_PASSWORD, hash_password
 from server.storage.sessions import revoke_all_within

@@ -17,7 +17,8 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.protocol import ErrorBody, ErrorCode, encode
+from server.api import ErrorBody
+from server.protocol import ErrorCode, encode
 
 __all__ = ["BodyLimit", "BodyTooLarge"]
 

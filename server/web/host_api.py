@@ -19,18 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.db import Database
-from server.hub import Hub
-from server.protocol import (
-    PLATFORMS_CAUSE,
-    ErrorCode,
+from server.api import (
     HoldRequest,
     PlatformCreate,
     PlatformList,
     PlatformsMirror,
     PlatformUpdate,
     SessionDetail,
-    SessionEndReason,
     SessionList,
     SessionMint,
     SessionMinted,
@@ -38,8 +33,10 @@ from server.protocol import (
     UserUpsert,
     UserView,
     decode_body,
-    is_line,
 )
+from server.db import Database
+from server.hub import Hub
+from server.protocol import PLATFORMS_CAUSE, ErrorCode, SessionEndReason, is_line
 from server.settings import Settings
 from server.storage import holds, platforms, sessions
 from server.storage.users import upsert_user, user_id_of

@@ -12,8 +12,7 @@ from typing import Any
 import msgspec
 
 from server import __version__
-from server.protocol import (
-    LINE,
+from server.api import (
     ErrorBody,
     HoldAnswer,
     HoldRequest,
@@ -28,6 +27,7 @@ from server.protocol import (
     UserUpsert,
     UserView,
 )
+from server.protocol import LINE
 from server.web.paths import MAX_ID
 
 __all__ = ["ENDPOINTS", "document"]

@@ -9,6 +9,15 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from server.api import (
+    LoginRequest,
+    PlatformCreate,
+    PlatformList,
+    PlatformUpdate,
+    SessionView,
+    StateResponse,
+    decode_body,
+)
 from server.db import Database
 from server.errors import AuthenticationError, Overloaded, StoreUnavailable
 from server.hub import Hub
@@ -16,19 +25,12 @@ from server.limits import LoginThrottle
 from server.protocol import (
     PLATFORMS_CAUSE,
     ErrorCode,
-    LoginRequest,
-    PlatformCreate,
-    PlatformList,
-    PlatformUpdate,
     Rejected,
     RejectReason,
     SessionEndReason,
     SessionInfo,
-    SessionView,
-    StateResponse,
     Switch,
     UserInfo,
-    decode_body,
 )
 from server.settings import Settings
 from server.storage import platforms, sessions

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from server.api import ErrorBody
 from server.errors import (
     AuthenticationError,
     BadMessage,
@@ -18,7 +19,7 @@ from server.errors import (
     StoreUnavailable,
     UsageError,
 )
-from server.protocol import ErrorBody, ErrorCode, encode
+from server.protocol import ErrorCode, encode
 
 __all__ = [
     "error_response",

@@ -29,13 +29,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import (
-    WebSocketsSansIOProtocol as _SansIO,
-)
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SansIO
 from websockets.protocol import State
 
+from server.api import ErrorBody
 from server.limits import TokenBucket
-from server.protocol import ErrorBody, ErrorCode, encode
+from server.protocol import ErrorCode, encode
 from server.settings import Settings
 
 __all__ = ["PROTOCOL_EXTENSION", "BoundedHttpProtocol", "BoundedWebSocketProtocol"]

@@ -32,8 +32,8 @@ from websockets.frames import Close, Opcode
 from websockets.uri import parse_uri
 
 from server import db
+from server.api import PlatformCreate
 from server.db import Database, PlatformStateRow, SwitchLogRow
-from server.protocol import PlatformCreate
 from server.settings import Settings
 from server.storage import sessions
 from server.storage.switches import SqlStore
