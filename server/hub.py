@@ -7,35 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
 from server.events import Event, HoldChanged, SessionsEnded, StateChanged
 from server.limits import Cooldown, TokenBuckets
 from server.logs import bound
 from server.protocol import (
-    PLATFORMS_CAUSE,
     PROTOCOL_VERSION,
     Cause,
     CloseCode,
     Error,
     ErrorCode,
     Hello,
-    HoldMessage,
     HoldView,
     Ping,
     Pong,
     Rejected,
     RejectReason,
-    SessionEnded,
     SessionEndReason,
-    SessionExpiring,
     SessionInfo,
-    StateMessage,
     StateView,
     Switch,
     Switched,
@@ -43,14 +38,14 @@ from server.protocol import (
     decode,
     encode,
 )
-from server.rules import Accepted, Decision, Refused, SessionGone
+from server.rooms import Room, SessionIndex
+from server.rules import Accepted, Decision, Refused, SessionGone, describe
 from server.tab import Tab, Transport
 
 __all__ = [
     "Hub",
     "Store",
     "TabLimitReached",
-    "describe",
 ]
 
 logger = logging.getLogger("hub")
@@ -72,23 +67,6 @@ class Store(Protocol):
     ) -> Decision: ...
 
     async def close(self) -> None: ...
-
-
-class _Room:
-    __slots__ = ("hold", "hold_known", "hold_timer", "reload_until", "reloading", "state", "tabs")
-
-    def __init__(self) -> None:
-        self.tabs: dict[str, Tab] = {}
-        self.state: StateView | None = None
-        # The hold in force (server/storage/holds.py), once read or told; its end, when its
-        # TTL runs out.
-        self.hold: HoldView | None = None
-        self.hold_known = False
-        self.hold_timer: asyncio.TimerHandle | None = None
-        # While another process's platform change is read anew (Hub.reload): the task, and
-        # the highest version notified meanwhile, which the read must reach.
-        self.reloading: asyncio.Task[None] | None = None
-        self.reload_until = 0
 
 
 class Hub:
@@ -125,15 +103,16 @@ class Hub:
         self.slow_closed = 0
         self._coalesced_gone = 0
         self.sessions_ended: dict[str, int] = {}
-        self._rooms: dict[int, _Room] = {}
+        self._rooms: dict[int, Room] = {}
         # The same tabs by login session, so session events cost O(tabs of the session).
-        self._by_session: dict[int, dict[Tab, None]] = {}
+        self._sessions = SessionIndex()
         # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
         # would have refilled before they may have a tab again: see cooldown().
         self._cooling = Cooldown(message_burst / messages_per_second)
         # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
         self._http_buckets = TokenBuckets(messages_per_second, message_burst)
-        self._resyncing: asyncio.Task[None] | None = None
+        # Catching up with other processes' commits: see server/catchup.py.
+        self._catchup = CatchUp(self._rooms, store)
 
     # Tabs joining and leaving.
 
@@ -147,7 +126,7 @@ class Hub:
         expires_at: str,
     ) -> Tab:
         """Register a tab and queue its hello; raise TabLimitReached when the user is full."""
-        room = self._rooms.setdefault(user.id, _Room())
+        room = self._rooms.setdefault(user.id, Room())
         previous = room.tabs.get(tab_id)
         if previous is None and len(room.tabs) >= self.max_tabs_per_user:
             self._forget_if_empty(user.id)
@@ -159,17 +138,17 @@ class Hub:
         # Registered before the snapshot is read, so no broadcast can fall between the two;
         # the outbox drops whatever the snapshot already covers.
         room.tabs[tab_id] = tab
-        self._by_session.setdefault(session_id, {})[tab] = None
+        self._sessions.add(tab)
         try:
             state = await self.store.load_state(user.id)
             if not room.hold_known:  # the user's first tab here: read it, then follow events
                 hold = await self.store.load_hold(user.id)
                 if not room.hold_known:
-                    self._set_hold(room, hold)
+                    room.set_hold(hold)
         except BaseException:
             self._remove(tab)
             raise
-        self._remember(room, state)
+        room.remember(state)
         state = room.state or state
         hello = Hello(
             protocol=PROTOCOL_VERSION,
@@ -294,8 +273,8 @@ class Hub:
         if isinstance(decision, Accepted) and decision.event is not None:
             self.apply(decision.event, decision.state)
             broadcast_after = time.monotonic() - arrived
-        elif decision.state is not None:
-            self._remember(self._rooms.get(user_id), decision.state)
+        elif decision.state is not None and (room := self._rooms.get(user_id)) is not None:
+            room.remember(decision.state)
         if self.on_switch is not None:
             self.on_switch(_result(decision), broadcast_after)
         return reply
@@ -320,94 +299,24 @@ class Hub:
     def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
         """Send a committed state to every tab of its user; never waits for a tab."""
         room = self._rooms.get(user_id)
-        if room is None:
-            return
-        # Fan out even when the room already knows this version: a tab that joined in
-        # between may have read it, but the older tabs have not seen it yet. Each outbox
-        # drops what it already has.
-        self._remember(room, state)
-        frame = encode(StateMessage(state=state, cause=cause))
-        for tab in list(room.tabs.values()):
-            tab.outbox.put_state(state.version, frame)
+        if room is not None:
+            room.publish(state, cause)
 
     def advance(self, user_id: int, version: int, active: int | None, cause: Cause) -> None:
-        """Publish a version another process committed, to this process's tabs of the user.
-
-        Nothing happens without tabs of the user here, or for a version older than the one
-        already published here (notifications arrive in commit order; a newer one follows).
-        """
-        room = self._rooms.get(user_id)
-        if room is not None and room.reloading is not None:
-            # Its platforms are being read anew: the read covers this version, or reads again.
-            room.reload_until = max(room.reload_until, version)
-            return
-        if room is None or room.state is None or version < room.state.version:
-            return
-        state = room.state
-        if version > state.version:
-            state = StateView(version=version, active=active, platforms=state.platforms)
-        self.publish(user_id, state, cause)
+        """Publish a version another process committed to this process's tabs of the user."""
+        self._catchup.advance(user_id, version, active, cause)
 
     def reload(self, user_id: int, version: int) -> None:
-        """Read anew and publish the state of a user whose platforms another process changed
-        (at ``version``); the notification names no platforms, so the cache cannot serve."""
-        room = self._rooms.get(user_id)
-        if room is None:
-            return
-        room.reload_until = max(room.reload_until, version)
-        if room.reloading is None:
-            room.reloading = asyncio.get_running_loop().create_task(
-                self._reload(user_id, room), name=f"reload-{user_id}"
-            )
-
-    async def _reload(self, user_id: int, room: _Room) -> None:
-        try:
-            for attempt in range(20):
-                wanted = room.reload_until
-                try:
-                    state = await self.store.load_state(user_id)
-                except StoreUnavailable as error:
-                    # The listener's resync after the outage covers it if this gives up.
-                    logger.warning("reloading user %s: %s", user_id, error)
-                    await asyncio.sleep(0.1 * 2 ** min(attempt, 4))
-                    continue
-                if self._rooms.get(user_id) is not room:
-                    return
-                if room.state is None or state.version >= room.state.version:
-                    self.publish(user_id, state, PLATFORMS_CAUSE)
-                if state.version >= max(wanted, room.reload_until):
-                    return
-        finally:
-            room.reloading = None
+        """Read anew and publish the state of a user whose platforms another process changed."""
+        self._catchup.reload(user_id, version)
 
     def resync_soon(self) -> None:
-        """Resync every user with tabs here in the background (once, if asked again meanwhile):
-        a commit the hub gave up waiting for (server/db.py) landed after all."""
-        if self._resyncing is not None and not self._resyncing.done():
-            return
-
-        async def resync() -> None:
-            try:
-                await self.resync()
-            except StoreUnavailable as error:
-                logger.warning("resync after a late commit failed: %s", error)
-
-        self._resyncing = asyncio.get_running_loop().create_task(resync(), name="resync")
+        """Resync every user with tabs here in the background (a late commit landed)."""
+        self._catchup.resync_soon()
 
     async def resync(self) -> None:
-        """Read the state of every user with tabs here and publish it, unless older than what
-        was published here meanwhile (after notifications were lost; outboxes drop what a
-        tab has already)."""
-        for user_id in list(self._rooms):
-            state = await self.store.load_state(user_id)
-            hold = await self.store.load_hold(user_id)  # its change may be lost as well
-            room = self._rooms.get(user_id)
-            if room is None:
-                continue
-            self._set_hold(room, hold)
-            if room.state is not None and state.version < room.state.version:
-                continue
-            self.publish(user_id, state, Cause(kind="resync", tab=None, request=""))
+        """Read and publish the state of every user with tabs here (notifications were lost)."""
+        await self._catchup.resync()
 
     # Holds.
 
@@ -415,67 +324,28 @@ class Hub:
         """Tell the user's tabs here that a hold started (``hold``) or ended (None)."""
         room = self._rooms.get(user_id)
         if room is not None:
-            self._set_hold(room, hold)
-
-    def _set_hold(self, room: _Room, hold: HoldView | None) -> None:
-        room.hold_known = True
-        if hold == room.hold:
-            return
-        if room.hold_timer is not None:
-            room.hold_timer.cancel()
-            room.hold_timer = None
-        room.hold = hold
-        if hold is not None:
-            ends = dt.datetime.fromisoformat(hold.expires_at.replace("Z", "+00:00"))
-            # A little after the stored end, so a switch sent on hearing it is not refused.
-            left = (ends - dt.datetime.now(dt.UTC)).total_seconds() + 0.01
-            room.hold_timer = asyncio.get_running_loop().call_later(
-                max(0.0, left), self._hold_ended, room, hold
-            )
-        frame = encode(HoldMessage(hold=hold))
-        for tab in list(room.tabs.values()):
-            tab.send(frame)
-
-    def _hold_ended(self, room: _Room, hold: HoldView) -> None:
-        room.hold_timer = None
-        if room.hold == hold:  # its TTL ran out: every process with tabs ends it alike
-            self._set_hold(room, None)
+            room.set_hold(hold)
 
     # Sessions.
 
     def session_ids(self) -> dict[int, str]:
         """Return each login session with tabs here, with the expiry its tabs were told."""
-        return {
-            session_id: next(iter(tabs)).expires_at for session_id, tabs in self._by_session.items()
-        }
+        return self._sessions.expiries()
 
     def end_session(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a login session and close each with 4001."""
-        frame = encode(SessionEnded(reason=reason))
-        ended = 0
-        for tab in list(self._by_session.get(session_id, ())):
-            if not tab.closing:
-                tab.close(CloseCode.SESSION_ENDED, f"session {reason}", frame)
-                ended += 1
+        ended = self._sessions.end(session_id, reason)
         if ended:
             self.sessions_ended[reason.value] = self.sessions_ended.get(reason.value, 0) + 1
         return ended
 
     def warn_session(self, session_id: int, expires_at: str) -> None:
         """Tell the tabs of a session that it expires soon, once per expiry time."""
-        frame = encode(SessionExpiring(expires_at=expires_at))
-        for tab in list(self._by_session.get(session_id, ())):
-            if tab.warned_for != expires_at:
-                tab.warned_for = expires_at
-                tab.expires_at = expires_at
-                tab.send(frame)
+        self._sessions.warn(session_id, expires_at)
 
     def extend_session(self, session_id: int, expires_at: str) -> None:
         """Record a later expiry for the tabs of a session, so it may warn again later."""
-        for tab in self._by_session.get(session_id, ()):
-            tab.expires_at = expires_at
-            if tab.warned_for is not None and tab.warned_for != expires_at:
-                tab.warned_for = None
+        self._sessions.extend(session_id, expires_at)
 
     # Housekeeping.
 
@@ -489,12 +359,7 @@ class Hub:
 
     async def close(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every tab with ``code`` and wait briefly for the closes to go out."""
-        reloads = [r.reloading for r in self._rooms.values() if r.reloading is not None]
-        if self._resyncing is not None:
-            reloads.append(self._resyncing)
-        for task in reloads:
-            task.cancel()
-        await asyncio.gather(*reloads, return_exceptions=True)
+        await self._catchup.close()
         tabs = self.tabs()
         for tab in tabs:
             tab.close(code, "hub shutting down")
@@ -523,17 +388,8 @@ class Hub:
     def _rejection(request: Switch, reason: RejectReason, state: StateView | None) -> Rejected:
         return Rejected(id=request.id, reason=reason, message=describe(reason, state), state=state)
 
-    def _remember(self, room: _Room | None, state: StateView) -> None:
-        # At an equal version the newer read wins: it may list platforms changed since.
-        if room is not None and (room.state is None or state.version >= room.state.version):
-            room.state = state
-
     def _remove(self, tab: Tab) -> None:
-        tabs = self._by_session.get(tab.session_id)
-        if tabs is not None:
-            tabs.pop(tab, None)
-            if not tabs:
-                del self._by_session[tab.session_id]
+        self._sessions.remove(tab)
         room = self._rooms.get(tab.user.id)
         if room is not None and room.tabs.get(tab.id) is tab:
             del room.tabs[tab.id]
@@ -542,8 +398,7 @@ class Hub:
     def _forget_if_empty(self, user_id: int) -> None:
         room = self._rooms.get(user_id)
         if room is not None and not room.tabs:
-            if room.hold_timer is not None:
-                room.hold_timer.cancel()
+            room.cancel_timer()
             del self._rooms[user_id]
 
 
@@ -562,25 +417,3 @@ def _result(decision: Decision) -> str:
 
 
 _RATE_MESSAGE = "Too many messages; slow down"
-
-
-def describe(reason: RejectReason, state: StateView | None, detail: str | None = None) -> str:
-    """Say in plain words why a switch was refused (``detail``: the hold's reason, if busy)."""
-    active = state.platform(state.active) if state else None
-    match reason:
-        case RejectReason.BUSY:
-            return f"Busy: {detail or 'a job is running'}. Switch when it is done."
-        case RejectReason.STALE if active is not None:
-            return f"Switched to {active.name} @{active.username} in another tab."
-        case RejectReason.STALE:
-            return "Another tab changed the active platform first."
-        case RejectReason.UNKNOWN_PLATFORM:
-            return "There is no such platform on this account."
-        case RejectReason.INACTIVE_PLATFORM:
-            return "That platform is deactivated; reactivate it before switching to it."
-        case RejectReason.RATE_LIMITED:
-            return "Too many requests; wait a moment and try again."
-        case RejectReason.UNAVAILABLE:
-            return "The hub cannot reach its database right now; nothing was changed. Try again."
-        case RejectReason.BAD_REQUEST:
-            return "The switch request is malformed."

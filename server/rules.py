@@ -43,6 +43,7 @@ __all__ = [
     "active_platform",
     "decide",
     "default_platform",
+    "describe",
 ]
 
 
@@ -192,3 +193,25 @@ def decide(request: Switch, seen: Seen) -> Decision:
         return Accepted(state, seen.version)
     moved = StateView(version=seen.version + 1, active=target, platforms=state.platforms)
     return Accepted(moved, moved.version, changed=True)
+
+
+def describe(reason: RejectReason, state: StateView | None, detail: str | None = None) -> str:
+    """Say in plain words why a switch was refused (``detail``: the hold's reason, if busy)."""
+    active = state.platform(state.active) if state else None
+    match reason:
+        case RejectReason.BUSY:
+            return f"Busy: {detail or 'a job is running'}. Switch when it is done."
+        case RejectReason.STALE if active is not None:
+            return f"Switched to {active.name} @{active.username} in another tab."
+        case RejectReason.STALE:
+            return "Another tab changed the active platform first."
+        case RejectReason.UNKNOWN_PLATFORM:
+            return "There is no such platform on this account."
+        case RejectReason.INACTIVE_PLATFORM:
+            return "That platform is deactivated; reactivate it before switching to it."
+        case RejectReason.RATE_LIMITED:
+            return "Too many requests; wait a moment and try again."
+        case RejectReason.UNAVAILABLE:
+            return "The hub cannot reach its database right now; nothing was changed. Try again."
+        case RejectReason.BAD_REQUEST:
+            return "The switch request is malformed."

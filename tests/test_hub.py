@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 
 from server.db import Database
-from server.hub import Hub, describe
+from server.hub import Hub
 from server.protocol import (
     Cause,
     Hello,
@@ -18,6 +18,7 @@ from server.protocol import (
     UserInfo,
     decode_server,
 )
+from server.rules import describe
 from server.storage.switches import SqlStore
 from server.storage.users import seed_demo
 from tests.conftest import TIMEOUT, make_settings

@@ -14,7 +14,6 @@ MOST_LINES = 450
 # Modules still over the limit, each with the most lines it may have until it is split
 # (issue 13): the ratchet only tightens.
 NOT_SPLIT_YET = {
-    "server/hub.py": 590,
     "server/db.py": 525,
     "tests/support/history.py": 535,
     "tests/support/load.py": 540,

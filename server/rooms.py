@@ -1,0 +1,149 @@
+"""Where the hub keeps its tabs: by user (a Room, with its state and hold) and by session.
+
+A room holds one user's tabs on this process, the newest state published to them and the
+hold in force; it fans a state or a hold out to every tab without waiting for any. The
+session index finds the tabs of one login session in O(its tabs), for the session notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+
+from server.protocol import (
+    Cause,
+    CloseCode,
+    HoldMessage,
+    HoldView,
+    SessionEnded,
+    SessionEndReason,
+    SessionExpiring,
+    StateMessage,
+    StateView,
+    encode,
+)
+from server.tab import Tab
+
+__all__ = ["Room", "SessionIndex"]
+
+
+class Room:
+    """One user's tabs on this process, the newest state they were sent, and the hold."""
+
+    __slots__ = ("hold", "hold_known", "hold_timer", "reload_until", "reloading", "state", "tabs")
+
+    def __init__(self) -> None:
+        self.tabs: dict[str, Tab] = {}
+        self.state: StateView | None = None
+        # The hold in force (server/storage/holds.py), once read or told; its end, when its
+        # TTL runs out.
+        self.hold: HoldView | None = None
+        self.hold_known = False
+        self.hold_timer: asyncio.TimerHandle | None = None
+        # While another process's platform change is read anew (Hub.reload): the task, and
+        # the highest version notified meanwhile, which the read must reach.
+        self.reloading: asyncio.Task[None] | None = None
+        self.reload_until = 0
+
+    def remember(self, state: StateView) -> None:
+        """Keep ``state`` as the newest, unless an older version (at an equal version the
+        newer read wins: it may list platforms changed since)."""
+        if self.state is None or state.version >= self.state.version:
+            self.state = state
+
+    def publish(self, state: StateView, cause: Cause) -> None:
+        """Send a committed state to every tab of the room; never waits for a tab."""
+        # Fan out even when the room already knows this version: a tab that joined in
+        # between may have read it, but the older tabs have not seen it yet. Each outbox
+        # drops what it already has.
+        self.remember(state)
+        frame = encode(StateMessage(state=state, cause=cause))
+        for tab in list(self.tabs.values()):
+            tab.outbox.put_state(state.version, frame)
+
+    def set_hold(self, hold: HoldView | None) -> None:
+        """Tell the tabs that a hold started (``hold``) or ended (None), once per change; a
+        hold ends by itself when its TTL runs out, on every process alike."""
+        self.hold_known = True
+        if hold == self.hold:
+            return
+        self.cancel_timer()
+        self.hold = hold
+        if hold is not None:
+            ends = dt.datetime.fromisoformat(hold.expires_at.replace("Z", "+00:00"))
+            # A little after the stored end, so a switch sent on hearing it is not refused.
+            left = (ends - dt.datetime.now(dt.UTC)).total_seconds() + 0.01
+            self.hold_timer = asyncio.get_running_loop().call_later(
+                max(0.0, left), self._hold_ended, hold
+            )
+        frame = encode(HoldMessage(hold=hold))
+        for tab in list(self.tabs.values()):
+            tab.send(frame)
+
+    def cancel_timer(self) -> None:
+        """Stop the hold's timer (the room is being forgotten, or the hold replaced)."""
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+
+    def _hold_ended(self, hold: HoldView) -> None:
+        self.hold_timer = None
+        if self.hold == hold:
+            self.set_hold(None)
+
+
+class SessionIndex:
+    """The tabs of each login session, and the notices every tab of a session gets."""
+
+    def __init__(self) -> None:
+        self._tabs: dict[int, dict[Tab, None]] = {}
+
+    def add(self, tab: Tab) -> None:
+        """Index a tab under its session."""
+        self._tabs.setdefault(tab.session_id, {})[tab] = None
+
+    def remove(self, tab: Tab) -> None:
+        """Forget a tab; a session without tabs is forgotten with it."""
+        tabs = self._tabs.get(tab.session_id)
+        if tabs is not None:
+            tabs.pop(tab, None)
+            if not tabs:
+                del self._tabs[tab.session_id]
+
+    def __len__(self) -> int:
+        return len(self._tabs)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._tabs)
+
+    def expiries(self) -> dict[int, str]:
+        """Return each session with tabs, with the expiry its tabs were told."""
+        return {session_id: next(iter(tabs)).expires_at for session_id, tabs in self._tabs.items()}
+
+    def end(self, session_id: int, reason: SessionEndReason) -> int:
+        """Send session_ended to every tab of a session and close each with 4001; return
+        how many were closed now."""
+        frame = encode(SessionEnded(reason=reason))
+        ended = 0
+        for tab in list(self._tabs.get(session_id, ())):
+            if not tab.closing:
+                tab.close(CloseCode.SESSION_ENDED, f"session {reason}", frame)
+                ended += 1
+        return ended
+
+    def warn(self, session_id: int, expires_at: str) -> None:
+        """Tell the tabs of a session that it expires soon, once per expiry time."""
+        frame = encode(SessionExpiring(expires_at=expires_at))
+        for tab in list(self._tabs.get(session_id, ())):
+            if tab.warned_for != expires_at:
+                tab.warned_for = expires_at
+                tab.expires_at = expires_at
+                tab.send(frame)
+
+    def extend(self, session_id: int, expires_at: str) -> None:
+        """Record a later expiry for the tabs of a session, so it may warn again later."""
+        for tab in self._tabs.get(session_id, ()):
+            tab.expires_at = expires_at
+            if tab.warned_for is not None and tab.warned_for != expires_at:
+                tab.warned_for = None
