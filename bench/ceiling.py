@@ -44,6 +44,7 @@ rooms: dict[int, Room] = {}
 
 
 async def handler(connection: ServerConnection) -> None:
+    assert connection.request is not None  # the handshake is done before the handler runs
     query = parse_qs(urlparse(connection.request.path).query)
     user = int(query["user"][0])
     tab = query.get("tab", ["t"])[0]

@@ -82,6 +82,7 @@ async def reader(run: Run, tab: BenchTab) -> None:
 async def _read(run: Run, tab: BenchTab) -> None:
     assert tab.connection is not None
     async for frame in tab.connection:
+        assert isinstance(frame, str)  # the hub and the peer send text frames only
         now = time.perf_counter()
         if run.socketio:
             if frame == "2":  # Engine.IO ping

@@ -36,7 +36,6 @@ from typing import Any
 import msgspec
 import sqlalchemy
 import uvicorn
-import websockets
 
 from bench import commits
 from server import __version__
@@ -409,7 +408,7 @@ def targets(all_results: list[dict[str, Any]], store: list[dict[str, Any]]) -> s
 def versions() -> str:
     return (
         f"Python {platform.python_version()}, hub {__version__}, "
-        f"uvicorn {uvicorn.__version__}, websockets {websockets.__version__}, "
+        f"uvicorn {uvicorn.__version__}, websockets {metadata.version('websockets')}, "
         f"python-socketio {metadata.version('python-socketio')}, "
         f"SQLAlchemy {sqlalchemy.__version__}, msgspec {msgspec.__version__}"
     )

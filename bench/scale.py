@@ -128,7 +128,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     raw = ROOT / "bench" / "scale.json"
     if args.render:
         saved = json.loads(raw.read_text())
-        date, results = saved["date"], saved["results"]
+        date, results = saved["date"], list(saved["results"])
     else:
         results = [await measure(engine, count, args) for engine, count in CONFIGS]
         date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

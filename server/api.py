@@ -26,6 +26,7 @@ from server.protocol import (
 )
 
 __all__ = [
+    "URL_PATTERN",
     "AccountName",
     "ErrorBody",
     "HoldAnswer",
@@ -47,7 +48,6 @@ __all__ = [
     "SessionView",
     "SessionsRevoked",
     "StateResponse",
-    "URL_PATTERN",
     "UserUpsert",
     "UserView",
     "check_instance_url",

@@ -15,6 +15,7 @@ import msgspec
 from server.errors import BadMessage
 
 __all__ = [
+    "LINE",
     "PLATFORMS_CAUSE",
     "PROTOCOL_VERSION",
     "Cause",
@@ -40,12 +41,11 @@ __all__ = [
     "Switch",
     "Switched",
     "UserInfo",
-    "LINE",
     "decode",
-    "is_line",
-    "readable",
     "decode_server",
     "encode",
+    "is_line",
+    "readable",
 ]
 
 PROTOCOL_VERSION = 1

@@ -265,7 +265,7 @@ def platform_ids(tab: Tab) -> list[int]:
 
 
 def other_platform(state: dict[str, Any]) -> int:
-    return next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
+    return int(next(p["id"] for p in state["platforms"] if p["id"] != state["active"]))
 
 
 def reported_port(process: subprocess.Popen[str], within: float = 30) -> int:

@@ -20,7 +20,7 @@ from tests.support.load import wait_until
 async def refused_status(running: RunningHub, **kwargs: object) -> tuple[int, bytes]:
     with pytest.raises(InvalidStatus) as refused:
         await connect(f"ws://127.0.0.1:{running.port}/ws?tab=x", open_timeout=5, **kwargs)  # type: ignore[arg-type]
-    return refused.value.response.status_code, refused.value.response.body or b""
+    return refused.value.response.status_code, bytes(refused.value.response.body or b"")
 
 
 async def test_foreign_origin_is_refused_before_the_upgrade(running: RunningHub) -> None:

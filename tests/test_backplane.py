@@ -211,7 +211,7 @@ async def test_a_platform_change_through_one_process_reaches_the_tabs_on_the_oth
             version = body["state"]["version"]
             message = {"type": "switch", "id": "p1", "platform": photos, "base": version}
             await switcher.send(json.dumps(message))
-            seen = []
+            seen: list[dict[str, Any]] = []
             async with asyncio.timeout(CONVERGE_WITHIN_S):
                 while not seen or seen[-1]["version"] < version + 1:
                     received = json.loads(await watcher.recv())
@@ -423,7 +423,7 @@ async def test_hub_serve_workers_share_one_port_and_deliver_across_each_other(
 
             # The kernel hands connections to whichever worker accepts first: open tabs
             # until both workers hold some (usually a few suffice).
-            tabs = []
+            tabs: list[Any] = []
             per_worker: dict[int, int] = {}
             while len(tabs) < 60 and not (len(per_worker) == 2 and all(per_worker.values())):
                 tab = await connect(

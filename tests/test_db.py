@@ -94,7 +94,7 @@ async def test_cancelled_switch_leaks_no_connection_and_half_applies_nothing(
 
 
 def other_platform_of(state: Any) -> int:
-    return next(p.id for p in state.platforms if p.id != state.active)
+    return int(next(p.id for p in state.platforms if p.id != state.active))
 
 
 async def test_tabs_leaving_mid_switch_leave_the_pool_clean(running: RunningHub) -> None:

@@ -44,7 +44,7 @@ async def test_an_idle_tab_keeps_no_handshake_headers_and_still_works(
         assert protocol.request is None and protocol.response is None
         assert protocol.scope["headers"] == []
         # websockets' parser generator keeps the parsed request as a local for good.
-        parsed = protocol.conn.parser.gi_frame.f_locals["request"]  # type: ignore[union-attr]
+        parsed = protocol.conn.parser.gi_frame.f_locals["request"]
         assert len(parsed.headers) == 0
         assert isinstance(protocol.queue, _Mailbox) and isinstance(protocol.writable, _Flag)
     answer = await tabs[0].switch("after-handshake", other_platform(tabs[0].hello["state"]))

@@ -186,7 +186,9 @@ def test_the_switch_log_never_hides_a_bug(
         assert check_user(user) != []
 
 
-def switch(request: str, base: int, platform: int, sent: float, answered: float, version: int):
+def switch(
+    request: str, base: int, platform: int, sent: float, answered: float, version: int
+) -> Operation:
     return Operation(
         "t", request, base, platform, sent, answered, outcome="switched", version=version
     )

@@ -198,7 +198,7 @@ async def test_platform_changes_through_the_api_reach_the_users_tabs(
     await client.change_platform("dana", work, PlatformUpdate(is_default=True))
     removed = await client.remove_platform("dana", mastodon)
     assert mastodon not in [p.id for p in removed.platforms]
-    versions = []
+    versions: list[int] = []
     async with asyncio.timeout(5):
         while not versions or versions[-1] < removed.state.version:
             versions.append((await tab.receive_type("state"))["state"]["version"])

@@ -6,7 +6,7 @@ from server.outbox import Outbox
 
 
 def drain(outbox: Outbox) -> list[object]:
-    items = []
+    items: list[object] = []
     while len(outbox):
         items.append(outbox.take())
     return items

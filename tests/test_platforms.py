@@ -242,12 +242,12 @@ async def test_a_user_has_at_most_the_platform_cap(make_on_each_engine: MakeSett
             five = [{**NEW, "name": f"P{n}", "username": f"u{n}"} for n in range(5)]
             mirrored = await api.put("/api/host/users/bob/platforms", json={"platforms": five})
         assert mirrored.status_code == 409 and mirrored.json()["error"] == "too_many_platforms"
-        alice = await user_id_of(running.database, "alice")
-        assert alice is not None
+        alice_id = await user_id_of(running.database, "alice")
+        assert alice_id is not None
         new = PlatformCreate(
             name="Cli", kind="pixelfed", instance_url="https://c.example", username="c"
         )
         with pytest.raises(PlatformRefused, match="at most 4"):
-            await platforms.add(running.database, alice, new)  # the command line's path
+            await platforms.add(running.database, alice_id, new)  # the command line's path
         assert len((await stored(running, "alice"))["platforms"]) == 4
         assert len((await stored(running, "bob"))["platforms"]) == 2

@@ -69,7 +69,7 @@ def test_hub_close_codes_are_in_the_application_range() -> None:
     """The hub's own close codes lie in 4000-4999; 4001 is the terminal session end."""
     own = [code for code in CloseCode if code >= 4000]
     assert all(4000 <= code <= 4999 for code in own)
-    assert CloseCode.SESSION_ENDED == 4001
+    assert int(CloseCode.SESSION_ENDED) == 4001
 
 
 def test_deeply_nested_frames_and_bodies_are_bad_messages_not_crashes() -> None:

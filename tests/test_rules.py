@@ -64,7 +64,8 @@ def test_the_active_platform_is_the_stored_choice_only_once_switched_and_while_a
 def test_platforms_digest_splits_active_and_inactive_and_applies_the_default_rule() -> None:
     """Only active platforms are shown; the fallback is the default; the state follows."""
     assert [p.id for p in PLATFORMS.views] == [1, 2]
-    assert (PLATFORMS.active, PLATFORMS.inactive, PLATFORMS.fallback) == ({1, 2}, {3}, 2)
+    assert (PLATFORMS.active, PLATFORMS.inactive) == (frozenset({1, 2}), frozenset({3}))
+    assert PLATFORMS.fallback == 2
     assert PLATFORMS.state(4, 1) == StateView(version=4, active=1, platforms=PLATFORMS.views)
     assert PLATFORMS.state(0, 1).active == 2
     assert PLATFORMS.state(4, 3).active == 2  # deactivated: the default rule again

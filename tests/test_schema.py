@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, select, text
 
+from server import db
 from server.db import Base, Database, UserRow
 from server.storage import schema
 from server.storage.schema import SchemaOutdated
@@ -63,7 +64,7 @@ async def test_a_database_from_before_migrations_is_refused_then_adopted_with_it
         async with database.engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all, tables=BASELINE_TABLES)
             await connection.execute(
-                UserRow.__table__.insert().values(
+                db.users.insert().values(
                     name="old", password_hash="x", created_at=dt.datetime.now(dt.UTC)
                 )
             )

@@ -316,9 +316,10 @@ async def test_a_hash_of_another_cost_verifies_and_is_rehashed_at_login(
     async with serve(make_on_each_engine(password_cost=2**13)) as running:
 
         async def stored(session: AsyncSession) -> str:
-            hashed: str = await session.scalar(
+            hashed: str | None = await session.scalar(
                 select(UserRow.password_hash).where(UserRow.name == "alice")
             )
+            assert hashed is not None
             return hashed
 
         assert (await running.database.read(stored)).split("$")[1] == str(2**11)

@@ -39,20 +39,20 @@ __all__ = [
     "LIVENESS_COLUMNS",
     "LoginSession",
     "authenticate",
+    "collect",
     "ended_reason",
     "expires_at",
-    "collect",
     "extend",
     "format_time",
     "idle_expiry",
-    "log_in",
     "live_sessions",
+    "log_in",
     "open_session",
-    "token_hash",
     "revoke",
     "revoke_all",
     "revoke_all_within",
     "statuses",
+    "token_hash",
 ]
 
 logger = logging.getLogger("hub.sessions")

@@ -44,17 +44,17 @@ from server.web.responses import (
 
 __all__ = [
     "CLIENT_DIR",
+    "extend",
     "index",
     "login",
     "logout",
     "logout_all",
-    "extend",
-    "state",
-    "switch",
-    "platforms_list",
     "platforms_add",
     "platforms_change",
+    "platforms_list",
     "platforms_remove",
+    "state",
+    "switch",
 ]
 
 

@@ -26,10 +26,10 @@ __all__ = [
     "failure_response",
     "http_error_response",
     "hub_error_response",
-    "retry_later",
-    "unauthenticated",
     "json_response",
     "refused_response",
+    "retry_later",
+    "unauthenticated",
 ]
 
 _REFUSED_STATUS = {ErrorCode.UNKNOWN_PLATFORM: 404, ErrorCode.BAD_REQUEST: 422}

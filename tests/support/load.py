@@ -28,11 +28,11 @@ from sqlalchemy import Connection, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import Close, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.uri import parse_uri
 
 from server import db
-from server.api import PlatformCreate
+from server.api import PlatformCreate, PlatformKind
 from server.db import Database, PlatformStateRow, SwitchLogRow
 from server.settings import Settings
 from server.storage import sessions
@@ -40,7 +40,7 @@ from server.storage.switches import SqlStore
 from server.storage.users import add_user, seed_demo
 from tests.support.history import History, Operation, TabRecorder
 
-PLATFORMS = (
+PLATFORMS: tuple[tuple[str, PlatformKind, str], ...] = (
     ("Pixelfed", "pixelfed", "https://pixelfed.example"),
     ("Mastodon", "mastodon", "https://mastodon.example"),
     ("Fosstodon", "mastodon", "https://fosstodon.example"),
@@ -257,7 +257,7 @@ class RawFlood:
         """Return the code of the hub's close frame among what was received, if any."""
         self.protocol.receive_data(bytes(self.received))
         for event in self.protocol.events_received():
-            if event.opcode == Opcode.CLOSE:
+            if isinstance(event, Frame) and event.opcode == Opcode.CLOSE:
                 return Close.parse(event.data).code
         return None
 
