@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -67,11 +67,18 @@ class SqlStore:
     needs under the write lock and applies its decisions in order.
     """
 
-    def __init__(self, database: Database, *, max_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_batch: int | None = None,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.database = database
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
+        # on_commit: told each batch's size and commit time (metrics).
         self.commits: GroupCommit[PendingSwitch, Decision] = GroupCommit(
-            self._decide, max_batch=batch
+            self._decide, max_batch=batch, on_commit=on_commit
         )
 
     async def close(self) -> None:

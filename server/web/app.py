@@ -45,7 +45,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         except BaseException:
             await database.dispose()
             raise
-        store = SqlStore(database)
+        metrics = Metrics()
+        store = SqlStore(database, on_commit=metrics.committed)
         hub = Hub(
             store,
             heartbeat_s=settings.heartbeat_s,
@@ -57,10 +58,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             outbox_size=settings.outbox_size,
             close_timeout_s=settings.close_timeout_s,
         )
-        metrics = Metrics()
         hub.on_switch = metrics.switched
         database.on_late_commit = hub.resync_soon
-        store.commits.on_commit = metrics.committed
         listener = backplane.listener_for(
             settings.database_url,
             database.origin,
@@ -100,6 +99,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             yield {
                 "database": database,
                 "hub": hub,
+                "store": store,
                 "settings": settings,
                 "listener": listener,
                 "metrics": metrics,
@@ -110,7 +110,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await hub.close(CloseCode.SERVICE_RESTART)
-            await hub.store.close()
+            await store.close()
             await database.dispose()
 
     routes = [

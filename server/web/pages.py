@@ -20,7 +20,7 @@ from server.api import (
 )
 from server.db import Database
 from server.errors import AuthenticationError, Overloaded, StoreUnavailable
-from server.hub import Hub
+from server.hub import Hub, Store
 from server.limits import LoginThrottle
 from server.protocol import (
     PLATFORMS_CAUSE,
@@ -174,10 +174,10 @@ async def extend(request: Request) -> Response:
 
 async def state(request: Request) -> Response:
     database: Database = request.state.database
-    hub: Hub = request.state.hub
+    store: Store = request.state.store
     login = await sessions.authenticate(database, token(request))
-    state = await hub.store.load_state(login.user_id)
-    hold = await hub.store.load_hold(login.user_id)
+    state = await store.load_state(login.user_id)
+    hold = await store.load_hold(login.user_id)
     body = StateResponse(
         user=UserInfo(id=login.user_id, name=login.user_name),
         state=state,
