@@ -1,13 +1,11 @@
-"""The hub's pure parts; its behaviour over real sockets is in test_switch.py and test_app.py."""
+"""The hub's pure parts, on the memory store; over real sockets: test_switch.py, test_app.py."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import msgspec
 
-from server.db import Database
 from server.hub import Hub
 from server.protocol import (
     Cause,
@@ -19,9 +17,8 @@ from server.protocol import (
     decode_server,
 )
 from server.rules import describe
-from server.storage.switches import SqlStore
-from server.storage.users import seed_demo
-from tests.conftest import TIMEOUT, make_settings
+from tests.conftest import TIMEOUT
+from tests.support.memory import MemoryStore
 
 
 class _RecordingTransport:
@@ -49,11 +46,12 @@ class _RecordingTransport:
         self.frames.append("aborted")
 
 
-class _HeldReads(SqlStore):
-    """The real store, with state reads that wait until the test lets them go."""
+class _HeldReads(MemoryStore):
+    """The memory store (tests/test_store.py holds it to the real ones' contract), with
+    state reads that wait until the test lets them go."""
 
-    def __init__(self, database: Database) -> None:
-        super().__init__(database)
+    def __init__(self) -> None:
+        super().__init__()
         self.reading = asyncio.Event()
         self.release = asyncio.Event()
 
@@ -88,28 +86,27 @@ def test_rejections_are_described_in_plain_words() -> None:
         assert describe(reason, None).endswith(".")
 
 
-async def test_a_broadcast_during_a_join_goes_out_after_the_hello(tmp_path: Path) -> None:
+async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
     """A state published while a joining tab's snapshot is read waits behind its hello."""
-    database = Database(make_settings(tmp_path))
-    await database.create_schema()
-    await seed_demo(database)
-    store = _HeldReads(database)
+    store = _HeldReads()
+    user, _ = store.add_user([("Pixelfed", True), ("Mastodon", False)])
+    session = store.open_session(user)
     hub = Hub(store)
     transport = _RecordingTransport()
     try:
-        current = await SqlStore.load_state(store, 1)
+        current = await MemoryStore.load_state(store, user)
         joining = asyncio.create_task(
             hub.join(
                 transport,
                 tab_id="t",
-                user=UserInfo(id=1, name="alice"),
-                session_id=1,
+                user=UserInfo(id=user, name="alice"),
+                session_id=session,
                 expires_at="2100-01-01T00:00:00Z",
             )
         )
         await asyncio.wait_for(store.reading.wait(), TIMEOUT)
         newer = msgspec.structs.replace(current, version=current.version + 1)
-        hub.publish(1, newer, Cause(kind="switch", tab="other", request="r"))
+        hub.publish(user, newer, Cause(kind="switch", tab="other", request="r"))
         await asyncio.sleep(0.01)
         assert transport.frames == []  # nothing may go out before the hello
         store.release.set()
@@ -127,4 +124,3 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello(tmp_path: Path
     finally:
         await hub.close()
         await store.close()
-        await database.dispose()
