@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -228,6 +229,18 @@ def _unavailable(error: BaseException) -> bool:
     return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
 
 
+@contextlib.contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Turn an error that means the database cannot be reached into StoreUnavailable (every
+    unit of work, async or sync, answers it alike); let every other error through."""
+    try:
+        yield
+    except Exception as error:
+        if not _unavailable(error):
+            raise
+        raise StoreUnavailable(f"The database is unavailable: {_first_line(error)}") from error
+
+
 class Database:
     """Own the engine and run units of work: one session, one transaction, one task."""
 
@@ -360,14 +373,8 @@ class Database:
                 return work(connection)
 
         async def unit() -> T:
-            try:
+            with _unavailable_as_store_error():
                 return await loop.run_in_executor(executor, call)
-            except Exception as error:
-                if not _unavailable(error):
-                    raise
-                raise StoreUnavailable(
-                    f"The database is unavailable: {_first_line(error)}"
-                ) from error
 
         return await self._shielded(self._serialized(unit) if write else unit(), write=write)
 
@@ -382,15 +389,9 @@ class Database:
         # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
         # cannot interrupt the commit or rollback, so no connection is ever left checked out.
         async def unit() -> T:
-            try:
+            with _unavailable_as_store_error():
                 async with maker.begin() as session:
                     return await work(session)
-            except Exception as error:
-                if not _unavailable(error):
-                    raise
-                raise StoreUnavailable(
-                    f"The database is unavailable: {_first_line(error)}"
-                ) from error
 
         return await self._shielded(
             self._serialized(unit) if serialize else unit(), write=serialize
