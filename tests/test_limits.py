@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,9 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
         await healthy(hub)
         head = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
 
-        async def trickle() -> int:
+        async def trickle() -> tuple[int, float]:
+            # (the status answered, 0 if the connection was reset first; seconds it lasted)
+            started = time.monotonic()
             reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
             try:
                 writer.write(head)
@@ -180,9 +183,11 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
                         answer = await asyncio.wait_for(reader.read(), 0.2)
                         break
                     writer.write(b"{")
-                return status_of(answer)
+                return status_of(answer), time.monotonic() - started
             except ConnectionError:
-                return 0
+                # A byte written after the hub answered and closed draws a reset, which can
+                # discard the unread answer: the connection was cut all the same.
+                return 0, time.monotonic() - started
             finally:
                 writer.close()
 
@@ -190,12 +195,18 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
         await asyncio.sleep(1)
         async with httpx.AsyncClient(base_url=hub.url, timeout=5) as http:
             assert (await http.get("/healthz")).status_code == 503  # the cap, at once
-        statuses = await asyncio.gather(*trickles)
+        ended = await asyncio.gather(*trickles)
+        statuses = [status for status, _ in ended]
         print(
-            f"\ntrickles: {sorted(statuses).count(408)} x 408, {sorted(statuses).count(503)} x 503"
+            f"\ntrickles: {statuses.count(408)} x 408, {statuses.count(503)} x 503, "
+            f"{statuses.count(0)} reset after the answer"
         )
-        assert statuses.count(408) >= 90, sorted(statuses)
-        assert set(statuses) <= {408, 503}, sorted(statuses)
+        assert set(statuses) <= {0, 408, 503}, sorted(statuses)
+        # Those within the cap are cut at the deadline (3 s), none later than a few seconds
+        # past it: 408, or a reset that lost it on a shared, loaded machine.
+        cut = [took for status, took in ended if status in (0, 408) and took >= 2.5]
+        assert len(cut) >= 90 and max(cut) < 10, sorted(ended)
+        assert statuses.count(408) >= 50, sorted(statuses)
         await healthy(hub)
         # One that leaves mid-upload.
         _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
