@@ -287,9 +287,9 @@ class Hub:
                 if state is not None:
                     self.publish(user, state, cause)
                 elif cause.kind == "platforms":
-                    self.reload(user, version)  # the event names no platforms: read them
+                    self._catchup.reload(user, version)  # the event names no platforms
                 else:
-                    self.advance(user, version, event.active, cause)
+                    self._catchup.advance(user, version, event.active, cause)
             case HoldChanged(user=user, hold=hold):
                 self.hold(user, hold)
             case SessionsEnded(sessions=ended, reason=reason):
@@ -301,14 +301,6 @@ class Hub:
         room = self._rooms.get(user_id)
         if room is not None:
             room.publish(state, cause)
-
-    def advance(self, user_id: int, version: int, active: int | None, cause: Cause) -> None:
-        """Publish a version another process committed to this process's tabs of the user."""
-        self._catchup.advance(user_id, version, active, cause)
-
-    def reload(self, user_id: int, version: int) -> None:
-        """Read anew and publish the state of a user whose platforms another process changed."""
-        self._catchup.reload(user_id, version)
 
     def resync_soon(self) -> None:
         """Resync every user with tabs here in the background (a late commit landed)."""

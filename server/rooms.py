@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 
 from server.protocol import (
     Cause,
@@ -41,7 +40,7 @@ class Room:
         self.hold: HoldView | None = None
         self.hold_known = False
         self.hold_timer: asyncio.TimerHandle | None = None
-        # While another process's platform change is read anew (Hub.reload): the task, and
+        # While another process's platform change is read anew (CatchUp.reload): the task, and
         # the highest version notified meanwhile, which the read must reach.
         self.reloading: asyncio.Task[None] | None = None
         self.reload_until = 0
@@ -110,12 +109,6 @@ class SessionIndex:
             tabs.pop(tab, None)
             if not tabs:
                 del self._tabs[tab.session_id]
-
-    def __len__(self) -> int:
-        return len(self._tabs)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._tabs)
 
     def expiries(self) -> dict[int, str]:
         """Return each session with tabs, with the expiry its tabs were told."""
