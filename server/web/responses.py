@@ -23,11 +23,9 @@ from server.protocol import ErrorCode, encode
 
 __all__ = [
     "error_response",
-    "failure_response",
     "http_error_response",
     "hub_error_response",
     "json_response",
-    "refused_response",
     "retry_later",
     "unauthenticated",
 ]
@@ -47,13 +45,6 @@ def error_response(
     return json_response(status, ErrorBody(error=code, message=message, reason=reason))
 
 
-def refused_response(error: PlatformRefused) -> Response:
-    """Return a refused platform change: 404 for an unknown platform, 422 for a malformed
-    request, 409 for a rule it would break."""
-    code = ErrorCode(error.code)
-    return error_response(_REFUSED_STATUS.get(code, 409), code, str(error))
-
-
 def http_error_response(request: Request, error: Exception) -> Response:
     """Answer the router's own errors (no such path, a method the path does not take) in the
     one JSON shape, with their headers (``Allow``)."""
@@ -65,15 +56,6 @@ def http_error_response(request: Request, error: Exception) -> Response:
 
 
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
-
-
-def failure_response(error: BadMessage | PlatformRefused | StoreUnavailable) -> Response:
-    """Return the answer to a failed change: 422 malformed, a refused change, 503."""
-    if isinstance(error, PlatformRefused):
-        return refused_response(error)
-    if isinstance(error, BadMessage):
-        return error_response(422, ErrorCode.BAD_REQUEST, str(error))
-    return error_response(503, ErrorCode.UNAVAILABLE, str(error))
 
 
 def unauthenticated(error: AuthenticationError) -> Response:
@@ -97,11 +79,15 @@ def hub_error_response(connection: HTTPConnection, error: Exception) -> Response
     match error:
         case AuthenticationError():
             return unauthenticated(error)
-        case BadMessage() | PlatformRefused() | StoreUnavailable():
-            return failure_response(error)
+        case PlatformRefused():
+            # 404 for an unknown platform, 422 malformed, 409 for a rule it would break.
+            code = ErrorCode(error.code)
+            return error_response(_REFUSED_STATUS.get(code, 409), code, str(error))
+        case BadMessage() | UsageError():
+            return error_response(422, ErrorCode.BAD_REQUEST, str(error))
+        case StoreUnavailable():
+            return error_response(503, ErrorCode.UNAVAILABLE, str(error))
         case Overloaded():
             return retry_later(503, ErrorCode.UNAVAILABLE, str(error), 1)
-        case UsageError():
-            return error_response(422, ErrorCode.BAD_REQUEST, str(error))
     assert isinstance(error, HubError)
     raise error  # not an answer of its own: the server error it is
