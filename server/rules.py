@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from server.events import StateChanged
 from server.protocol import (
+    Cause,
     PlatformView,
     RejectReason,
     SessionEndReason,
@@ -41,6 +42,7 @@ __all__ = [
     "Seen",
     "SessionGone",
     "active_platform",
+    "announced",
     "decide",
     "default_platform",
     "describe",
@@ -169,6 +171,14 @@ class SessionGone:
 
 
 Decision = Accepted | Refused | SessionGone
+
+
+def announced(decision: Accepted, user_id: int, request: Switch, tab_id: str | None) -> Accepted:
+    """Return a change with the event every process's tabs hear of it by (the cause names
+    the asking tab and request); a store calls this for each change it commits."""
+    cause = Cause(kind="switch", tab=tab_id, request=request.id)
+    event = StateChanged(user_id, decision.version, decision.state.active, cause)
+    return dataclasses.replace(decision, event=event)
 
 
 def decide(request: Switch, seen: Seen) -> Decision:

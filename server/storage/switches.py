@@ -20,9 +20,7 @@ from server import db
 from server.db import (
     Database,
 )
-from server.events import StateChanged
 from server.protocol import (
-    Cause,
     HoldView,
     RejectReason,
     SessionEndReason,
@@ -38,6 +36,7 @@ from server.rules import (
     Refused,
     Seen,
     SessionGone,
+    announced,
     decide,
 )
 from server.settings import Settings
@@ -223,9 +222,7 @@ class _Batch:
         if decision.record:
             self._log(pending, decision)
         if isinstance(decision, Accepted) and decision.changed:
-            cause = Cause(kind="switch", tab=pending.tab_id, request=request.id)
-            event = StateChanged(user_id, decision.version, decision.state.active, cause)
-            decision = dataclasses.replace(decision, event=event)
+            decision = announced(decision, user_id, request, pending.tab_id)
             self.updates.append(
                 {
                     "b_user_id": user_id,

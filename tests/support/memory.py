@@ -11,15 +11,23 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 
-from server.events import StateChanged
 from server.protocol import (
-    Cause,
     HoldView,
     SessionEndReason,
     StateView,
     Switch,
 )
-from server.rules import NO_PLATFORMS, Accepted, Decision, Logged, Platforms, Refused, Seen, decide
+from server.rules import (
+    NO_PLATFORMS,
+    Accepted,
+    Decision,
+    Logged,
+    Platforms,
+    Refused,
+    Seen,
+    announced,
+    decide,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -107,9 +115,7 @@ class MemoryStore:
                 user.logged[request.id] = Logged(reason, version)
             if isinstance(decision, Accepted) and decision.changed:
                 user.version, user.stored = decision.version, request.platform
-                cause = Cause(kind="switch", tab=tab_id, request=request.id)
-                event = StateChanged(user_id, decision.version, request.platform, cause)
-                decision = dataclasses.replace(decision, event=event)
+                decision = announced(decision, user_id, request, tab_id)
             return decision
 
     async def close(self) -> None:
