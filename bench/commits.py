@@ -29,7 +29,7 @@ from server.protocol import Switch
 from server.rules import Accepted
 from server.settings import Settings
 from server.storage.switches import SqlStore
-from tests.support.load import Population, database_facts, populate
+from tests.support.population import Population, database_facts, populate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,7 +40,8 @@ import uvicorn
 from bench import commits
 from server import __version__
 from server.settings import Settings
-from tests.support.load import HubProcess, free_port, populate
+from tests.support.population import populate
+from tests.support.processes import HubProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (250, 500, 1000, 2000, 4000)

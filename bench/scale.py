@@ -26,8 +26,9 @@ from typing import Any
 
 from bench.run import ROOT, Target, cpu_seconds, load, machine, settle, versions
 from server.settings import Settings
-from tests.support.load import HubProcess, populate
+from tests.support.population import populate
 from tests.support.postgres import fresh_database
+from tests.support.processes import HubProcess
 
 CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4))
 

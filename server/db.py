@@ -1,4 +1,9 @@
-"""Models, the engine, and the one unit-of-work idiom for every database access."""
+"""The tables, the engine, and the one unit-of-work idiom for every database access.
+
+A unit of work is a synchronous function of one SQLAlchemy Core ``Connection``, run in one
+transaction by ``Database.read`` or ``Database.write``: on SQLite whole in a thread, on the
+plain sqlite3 driver; on PostgreSQL on asyncpg, through SQLAlchemy's greenlet bridge.
+"""
 
 from __future__ import annotations
 
@@ -12,47 +17,36 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Integer,
+    MetaData,
     String,
     Table,
     TypeDecorator,
     UniqueConstraint,
     create_engine,
-    event,
     exc,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.errors import StoreUnavailable
 from server.settings import Settings
-from server.storage import schema
+from server.storage import schema, sqlite
 
 __all__ = [
-    "Base",
     "Clock",
     "Database",
-    "HoldRow",
-    "LoginSessionRow",
-    "PlatformRow",
-    "PlatformStateRow",
-    "SwitchLogRow",
-    "UserRow",
     "holds",
     "login_sessions",
+    "metadata",
     "platform_states",
     "platforms",
     "switch_log",
@@ -90,122 +84,117 @@ class _UTCDateTime(TypeDecorator[dt.datetime]):
         return None if value is None else value.replace(tzinfo=dt.UTC)
 
 
-class Base(DeclarativeBase):
-    """Declarative base of the hub's tables."""
-
-    # BIGINT on PostgreSQL; plain INTEGER on SQLite, where only that makes a rowid primary key.
-    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads this class attribute)
-        dt.datetime: _UTCDateTime,
-        int: BigInteger().with_variant(Integer, "sqlite"),
-    }
+# BIGINT on PostgreSQL; plain INTEGER on SQLite, where only that makes a rowid primary key.
+_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
-class UserRow(Base):
-    """A person who can log in."""
-
-    __tablename__ = "users"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[dt.datetime]
+def _id(name: str, *args: Any, **kwargs: Any) -> Column[int]:
+    return Column(name, _ID, *args, nullable=kwargs.pop("nullable", False), **kwargs)
 
 
-class PlatformRow(Base):
-    """A platform account connected by a user; credentials live in the host app, not here."""
-
-    __tablename__ = "platforms"
-    __table_args__ = (
-        UniqueConstraint("user_id", "name"),
-        UniqueConstraint("user_id", "instance_url", "username"),
-    )
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(32))
-    instance_url: Mapped[str] = mapped_column(String(500))
-    username: Mapped[str] = mapped_column(String(200))
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime]
-    updated_at: Mapped[dt.datetime]
-    last_used_at: Mapped[dt.datetime | None]
+def _time(name: str, *, nullable: bool = False, index: bool = False) -> Column[dt.datetime]:
+    return Column(name, _UTCDateTime(), nullable=nullable, index=index or None)
 
 
-class PlatformStateRow(Base):
-    """The authoritative (version, active platform) of one user."""
-
-    __tablename__ = "platform_states"
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    version: Mapped[int] = mapped_column(default=0)
-    # Only meaningful from version 1 on: version 0 means "never switched", and then the
-    # active platform follows the default rule (server/rules.py's active_platform).
-    active_platform_id: Mapped[int | None] = mapped_column(
-        ForeignKey("platforms.id", ondelete="SET NULL")
-    )
-    updated_at: Mapped[dt.datetime]
+def _text(name: str, length: int, *, nullable: bool = False, **kwargs: Any) -> Column[str]:
+    return Column(name, String(length), nullable=nullable, **kwargs)
 
 
-class LoginSessionRow(Base):
-    """A login session; only a SHA-256 of its 256-bit token is stored."""
-
-    __tablename__ = "login_sessions"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[dt.datetime]
-    last_seen_at: Mapped[dt.datetime]
-    idle_expires_at: Mapped[dt.datetime]
-    absolute_expires_at: Mapped[dt.datetime]
-    revoked_at: Mapped[dt.datetime | None]
-    revoked_reason: Mapped[str | None] = mapped_column(String(16))
-    user_agent: Mapped[str | None] = mapped_column(String(300))
-    ip: Mapped[str | None] = mapped_column(String(64))
-
-    @property
-    def expires_at(self) -> dt.datetime:
-        """Return the moment the session ends unless extended: the earlier of its two expiries."""
-        return min(self.idle_expires_at, self.absolute_expires_at)
+def _user_id(*, primary_key: bool = False) -> Column[int]:
+    """The owning user: the primary key, or else an indexed column; deleted with the user."""
+    foreign = ForeignKey("users.id", ondelete="CASCADE")
+    if primary_key:
+        return _id("user_id", foreign, primary_key=True)
+    return _id("user_id", foreign, index=True)
 
 
-class SwitchLogRow(Base):
-    """The decision taken on one switch request, kept for idempotent retries."""
+metadata = MetaData()
 
-    __tablename__ = "switch_log"
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    accepted: Mapped[bool] = mapped_column(Boolean)
-    reason: Mapped[str | None] = mapped_column(String(32))
-    version: Mapped[int]
-    platform_id: Mapped[int]
-    tab_id: Mapped[str | None] = mapped_column(String(64))
-    decided_at: Mapped[dt.datetime] = mapped_column(index=True)
+# A person who can log in.
+users = Table(
+    "users",
+    metadata,
+    _id("id", primary_key=True),
+    _text("name", 64, unique=True),
+    _text("password_hash", 256),
+    _time("created_at"),
+)
 
+# A platform account connected by a user; credentials live in the host app, not here.
+platforms = Table(
+    "platforms",
+    metadata,
+    _id("id", primary_key=True),
+    _user_id(),
+    _text("name", 100),
+    _text("kind", 32),
+    _text("instance_url", 500),
+    _text("username", 200),
+    Column("is_active", Boolean, nullable=False, default=True),
+    Column("is_default", Boolean, nullable=False, default=False),
+    _time("created_at"),
+    _time("updated_at"),
+    _time("last_used_at", nullable=True),
+    UniqueConstraint("user_id", "name"),
+    UniqueConstraint("user_id", "instance_url", "username"),
+)
 
-class HoldRow(Base):
-    """A hold on a user's switches while a job of the host app runs (server/storage/holds.py)."""
+# The authoritative (version, active platform) of one user. The active platform is only
+# meaningful from version 1 on: version 0 means "never switched", and then the active platform
+# follows the default rule (server/rules.py's active_platform).
+platform_states = Table(
+    "platform_states",
+    metadata,
+    _user_id(primary_key=True),
+    _id("version", default=0),
+    _id("active_platform_id", ForeignKey("platforms.id", ondelete="SET NULL"), nullable=True),
+    _time("updated_at"),
+)
 
-    __tablename__ = "holds"
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    reason: Mapped[str] = mapped_column(String(200))
-    placed_at: Mapped[dt.datetime]
-    expires_at: Mapped[dt.datetime]
+# A login session; only a SHA-256 of its 256-bit token is stored (server/storage/sessions.py).
+login_sessions = Table(
+    "login_sessions",
+    metadata,
+    _id("id", primary_key=True),
+    _user_id(),
+    _text("token_hash", 64, unique=True),
+    _time("created_at"),
+    _time("last_seen_at"),
+    _time("idle_expires_at"),
+    _time("absolute_expires_at"),
+    _time("revoked_at", nullable=True),
+    _text("revoked_reason", 16, nullable=True),
+    _text("user_agent", 300, nullable=True),
+    _text("ip", 64, nullable=True),
+)
+
+# The decision taken on one switch request, kept for idempotent retries.
+switch_log = Table(
+    "switch_log",
+    metadata,
+    _user_id(primary_key=True),
+    _text("request_id", 64, primary_key=True),
+    Column("accepted", Boolean, nullable=False),
+    _text("reason", 32, nullable=True),
+    _id("version"),
+    _id("platform_id"),
+    _text("tab_id", 64, nullable=True),
+    _time("decided_at", index=True),
+)
+
+# A hold on a user's switches while a job of the host app runs (server/storage/holds.py).
+holds = Table(
+    "holds",
+    metadata,
+    _user_id(primary_key=True),
+    _text("reason", 200),
+    _time("placed_at"),
+    _time("expires_at"),
+)
 
 
 # Errors that mean "the database is not there right now", as opposed to a bug or a conflict.
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
-# The tables, for Core statements (the hot path and every unit of work written with them).
-users = cast(Table, UserRow.__table__)
-platforms = cast(Table, PlatformRow.__table__)
-platform_states = cast(Table, PlatformStateRow.__table__)
-login_sessions = cast(Table, LoginSessionRow.__table__)
-switch_log = cast(Table, SwitchLogRow.__table__)
-holds = cast(Table, HoldRow.__table__)
 
 
 # SQLSTATE classes that mean the server cannot serve now, whatever the statement: connection
@@ -259,28 +248,24 @@ class Database:
         # it changed still reaches the tabs (the app resyncs them).
         self._deadline = None if settings.is_sqlite else settings.database_timeout_s
         self.on_late_commit: Callable[[], None] | None = None
-        # The hot path (switch batches, state reads) runs synchronous units of work. On
-        # SQLite each runs whole in one hop to a thread, on the plain sqlite3 driver: through
-        # aiosqlite, every cursor call is its own hop (about 60 per switch, 5 ms of CPU).
+        # Units of work are synchronous. On SQLite each runs whole in one hop to a thread, on
+        # the plain sqlite3 driver: through aiosqlite, every cursor call is its own hop (about
+        # 60 per switch, 5 ms of CPU); the async engine serves only the schema (alembic).
         self._sync_engine: Engine | None = None
         self._sync_writes: Engine | None = None  # the same, marked for BEGIN IMMEDIATE
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         if settings.is_sqlite:
-            _configure_sqlite(self.engine.sync_engine, settings)
+            sqlite.configure(self.engine.sync_engine, settings)
             self._sync_engine = create_engine(
                 settings.database_url.replace("+aiosqlite", "+pysqlite", 1),
                 connect_args={"check_same_thread": False},
             )
-            _configure_sqlite(self._sync_engine, settings)
+            sqlite.configure(self._sync_engine, settings)
             # Made once: an options engine per unit of work cost 3% of the hub's GIL time.
             self._sync_writes = self._sync_engine.execution_options(hub_write=True)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="hub-sqlite-writer")
             self._readers = ThreadPoolExecutor(2, thread_name_prefix="hub-sqlite-reader")
-        self._read = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write = async_sessionmaker(
-            self.engine.execution_options(hub_write=True), expire_on_commit=False
-        )
         self._running: set[asyncio.Task[Any]] = set()
         # SQLite has one writer at a time. The hub's own writers queue here, in order, rather
         # than in SQLite's busy handler, which sleeps up to 100 ms between tries and, under
@@ -292,7 +277,7 @@ class Database:
         self._write_failed_at = -math.inf
         self._write_failure = ""
         # SQLite's write-ahead log, checked after each write (a stat): see _recover_wal.
-        self._wal = _wal_path(settings.database_url) if settings.is_sqlite else None
+        self._wal = sqlite.wal_path(settings.database_url) if settings.is_sqlite else None
 
     async def create_schema(self) -> schema.SchemaState:
         """Bring the schema to this hub's newest revision (server/storage/schema.py), creating it.
@@ -320,21 +305,13 @@ class Database:
         # then finds nothing left to do (PostgreSQL takes an advisory lock: storage/schema.py).
         return self.engine.execution_options(hub_write=True)
 
-    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a read transaction and return its result."""
-        return await self._run(self._read, work)
+        return await self._run(work, write=False)
 
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction, committed when it returns."""
-        return await self._run(self._write, work, serialize=True)
-
-    async def read_sync(self, work: Callable[[Connection], T]) -> T:
-        """Run the synchronous ``work`` in a read transaction and return its result."""
-        return await self._run_sync(work, write=False)
-
-    async def write_sync(self, work: Callable[[Connection], T]) -> T:
-        """Run the synchronous ``work`` in a write transaction, committed when it returns."""
-        return await self._run_sync(work, write=True)
+        return await self._run(work, write=True)
 
     def checked_out(self) -> int:
         """Return how many pooled connections are checked out right now."""
@@ -355,16 +332,19 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
-    async def _run_sync(self, work: Callable[[Connection], T], *, write: bool) -> T:
-        if self._sync_engine is None:
-            # PostgreSQL: the same synchronous work, run on asyncpg through SQLAlchemy's
-            # greenlet bridge; every statement is a round trip either way.
-            async def adapted(session: AsyncSession) -> T:
-                connection = await session.connection()
-                return await connection.run_sync(work)
+    async def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
+        # The unit of work runs in a task of its own and the caller awaits it through a
+        # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
+        # cannot interrupt the commit or rollback, so no connection is ever left checked out.
+        unit = self._in_thread(work, write=write) if self._sync_engine else self._bridged(work)
+        return await self._shielded(self._serialized(unit) if write else unit(), write=write)
 
-            return await (self.write(adapted) if write else self.read(adapted))
+    def _in_thread(
+        self, work: Callable[[Connection], T], *, write: bool
+    ) -> Callable[[], Awaitable[T]]:
+        # SQLite: the whole unit in one hop to a thread (the writer's, or a reader's).
         engine = self._sync_writes if write and self._sync_writes else self._sync_engine
+        assert engine is not None
         executor = self._writer if write else self._readers
         loop = asyncio.get_running_loop()
 
@@ -376,26 +356,17 @@ class Database:
             with _unavailable_as_store_error():
                 return await loop.run_in_executor(executor, call)
 
-        return await self._shielded(self._serialized(unit) if write else unit(), write=write)
+        return unit
 
-    async def _run(
-        self,
-        maker: async_sessionmaker[AsyncSession],
-        work: Callable[[AsyncSession], Awaitable[T]],
-        *,
-        serialize: bool = False,
-    ) -> T:
-        # The unit of work runs in a task of its own and the caller awaits it through a
-        # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
-        # cannot interrupt the commit or rollback, so no connection is ever left checked out.
+    def _bridged(self, work: Callable[[Connection], T]) -> Callable[[], Awaitable[T]]:
+        # PostgreSQL: the same synchronous work on asyncpg, through SQLAlchemy's greenlet
+        # bridge; every statement is a round trip either way.
         async def unit() -> T:
             with _unavailable_as_store_error():
-                async with maker.begin() as session:
-                    return await work(session)
+                async with self.engine.begin() as connection:
+                    return await connection.run_sync(work)
 
-        return await self._shielded(
-            self._serialized(unit) if serialize else unit(), write=serialize
-        )
+        return unit
 
     async def _shielded(self, unit: Awaitable[T], *, write: bool = False) -> T:
         task = asyncio.ensure_future(unit)
@@ -439,14 +410,7 @@ class Database:
             return result
 
     async def _recover_wal(self) -> None:
-        """Save what a deleted WAL holds and start a new one.
-
-        Deleting hub.db-wal under a running hub (an operator cleaning up "temporary" files)
-        lost every commit since the last checkpoint at the next start: 99 of 560
-        acknowledged switches in one trial. The pooled connections still hold the deleted
-        file open, so a checkpoint through one of them copies its commits into hub.db; then
-        every connection is closed, and the next ones make a new WAL.
-        """
+        """Save what a deleted WAL holds and start a new one (sqlite.checkpoint_deleted_wal)."""
         assert self._sync_engine is not None and self._writer is not None
         sync_engine = self._sync_engine
         logger.error(
@@ -454,25 +418,14 @@ class Database:
             "starting a new one (never delete -wal or -shm files while a hub runs)",
             self._wal,
         )
-
-        def checkpoint() -> None:
-            with sync_engine.connect() as connection:
-                busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
-            if busy:
-                raise StoreUnavailable("The deleted WAL could not be checkpointed (busy).")
-            sync_engine.dispose()
-
         try:
-            await asyncio.get_running_loop().run_in_executor(self._writer, checkpoint)
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, sqlite.checkpoint_deleted_wal, sync_engine
+            )
         except Exception as error:
             self._write_failed_at, self._write_failure = time.monotonic(), str(error)
             raise StoreUnavailable(f"The database's WAL was deleted: {error}") from error
         await self.engine.dispose()
-
-
-def _wal_path(url: str) -> str | None:
-    path = url.split("///", 1)[1] if "///" in url else ""
-    return None if not path or path.startswith(":memory:") else path + "-wal"
 
 
 def _engine_options(settings: Settings) -> dict[str, Any]:
@@ -489,35 +442,6 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: a read given up on may fail later, unheard
-
-
-def _configure_sqlite(engine: Engine, settings: Settings) -> None:
-    synchronous = settings.sqlite_synchronous.upper()
-    busy_timeout = int(settings.sqlite_busy_timeout_ms)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver: pysqlite would otherwise open
-        # transactions lazily, only at the first write, so a read-then-write unit of
-        # work would not be atomic.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # WAL with synchronous=NORMAL: a committed transaction survives a crash of the
-        # hub process (it is in the OS's page cache); FULL also survives power loss.
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # A write unit of work takes the write lock up front (IMMEDIATE) so it waits on
-        # busy_timeout instead of failing with SQLITE_BUSY when it upgrades a read lock.
-        if connection.get_execution_options().get("hub_write"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
 
 
 def _first_line(error: BaseException) -> str:

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.db import Database
 from server.hub import Hub
+from server.protocol import decode_server
 from server.settings import Settings
 from server.storage.users import seed_demo
 from server.web.app import create_app
@@ -137,7 +138,10 @@ class Tab:
         )
 
     async def receive(self, within: float = TIMEOUT) -> dict[str, Any]:
+        """Receive the next message: a whole server message (``protocol.decode_server``
+        refuses a frame with a missing, extra or mistyped field), as a plain dict."""
         frame = await asyncio.wait_for(self.connection.recv(), within)
+        decode_server(frame)
         message: dict[str, Any] = json.loads(frame)
         self.received.append(message)
         if "state" in message and message["state"] and message["type"] in {"hello", "state"}:

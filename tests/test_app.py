@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from server.storage.users import seed_demo
 from server.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
-from tests.support.load import wait_until
+from tests.support.processes import wait_until
 
 
 async def refused_status(running: RunningHub, **kwargs: object) -> tuple[int, bytes]:

@@ -27,16 +27,10 @@ from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
 from server.storage import backplane
 from tests.support.history import check
-from tests.support.load import (
-    HubProcess,
-    Load,
-    Population,
-    converge,
-    populate,
-    record_facts,
-    wait_until,
-)
+from tests.support.load import Load, converge, record_facts
+from tests.support.population import Population, populate
 from tests.support.postgres import BASE_URL, Relay, fresh_database
+from tests.support.processes import HubProcess, wait_until
 
 CONVERGE_WITHIN_S = 5.0
 

@@ -13,16 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
-from server.db import Database, SwitchLogRow
+from server import db
+from server.db import Database
 from server.errors import StoreUnavailable
 from server.protocol import RejectReason, Switch
 from server.rules import Accepted, Refused
 from server.storage.commits import GroupCommit
 from server.storage.switches import SqlStore
 from tests.conftest import MakeSettings, make_settings
-from tests.support.load import Population, populate
+from tests.support.population import Population, populate
 
 
 async def open_store(
@@ -40,15 +41,16 @@ async def close(store: SqlStore) -> None:
 
 
 async def log_rows(store: SqlStore) -> list[tuple[int, str, bool, str | None, int]]:
-    async def work(session: object) -> list[tuple[int, str, bool, str | None, int]]:
-        query = select(
-            SwitchLogRow.user_id,
-            SwitchLogRow.request_id,
-            SwitchLogRow.accepted,
-            SwitchLogRow.reason,
-            SwitchLogRow.version,
-        ).order_by(SwitchLogRow.user_id, SwitchLogRow.request_id)
-        return [tuple(row) for row in (await session.execute(query)).all()]  # type: ignore[attr-defined]
+    log = db.switch_log
+    query = select(
+        log.c.user_id, log.c.request_id, log.c.accepted, log.c.reason, log.c.version
+    ).order_by(log.c.user_id, log.c.request_id)
+
+    def work(connection: Connection) -> list[tuple[int, str, bool, str | None, int]]:
+        return [
+            (row.user_id, row.request_id, row.accepted, row.reason, row.version)
+            for row in connection.execute(query)
+        ]
 
     return await store.database.read(work)
 
@@ -242,8 +244,8 @@ async def test_switch_log_count_matches_decisions(make_on_each_engine: MakeSetti
             RejectReason.UNKNOWN_PLATFORM,
         ]
 
-        async def count(session: object) -> int:
-            return int(await session.scalar(select(func.count()).select_from(SwitchLogRow)))  # type: ignore[attr-defined]
+        def count(connection: Connection) -> int:
+            return int(connection.scalar(select(func.count()).select_from(db.switch_log)) or 0)
 
         assert await store.database.read(count) == 3
     finally:

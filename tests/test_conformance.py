@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import MakeSettings
-from tests.support.load import HubProcess, seed_demo_file
+from tests.support.population import seed_demo_file
+from tests.support.processes import HubProcess
 
 KEY = "conformance-key"
 

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, Connection, event, func, select, text, update
+from sqlalchemy.pool import Pool
 
-from server.db import Database, LoginSessionRow, PlatformStateRow, SwitchLogRow
+from server import db
+from server.db import Database
 from server.errors import StoreUnavailable
 from server.protocol import Switch
+from server.storage import sessions
 from server.storage.switches import SqlStore
 from server.storage.users import seed_demo
 from tests.conftest import RunningHub, make_settings, other_platform, serve
-from tests.support.load import HubProcess, seed_demo_file
+from tests.support.population import seed_demo_file
+from tests.support.processes import HubProcess
+
+
+def stored_version(connection: Connection, user_id: int = 1) -> int:
+    states = db.platform_states
+    version = connection.scalar(select(states.c.version).where(states.c.user_id == user_id))
+    assert version is not None
+    return int(version)
+
+
+def logged(connection: Connection, *where: ColumnElement[bool]) -> int:
+    """How many decisions the switch log holds (those matching ``where``)."""
+    return int(
+        connection.scalar(select(func.count()).select_from(db.switch_log).where(*where)) or 0
+    )
 
 
 async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(
@@ -27,17 +46,18 @@ async def test_every_pooled_connection_gets_wal_busy_timeout_and_foreign_keys(
         make_settings(tmp_path, sqlite_busy_timeout_ms=1234, sqlite_synchronous="FULL")
     )
     await database.create_schema()
-    release = asyncio.Event()
+    release = threading.Event()
 
-    async def pragmas(session: Any) -> tuple[Any, ...]:
+    def pragmas(connection: Connection) -> tuple[Any, ...]:
         values = []
         for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous"):
-            values.append((await session.execute(text(f"PRAGMA {name}"))).scalar())
-        await release.wait()
+            values.append(connection.execute(text(f"PRAGMA {name}")).scalar())
+        release.wait(timeout=10)
         return tuple(values)
 
-    # Hold three connections at once so the pool has to open three.
-    tasks = [asyncio.create_task(database.read(pragmas)) for _ in range(3)]
+    # Hold three connections at once (both readers and the writer), so the pool opens three.
+    units = (database.read, database.read, database.write)
+    tasks = [asyncio.create_task(unit(pragmas)) for unit in units]
     await asyncio.sleep(0.2)
     assert database.checked_out() == 3
     release.set()
@@ -55,20 +75,8 @@ async def test_cancelled_switch_leaks_no_connection_and_half_applies_nothing(
     await seed_demo(database)
     store = SqlStore(database)
 
-    async def login_id(session: Any) -> int:
-        row = LoginSessionRow(
-            user_id=1,
-            token_hash="0" * 64,
-            created_at=database.clock(),
-            last_seen_at=database.clock(),
-            idle_expires_at=database.clock().replace(year=2100),
-            absolute_expires_at=database.clock().replace(year=2100),
-        )
-        session.add(row)
-        await session.flush()
-        return row.id
-
-    session_id = await database.write(login_id)
+    _, login = await sessions.open_session(database, 1)
+    session_id = login.id
     for attempt in range(20):
         state = await store.load_state(1)
         request = Switch(id=f"c{attempt}", platform=other_platform_of(state), base=state.version)
@@ -80,12 +88,8 @@ async def test_cancelled_switch_leaks_no_connection_and_half_applies_nothing(
     await asyncio.sleep(0.3)
     assert database.checked_out() == 0
 
-    async def consistent(session: Any) -> tuple[int, int]:
-        version = (await session.get(PlatformStateRow, 1)).version
-        accepted = await session.scalar(
-            select(func.count()).select_from(SwitchLogRow).where(SwitchLogRow.accepted)
-        )
-        return version, int(accepted)
+    def consistent(connection: Connection) -> tuple[int, int]:
+        return stored_version(connection), logged(connection, db.switch_log.c.accepted)
 
     version, accepted = await database.read(consistent)
     # Every switch that committed moved the version by one, and only those did.
@@ -170,9 +174,9 @@ async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
     token = await running.login("alice")
     tab = await running.tab(token, "a")
 
-    async def revoke(session: Any) -> None:
-        await session.execute(
-            update(LoginSessionRow).values(
+    def revoke(connection: Connection) -> None:
+        connection.execute(
+            update(db.login_sessions).values(
                 revoked_at=running.database.clock(), revoked_reason="logout"
             )
         )
@@ -184,9 +188,8 @@ async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
     code, messages = await tab.closed()
     assert code == 4001 and messages == [{"type": "session_ended", "reason": "logout"}]
 
-    async def state(session: Any) -> tuple[int, int]:
-        logged = await session.scalar(select(func.count()).select_from(SwitchLogRow))
-        return (await session.get(PlatformStateRow, 1)).version, int(logged)
+    def state(connection: Connection) -> tuple[int, int]:
+        return stored_version(connection), logged(connection)
 
     assert await running.database.read(state) == (0, 0)
 
@@ -197,16 +200,19 @@ async def test_writers_queued_behind_a_failed_write_fail_with_it(tmp_path: Path)
     settings = make_settings(tmp_path, sqlite_busy_timeout_ms=300)
     database = Database(settings)
     await database.create_schema()
-    attempts = 0
+    checkouts = 0
 
-    async def work(session: Any) -> int:
-        nonlocal attempts
-        attempts += 1
-        await session.execute(text("CREATE TABLE IF NOT EXISTS probe (x INTEGER)"))
-        return attempts
+    def checked_out(*_: Any) -> None:
+        nonlocal checkouts
+        checkouts += 1
+
+    def work(connection: Connection) -> int:
+        connection.execute(text("CREATE TABLE IF NOT EXISTS probe (x INTEGER)"))
+        return checkouts
 
     locker = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
+    event.listen(Pool, "checkout", checked_out)
     try:
         results = await asyncio.gather(
             *(database.write(work) for _ in range(20)), return_exceptions=True
@@ -214,11 +220,14 @@ async def test_writers_queued_behind_a_failed_write_fail_with_it(tmp_path: Path)
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    assert all(isinstance(r, StoreUnavailable) for r in results), results
-    assert len({str(r) for r in results}) == 1 and "locked" in str(results[0])
-    assert attempts == 1  # only the first writer reached the database; it applied nothing
-    # A writer that arrives after the failure goes to the database again, and succeeds.
-    assert await database.write(work) == 2
+    try:
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert len({str(r) for r in results}) == 1 and "locked" in str(results[0])
+        assert checkouts == 1  # only the first writer reached the database; it applied nothing
+        # A writer that arrives after the failure goes to the database again, and succeeds.
+        assert await database.write(work) == 2
+    finally:
+        event.remove(Pool, "checkout", checked_out)
     assert database.checked_out() == 0
     await database.dispose()
 

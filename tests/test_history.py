@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.history import (
+from tests.support.history import brute_force, check, check_user
+from tests.support.recording import (
     Answer,
     Delivery,
     History,
@@ -23,9 +24,6 @@ from tests.support.history import (
     Read,
     TabRecorder,
     UserHistory,
-    brute_force,
-    check,
-    check_user,
 )
 
 PLATFORMS = (1, 2, 3)

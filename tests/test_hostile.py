@@ -19,13 +19,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_sync
 
-from server.db import LoginSessionRow
+from server import db
 from server.errors import BadMessage
 from server.logs import redact
 from server.protocol import Ping, Switch, decode
@@ -33,7 +33,9 @@ from server.settings import Settings
 from server.storage.sessions import token_hash
 from server.web.credentials import COOKIE
 from tests.conftest import RunningHub, make_settings, other_platform, serve
-from tests.support.load import HubProcess, RawFlood, seed_demo_file
+from tests.support.load import RawFlood
+from tests.support.population import seed_demo_file
+from tests.support.processes import HubProcess
 
 # Handshakes.
 
@@ -79,11 +81,12 @@ async def test_the_handshake_is_refused_for_every_bad_origin_and_credential(
     assert await handshake(running, {**own, "Cookie": f"{COOKIE}={token[:-2]}xx"}) == 401
     expired = await running.login("alice")
 
-    async def expire(session: Any) -> None:
+    def expire(connection: Connection) -> None:
         past = running.database.clock() - dt.timedelta(seconds=1)
-        await session.execute(
-            update(LoginSessionRow)
-            .where(LoginSessionRow.token_hash == token_hash(expired))
+        sessions = db.login_sessions
+        connection.execute(
+            update(sessions)
+            .where(sessions.c.token_hash == token_hash(expired))
             .values(idle_expires_at=past)
         )
 

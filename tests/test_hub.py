@@ -14,36 +14,11 @@ from server.protocol import (
     RejectReason,
     StateView,
     UserInfo,
-    decode_server,
 )
 from server.rules import describe
 from tests.conftest import TIMEOUT
 from tests.support.memory import MemoryStore
-
-
-class _RecordingTransport:
-    """The frames a tab was sent, in order."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.sent = asyncio.Event()
-
-    async def send_text(self, data: str) -> None:
-        self.frames.append(data)
-        self.sent.set()
-
-    def send_now(self, data: str) -> bool:
-        # Takes every frame at once, as an idle connection does (test_model's transport
-        # takes none, so the hub's writer task carries them there).
-        self.frames.append(data)
-        self.sent.set()
-        return True
-
-    async def close(self, code: int, reason: str) -> None:
-        self.frames.append(f"close {code}")
-
-    def abort(self) -> None:
-        self.frames.append("aborted")
+from tests.support.transport import RecordingTransport
 
 
 class _HeldReads(MemoryStore):
@@ -92,7 +67,7 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
     user, _ = store.add_user([("Pixelfed", True), ("Mastodon", False)])
     session = store.open_session(user)
     hub = Hub(store)
-    transport = _RecordingTransport()
+    transport = RecordingTransport()
     try:
         current = await MemoryStore.load_state(store, user)
         joining = asyncio.create_task(
@@ -108,12 +83,12 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
         newer = msgspec.structs.replace(current, version=current.version + 1)
         hub.publish(user, newer, Cause(kind="switch", tab="other", request="r"))
         await asyncio.sleep(0.01)
-        assert transport.frames == []  # nothing may go out before the hello
+        assert transport.messages == []  # nothing may go out before the hello
         store.release.set()
         tab = await asyncio.wait_for(joining, TIMEOUT)
         await asyncio.wait_for(transport.sent.wait(), TIMEOUT)
         await asyncio.sleep(0.01)  # anything queued behind the hello goes out too
-        messages = [decode_server(frame) for frame in transport.frames]
+        messages = transport.messages
         assert isinstance(messages[0], Hello)
         # The hello already carries the newer state (the hub remembered it), or it follows.
         assert [m.state.version for m in messages] in (  # type: ignore[union-attr]

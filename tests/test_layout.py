@@ -11,13 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules the Layout lists: the server package and the test support package.
 LISTED = ("server", "tests/support")
 MOST_LINES = 450
-# Modules still over the limit, each with the most lines it may have until it is split
-# (issue 13): the ratchet only tightens.
-NOT_SPLIT_YET = {
-    "server/db.py": 525,
-    "tests/support/history.py": 535,
-    "tests/support/load.py": 540,
-}
 # The core: server/*.py but db.py (kept at the top, where the project specified it) and the
 # command line, which wires the layers together.
 OUTSIDE_CORE = {"db.py", "__main__.py"}
@@ -78,15 +71,10 @@ def test_every_module_is_in_the_readme_layout_with_its_docstring() -> None:
 
 
 def test_no_module_is_over_the_size_limit() -> None:
-    """One concept per module: none over 450 lines, bar the few not split yet, which may
-    not grow."""
+    """One concept per module: none over 450 lines."""
     sizes = {p.as_posix(): len((ROOT / p).read_text().splitlines()) for p in modules()}
-    over = {
-        path: size for path, size in sizes.items() if size > NOT_SPLIT_YET.get(path, MOST_LINES)
-    }
-    assert not over, f"over {MOST_LINES} lines (or their ratchet): {over}"
-    split = [path for path in NOT_SPLIT_YET if sizes.get(path, 0) <= MOST_LINES]
-    assert not split, f"now within {MOST_LINES} lines: take them out of NOT_SPLIT_YET: {split}"
+    over = {path: size for path, size in sizes.items() if size > MOST_LINES}
+    assert not over, f"over {MOST_LINES} lines: {over}"
 
 
 def test_the_core_imports_no_framework_driver_or_upper_layer() -> None:

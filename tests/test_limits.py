@@ -25,7 +25,8 @@ from websockets.uri import parse_uri
 from server.settings import Settings
 from server.web.credentials import COOKIE
 from tests.conftest import make_settings
-from tests.support.load import HubProcess, seed_demo_file
+from tests.support.population import seed_demo_file
+from tests.support.processes import HubProcess
 
 MiB = 2**20
 

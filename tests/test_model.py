@@ -29,9 +29,10 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
-from server.db import Database, PlatformRow, UserRow
+from server import db
+from server.db import Database
 from server.errors import AuthenticationError
 from server.hub import Hub
 from server.protocol import SessionEndReason, UserInfo
@@ -42,30 +43,11 @@ from server.storage.users import seed_demo
 from server.tab import Tab
 from server.web import tasks
 from tests.conftest import make_settings
+from tests.support.transport import RecordingTransport
 
 SESSION_S = 3600.0  # idle == absolute: sliding never moves the expiry, the model stays simple
 LOG_TTL_S = 600.0
 UNKNOWN_PLATFORM = 10**6
-
-
-class RecordingTransport:
-    """The hub's Transport, keeping what it was sent."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.closed: int | None = None
-
-    async def send_text(self, data: str) -> None:
-        self.frames.append(json.loads(data))
-
-    def send_now(self, data: str) -> bool:
-        return False  # every frame through the hub's writer task (test_hub's takes them all)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = code
-
-    def abort(self) -> None:
-        self.closed = self.closed or 1006
 
 
 @dataclass
@@ -182,13 +164,11 @@ class HubModel(RuleBasedStateMachine):
         self.run(self.database.create_schema())
         self.run(seed_demo(self.database))
 
-        async def load(session: Any) -> list[tuple[int, str, list[tuple[int, bool]]]]:
-            users = (await session.scalars(select(UserRow).order_by(UserRow.id))).all()
+        def load(connection: Connection) -> list[tuple[int, str, list[tuple[int, bool]]]]:
+            users, platforms = db.users, db.platforms
             out = []
-            for user in users:
-                rows = await session.scalars(
-                    select(PlatformRow).where(PlatformRow.user_id == user.id)
-                )
+            for user in connection.execute(select(users).order_by(users.c.id)).all():
+                rows = connection.execute(select(platforms).where(platforms.c.user_id == user.id))
                 out.append((user.id, user.name, [(p.id, p.is_default) for p in rows]))
             return out
 
@@ -224,7 +204,7 @@ class HubModel(RuleBasedStateMachine):
             assert not self.live(session), error
             return None
         assert self.live(session)
-        transport = RecordingTransport()
+        transport = RecordingTransport(takes_at_once=False)
         tab = self.run(
             self.hub.join(
                 transport,
@@ -284,9 +264,10 @@ class HubModel(RuleBasedStateMachine):
         user = self.users[name]
         platform = user.platforms[index % len(user.platforms)]
 
-        async def work(session: Any) -> None:
-            await session.execute(
-                update(PlatformRow).where(PlatformRow.id == platform.id).values(is_active=active)
+        def work(connection: Connection) -> None:
+            platforms = db.platforms
+            connection.execute(
+                update(platforms).where(platforms.c.id == platform.id).values(is_active=active)
             )
 
         self.run(self.database.write(work))

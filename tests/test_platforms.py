@@ -13,10 +13,10 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
+from server import db
 from server.api import PlatformCreate
-from server.db import PlatformRow, PlatformStateRow, UserRow
 from server.errors import PlatformRefused
 from server.settings import Settings
 from server.storage import platforms
@@ -36,22 +36,20 @@ def settings(settings_on_each_engine: Settings) -> Settings:
 async def stored(running: RunningHub, name: str) -> dict[str, Any]:
     """The user's state row and platforms, straight from the database."""
 
-    async def work(session: Any) -> dict[str, Any]:
-        user_id = await session.scalar(select(UserRow.id).where(UserRow.name == name))
-        state = await session.get(PlatformStateRow, user_id)
-        rows = (
-            await session.scalars(
-                select(PlatformRow).where(PlatformRow.user_id == user_id).order_by(PlatformRow.id)
-            )
-        ).all()
+    def work(connection: Connection) -> dict[str, Any]:
+        user_id = connection.scalar(select(db.users.c.id).where(db.users.c.name == name))
+        states, platforms = db.platform_states, db.platforms
+        state = connection.execute(select(states).where(states.c.user_id == user_id)).one()
+        rows = connection.execute(
+            select(platforms).where(platforms.c.user_id == user_id).order_by(platforms.c.id)
+        )
         return {
             "version": state.version,
             "active": state.active_platform_id,
             "platforms": {r.name: (r.id, r.is_active, r.is_default) for r in rows},
         }
 
-    result: dict[str, Any] = await running.database.read(work)
-    return result
+    return await running.database.read(work)
 
 
 async def next_state(tab: Tab) -> dict[str, Any]:

@@ -22,17 +22,11 @@ from pathlib import Path
 import pytest
 
 from server.settings import Settings
-from tests.support.history import History, check
-from tests.support.load import (
-    HubProcess,
-    Load,
-    Population,
-    converge,
-    hub_process,
-    populate,
-    record_facts,
-    wait_until,
-)
+from tests.support.history import check
+from tests.support.load import Load, converge, record_facts
+from tests.support.population import Population, populate
+from tests.support.processes import HubProcess, hub_process, wait_until
+from tests.support.recording import History
 
 pytestmark = pytest.mark.scenario
 

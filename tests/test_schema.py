@@ -1,4 +1,4 @@
-"""server/storage/schema.py: the migrations build the models' schema; outdated schemas are refused.
+"""server/storage/schema.py: the migrations build server/db.py's tables; old schemas are refused.
 
 On a fresh SQLite file and a fresh PostgreSQL database each; the command line on SQLite.
 """
@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, select, text
 
 from server import db
-from server.db import Base, Database, UserRow
+from server.db import Database
 from server.storage import schema
 from server.storage.schema import SchemaOutdated
 from tests.conftest import MakeSettings
@@ -26,14 +26,14 @@ from tests.conftest import MakeSettings
 
 def differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, db.metadata))
 
 
-async def test_the_migrations_build_exactly_what_the_models_describe(
+async def test_the_migrations_build_exactly_what_the_tables_describe(
     make_on_each_engine: MakeSettings,
 ) -> None:
     """An empty database upgraded to the head has every table, column, type, key and index
-    of server/db.py's models, and nothing else."""
+    of server/db.py's tables, and nothing else."""
     database = Database(make_on_each_engine())
     try:
         before = await database.create_schema()
@@ -49,7 +49,7 @@ async def test_the_migrations_build_exactly_what_the_models_describe(
 
 # The tables hubs made before migrations existed: revision 0001's.
 BASELINE_TABLES = [
-    Base.metadata.tables[name]
+    db.metadata.tables[name]
     for name in ("users", "login_sessions", "platforms", "platform_states", "switch_log")
 ]
 
@@ -57,12 +57,12 @@ BASELINE_TABLES = [
 async def test_a_database_from_before_migrations_is_refused_then_adopted_with_its_data(
     make_on_each_engine: MakeSettings,
 ) -> None:
-    """Tables made straight from the models, as hubs did before migrations: serving refuses
+    """Tables made straight from server/db.py, as hubs did before migrations: serving refuses
     them and names the command; the upgrade records the baseline and keeps every row."""
     database = Database(make_on_each_engine())
     try:
         async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all, tables=BASELINE_TABLES)
+            await connection.run_sync(db.metadata.create_all, tables=BASELINE_TABLES)
             await connection.execute(
                 db.users.insert().values(
                     name="old", password_hash="x", created_at=dt.datetime.now(dt.UTC)
@@ -74,7 +74,7 @@ async def test_a_database_from_before_migrations_is_refused_then_adopted_with_it
         state = await schema.inspect_schema(database.engine)
         assert state.up_to_date
         async with database.engine.connect() as connection:
-            names = (await connection.execute(select(UserRow.name))).scalars().all()
+            names = (await connection.execute(select(db.users.c.name))).scalars().all()
             assert names == ["old"]
             assert await connection.run_sync(differences) == []
     finally:
@@ -114,7 +114,7 @@ def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -
     path = tmp_path / "legacy.db"
     url = f"sqlite+aiosqlite:///{path}"
     engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine, tables=BASELINE_TABLES)
+    db.metadata.create_all(engine, tables=BASELINE_TABLES)
     engine.dispose()
 
     refused = run_hub(url, "serve", "--port", "0")

@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Row, func, insert, select
 from websockets.exceptions import InvalidStatus
 
-from server.db import LoginSessionRow, UserRow
+from server import db
 from server.settings import Settings
 from server.storage import sessions
 from server.storage.sessions import collect
@@ -29,12 +28,11 @@ def settings(settings_on_each_engine: Settings) -> Settings:
     return settings_on_each_engine
 
 
-async def session_rows(running: RunningHub) -> list[LoginSessionRow]:
-    async def work(session: Any) -> list[LoginSessionRow]:
-        return list((await session.scalars(select(LoginSessionRow))).all())
+async def session_rows(running: RunningHub) -> list[Row[Any]]:
+    def work(connection: Connection) -> list[Row[Any]]:
+        return list(connection.execute(select(db.login_sessions)))
 
-    rows: list[LoginSessionRow] = await running.database.read(work)
-    return rows
+    return await running.database.read(work)
 
 
 async def test_login_sets_a_fresh_http_only_cookie_and_stores_only_a_hash(
@@ -180,7 +178,7 @@ async def test_activity_slides_idle_expiry_but_not_past_absolute(
                     break
             assert response.status_code == 401 and response.json()["reason"] == "expired"
         [row] = await session_rows(running)
-        assert row.expires_at == row.absolute_expires_at
+        assert sessions.expires_at(row) == row.absolute_expires_at
 
 
 async def test_collection_deletes_ended_sessions_and_old_switch_log(
@@ -209,8 +207,8 @@ async def test_collection_deletes_ended_sessions_and_old_switch_log(
         async with running.http(live) as client:
             assert (await client.get("/api/state")).status_code == 200
 
-        async def count(session: Any) -> int:
-            return int(await session.scalar(select(func.count()).select_from(LoginSessionRow)))
+        def count(connection: Connection) -> int:
+            return int(connection.scalar(select(func.count()).select_from(db.login_sessions)) or 0)
 
         assert await running.database.read(count) == 1
 
@@ -315,9 +313,9 @@ async def test_a_hash_of_another_cost_verifies_and_is_rehashed_at_login(
         await running.login("alice")
     async with serve(make_on_each_engine(password_cost=2**13)) as running:
 
-        async def stored(session: AsyncSession) -> str:
-            hashed: str | None = await session.scalar(
-                select(UserRow.password_hash).where(UserRow.name == "alice")
+        def stored(connection: Connection) -> str:
+            hashed: str | None = connection.scalar(
+                select(db.users.c.password_hash).where(db.users.c.name == "alice")
             )
             assert hashed is not None
             return hashed
@@ -364,18 +362,19 @@ async def test_revoking_thousands_of_sessions_at_once_reaches_every_tab(
         first = await running.login("alice")
         now = running.database.clock()
 
-        async def many(session: Any) -> None:
-            session.add_all(
-                LoginSessionRow(
-                    user_id=1,
-                    token_hash=hashlib.sha256(f"bulk-{n}".encode()).hexdigest(),
-                    created_at=now,
-                    last_seen_at=now,
-                    idle_expires_at=now + dt.timedelta(hours=1),
-                    absolute_expires_at=now + dt.timedelta(hours=2),
-                )
+        def many(connection: Connection) -> None:
+            rows = [
+                {
+                    "user_id": 1,
+                    "token_hash": hashlib.sha256(f"bulk-{n}".encode()).hexdigest(),
+                    "created_at": now,
+                    "last_seen_at": now,
+                    "idle_expires_at": now + dt.timedelta(hours=1),
+                    "absolute_expires_at": now + dt.timedelta(hours=2),
+                }
                 for n in range(1998)
-            )
+            ]
+            connection.execute(insert(db.login_sessions), rows)
 
         await running.database.write(many)
         last = await running.login("alice")

@@ -7,10 +7,10 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select, update
 
+from server import db
 from server.api import PlatformCreate, PlatformKind
-from server.db import PlatformRow, PlatformStateRow, SwitchLogRow, UserRow
 from server.settings import Settings
 from server.storage.users import add_user
 from tests.conftest import RunningHub, Tab, other_platform
@@ -25,13 +25,17 @@ def settings(settings_on_each_engine: Settings) -> Settings:
 async def stored_state(running: RunningHub, name: str) -> tuple[int, int | None]:
     """Read (version, active platform) of a user straight from the database."""
 
-    async def work(session: Any) -> tuple[int, int | None]:
-        user_id = await session.scalar(select(UserRow.id).where(UserRow.name == name))
-        row = await session.get(PlatformStateRow, user_id)
-        return row.version, row.active_platform_id
+    def work(connection: Connection) -> tuple[int, int | None]:
+        states, users = db.platform_states, db.users
+        query = (
+            select(states.c.version, states.c.active_platform_id)
+            .join_from(states, users, users.c.id == states.c.user_id)
+            .where(users.c.name == name)
+        )
+        version, active = connection.execute(query).one()
+        return version, active
 
-    result: tuple[int, int | None] = await running.database.read(work)
-    return result
+    return await running.database.read(work)
 
 
 async def test_hello_carries_state_user_session_and_heartbeat(running: RunningHub) -> None:
@@ -139,8 +143,11 @@ async def test_inactive_platform_is_refused(running: RunningHub) -> None:
     tab = await running.tab(token, "a")
     target = other_platform(tab.hello["state"])
 
-    async def deactivate(session: Any) -> None:
-        (await session.get(PlatformRow, target)).is_active = False
+    def deactivate(connection: Connection) -> None:
+        platforms = db.platforms
+        connection.execute(
+            update(platforms).where(platforms.c.id == target).values(is_active=False)
+        )
 
     await running.database.write(deactivate)
     rejected = await tab.switch("r1", target)
@@ -176,8 +183,8 @@ async def test_retry_of_a_request_gets_the_original_decision(running: RunningHub
     repeated = await again.switch("r3", platforms[0], base=3)
     assert repeated["reason"] == "stale" and repeated["state"]["version"] == 3
 
-    async def count(session: Any) -> int:
-        return int(await session.scalar(select(func.count()).select_from(SwitchLogRow)))
+    def count(connection: Connection) -> int:
+        return int(connection.scalar(select(func.count()).select_from(db.switch_log)) or 0)
 
     assert await running.database.read(count) == 4
 

@@ -50,7 +50,7 @@ async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> 
         backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=hold)])
         return HoldAnswer(hold=hold, state=state)
 
-    return await database.write_sync(work)
+    return await database.write(work)
 
 
 async def release(database: Database, user_id: int) -> HoldAnswer:
@@ -63,4 +63,4 @@ async def release(database: Database, user_id: int) -> HoldAnswer:
         backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=None)])
         return HoldAnswer(hold=None, state=state)
 
-    return await database.write_sync(work)
+    return await database.write(work)

@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, update
 
 from server import db
 from server.api import (
@@ -35,7 +35,7 @@ from server.events import StateChanged
 from server.protocol import PLATFORMS_CAUSE, ErrorCode
 from server.rules import active_platform, default_platform
 from server.storage import backplane
-from server.storage.switches import read_state
+from server.storage.switches import PLATFORM_ROWS, read_state
 
 __all__ = ["add", "change", "check_room", "listing", "mirror", "remove", "seed"]
 
@@ -50,7 +50,7 @@ async def listing(database: Database, user_id: int) -> PlatformList:
         _, _, state = read_state(connection, user_id)
         return PlatformList(platforms=tuple(_details(connection, user_id)), state=state)
 
-    return await database.read_sync(work)
+    return await database.read(work)
 
 
 async def add(database: Database, user_id: int, new: PlatformCreate) -> PlatformList:
@@ -226,7 +226,7 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         backplane.stage(connection, origin, [event])
         return PlatformList(platforms=tuple(rows), state=state)
 
-    return await database.write_sync(work)
+    return await database.write(work)
 
 
 def _insert(
@@ -253,20 +253,8 @@ def _insert(
 
 
 def _details(connection: Connection, user_id: int) -> list[PlatformDetail]:
-    rows = connection.execute(
-        select(
-            _platforms.c.id,
-            _platforms.c.name,
-            _platforms.c.kind,
-            _platforms.c.instance_url,
-            _platforms.c.username,
-            _platforms.c.is_active,
-            _platforms.c.is_default,
-        )
-        .where(_platforms.c.user_id == user_id)
-        .order_by(_platforms.c.id)
-    )
-    return [PlatformDetail(*row) for row in rows]
+    rows = connection.execute(PLATFORM_ROWS, {"users": [user_id]})
+    return [PlatformDetail(id_, *rest) for id_, _user_id, *rest in rows]
 
 
 def _normalize_default(

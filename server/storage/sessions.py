@@ -16,12 +16,11 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from server import db
 from server.api import SessionDetail
-from server.db import Database, LoginSessionRow, SwitchLogRow, UserRow
+from server.db import Database
 from server.errors import AuthenticationError, UsageError
 from server.events import SessionsEnded
 from server.protocol import SessionEndReason
@@ -57,6 +56,7 @@ __all__ = [
 
 logger = logging.getLogger("hub.sessions")
 _sessions = db.login_sessions
+_users = db.users
 # A session's identity and the times that decide whether it is live (see ended_reason); the
 # switch batch reads the same columns.
 LIVENESS_COLUMNS = (
@@ -74,8 +74,8 @@ LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
 )
 # Built once, on the synchronous path: every WebSocket handshake runs it.
 _BY_TOKEN = (
-    select(*LIVENESS_COLUMNS, UserRow.name)
-    .join_from(_sessions, UserRow, UserRow.id == _sessions.c.user_id)
+    select(*LIVENESS_COLUMNS, _users.c.name)
+    .join_from(_sessions, _users, _users.c.id == _sessions.c.user_id)
     .where(_sessions.c.token_hash == bindparam("digest"))
 )
 
@@ -119,12 +119,9 @@ async def log_in(
     """
     cost = database.settings.password_cost
 
-    async def find(session: AsyncSession) -> tuple[int, str] | None:
-        row = (
-            await session.execute(
-                select(UserRow.id, UserRow.password_hash).where(UserRow.name == name)
-            )
-        ).first()
+    def find(connection: Connection) -> tuple[int, str] | None:
+        query = select(_users.c.id, _users.c.password_hash).where(_users.c.name == name)
+        row = connection.execute(query).first()
         return (row[0], row[1]) if row else None
 
     found = await database.read(find)
@@ -142,11 +139,11 @@ async def log_in(
 async def _rehash(database: Database, user_id: int, old: str, password: str, cost: int) -> None:
     fresh = await asyncio.to_thread(hash_password, password, cost=cost)
 
-    async def work(session: AsyncSession) -> None:
+    def work(connection: Connection) -> None:
         # Only if unchanged meanwhile: a password set since then is newer than this one.
-        await session.execute(
-            update(UserRow)
-            .where(UserRow.id == user_id, UserRow.password_hash == old)
+        connection.execute(
+            update(_users)
+            .where(_users.c.id == user_id, _users.c.password_hash == old)
             .values(password_hash=fresh)
         )
 
@@ -168,43 +165,42 @@ async def open_session(
     settings = database.settings
     now = database.clock()
     absolute = now + dt.timedelta(seconds=settings.session_absolute_s)
-    row = LoginSessionRow(
-        user_id=user_id,
-        token_hash=token_hash(token),
-        created_at=now,
-        last_seen_at=now,
-        idle_expires_at=idle_expiry(now, absolute, settings.session_idle_s),
-        absolute_expires_at=absolute,
+    idle = idle_expiry(now, absolute, settings.session_idle_s)
+    row = {
+        "user_id": user_id,
+        "token_hash": token_hash(token),
+        "created_at": now,
+        "last_seen_at": now,
+        "idle_expires_at": idle,
+        "absolute_expires_at": absolute,
         # A header may hold what the protocol refuses in bodies; keep what can be shown.
-        user_agent=_CONTROL.sub("", user_agent or "")[:300] or None,
-        ip=ip,
+        "user_agent": _CONTROL.sub("", user_agent or "")[:300] or None,
+        "ip": ip,
+    }
+    locked_user = select(_users.c.name).where(_users.c.id == user_id).with_for_update()
+    live_sessions_of_user = (
+        select(_sessions.c.id)
+        .where(
+            _sessions.c.user_id == user_id,
+            _sessions.c.revoked_at.is_(None),
+            _sessions.c.idle_expires_at > now,
+            _sessions.c.absolute_expires_at > now,
+        )
+        .order_by(_sessions.c.id)
     )
 
-    async def store(session: AsyncSession) -> LoginSession:
-        name = await session.scalar(
-            select(UserRow.name).where(UserRow.id == user_id).with_for_update()
-        )
+    def store(connection: Connection) -> LoginSession:
+        name = connection.scalar(locked_user)
         if name is None:
             raise UsageError(f"no user with id {user_id}")
         # The user's row is locked (FOR UPDATE; SQLite has one writer): two logins at once
         # count the same sessions one after the other, so the cap holds.
-        live = (
-            await session.scalars(
-                select(LoginSessionRow.id)
-                .where(
-                    LoginSessionRow.user_id == user_id,
-                    LoginSessionRow.revoked_at.is_(None),
-                    LoginSessionRow.idle_expires_at > now,
-                    LoginSessionRow.absolute_expires_at > now,
-                )
-                .order_by(LoginSessionRow.id)
-            )
-        ).all()
+        live = connection.scalars(live_sessions_of_user).all()
         displaced = list(live[: max(0, len(live) - settings.max_sessions_per_user + 1)])
-        await _end(database, session, displaced, SessionEndReason.REVOKED)
-        session.add(row)
-        await session.flush()
-        return LoginSession(row.id, user_id, name, row.expires_at, tuple(displaced))
+        _end(database, connection, displaced, SessionEndReason.REVOKED)
+        session_id = connection.scalar(insert(_sessions).values(row).returning(_sessions.c.id))
+        assert session_id is not None
+        return LoginSession(session_id, user_id, name, min(idle, absolute), tuple(displaced))
 
     return token, await database.write(store)
 
@@ -225,7 +221,7 @@ async def authenticate(
     def find(connection: Connection) -> Any:
         return connection.execute(_BY_TOKEN, {"digest": digest}).first()
 
-    row = await database.read_sync(find)
+    row = await database.read(find)
     if row is None:
         raise AuthenticationError(
             "invalid", "The session is unknown or was collected; log in again."
@@ -244,13 +240,19 @@ async def extend(database: Database, login: LoginSession) -> LoginSession | None
     settings = database.settings
     now = database.clock()
 
-    async def work(session: AsyncSession) -> LoginSession | None:
-        row = await session.get(LoginSessionRow, login.id)
+    def work(connection: Connection) -> LoginSession | None:
+        row = connection.execute(
+            select(*LIVENESS_COLUMNS).where(_sessions.c.id == login.id).with_for_update()
+        ).first()
         if row is None or ended_reason(row, now) is not None:
             return None
-        row.last_seen_at = now
-        row.idle_expires_at = idle_expiry(now, row.absolute_expires_at, settings.session_idle_s)
-        return dataclasses.replace(login, expires_at=row.expires_at)
+        idle = idle_expiry(now, row.absolute_expires_at, settings.session_idle_s)
+        connection.execute(
+            update(_sessions)
+            .where(_sessions.c.id == login.id)
+            .values(last_seen_at=now, idle_expires_at=idle)
+        )
+        return dataclasses.replace(login, expires_at=min(idle, row.absolute_expires_at))
 
     return await database.write(work)
 
@@ -260,21 +262,19 @@ async def revoke(
 ) -> bool:
     """Revoke one session (only if it is ``user_id``'s, when given); return whether it was live."""
 
-    async def work(session: AsyncSession) -> bool:
-        owned = () if user_id is None else (LoginSessionRow.user_id == user_id,)
-        ids = (
-            await session.scalars(
-                select(LoginSessionRow.id)
-                .where(
-                    LoginSessionRow.id == session_id, LoginSessionRow.revoked_at.is_(None), *owned
-                )
-                # Locked: a revocation racing this one waits, then finds it revoked already
-                # (PostgreSQL rechecks the condition; SQLite has one writer anyway).
-                .with_for_update()
-            )
-        ).all()
+    owned = () if user_id is None else (_sessions.c.user_id == user_id,)
+    query = (
+        select(_sessions.c.id)
+        .where(_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None), *owned)
+        # Locked: a revocation racing this one waits, then finds it revoked already
+        # (PostgreSQL rechecks the condition; SQLite has one writer anyway).
+        .with_for_update()
+    )
+
+    def work(connection: Connection) -> bool:
+        ids = list(connection.scalars(query).all())
         # Not live (or not this user's): no tab to close anywhere.
-        await _end(database, session, list(ids), reason)
+        _end(database, connection, ids, reason)
         return bool(ids)
 
     return await database.write(work)
@@ -283,24 +283,21 @@ async def revoke(
 async def revoke_all(database: Database, user_id: int, reason: SessionEndReason) -> list[int]:
     """Revoke every live session of a user; return their ids."""
     return await database.write(
-        lambda session: revoke_all_within(database, session, user_id, reason)
+        lambda connection: revoke_all_within(database, connection, user_id, reason)
     )
 
 
-async def revoke_all_within(
-    database: Database, session: AsyncSession, user_id: int, reason: SessionEndReason
+def revoke_all_within(
+    database: Database, connection: Connection, user_id: int, reason: SessionEndReason
 ) -> list[int]:
     """Revoke every live session of a user in the open write transaction; return their ids."""
-    ids = list(
-        (
-            await session.scalars(
-                select(LoginSessionRow.id)
-                .where(LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None))
-                .with_for_update()
-            )
-        ).all()
+    query = (
+        select(_sessions.c.id)
+        .where(_sessions.c.user_id == user_id, _sessions.c.revoked_at.is_(None))
+        .with_for_update()
     )
-    await _end(database, session, ids, reason)
+    ids = list(connection.scalars(query).all())
+    _end(database, connection, ids, reason)
     return ids
 
 
@@ -308,49 +305,47 @@ async def live_sessions(database: Database, user_id: int) -> list[SessionDetail]
     """Return a user's live sessions, newest first, with their device and address hints."""
     now = database.clock()
 
-    async def work(session: AsyncSession) -> list[SessionDetail]:
-        rows = (
-            await session.scalars(
-                select(LoginSessionRow)
-                .where(LoginSessionRow.user_id == user_id, LoginSessionRow.revoked_at.is_(None))
-                .order_by(LoginSessionRow.id.desc())
-            )
-        ).all()
+    query = (
+        select(_sessions)
+        .where(_sessions.c.user_id == user_id, _sessions.c.revoked_at.is_(None))
+        .order_by(_sessions.c.id.desc())
+    )
+
+    def work(connection: Connection) -> list[SessionDetail]:
         return [
             SessionDetail(
                 id=row.id,
                 created_at=format_time(row.created_at),
                 last_seen_at=format_time(row.last_seen_at),
-                expires_at=format_time(row.expires_at),
+                expires_at=format_time(expires_at(row)),
                 user_agent=row.user_agent,
                 ip=row.ip,
             )
-            for row in rows
+            for row in connection.execute(query)
             if ended_reason(row, now) is None
         ]
 
     return await database.read(work)
 
 
-async def _end(
-    database: Database, session: AsyncSession, ids: list[int], reason: SessionEndReason
+def _end(
+    database: Database, connection: Connection, ids: list[int], reason: SessionEndReason
 ) -> None:
     # Every end of a session comes here: in the open write transaction, and with its commit
     # every other hub process closes the sessions' tabs.
     if not ids:
         return
-    await session.execute(
-        update(LoginSessionRow)
-        .where(LoginSessionRow.id.in_(ids))
+    connection.execute(
+        update(_sessions)
+        .where(_sessions.c.id.in_(ids))
         .values(revoked_at=database.clock(), revoked_reason=reason.value)
     )
     event = SessionsEnded(sessions=ids, reason=reason)
-    origin = database.origin
-    await session.run_sync(lambda sync: backplane.stage(sync.connection(), origin, [event]))
+    backplane.stage(connection, database.origin, [event])
 
 
 class SessionTimes(Protocol):
-    """What decides whether a session has ended: a row of login_sessions, ORM or Core."""
+    """What decides whether a session has ended: a row of login_sessions."""
 
     @property
     def revoked_at(self) -> dt.datetime | None: ...
@@ -395,20 +390,17 @@ async def collect(database: Database) -> Collected:
     now = database.clock()
     cutoff = now - dt.timedelta(seconds=database.settings.switch_log_ttl_s)
 
-    async def work(session: AsyncSession) -> Collected:
-        sessions = await session.execute(
-            delete(LoginSessionRow).where(
-                or_(
-                    LoginSessionRow.revoked_at.is_not(None),
-                    LoginSessionRow.idle_expires_at <= now,
-                    LoginSessionRow.absolute_expires_at <= now,
-                )
-            )
-        )
-        switches = await session.execute(
-            delete(SwitchLogRow).where(SwitchLogRow.decided_at < cutoff)
-        )
-        return Collected(getattr(sessions, "rowcount", 0), getattr(switches, "rowcount", 0))
+    ended = or_(
+        _sessions.c.revoked_at.is_not(None),
+        _sessions.c.idle_expires_at <= now,
+        _sessions.c.absolute_expires_at <= now,
+    )
+    switch_log = db.switch_log
+
+    def work(connection: Connection) -> Collected:
+        sessions = connection.execute(delete(_sessions).where(ended))
+        switches = connection.execute(delete(switch_log).where(switch_log.c.decided_at < cutoff))
+        return Collected(sessions.rowcount, switches.rowcount)
 
     return await database.write(work)
 
@@ -421,8 +413,8 @@ async def statuses(
     now = database.clock()
     wanted = sorted(ids)
 
-    # Core rows in a reader thread: the ORM built a full object per session on the event
-    # loop, which stalled every tab for 14 ms per 500 sessions at each check (every 2 s).
+    # Core rows in a reader thread: the ORM, once used here, built a full object per session
+    # on the event loop, which stalled every tab for 14 ms per 500 sessions at each check.
     def work(connection: Connection) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
         found: dict[int, tuple[SessionEndReason | None, dt.datetime]] = {}
         for start in range(0, len(wanted), 500):
@@ -431,7 +423,7 @@ async def statuses(
                 found[row.id] = (ended_reason(row, now), expires_at(row))
         return found
 
-    return await database.read_sync(work)
+    return await database.read(work)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -50,6 +50,7 @@ from server.storage.sessions import (
 )
 
 __all__ = [
+    "PLATFORM_ROWS",
     "PendingSwitch",
     "SqlStore",
     "read_holds",
@@ -90,7 +91,7 @@ class SqlStore:
         def work(connection: Connection) -> StateView:
             return read_state(connection, user_id)[2]
 
-        return await self.database.read_sync(work)
+        return await self.database.read(work)
 
     async def load_hold(self, user_id: int) -> HoldView | None:
         """Read the hold in force for a user, if any."""
@@ -99,7 +100,7 @@ class SqlStore:
         def work(connection: Connection) -> HoldView | None:
             return read_holds(connection, [user_id], now).get(user_id)
 
-        return await self.database.read_sync(work)
+        return await self.database.read(work)
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
@@ -123,7 +124,7 @@ class SqlStore:
             )
             return decisions
 
-        return await self.database.write_sync(work)
+        return await self.database.write(work)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -325,7 +326,9 @@ _STATES = select(_states.c.user_id, _states.c.version, _states.c.active_platform
 # On PostgreSQL, FOR UPDATE (in user order, against deadlocks) makes the batch's reads the
 # arbiter's; SQLite already holds the database's write lock and ignores the clause.
 _STATES_LOCKED = _STATES.order_by(_states.c.user_id).with_for_update()
-_PLATFORMS = (
+# A user's platforms, in id order, as rules.Platforms.of digests them (platforms.py reads
+# them so too).
+PLATFORM_ROWS = (
     select(
         _platforms.c.id,
         _platforms.c.user_id,
@@ -339,7 +342,7 @@ _PLATFORMS = (
     .where(_platforms.c.user_id.in_(bindparam("users", expanding=True)))
     .order_by(_platforms.c.id)
 )
-_ACTIVE_PLATFORMS = _PLATFORMS.where(_platforms.c.is_active)
+_ACTIVE_PLATFORMS = PLATFORM_ROWS.where(_platforms.c.is_active)
 _HOLDS = select(_holds.c.user_id, _holds.c.reason, _holds.c.expires_at).where(
     _holds.c.user_id.in_(bindparam("users", expanding=True))
 )
@@ -383,7 +386,7 @@ def _read_states(
 def _read_platforms(
     connection: Connection, user_ids: Sequence[int], *, inactive: bool = False
 ) -> dict[int, Platforms]:
-    query = _PLATFORMS if inactive else _ACTIVE_PLATFORMS
+    query = PLATFORM_ROWS if inactive else _ACTIVE_PLATFORMS
     grouped: dict[int, list[Any]] = {}
     for row in connection.execute(query, {"users": list(user_ids)}):
         grouped.setdefault(row[1], []).append(row)

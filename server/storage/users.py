@@ -12,11 +12,10 @@ import dataclasses
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import db
 from server.api import PlatformCreate, PlatformKind
-from server.db import Database, UserRow
+from server.db import Database
 from server.errors import UsageError
 from server.protocol import SessionEndReason, is_line
 from server.storage import platforms
@@ -80,7 +79,7 @@ async def add_user(
         platforms.seed(connection, user_id, platforms_, now, most=most)
         return user_id
 
-    return await database.write_sync(work)
+    return await database.write(work)
 
 
 async def upsert_user(
@@ -108,13 +107,13 @@ async def upsert_user(
         hash_password, password, cost=database.settings.password_cost
     )
 
-    async def work(session: AsyncSession) -> list[int]:
-        await session.execute(
-            update(UserRow).where(UserRow.id == existing).values(password_hash=password_hash)
+    def work(connection: Connection) -> list[int]:
+        connection.execute(
+            update(db.users).where(db.users.c.id == existing).values(password_hash=password_hash)
         )
         if not end_sessions:
             return []
-        return await revoke_all_within(database, session, existing, SessionEndReason.REVOKED)
+        return revoke_all_within(database, connection, existing, SessionEndReason.REVOKED)
 
     return existing, False, await database.write(work)
 
@@ -122,8 +121,8 @@ async def upsert_user(
 async def user_id_of(database: Database, name: str) -> int | None:
     """Return the id of the user with this name, if there is one."""
 
-    async def work(session: AsyncSession) -> int | None:
-        found: int | None = await session.scalar(select(UserRow.id).where(UserRow.name == name))
+    def work(connection: Connection) -> int | None:
+        found: int | None = connection.scalar(select(db.users.c.id).where(db.users.c.name == name))
         return found
 
     return await database.read(work)

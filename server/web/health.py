@@ -28,7 +28,7 @@ async def healthz(request: Request) -> Response:
     settings: Settings = request.state.settings
     try:
         async with asyncio.timeout(settings.readiness_timeout_s):
-            await database.write_sync(_probe)
+            await database.write(_probe)
     except StoreUnavailable as error:
         return _health(request, 503, "unavailable", str(error))
     except TimeoutError:

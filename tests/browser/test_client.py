@@ -11,10 +11,10 @@ import aiosqlite
 import httpx
 import pytest
 from playwright.async_api import Page, expect
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, select
 
+from server import db
 from server.client import HostClient
-from server.db import SwitchLogRow
 from server.settings import Settings
 from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
 from tests.conftest import RunningHub, make_settings, serve
@@ -46,10 +46,12 @@ def others(current: dict[str, Any]) -> list[int]:
     return [p["id"] for p in current["platforms"] if p["id"] != current["active"]]
 
 
-async def switch_log(hub: RunningHub, user_id: int) -> list[SwitchLogRow]:
-    async def rows(session: Any) -> list[SwitchLogRow]:
-        query = select(SwitchLogRow).where(SwitchLogRow.user_id == user_id)
-        return list((await session.scalars(query.order_by(SwitchLogRow.version))).all())
+async def switch_log(hub: RunningHub, user_id: int) -> list[Row[Any]]:
+    log = db.switch_log
+    query = select(log).where(log.c.user_id == user_id).order_by(log.c.version)
+
+    def rows(connection: Connection) -> list[Row[Any]]:
+        return list(connection.execute(query))
 
     return await hub.database.read(rows)
 

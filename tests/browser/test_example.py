@@ -19,7 +19,7 @@ from playwright.async_api import expect
 from examples.host_app import create_app
 from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
 from tests.conftest import RunningHub, make_settings, serve
-from tests.support.load import free_port
+from tests.support.processes import free_port
 
 KEY = "example-key"
 

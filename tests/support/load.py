@@ -11,198 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
-from sqlalchemy import Connection, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import Close, Frame, Opcode
 from websockets.uri import parse_uri
 
-from server import db
-from server.api import PlatformCreate, PlatformKind
-from server.db import Database, PlatformStateRow, SwitchLogRow
 from server.settings import Settings
-from server.storage import sessions
-from server.storage.switches import SqlStore
-from server.storage.users import add_user, seed_demo
-from tests.support.history import History, Operation, TabRecorder
-
-PLATFORMS: tuple[tuple[str, PlatformKind, str], ...] = (
-    ("Pixelfed", "pixelfed", "https://pixelfed.example"),
-    ("Mastodon", "mastodon", "https://mastodon.example"),
-    ("Fosstodon", "mastodon", "https://fosstodon.example"),
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Population:
-    """Users with three platforms each and one session token per user."""
-
-    tokens: dict[int, str]
-    platforms: dict[int, tuple[int, ...]]
-    sessions: dict[int, int] = field(default_factory=dict)
-
-
-async def populate(settings: Settings, users: int) -> Population:
-    """Create ``users`` users (no passwords), their platforms and a session each."""
-    database = Database(settings)
-    await database.create_schema()
-    tokens: dict[int, str] = {}
-    platforms: dict[int, tuple[int, ...]] = {}
-    login_ids: dict[int, int] = {}
-    try:
-        for n in range(users):
-            name = f"user{n:05d}"
-            listed = [
-                PlatformCreate(
-                    name=platform, kind=kind, instance_url=url, username=name, is_default=i == 0
-                )
-                for i, (platform, kind, url) in enumerate(PLATFORMS)
-            ]
-            user_id = await add_user(database, name, None, listed)
-            platforms[user_id] = await _platform_ids(database, user_id)
-            tokens[user_id], login = await sessions.open_session(database, user_id)
-            login_ids[user_id] = login.id
-    finally:
-        await database.dispose()
-    return Population(tokens, platforms, login_ids)
-
-
-async def _platform_ids(database: Database, user_id: int) -> tuple[int, ...]:
-    def read(connection: Connection) -> tuple[int, ...]:
-        query = select(db.platforms.c.id).where(db.platforms.c.user_id == user_id)
-        return tuple(connection.execute(query.order_by(db.platforms.c.id)).scalars())
-
-    return await database.read_sync(read)
-
-
-async def seed_demo_file(settings: Settings) -> None:
-    """Create the schema and the demo users (alice, bob, carol) in the settings' database."""
-    database = Database(settings)
-    try:
-        await database.create_schema()
-        await seed_demo(database)
-    finally:
-        await database.dispose()
-
-
-async def database_facts(
-    settings: Settings,
-) -> tuple[dict[int, tuple[int, int | None]], dict[int, dict[str, int]]]:
-    """Return each user's stored (version, active) and the accepted rows of the switch log."""
-    database = Database(settings)
-    try:
-
-        async def log(session: Any) -> dict[int, dict[str, int]]:
-            logs: dict[int, dict[str, int]] = {}
-            query = select(SwitchLogRow).where(SwitchLogRow.accepted.is_(True))
-            for row in (await session.scalars(query)).all():
-                logs.setdefault(row.user_id, {})[row.request_id] = row.version
-            return logs
-
-        async def users(session: Any) -> list[int]:
-            return list((await session.scalars(select(PlatformStateRow.user_id))).all())
-
-        store = SqlStore(database)
-        states = {}
-        for user in await database.read(users):
-            state = await store.load_state(user)
-            states[user] = (state.version, state.active)
-        return states, await database.read(log)
-    finally:
-        await database.dispose()
-
-
-class HubProcess:
-    """`python -m server serve` on its own port, its output in a log file."""
-
-    def __init__(
-        self, settings: Settings, log: Path, port: int | None = None, args: Sequence[str] = ()
-    ) -> None:
-        self.settings = settings
-        self.args = tuple(args)  # more flags for `hub serve`
-        self.port = port or free_port()
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.settings.to_environ()}
-        env["HUB_PORT"] = str(self.port)
-        env["HUB_HOST"] = "127.0.0.1"
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "server", "serve", *self.args],
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
-
-    async def start(self, within: float = 20) -> HubProcess:
-        """Start the process and wait until /healthz answers."""
-        self.process = self._spawn()
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.url) as http:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"hub exited with {self.process.returncode}: {self.log}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/healthz")).status_code == 200:
-                        return self
-                if time.monotonic() > deadline:
-                    raise TimeoutError("hub did not become healthy")
-                await asyncio.sleep(0.05)
-
-    async def health(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url) as http:
-            body: dict[str, Any] = (await http.get("/healthz")).json()
-            return body
-
-    def kill(self) -> None:
-        """kill -9: no shutdown of any kind."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    async def terminate(self, within: float = 30) -> int:
-        """SIGTERM, then wait for the graceful shutdown; return the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                self.process.kill()
-                raise TimeoutError("hub did not stop after SIGTERM")
-            await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+from tests.support.population import Population, database_facts
+from tests.support.processes import wait_until
+from tests.support.recording import History, Operation, TabRecorder
 
 
 class RawFlood:
@@ -265,17 +89,6 @@ class RawFlood:
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
                 self.received.extend(chunk)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> float:
-    """Poll ``predicate`` until it holds; return how long that took (TimeoutError after)."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise TimeoutError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.005)
 
 
 @dataclass
@@ -526,12 +339,3 @@ async def converge(load: Load, settings: Settings, within: float) -> float:
         behind = [t.name for t in load.tabs if (t.version, t.active) != states[t.user]]
         raise AssertionError(f"{len(behind)} tabs never converged, e.g. {behind[:5]}") from None
     return time.monotonic() - started
-
-
-@contextlib.asynccontextmanager
-async def hub_process(settings: Settings, log: Path) -> AsyncIterator[HubProcess]:
-    hub = await HubProcess(settings, log).start()
-    try:
-        yield hub
-    finally:
-        hub.stop()

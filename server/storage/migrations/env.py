@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from server.db import Base
+from server.db import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -14,7 +14,7 @@ if connection is None:
     )
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=metadata,
     # SQLite cannot ALTER most things: later migrations rebuild its tables in batches.
     render_as_batch=True,
     compare_type=True,
