@@ -364,7 +364,8 @@ async def main(args: argparse.Namespace) -> None:
     if args.write or args.render:
         plot(results, ROOT / "bench" / "latency.png")
         arguments = raw["arguments"]
-        (ROOT / "bench" / "RESULTS.md").write_text(
+        page = ROOT / "bench" / "RESULTS.md"
+        page.write_text(
             RESULTS.format(
                 date=raw["date"],
                 machine=raw["machine"],
@@ -381,11 +382,19 @@ async def main(args: argparse.Namespace) -> None:
                 targets=targets(results, store),
                 raw=json.dumps(raw, indent=1),
             )
+            + kept_log(page)
         )
 
 
+def kept_log(page: Path) -> str:
+    """Return the page's run log (written by hand, newest first), which a rewrite keeps."""
+    text = page.read_text() if page.exists() else ""
+    at = text.find(RUN_LOG)
+    return text[at:] if at >= 0 else RUN_LOG + "\n(none yet)\n"
+
+
 def targets(all_results: list[dict[str, Any]], store: list[dict[str, Any]]) -> str:
-    """Issue 5's targets against this run's figures, each met or missed."""
+    """The targets against this run's figures, each met or missed."""
     by = {r["target"]: r for r in all_results}
     hub_r = by[HUB]
     found = ratios(all_results)
@@ -466,7 +475,7 @@ after its commit.
 
 {ratios}
 
-## Issue 5's targets
+## Targets
 
 {targets}
 
@@ -478,7 +487,10 @@ docs/performance.md explains each gap, with the profile behind it and the next l
 {raw}
 ```
 </details>
+
 """
+# The page's last section: what each run measured and what had changed, by hand.
+RUN_LOG = "## Run log"
 
 
 if __name__ == "__main__":
