@@ -189,7 +189,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "collect_interval_s": 3600,
         "heartbeat_s": 5,
         # scrypt at 2**12 (4 MiB, a few ms): the suite opens many sessions; the default
-        # cost is tested where it matters (tests/test_sessions.py).
+        # cost is tested where it matters (tests/storage/test_sessions.py).
         "password_cost": 2**12,
     }
     base.update(overrides)

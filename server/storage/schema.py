@@ -3,7 +3,7 @@
 ``hub db upgrade`` brings a database to the schema this hub needs, ``hub serve`` refuses an
 outdated one (or upgrades it when told to), and a fresh, empty database is created at once, so
 `make run` needs no set-up. The migrations live in ``server/storage/migrations/versions``; the test
-``tests/test_schema.py`` checks that they build exactly what ``server/db.py``'s models
+``tests/storage/test_schema.py`` checks that they build exactly what ``server/db.py``'s models
 describe, on SQLite and on PostgreSQL.
 
 A database made before migrations existed (tables created straight from the models) holds the

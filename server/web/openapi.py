@@ -1,7 +1,8 @@
 """The host API's OpenAPI 3.1 document, its schemas generated from the protocol's structs.
 
 ``GET /api/host/openapi.json`` serves it. The paths are listed here once, beside the
-routes of server/web/host_api.py; tests/test_host.py checks that the two name the same endpoints.
+routes of server/web/host_api.py; tests/web/test_host.py checks that the two name the same
+endpoints.
 """
 
 from __future__ import annotations

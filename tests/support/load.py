@@ -1,6 +1,6 @@
 """Load harness: a real hub process, thousands of real WebSocket tabs, every frame recorded.
 
-Used by tests/test_scenarios.py (and usable from a shell). The hub runs as `python -m server
+Used by tests/e2e/test_scenarios.py (and usable from a shell). The hub runs as `python -m server
 serve` on a SQLite file; users and sessions are created in that file beforehand. Each tab is a
 `websockets` client whose frames feed a TabRecorder, so a run ends in a History that
 tests.support.history.check judges against the database's final state and switch log.
@@ -34,7 +34,7 @@ class RawFlood:
 
     Frames are built once by websockets' sans-I/O client and written in blocks, so flooding
     costs the flooder little CPU; it reads (and keeps) what comes back but never answers the
-    close. Used by tests/test_hostile.py and bench/load.py's flood mode.
+    close. Used by tests/web/test_hostile.py and bench/load.py's flood mode.
     """
 
     def __init__(self, url: str, headers: dict[str, str], frames_per_block: int = 500) -> None:

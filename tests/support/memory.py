@@ -1,6 +1,6 @@
 """An in-memory Store on the same rules.decide as the SQL store, for the hub's own tests.
 
-tests/test_store.py runs one contract body against it, SQLite and PostgreSQL, so what the
+tests/storage/test_store.py runs one contract body against it, SQLite and PostgreSQL, so what the
 hub's unit tests learn on it holds for the real stores; it keeps no switch log beyond the
 decisions a retry must get again, and no sessions beyond whether each has ended.
 """

@@ -14,7 +14,7 @@ from bench import scale
 from bench.run import ceiling, idle_memory, load, load_command, peer
 from tests.support.postgres import require_postgres
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("start", [ceiling, peer], ids=["ceiling", "peer"])

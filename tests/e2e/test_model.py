@@ -2,7 +2,7 @@
 
 The hub, its store and sessions run for real on a SQLite file, with a clock the test moves.
 Tabs are the hub's Transport interface recording frames (the network is not under test
-here; tests/test_app.py and the scenarios cover it). Rules: log in, tabs join and leave,
+here; tests/web/test_app.py and the scenarios cover it). Rules: log in, tabs join and leave,
 switches current and stale, to unknown and inactive platforms, retries of earlier requests,
 logout, time passing (expiry), collection, platforms deactivated and reactivated. After every
 step the database, the model and every open tab agree.

@@ -18,7 +18,7 @@ import httpx
 
 from tests.conftest import reported_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_carries_the_hub_and_an_installed_hub_serves_the_client(

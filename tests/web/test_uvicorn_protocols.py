@@ -2,7 +2,7 @@
 not need.
 
 The header deadline and the bounded reads are tested with the hostile input they stop
-(tests/test_hostile.py); here, what a live connection keeps, and the small primitives that
+(tests/web/test_hostile.py); here, what a live connection keeps, and the small primitives that
 replace asyncio's queue and event in it.
 """
 

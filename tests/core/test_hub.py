@@ -22,7 +22,7 @@ from tests.support.transport import RecordingTransport
 
 
 class _HeldReads(MemoryStore):
-    """The memory store (tests/test_store.py holds it to the real ones' contract), with
+    """The memory store (tests/storage/test_store.py holds it to the real ones' contract), with
     state reads that wait until the test lets them go."""
 
     def __init__(self) -> None:
