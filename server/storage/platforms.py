@@ -1,6 +1,7 @@
 """Platform management: add, rename, deactivate, reactivate, make default, delete.
 
-Each change is one write transaction that also moves the user's version, so it reaches every
+Each change is one write transaction that also moves the user's version (a change that changes
+nothing moves nothing and tells no tab), so it reaches every
 tab as a state, in version order with the switches: it locks the user's state row first, as
 a switch batch does (SQLite has one writer anyway), so a switch racing a change is decided
 either wholly before it or wholly after it. The rules, checked inside that transaction:
@@ -115,7 +116,8 @@ async def remove(database: Database, user_id: int, platform_id: int) -> Platform
 
 
 async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> PlatformList:
-    """Make a user's platforms what the host app says, matched by account; one new version.
+    """Make a user's platforms what the host app says, matched by account; one new version,
+    or none when the list is what is stored.
 
     The host app is the source of truth here, so a list without an active platform is
     accepted: the user then has none, and tabs are told to set one up (``active`` null).
@@ -136,15 +138,18 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
         gone = [r.id for r in rows if (r.instance_url, r.username) not in listed]
         if gone:
             connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
-        # Names are unique per user: park the renamed ones first, so a swap cannot collide.
-        # A parked name holds a control character, which no real name may (protocol.LINE),
-        # and not NUL, which PostgreSQL cannot store.
+        # Only the rows that differ are written (a mirror of what is stored writes nothing).
         kept = [
             (p, by_account[a])
             for p, a in zip(wanted.platforms, accounts, strict=True)
-            if a in by_account
+            if a in by_account and _mirrored(p) != _mirrored(by_account[a])
         ]
-        for _, row in kept:
+        # Names are unique per user: park the renamed ones first, so a swap cannot collide.
+        # A parked name holds a control character, which no real name may (protocol.LINE),
+        # and not NUL, which PostgreSQL cannot store.
+        for platform, row in kept:
+            if platform.name == row.name:
+                continue
             connection.execute(
                 update(_platforms).where(_platforms.c.id == row.id).values(name=f"\x1f{row.id}")
             )
@@ -165,6 +170,12 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
                 _insert(connection, user_id, platform, now, active=platform.is_active)
 
     return await _apply(database, user_id, mutate)
+
+
+def _mirrored(platform: PlatformMirrored | PlatformDetail) -> tuple[str, str, bool, bool]:
+    """What a mirror may change of a kept account: name, kind, active, default."""
+    active = platform.is_active
+    return (platform.name, platform.kind, active, platform.is_default and active)
 
 
 def seed(
@@ -208,10 +219,15 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         # The state row first, locked (FOR UPDATE on PostgreSQL), as a switch batch takes it:
         # this change and any switch of the user are decided one after the other.
         version, _, before = read_state(connection, user_id, lock=True)
-        mutate(connection, _details(connection, user_id), now)
+        found = _details(connection, user_id)
+        mutate(connection, found, now)
         rows = _normalize_default(connection, user_id, now)
         # The next version is past 0, so the choice tabs saw stays while it is active.
         active = active_platform(version + 1, before.active, [r for r in rows if r.is_active])
+        if rows == found and active == before.active:
+            # A change that changes nothing (a mirror of what is stored, a rename to the same
+            # name): no new version, nothing to tell, and no tab's switch made stale by it.
+            return PlatformList(platforms=tuple(rows), state=before)
         moved = connection.execute(
             update(_states)
             .where(_states.c.user_id == user_id, _states.c.version == version)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from server.api import PlatformCreate, PlatformMirrored, PlatformUpdate
@@ -20,7 +21,7 @@ from server.client import HostApiError, HostClient
 from server.storage.users import user_id_of
 from server.web import host_api as host
 from server.web.openapi import ENDPOINTS
-from tests.conftest import MakeSettings, RunningHub, make_settings, serve
+from tests.conftest import MakeSettings, RunningHub, make_settings, other_platform, serve
 
 KEY = "host-api-test-key"
 ACCOUNTS = [
@@ -203,6 +204,42 @@ async def test_platform_changes_through_the_api_reach_the_users_tabs(
         while not versions or versions[-1] < removed.state.version:
             versions.append((await tab.receive_type("state"))["state"]["version"])
     assert versions == [mirrored.state.version + n for n in (1, 2, 3)]
+    await tab.close()
+
+
+async def test_a_platform_change_that_changes_nothing_moves_no_version(
+    running: RunningHub, client: HostClient
+) -> None:
+    """A host app mirrors on every login: the same list again, a rename to the same name and
+    making the default the default answer the current state at the same version, tell no
+    tab, and leave a tab's switch based on that version current."""
+    await client.upsert_user("erin")
+    start = await client.mirror_platforms("erin", ACCOUNTS)
+    tab = await running.tab((await client.mint_session("erin")).token, "t")
+    version = start.state.version
+    default = next(p for p in start.platforms if p.is_default)
+    for answer in [
+        await client.mirror_platforms("erin", ACCOUNTS),
+        await client.mirror_platforms("erin", list(reversed(ACCOUNTS))),  # order is no change
+        await client.change_platform("erin", default.id, PlatformUpdate(name=default.name)),
+        await client.change_platform("erin", default.id, PlatformUpdate(is_default=True)),
+        await client.platforms("erin"),
+    ]:
+        assert answer.state == start.state and answer.platforms == start.platforms
+    # The next message the tab gets is the answer to its switch at the version it had: no
+    # state came in between, and the switch was not made stale.
+    switched = await tab.switch("e1", other_platform(tab.hello["state"]), base=version)
+    assert switched["type"] == "switched" and switched["version"] == version + 1, switched
+    before_answer = tab.received[: tab.received.index(switched)]
+    assert [m for m in before_answer if m["type"] == "state"] == []
+    # A mirror that does change something still moves the version, once.
+    renamed = [msgspec.structs.replace(ACCOUNTS[0], name="Renamed"), *ACCOUNTS[1:]]
+    changed = await client.mirror_platforms("erin", renamed)
+    assert changed.state.version == version + 2
+    async with asyncio.timeout(5):
+        while tab.version < version + 2:
+            await tab.receive_type("state")
+    assert tab.version == version + 2
     await tab.close()
 
 
