@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import msgspec
+from sqlalchemy.exc import DBAPIError
 
 from server import __version__
 from server.api import PlatformCreate, PlatformKind
@@ -41,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HubError, ValueError) as error:
         print(f"hub: {error}", file=sys.stderr)
         return 2
+    except (OSError, DBAPIError) as error:
+        # A database that refuses the connection or does not exist: the driver's first line
+        # (never the URL, which may hold a password), not a traceback.
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        print(f"hub: the database cannot be used: {reason}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -90,13 +90,13 @@ class Settings:
     # descriptor limit (ulimit -n) less 100, kept for the database and logs.
     max_connections: int = 0
 
-    # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
     # PostgreSQL: the most any database call may wait (connecting, a statement, a pool
     # checkout, a unit of work) before it is answered unavailable; a stalled server costs each
     # request this long at most, and the hub recovers by itself once it answers.
     database_timeout_s: float = 5
     # GET /healthz (readiness) answers 503 when its probe of the database takes longer.
     readiness_timeout_s: float = 2
+    # SQLite: "NORMAL" survives a crash of the hub process; "FULL" also survives power loss.
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_ms: int = 5000
     # Group commit: at most this many switches share one transaction. 1 commits each switch
@@ -117,6 +117,8 @@ class Settings:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
+        # The drivers the hub runs on, also reached by their common short names.
+        object.__setattr__(self, "database_url", _database_url(self.database_url))
         if any(origin.strip() in {"*", "null"} for origin in self.allowed_origins):
             raise ValueError(
                 "allowed_origins may not hold * or null: they would let any page (and "
@@ -166,6 +168,35 @@ class Settings:
     def is_sqlite(self) -> bool:
         """Tell whether the database is SQLite."""
         return self.database_url.startswith("sqlite")
+
+
+# The scheme a database URL may start with -> the SQLAlchemy dialect and driver the hub uses.
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def _database_url(url: str) -> str:
+    """Return the URL with the hub's driver, or raise ValueError with a sentence (which
+    never repeats the URL: it may hold a password)."""
+    scheme, separator, rest = url.strip().partition("://")
+    wanted = (
+        "give sqlite+aiosqlite:///path/to/hub.db (a file) or "
+        "postgresql+asyncpg://user:password@host:5432/database"
+    )
+    if not url.strip():
+        raise ValueError(f"HUB_DATABASE_URL is empty: {wanted}")
+    driver = _DRIVERS.get(scheme.lower())
+    if not separator or driver is None:
+        shown = f"scheme {scheme!r}" if separator else "no scheme"
+        raise ValueError(f"HUB_DATABASE_URL has {shown}, which the hub cannot use: {wanted}")
+    if driver.startswith("sqlite") and (not rest.startswith("/") or rest == "/"):
+        raise ValueError(f"HUB_DATABASE_URL names no SQLite file: {wanted}")
+    return f"{driver}://{rest}"
 
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> Any:

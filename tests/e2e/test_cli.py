@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from server.settings import Settings
 from tests.conftest import make_settings, reported_port, serve
 from tests.support.postgres import fresh_database
 
@@ -107,3 +108,48 @@ async def test_platform_add_reaches_open_tabs_on_postgresql(tmp_path: Path) -> N
         assert message["state"]["version"] == version + 1
         assert message["cause"] == {"kind": "platforms", "tab": None, "request": ""}
         assert "Cli" in [p["name"] for p in message["state"]["platforms"]]
+
+
+def test_a_database_url_the_hub_cannot_use_is_one_sentence(tmp_path: Path) -> None:
+    """Empty, unknown or file-less URLs exit 2 with what to give instead; a database that
+    refuses the connection exits 1 with the driver's reason; never a traceback, never the
+    password of the URL."""
+    refusals = {
+        "": "is empty",
+        "mysql://hub:s3cret-pw@db/hub": "scheme 'mysql'",
+        "hub.db": "no scheme",
+        "sqlite://": "names no SQLite file",
+        "postgresql://hub:s3cret-pw@127.0.0.1:1/hub": "cannot be used",
+    }
+    for url, sentence in refusals.items():
+        env = {**os.environ, "HUB_DATABASE_URL": url}
+        result = subprocess.run(
+            [sys.executable, "-m", "server", "db", "upgrade"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == (1 if "cannot be used" in sentence else 2), result.stderr
+        assert sentence in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing was created on the way
+
+
+def test_a_database_url_may_use_the_common_short_schemes(tmp_path: Path) -> None:
+    """postgres:// and postgresql:// (as hosting platforms give them) and sqlite:/// get the
+    hub's drivers; a URL with them already is kept as it is."""
+    assert Settings(database_url="postgres://u@h/d").database_url == "postgresql+asyncpg://u@h/d"
+    assert Settings(database_url="postgresql://h/d").database_url == "postgresql+asyncpg://h/d"
+    assert Settings(database_url="sqlite:///a.db").database_url == "sqlite+aiosqlite:///a.db"
+    kept = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    assert Settings(database_url=kept).database_url == kept
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "db", "upgrade"],
+        env={**os.environ, "HUB_DATABASE_URL": f"sqlite:///{tmp_path / 'short.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and (tmp_path / "short.db").exists(), result.stderr
