@@ -22,11 +22,6 @@ const STATUS_WORDS = {
   [Status.ENDED]: "Signed out",
   [Status.CLOSED]: "Closed",
 };
-const ENDED_WORDS = {
-  logout: "You are signed out.",
-  expired: "Your session expired. Sign in again to continue.",
-  revoked: "Your session was revoked. Sign in again to continue.",
-};
 
 const UNREACHABLE = "The hub cannot be reached. Try again in a moment.";
 
@@ -266,7 +261,7 @@ function connect(user) {
     } else if (detail.kind === "extended") {
       $("expiry").hidden = true;
     } else if (detail.kind === "ended") {
-      showLogin(ENDED_WORDS[detail.reason] ?? ENDED_WORDS.revoked);
+      showLogin(detail.message);
     }
   });
 }

@@ -35,7 +35,7 @@
  * @typedef {{type: "rejected", id: string, reason: RejectReason, message: string, state: StateView|null}} Rejected
  * @typedef {{type: "state", state: StateView, cause: Cause}} StateMessage
  * @typedef {{type: "session_expiring", expires_at: string}} SessionExpiring
- * @typedef {{type: "session_ended", reason: SessionEndReason}} SessionEnded
+ * @typedef {{type: "session_ended", reason: SessionEndReason, message: string}} SessionEnded
  * @typedef {{type: "error", code: ErrorCode, message: string}} ErrorMessage
  * @typedef {Hello|Pong|Switched|Rejected|StateMessage|HoldMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
  *
@@ -103,10 +103,20 @@ export const DEFAULTS = Object.freeze({
 
 // The hub's rule for tab ids (server/web/websocket.py); request ids may be 1 to 64 characters of any kind.
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// The tab ids held by live HubClients of this page: a second client in one page gets an id of
+// its own instead of the one in sessionStorage (which the first holds).
+const PAGE_TAB_IDS = new Set();
 const ID_BYTES = 16;
 // Display strings longer than this many characters are cut short (describePlatform).
 const MAX_LABEL_CHARS = 120;
 const UNNAMED = "Unnamed platform";
+// What a page shows when a session ends and the hub gave no words (the hub's own are the
+// same: server/protocol.py SessionEnded.because).
+const ENDED_MESSAGES = Object.freeze({
+  logout: "You are signed out.",
+  expired: "Your session expired. Sign in again to continue.",
+  revoked: "Your session was ended. Sign in again to continue.",
+});
 
 // Pure building blocks.
 
@@ -484,7 +494,10 @@ export class HubClient extends EventTarget {
   #reported = new Set(); // unknown message types already warned about (null: frames that are none)
   #nonce = randomId();
   #claimed = false; // another live tab holds the id this tab found in sessionStorage
+  #tabId = null; // this client's tab id, once chosen
+  #ownsStoredId = false; // whether this client's id is the one sessionStorage keeps
   #endReason = null; // from session_ended, for the 4001 close that follows
+  #endMessage = null; // and its words
   #listeners = [];
 
   /** @param {Partial<typeof DEFAULTS>} [options] */
@@ -545,14 +558,20 @@ export class HubClient extends EventTarget {
     return this.#hold;
   }
 
-  /** This tab's id: kept across reloads, renewed when a duplicated tab clashes. */
+  /**
+   * This tab's id: kept across reloads in sessionStorage, renewed when a duplicated tab
+   * clashes. A second HubClient in the same page gets an id of its own (not stored).
+   */
   get tabId() {
-    let id = this.storage?.getItem(this.options.tabKey);
-    if (!id || !TAB_ID.test(id)) {
-      id = randomId();
-      this.storage?.setItem(this.options.tabKey, id);
+    if (this.#tabId === null) {
+      const stored = this.storage?.getItem(this.options.tabKey);
+      if (stored && TAB_ID.test(stored) && !PAGE_TAB_IDS.has(stored)) {
+        this.#takeId(stored, true);
+      } else {
+        this.#takeId(randomId(), !(stored && PAGE_TAB_IDS.has(stored)));
+      }
     }
-    return id;
+    return this.#tabId;
   }
 
   /**
@@ -595,10 +614,13 @@ export class HubClient extends EventTarget {
     // id. Ask the other tabs first: a live tab with the same id answers, and this one takes a
     // new id. (The hub also closes the older of two connections with one id with 4005.)
     const stored = this.storage?.getItem(this.options.tabKey);
-    if (stored && this.channel) {
+    if (stored && this.channel && !PAGE_TAB_IDS.has(stored)) {
       this.channel.post({ kind: "claim", tab: stored, nonce: this.#nonce });
       await new Promise((resolve) => setTimeout(resolve, this.options.claimWindowMs));
-      if (this.#claimed) this.storage.removeItem(this.options.tabKey);
+      // (The page may have read tabId meanwhile, and so taken the stored, clashing id.)
+      if (this.#claimed && (this.#tabId === null || this.#tabId === stored)) {
+        this.#takeId(randomId(), true);
+      }
     }
     this.#connect();
   }
@@ -646,10 +668,10 @@ export class HubClient extends EventTarget {
     this.backoff.lost();
     if (this.#over()) return;
     if (code === CloseCode.SESSION_ENDED) {
-      this.#endSession(this.#endReason ?? "revoked", true);
+      this.#endSession(this.#endReason ?? "revoked", true, this.#endMessage);
       return;
     }
-    if (code === CloseCode.TAB_REPLACED) this.storage?.removeItem(this.options.tabKey);
+    if (code === CloseCode.TAB_REPLACED) this.#takeId(randomId(), this.#ownsStoredId);
     if (this.#heard) {
       this.#failures = 0;
     } else {
@@ -690,7 +712,7 @@ export class HubClient extends EventTarget {
         this.#failures = 0;
         this.#user = message.user;
         this.#sessionExtended(message.session.expires_at, false);
-        if (message.tab !== this.tabId) this.storage?.setItem(this.options.tabKey, message.tab);
+        if (message.tab !== this.tabId) this.#takeId(message.tab, this.#ownsStoredId);
         this.backoff.connected();
         this.http.stopPolling();
         this.#startHeartbeat(message.heartbeat_s);
@@ -717,7 +739,8 @@ export class HubClient extends EventTarget {
         break;
       case "session_ended":
         this.#endReason = message.reason;
-        this.#endSession(message.reason, true);
+        this.#endMessage = typeof message.message === "string" ? message.message : null;
+        this.#endSession(message.reason, true, this.#endMessage);
         break;
       case "error":
         this.#emit("error", { code: message.code, message: message.message });
@@ -812,7 +835,7 @@ export class HubClient extends EventTarget {
     const mine = message.user == null || this.#user == null || message.user === this.#user.id;
     switch (message.kind) {
       case "claim":
-        if (message.nonce !== this.#nonce && message.tab === this.storage?.getItem(this.options.tabKey)) {
+        if (message.nonce !== this.#nonce && message.tab === this.#tabId) {
           this.channel.post({ kind: "taken", tab: message.tab, nonce: message.nonce });
         }
         break;
@@ -826,7 +849,7 @@ export class HubClient extends EventTarget {
         if (mine && !this.#over()) this.#sessionExtended(message.expires_at);
         break;
       case "ended":
-        if (mine) this.#endSession(message.reason, false);
+        if (mine) this.#endSession(message.reason, false, message.message);
         break;
       default:
         break;
@@ -928,7 +951,7 @@ export class HubClient extends EventTarget {
 
   /** The hub answered 401: the session is over; its body says why (ErrorBody.reason). */
   #refused(body) {
-    this.#endSession(body?.reason === "logout" ? "logout" : "expired", true);
+    this.#endSession(body?.reason === "logout" ? "logout" : "expired", true, body?.message);
   }
 
   #sessionExtended(expiresAt, announce = true) {
@@ -937,12 +960,13 @@ export class HubClient extends EventTarget {
     if (moved && announce) this.#emit("session", { kind: "extended", expires_at: expiresAt });
   }
 
-  #endSession(reason, share) {
+  #endSession(reason, share, message = null) {
     if (this.#over()) return;
-    if (share) this.channel?.post({ kind: "ended", user: this.#user?.id, reason });
-    this.#shutdown({ ok: false, reason: "ended", message: "The session ended." });
+    const words = typeof message === "string" && message ? message : (ENDED_MESSAGES[reason] ?? "The session ended.");
+    if (share) this.channel?.post({ kind: "ended", user: this.#user?.id, reason, message: words });
+    this.#shutdown({ ok: false, reason: "ended", message: words });
     this.#setStatus(Status.ENDED);
-    this.#emit("session", { kind: "ended", reason });
+    this.#emit("session", { kind: "ended", reason, message: words });
   }
 
   #shutdown(decision) {
@@ -963,6 +987,16 @@ export class HubClient extends EventTarget {
     }
     this.#listeners = [];
     this.channel?.close();
+    PAGE_TAB_IDS.delete(this.#tabId);
+  }
+
+  /** Hold `id` as this client's tab id (in sessionStorage too when `stored`). */
+  #takeId(id, stored) {
+    PAGE_TAB_IDS.delete(this.#tabId);
+    this.#tabId = id;
+    this.#ownsStoredId = stored;
+    PAGE_TAB_IDS.add(id);
+    if (stored) this.storage?.setItem(this.options.tabKey, id);
   }
 
   // Small helpers.

@@ -156,7 +156,7 @@ def create_app(hub_url: str, api_key: str) -> Starlette:
         found = studio.logins.pop(cookie, None)
         if found is not None:
             async with studio.client() as hub:
-                await hub.revoke_session(found[0], found[1])  # ends every tab of it
+                await hub.revoke_session(found[0], found[1], reason="logout")  # every tab of it
         response = RedirectResponse("/", 303)
         response.delete_cookie(APP_COOKIE)
         response.delete_cookie(HUB_COOKIE)

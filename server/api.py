@@ -29,7 +29,6 @@ __all__ = [
     "URL_PATTERN",
     "AccountName",
     "ErrorBody",
-    "HoldAnswer",
     "HoldRequest",
     "InstanceUrl",
     "LoginRequest",
@@ -48,6 +47,7 @@ __all__ = [
     "SessionView",
     "SessionsRevoked",
     "StateResponse",
+    "UserState",
     "UserUpsert",
     "UserView",
     "check_instance_url",
@@ -158,8 +158,9 @@ class HoldRequest(_Frozen, frozen=True):
     ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
 
 
-class HoldAnswer(_Frozen, frozen=True):
-    """The hold now in force (null once released), and the state it holds."""
+class UserState(_Frozen, frozen=True):
+    """A user's state and the hold in force (null when none): the answer to the host API's
+    ``GET .../state``, and to placing or releasing a hold."""
 
     hold: HoldView | None
     state: StateView

@@ -20,7 +20,6 @@ import httpx
 import msgspec
 
 from server.api import (
-    HoldAnswer,
     HoldRequest,
     PlatformCreate,
     PlatformList,
@@ -31,6 +30,7 @@ from server.api import (
     SessionMint,
     SessionMinted,
     SessionsRevoked,
+    UserState,
     UserUpsert,
     UserView,
 )
@@ -112,14 +112,18 @@ class HostClient:
         path = f"/users/{name}/platforms/{platform_id}"
         return await self._call("DELETE", path, PlatformList)
 
-    async def hold(self, name: str, reason: str, ttl_s: float) -> HoldAnswer:
+    async def state(self, name: str) -> UserState:
+        """Read the user's version, active platform, platforms and the hold in force."""
+        return await self._call("GET", f"/users/{name}/state", UserState)
+
+    async def hold(self, name: str, reason: str, ttl_s: float) -> UserState:
         """Hold the user's switches while a job runs: refused as busy with ``reason``."""
         body = HoldRequest(reason=reason, ttl_s=ttl_s)
-        return await self._call("PUT", f"/users/{name}/hold", HoldAnswer, body)
+        return await self._call("PUT", f"/users/{name}/hold", UserState, body)
 
-    async def release(self, name: str) -> HoldAnswer:
+    async def release(self, name: str) -> UserState:
         """Release the user's hold."""
-        return await self._call("DELETE", f"/users/{name}/hold", HoldAnswer)
+        return await self._call("DELETE", f"/users/{name}/hold", UserState)
 
     async def mint_session(
         self, name: str, *, user_agent: str | None = None, ip: str | None = None
@@ -132,19 +136,32 @@ class HostClient:
         """Return the user's live sessions, newest first."""
         return await self._call("GET", f"/users/{name}/sessions", SessionList)
 
-    async def revoke_session(self, name: str, session_id: int) -> SessionsRevoked:
-        """Revoke one session of the user; its tabs end."""
+    async def revoke_session(
+        self, name: str, session_id: int, *, reason: str = "revoked"
+    ) -> SessionsRevoked:
+        """End one session of the user; its tabs end, told ``reason`` ("logout" when the
+        person logged out of the host app, "revoked" otherwise)."""
         path = f"/users/{name}/sessions/{session_id}"
-        return await self._call("DELETE", path, SessionsRevoked)
+        return await self._call("DELETE", path, SessionsRevoked, params={"reason": reason})
 
-    async def revoke_sessions(self, name: str) -> SessionsRevoked:
-        """Revoke every session of the user; all its tabs end."""
-        return await self._call("DELETE", f"/users/{name}/sessions", SessionsRevoked)
+    async def revoke_sessions(self, name: str, *, reason: str = "revoked") -> SessionsRevoked:
+        """End every session of the user; all its tabs end, told ``reason``."""
+        path = f"/users/{name}/sessions"
+        return await self._call("DELETE", path, SessionsRevoked, params={"reason": reason})
 
-    async def _call(self, method: str, path: str, kind: type[T], body: Any = None) -> T:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        kind: type[T],
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> T:
         content = None if body is None else _encoder.encode(body)
         headers = {"content-type": "application/json"} if content is not None else {}
-        response = await self._http.request(method, path, content=content, headers=headers)
+        response = await self._http.request(
+            method, path, content=content, headers=headers, params=params
+        )
         if response.status_code >= 400:
             try:
                 error = response.json()

@@ -15,6 +15,7 @@ import msgspec
 from server.errors import BadMessage
 
 __all__ = [
+    "ENDED_WORDS",
     "LINE",
     "PLATFORMS_CAUSE",
     "PROTOCOL_VERSION",
@@ -272,9 +273,23 @@ class SessionExpiring(_Frozen, frozen=True, tag="session_expiring", tag_field="t
 
 
 class SessionEnded(_Frozen, frozen=True, tag="session_ended", tag_field="type"):
-    """Announce that the login session is over; close code 4001 follows."""
+    """Announce that the login session is over, why, and in words; close code 4001 follows."""
 
     reason: SessionEndReason
+    message: str
+
+    @classmethod
+    def because(cls, reason: SessionEndReason) -> SessionEnded:
+        """The message for ``reason``, with the words a page shows."""
+        return cls(reason=reason, message=ENDED_WORDS[reason])
+
+
+# The words for each end, as SessionEnded carries them (and navigation.js shows without a hub).
+ENDED_WORDS = {
+    SessionEndReason.LOGOUT: "You are signed out.",
+    SessionEndReason.EXPIRED: "Your session expired. Sign in again to continue.",
+    SessionEndReason.REVOKED: "Your session was ended. Sign in again to continue.",
+}
 
 
 class Error(_Frozen, frozen=True, tag="error", tag_field="type"):

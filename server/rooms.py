@@ -117,7 +117,7 @@ class SessionIndex:
     def end(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a session and close each with 4001; return
         how many were closed now."""
-        frame = encode(SessionEnded(reason=reason))
+        frame = encode(SessionEnded.because(reason))
         ended = 0
         for tab in list(self._tabs.get(session_id, ())):
             if not tab.closing:

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.db import Database
 from server.hub import Hub
-from server.protocol import decode_server
+from server.protocol import SessionEnded, SessionEndReason, decode_server
 from server.settings import Settings
 from server.storage.users import seed_demo
 from server.web.app import create_app
@@ -262,6 +262,12 @@ async def running(settings: Settings) -> AsyncIterator[RunningHub]:
     """A running hub seeded with the demo users."""
     async with serve(settings) as hub:
         yield hub
+
+
+def session_ended(reason: str) -> dict[str, Any]:
+    """The session_ended message tabs get for ``reason``, words included."""
+    message = SessionEnded.because(SessionEndReason(reason))
+    return {"type": "session_ended", "reason": reason, "message": message.message}
 
 
 def platform_ids(tab: Tab) -> list[int]:

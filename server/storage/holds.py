@@ -19,20 +19,20 @@ import datetime as dt
 from sqlalchemy import Connection, delete, insert
 
 from server import db
-from server.api import HoldAnswer
+from server.api import UserState
 from server.db import Database
 from server.events import HoldChanged
 from server.protocol import HoldView
 from server.storage import backplane
 from server.storage.sessions import format_time
-from server.storage.switches import read_state
+from server.storage.switches import read_holds, read_state
 
-__all__ = ["place", "release"]
+__all__ = ["place", "release", "state_of"]
 
 _holds = db.holds
 
 
-async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> HoldAnswer:
+async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> UserState:
     """Hold a user's switches for ``ttl_s`` seconds (replacing any hold); return it."""
     now = database.clock()
     # To the millisecond, as tabs are told it: the end they hear is the end that is stored.
@@ -41,26 +41,38 @@ async def place(database: Database, user_id: int, reason: str, ttl_s: float) -> 
     hold = HoldView(reason=reason, expires_at=format_time(expires))
     origin = database.origin
 
-    def work(connection: Connection) -> HoldAnswer:
+    def work(connection: Connection) -> UserState:
         _, _, state = read_state(connection, user_id, lock=True)
         connection.execute(delete(_holds).where(_holds.c.user_id == user_id))
         connection.execute(
             insert(_holds).values(user_id=user_id, reason=reason, placed_at=now, expires_at=expires)
         )
         backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=hold)])
-        return HoldAnswer(hold=hold, state=state)
+        return UserState(hold=hold, state=state)
 
     return await database.write(work)
 
 
-async def release(database: Database, user_id: int) -> HoldAnswer:
+async def release(database: Database, user_id: int) -> UserState:
     """End a user's hold, if there is one; switches are decided again."""
     origin = database.origin
 
-    def work(connection: Connection) -> HoldAnswer:
+    def work(connection: Connection) -> UserState:
         _, _, state = read_state(connection, user_id, lock=True)
         connection.execute(delete(_holds).where(_holds.c.user_id == user_id))
         backplane.stage(connection, origin, [HoldChanged(user=user_id, hold=None)])
-        return HoldAnswer(hold=None, state=state)
+        return UserState(hold=None, state=state)
 
     return await database.write(work)
+
+
+async def state_of(database: Database, user_id: int) -> UserState:
+    """Read a user's state and the hold in force, in one read transaction (three indexed
+    queries, no lock): what a host app reads to render a page or start a job."""
+    now = database.clock()
+
+    def work(connection: Connection) -> UserState:
+        _, _, state = read_state(connection, user_id)
+        return UserState(hold=read_holds(connection, [user_id], now).get(user_id), state=state)
+
+    return await database.read(work)

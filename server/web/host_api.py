@@ -69,6 +69,7 @@ def routes() -> list[Route]:
             PATCH=_for_user(_change_platform),
             DELETE=_for_user(_remove_platform),
         ),
+        route(user + "/state", GET=_for_user(_read_state)),
         route(user + "/hold", PUT=_for_user(_place_hold), DELETE=_for_user(_release_hold)),
         route(
             user + "/sessions",
@@ -171,6 +172,10 @@ def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = Fa
 # Holds (server/storage/holds.py): switches are refused as busy while the host app's job runs.
 
 
+async def _read_state(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    return json_response(200, await holds.state_of(database, user))
+
+
 async def _place_hold(database: Database, hub: Hub, request: Request, user: int) -> Response:
     body = decode_body(await request.body(), HoldRequest)
     placed = await holds.place(database, user, body.reason, body.ttl_s)
@@ -203,15 +208,36 @@ async def _list_sessions(database: Database, hub: Hub, request: Request, user: i
     return json_response(200, SessionList(sessions=tuple(listed)))
 
 
+# What a host app may say ended a session: its own logout, or anything else (an administrator,
+# a password change, an account deletion). Expiry is the hub's to decide.
+_END_REASONS = {r.value: r for r in (SessionEndReason.REVOKED, SessionEndReason.LOGOUT)}
+
+
+def _end_reason(request: Request) -> SessionEndReason | Response:
+    given = request.query_params.get("reason", SessionEndReason.REVOKED.value)
+    reason = _END_REASONS.get(given)
+    if reason is None:
+        return error_response(
+            422, ErrorCode.BAD_REQUEST, "reason must be revoked (the default) or logout.", "reason"
+        )
+    return reason
+
+
 async def _revoke_session(database: Database, hub: Hub, request: Request, user: int) -> Response:
+    reason = _end_reason(request)
+    if isinstance(reason, Response):
+        return reason
     session_id = request.path_params["session"]
-    if not await sessions.revoke(database, session_id, SessionEndReason.REVOKED, user_id=user):
+    if not await sessions.revoke(database, session_id, reason, user_id=user):
         return error_response(404, ErrorCode.UNKNOWN_SESSION, "The user has no such live session.")
-    tabs = hub.end_session(session_id, SessionEndReason.REVOKED)
+    tabs = hub.end_session(session_id, reason)
     return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
 
 
 async def _revoke_sessions(database: Database, hub: Hub, request: Request, user: int) -> Response:
-    ended = await sessions.revoke_all(database, user, SessionEndReason.REVOKED)
-    tabs = sum(hub.end_session(session_id, SessionEndReason.REVOKED) for session_id in ended)
+    reason = _end_reason(request)
+    if isinstance(reason, Response):
+        return reason
+    ended = await sessions.revoke_all(database, user, reason)
+    tabs = sum(hub.end_session(session_id, reason) for session_id in ended)
     return json_response(200, SessionsRevoked(sessions=len(ended), tabs=tabs))

@@ -15,7 +15,6 @@ import msgspec
 from server import __version__
 from server.api import (
     ErrorBody,
-    HoldAnswer,
     HoldRequest,
     PlatformCreate,
     PlatformList,
@@ -25,6 +24,7 @@ from server.api import (
     SessionMint,
     SessionMinted,
     SessionsRevoked,
+    UserState,
     UserUpsert,
     UserView,
 )
@@ -89,18 +89,25 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         {200: ("Deleted; every tab has the new state", PlatformList), **_REFUSED},
     ),
     (
+        "get",
+        _USER + "/state",
+        "Read the user's version, active platform, platforms and hold (one read transaction)",
+        None,
+        {200: ("The state and the hold in force (null when none)", UserState)},
+    ),
+    (
         "put",
         _USER + "/hold",
         "Hold the user's switches (refused as busy) for ttl_s seconds, replacing any hold",
         HoldRequest,
-        {200: ("The hold, and the state it holds", HoldAnswer)},
+        {200: ("The hold, and the state it holds", UserState)},
     ),
     (
         "delete",
         _USER + "/hold",
         "Release the user's hold; switches are decided again",
         None,
-        {200: ("Released (hold is null), and the state", HoldAnswer)},
+        {200: ("Released (hold is null), and the state", UserState)},
     ),
     (
         "post",
@@ -135,6 +142,19 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
 
 _OPTIONAL_BODIES = (UserUpsert, SessionMint)
 
+# Query parameters, by (method, path): revoking says why, for the tabs to show.
+_END_REASON = {
+    "name": "reason",
+    "in": "query",
+    "required": False,
+    "description": "Why the sessions end, as their tabs are told: logout, or revoked (default)",
+    "schema": {"type": "string", "enum": ["revoked", "logout"], "default": "revoked"},
+}
+_QUERIES = {
+    ("delete", _USER + "/sessions"): [_END_REASON],
+    ("delete", _USER + "/sessions/{session}"): [_END_REASON],
+}
+
 
 @functools.cache
 def document() -> dict[str, Any]:
@@ -149,7 +169,8 @@ def document() -> dict[str, Any]:
     for method, path, summary, body, answers in ENDPOINTS:
         operation: dict[str, Any] = {
             "summary": summary,
-            "parameters": [_parameter(name) for name in _path_names(path)],
+            "parameters": [_parameter(name) for name in _path_names(path)]
+            + _QUERIES.get((method, path), []),
             "responses": {
                 str(status): _response(description, kind)
                 for status, (description, kind) in sorted({**answers, **_ERRORS}.items())

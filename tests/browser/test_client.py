@@ -516,3 +516,41 @@ async def test_a_message_of_an_unknown_type_is_reported_and_skipped(
     start = await state(tab)
     await choose(tab, others(start)[0])
     await shows(tab, 1, others(start)[0])
+
+
+async def test_two_clients_in_one_page_are_two_tabs_that_both_stay_open(
+    running: RunningHub, devices: Any
+) -> None:
+    """A page that makes a second HubClient beside its first: the second gets an id of its own
+    (not the stored one), both stay live, and the hub counts two tabs; a switch from the second
+    reaches the first."""
+    device = await devices(running)
+    await device.log_in("alice")
+    page = await device.open_tab()
+    first_id = await page.evaluate("window.hub.tabId")
+    second_id = await page.evaluate(
+        """async () => {
+            const { HubClient, Status } = await import("/client/navigation.js");
+            window.second = new HubClient();
+            await new Promise((resolve, reject) => {
+                if (window.second.status === Status.OPEN) resolve();
+                window.second.addEventListener("status", (e) => {
+                    if (e.detail.status === Status.OPEN) resolve();
+                });
+                setTimeout(() => reject(new Error(`still ${window.second.status}`)), 5000);
+            });
+            return window.second.tabId;
+        }"""
+    )
+    assert second_id != first_id
+    assert await page.evaluate("sessionStorage.getItem('platform-hub.tab')") == first_id
+    ids = {tab.id for tab in running.hub.tabs(1)}
+    assert ids == {first_id, second_id}
+    current = await state(page)
+    target = others(current)[0]
+    decision = await page.evaluate(f"window.second.switchPlatform({target})")
+    assert decision["ok"], decision
+    await shows(page, current["version"] + 1, target)
+    # Still both open, with the same ids: neither replaced the other (4005) meanwhile.
+    assert await page.evaluate("[window.hub.status, window.second.status]") == ["open", "open"]
+    assert {tab.id for tab in running.hub.tabs(1)} == {first_id, second_id}

@@ -496,18 +496,55 @@ describe("HubClient", () => {
       socket().deliver(hello(hub));
       const tab = hub.tabId;
       socket().drop(CloseCode.TAB_REPLACED);
-      assert.equal(storage.getItem("platform-hub.tab"), null);
+      assert.notEqual(hub.tabId, tab);
+      assert.equal(storage.getItem("platform-hub.tab"), hub.tabId, "the new id is kept for reloads");
       assert.equal(hub.status, Status.RECONNECTING);
       mock.timers.tick(10);
       assert.equal(FakeWebSocket.made.length, 2);
+      assert.equal(new URL(socket().url).searchParams.get("tab"), hub.tabId);
       socket().deliver(hello(hub));
-      assert.notEqual(hub.tabId, tab);
 
+      socket().deliver({ type: "session_ended", reason: "logout", message: "Signed out by your app." });
       socket().drop(CloseCode.SESSION_ENDED);
       assert.equal(hub.status, Status.ENDED);
-      assert.deepEqual(events.at(-1), ["session", { kind: "ended", reason: "revoked" }]);
+      assert.deepEqual(events.at(-1), ["session", { kind: "ended", reason: "logout", message: "Signed out by your app." }]);
       mock.timers.tick(100000);
       assert.equal(FakeWebSocket.made.length, 2, "4001 is terminal: no reconnect");
+    });
+  });
+
+  test("a 4001 without session_ended is a revocation, in the client's own words", () => {
+    const { socket, events } = client({});
+    socket().deliver(hello(clients[0]));
+    socket().drop(CloseCode.SESSION_ENDED);
+    assert.deepEqual(events.at(-1), [
+      "session",
+      { kind: "ended", reason: "revoked", message: "Your session was ended. Sign in again to continue." },
+    ]);
+  });
+
+  describe("tab ids", () => {
+    const tabOf = (socket) => new URL(socket.url).searchParams.get("tab");
+
+    test("two clients in one page get ids of their own; the first keeps the stored one", () => {
+      const storage = memoryStorage();
+      storage.setItem("platform-hub.tab", "stored-id");
+      const first = client({ storage });
+      const second = client({ storage });
+      assert.equal(first.hub.tabId, "stored-id");
+      assert.notEqual(second.hub.tabId, "stored-id");
+      assert.deepEqual(FakeWebSocket.made.map(tabOf), ["stored-id", second.hub.tabId]);
+      assert.equal(storage.getItem("platform-hub.tab"), "stored-id", "the second stores nothing");
+      // The second's id survives the hub renaming it and a reconnect, without touching storage.
+      second.socket().deliver({ ...hello(second.hub), tab: "renamed-by-hub" });
+      assert.equal(second.hub.tabId, "renamed-by-hub");
+      assert.equal(first.hub.tabId, "stored-id");
+      assert.equal(storage.getItem("platform-hub.tab"), "stored-id");
+
+      // Once the first is closed, a new client of the page takes the stored id again.
+      first.hub.close();
+      const third = client({ storage });
+      assert.equal(third.hub.tabId, "stored-id");
     });
   });
 

@@ -19,7 +19,7 @@ from server.protocol import Switch
 from server.storage import sessions
 from server.storage.switches import SqlStore
 from server.storage.users import seed_demo
-from tests.conftest import RunningHub, make_settings, other_platform, serve
+from tests.conftest import RunningHub, make_settings, other_platform, serve, session_ended
 from tests.support.population import seed_demo_file
 from tests.support.processes import HubProcess
 
@@ -186,7 +186,7 @@ async def test_logout_wins_over_a_racing_switch(running: RunningHub) -> None:
         {"type": "switch", "id": "late", "platform": other_platform(tab.hello["state"]), "base": 0}
     )
     code, messages = await tab.closed()
-    assert code == 4001 and messages == [{"type": "session_ended", "reason": "logout"}]
+    assert code == 4001 and messages == [session_ended("logout")]
 
     def state(connection: Connection) -> tuple[int, int]:
         return stored_version(connection), logged(connection)

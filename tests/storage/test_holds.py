@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from server.api import UserState
 from server.client import HostClient
 from server.settings import Settings
 from tests.conftest import MakeSettings, RunningHub, Tab, other_platform, serve
@@ -31,6 +33,11 @@ async def running(make_on_each_engine: MakeSettings) -> AsyncIterator[RunningHub
 async def client(running: RunningHub) -> AsyncIterator[HostClient]:
     async with HostClient(running.url, KEY) as hub:
         yield hub
+
+
+def as_json(value: object) -> object:
+    """The value as a tab receives it: through JSON."""
+    return msgspec.json.decode(msgspec.json.encode(value))
 
 
 async def hold_message(tab: Tab) -> dict[str, Any] | None:
@@ -125,6 +132,39 @@ async def test_switches_racing_a_hold_are_decided_wholly_before_or_after_it(
     assert all(v <= placed.state.version for v in accepted), (accepted, placed.state.version)
     assert (await running.hub.store.load_state(3)).version == placed.state.version
     assert {a.get("reason") for a in answers} <= {None, "busy", "stale"}
+    await tab.close()
+
+
+async def test_the_host_reads_a_users_state_and_hold_as_tabs_see_them(
+    running: RunningHub, client: HostClient
+) -> None:
+    """GET .../state answers what the tabs were last told: the version and active platform
+    after a switch, the hold while it is in force (and null after it ran out), the platforms;
+    it needs the key, and an unknown or unnameable user is 404."""
+    token = await running.login("bob")
+    tab = await running.tab(token, "t")
+    before = await client.state("bob")
+    assert as_json(before.state) == tab.hello["state"] and before.hold is None
+    target = other_platform(tab.hello["state"])
+    assert (await tab.switch("b1", target))["type"] == "switched"
+    told = (await tab.receive_type("state"))["state"]
+    read = await client.state("bob")
+    assert as_json(read.state) == told
+    assert (read.state.version, read.state.active) == (1, target)
+
+    placed = await client.hold("bob", "Posting", 0.5)
+    assert (await client.state("bob")).hold == placed.hold
+    assert await asyncio.wait_for(hold_message(tab), 5) is not None
+    assert await asyncio.wait_for(hold_message(tab), 5) is None  # ran out
+    assert (await client.state("bob")) == UserState(hold=None, state=read.state)
+    assert (await client.state("alice")).state.version == 0  # another user, untouched
+
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        assert (await http.get("/api/host/users/bob/state")).status_code == 401
+        headers = {"Authorization": f"Bearer {KEY}"}
+        for name in ("nobody", "bob%00", "b" * 300):
+            answer = await http.get(f"/api/host/users/{name}/state", headers=headers)
+            assert answer.status_code == 404 and answer.json()["error"] == "unknown_user", name
     await tab.close()
 
 

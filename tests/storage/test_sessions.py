@@ -19,7 +19,7 @@ from server.storage import sessions
 from server.storage.sessions import collect
 from server.storage.users import add_user
 from server.web.credentials import COOKIE
-from tests.conftest import MakeSettings, RunningHub, make_settings, serve
+from tests.conftest import MakeSettings, RunningHub, make_settings, serve, session_ended
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ async def test_logout_ends_every_tab_of_that_session_only(running: RunningHub) -
     for tab in tabs:
         code, messages = await tab.closed(within=1.0)
         assert code == 4001
-        assert messages == [{"type": "session_ended", "reason": "logout"}]
+        assert messages == [session_ended("logout")]
     await survivor.send({"type": "ping"})
     assert await survivor.receive() == {"type": "pong"}
     async with running.http(token) as client:
@@ -139,7 +139,7 @@ async def test_idle_expiry_warns_then_ends_tabs(make_on_each_engine: MakeSetting
         warning = await tab.receive_type("session_expiring", within=3)
         assert warning["expires_at"] == tab.hello["session"]["expires_at"]
         code, messages = await tab.closed(within=3)
-        assert code == 4001 and messages[-1] == {"type": "session_ended", "reason": "expired"}
+        assert code == 4001 and messages[-1] == session_ended("expired")
         async with running.http(token) as client:
             response = await client.get("/api/state")
         assert response.status_code == 401 and response.json()["reason"] == "expired"
@@ -339,7 +339,7 @@ async def test_a_login_past_the_session_cap_ends_the_users_oldest_session(
         tokens.append(await running.login("alice"))
         code, messages = await oldest.closed()
         assert code == 4001
-        assert {"type": "session_ended", "reason": "revoked"} in messages
+        assert session_ended("revoked") in messages
         for token, status in zip(tokens, [401, 200, 200, 200], strict=True):
             async with running.http(token) as client:
                 assert (await client.get("/api/state")).status_code == status

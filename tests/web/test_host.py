@@ -21,7 +21,14 @@ from server.client import HostApiError, HostClient
 from server.storage.users import user_id_of
 from server.web import host_api as host
 from server.web.openapi import ENDPOINTS
-from tests.conftest import MakeSettings, RunningHub, make_settings, other_platform, serve
+from tests.conftest import (
+    MakeSettings,
+    RunningHub,
+    make_settings,
+    other_platform,
+    serve,
+    session_ended,
+)
 
 KEY = "host-api-test-key"
 ACCOUNTS = [
@@ -125,7 +132,7 @@ async def test_revoking_one_session_or_all_ends_their_tabs_within_a_second(
     assert (revoked.sessions, revoked.tabs) == (1, 2)
     for tab in first_tabs:
         code, messages = await tab.closed(within=1.0)
-        assert code == 4001 and messages[-1] == {"type": "session_ended", "reason": "revoked"}
+        assert code == 4001 and messages[-1] == session_ended("revoked")
     print(f"\none session's tabs ended {time.monotonic() - started:.3f} s after the call")
     assert [s.id for s in (await client.sessions("dana")).sessions] == [second.session.id]
     await second_tab.send({"type": "ping"})
@@ -138,6 +145,34 @@ async def test_revoking_one_session_or_all_ends_their_tabs_within_a_second(
     await alice.send({"type": "ping"})  # another user's tab is untouched
     assert (await alice.receive())["type"] == "pong"
     await alice.close()
+
+
+async def test_the_host_app_ends_sessions_as_a_logout_when_it_says_so(
+    running: RunningHub, client: HostClient
+) -> None:
+    """reason=logout: the tabs hear logout (and the words for it), for one session and for
+    all; any other reason is 422 and ends nothing."""
+    await client.upsert_user("finn")
+    await client.mirror_platforms("finn", ACCOUNTS)
+    first, second = await client.mint_session("finn"), await client.mint_session("finn")
+    tab, other = await running.tab(first.token, "a"), await running.tab(second.token, "b")
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        for bad in ("expired", "LOGOUT", "", "logout\x00"):
+            for path in ("/sessions", f"/sessions/{first.session.id}"):
+                answer = await http.delete(
+                    f"/api/host/users/finn{path}", params={"reason": bad}, headers=headers
+                )
+                assert answer.status_code == 422, (bad, answer.text)
+                assert answer.json()["reason"] == "reason"
+    assert len((await client.sessions("finn")).sessions) == 2  # nothing ended
+
+    assert (await client.revoke_session("finn", first.session.id, reason="logout")).tabs == 1
+    ended = session_ended("logout")
+    assert ended["message"] == "You are signed out."
+    assert await tab.closed() == (4001, [ended])
+    assert (await client.revoke_sessions("finn", reason="logout")).tabs == 1
+    assert await other.closed() == (4001, [ended])
 
 
 async def test_platform_changes_through_the_api_reach_the_users_tabs(
@@ -296,7 +331,7 @@ async def test_a_password_reset_ends_the_users_other_sessions_unless_told_not_to
     reset = await client.upsert_user("fay", "second-password")
     assert reset.sessions_ended == 1
     code, messages = await tab.closed()
-    assert code == 4001 and {"type": "session_ended", "reason": "revoked"} in messages
+    assert code == 4001 and session_ended("revoked") in messages
     kept = await running.login("fay", "second-password")
     again = await client.upsert_user("fay", "third-password", end_sessions=False)
     assert again.sessions_ended == 0
