@@ -181,6 +181,34 @@ class Tab:
         await self.connection.close()
 
 
+_SCENARIOS: dict[str, str] = {}  # node id -> the first line of its docstring
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("scenario") is not None:
+            doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+            lines = doc.strip().splitlines()
+            _SCENARIOS[item.nodeid] = lines[0] if lines else "running"
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Name each heavy scenario as it starts: each runs for tens of seconds, and a line of
+    dots that stops moving for that long looks like a hang."""
+    if nodeid in _SCENARIOS and _REPORTER and _REPORTER[0].verbosity <= 0:
+        _REPORTER[0].write_line(f"scenario {location[2]}: {_SCENARIOS[nodeid]}")
+
+
+_REPORTER: list[Any] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        _REPORTER.append(reporter)
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Return Settings for a test: a fresh SQLite file and fast timers."""
     base: dict[str, Any] = {
