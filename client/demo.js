@@ -25,9 +25,12 @@ const STATUS_WORDS = {
 
 const UNREACHABLE = "The hub cannot be reached. Try again in a moment.";
 
+let busyShown = false; // the message shown is a switch refused by a hold
+
 function say(text, kind = "info") {
   $("message").textContent = text;
   $("message").className = kind;
+  busyShown = false;
 }
 
 /** Say what went wrong in the page itself (a bug, a browser without an API), not "unreachable". */
@@ -243,14 +246,21 @@ function connect(user) {
   hub.addEventListener("hold", (e) => {
     const hold = e.detail;
     $("hold").hidden = !hold;
+    // The choices look paused while held (the banner says why); a click still asks, and the
+    // hub's refusal says why it waits.
+    $("platforms").classList.toggle("held", Boolean(hold));
     if (hold) {
       const until = new Date(hold.expires_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
       $("hold-text").textContent = `Busy: ${hold.reason}. Switching is paused until it is done (at the latest ${until}).`;
     } else {
+      if (busyShown) say("");
       announce("Switching is possible again.");
     }
   });
-  hub.addEventListener("rejected", (e) => say(e.detail.message, "error"));
+  hub.addEventListener("rejected", (e) => {
+    say(e.detail.message, "error");
+    busyShown = e.detail.reason === "busy";
+  });
   hub.addEventListener("error", (e) => say(e.detail.message, "error"));
   hub.addEventListener("session", (e) => {
     const detail = e.detail;

@@ -465,8 +465,9 @@ async def test_the_demo_page_manages_platforms_and_every_tab_follows(
 
 
 async def test_the_demo_page_shows_a_hold_and_its_end(tmp_path: Path, devices: Any) -> None:
-    """The host app holds bob's switches: both tabs show the banner with the reason, a click
-    is refused with it and rolled back; after the release the banner goes and a click works."""
+    """The host app holds bob's switches: both tabs show the banner with the reason and the
+    choices look paused; a click is refused with the reason and rolled back; after the release
+    the banner, the paused look and the refusal's sentence go, and a click works."""
     async with serve(make_settings(tmp_path, api_key="k")) as running:
         device = await devices(running, debounceMs=0)
         await device.log_in("bob")
@@ -483,12 +484,53 @@ async def test_the_demo_page_shows_a_hold_and_its_end(tmp_path: Path, devices: A
                 "Generating captions", timeout=WITHIN_MS
             )
             await shows(page, 0, start["active"])  # rolled back
+            for tab in (page, other):
+                await expect(tab.locator("#platforms")).to_have_class(re.compile(r"\bheld\b"))
+                assert await opacity(tab, start["active"]) < 1
             await host.release("bob")
         for tab in (page, other):
             await expect(tab.locator("#hold")).to_be_hidden(timeout=WITHIN_MS)
+            await expect(tab.locator("#platforms")).not_to_have_class(re.compile(r"\bheld\b"))
+            assert await opacity(tab, start["active"]) == 1
+        await expect(page.locator("#message")).to_have_text("")  # the busy sentence went too
         await choose(page, others(start)[0])
         for tab in (page, other):
             await shows(tab, 1, others(start)[0])
+
+
+async def opacity(page: Page, platform_id: int) -> float:
+    """The computed opacity of a platform's card (after its transition, if any)."""
+    card = platform(page, platform_id)
+    return float(await card.evaluate("(el) => getComputedStyle(el).opacity"))
+
+
+async def test_on_a_phone_the_page_keeps_its_buttons_whole_and_its_ids_tucked_away(
+    running: RunningHub, devices: Any
+) -> None:
+    """At 390 px wide no button's label wraps, and the version and tab id (for developers)
+    sit behind a closed Details toggle that opens on a click."""
+    device = await devices(running)
+    await device.log_in("alice")
+    page = await device.open_tab()
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await expect(page.locator("#version")).to_be_hidden()
+    lines = await page.evaluate(
+        """() => [...document.querySelectorAll("button")]
+            .filter((button) => button.offsetParent !== null)
+            .map((button) => {
+                const range = document.createRange();
+                range.selectNodeContents(button);
+                const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+                return [button.textContent.trim(), tops.size];
+            })"""
+    )
+    assert ["Log out", 1] in lines and ["Log out everywhere", 1] in lines, lines
+    assert all(count == 1 for _, count in lines), lines
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways: {width} px"
+    await page.locator("#details summary").click()
+    await expect(page.locator("#version")).to_be_visible()
+    await expect(page.locator("#tab")).to_have_text((await page.evaluate("hub.tabId"))[:8])
 
 
 async def test_a_message_of_an_unknown_type_is_reported_and_skipped(
