@@ -75,6 +75,9 @@ export type Decision =
 
 // The client.
 
+/** The wire protocol's version this client speaks; the npm package's major version. */
+export declare const PROTOCOL: 1;
+
 export declare const CloseCode: Readonly<{
   NORMAL: 1000;
   ABNORMAL: 1006;
@@ -142,7 +145,8 @@ export interface HubClientEventMap {
   rejected: CustomEvent<{ reason: RejectReason; message: string; state: StateView | null }>;
   hold: CustomEvent<HoldView | null>;
   session: CustomEvent<SessionEventDetail>;
-  error: CustomEvent<{ code: ErrorCode; message: string }>;
+  /** The hub's error frames, and the client's own protocol_mismatch (reported once). */
+  error: CustomEvent<{ code: ErrorCode | "protocol_mismatch"; message: string }>;
   unknown: CustomEvent<{ message: unknown }>;
 }
 

@@ -53,6 +53,12 @@
  */
 
 /**
+ * The version of the wire protocol this client speaks (server/protocol.py PROTOCOL_VERSION);
+ * the npm package's major version is this number. A hub whose hello names another is reported.
+ */
+export const PROTOCOL = 1;
+
+/**
  * WebSocket close codes: the hub's, as server/protocol.py's CloseCode names them, and the
  * client's own (ABNORMAL, PONG_TIMEOUT). docs/protocol.md lists all those a close frame carries.
  */
@@ -492,6 +498,7 @@ export class HubClient extends EventTarget {
   #expiresAt = null;
   #hold = null; // the hold on switches the hub announced, or null
   #reported = new Set(); // unknown message types already warned about (null: frames that are none)
+  #mismatched = false; // a hello named another protocol version (reported once)
   #nonce = randomId();
   #claimed = false; // another live tab holds the id this tab found in sessionStorage
   #tabId = null; // this client's tab id, once chosen
@@ -708,6 +715,12 @@ export class HubClient extends EventTarget {
     }
     switch (message.type) {
       case "hello":
+        if (message.protocol !== PROTOCOL && !this.#mismatched) {
+          this.#mismatched = true;
+          const said = `The hub speaks protocol ${message.protocol}; this client speaks ${PROTOCOL}. Use the navigation.js the hub serves (or a package of major version ${message.protocol}).`;
+          console.error(`HubClient: ${said}`);
+          this.#emit("error", { code: "protocol_mismatch", message: said });
+        }
         this.#heard = true;
         this.#failures = 0;
         this.#user = message.user;

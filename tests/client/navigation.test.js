@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 
 import {
+  PROTOCOL,
   Backoff,
   CloseCode,
   Debouncer,
@@ -521,6 +522,27 @@ describe("HubClient", () => {
       "session",
       { kind: "ended", reason: "revoked", message: "Your session was ended. Sign in again to continue." },
     ]);
+  });
+
+  test("a hello of another protocol version is reported once, and the client keeps working", () => {
+    const errors = mock.method(console, "error", () => {});
+    const { hub, socket } = client({ baseDelayMs: 10, maxDelayMs: 10 });
+    const events = [];
+    hub.addEventListener("error", (event) => events.push(["error", event.detail]));
+    assert.equal(PROTOCOL, 1);
+    socket().deliver({ ...hello(hub), protocol: 2 });
+    const reported = events.filter(([type]) => type === "error");
+    assert.equal(reported.length, 1);
+    assert.equal(reported[0][1].code, "protocol_mismatch");
+    assert.match(reported[0][1].message, /protocol 2; this client speaks 1/);
+    assert.equal(errors.mock.callCount(), 1);
+    assert.equal(hub.status, Status.OPEN);
+    socket().drop(CloseCode.SERVICE_RESTART);
+    mock.timers.tick(10);
+    socket().deliver({ ...hello(hub), protocol: 2 });
+    assert.equal(events.filter(([type]) => type === "error").length, 1, "once per client");
+    socket().deliver(hello(hub)); // the same protocol: nothing to say
+    assert.equal(events.filter(([type]) => type === "error").length, 1);
   });
 
   describe("tab ids", () => {
