@@ -159,14 +159,31 @@ class HostClient:
     ) -> T:
         content = None if body is None else _encoder.encode(body)
         headers = {"content-type": "application/json"} if content is not None else {}
-        response = await self._http.request(
-            method, path, content=content, headers=headers, params=params
-        )
+        try:
+            response = await self._http.request(
+                method, path, content=content, headers=headers, params=params
+            )
+        except httpx.TimeoutException as failure:
+            # Nothing is known of the call's fate: it may have been applied.
+            raise HostApiError(
+                504, "timeout", f"The hub did not answer in time: {failure!r}"
+            ) from failure
+        except httpx.TransportError as failure:
+            raise HostApiError(
+                503, "unreachable", f"The hub cannot be reached: {failure!r}"
+            ) from failure
         if response.status_code >= 400:
             try:
                 error = response.json()
             except ValueError:
                 error = {"error": "unknown", "message": response.text[:200]}
             raise HostApiError(response.status_code, error.get("error"), error.get("message"))
-        decoded: T = msgspec.json.decode(response.content, type=kind)
+        try:
+            decoded: T = msgspec.json.decode(response.content, type=kind)
+        except msgspec.DecodeError as failure:  # not the hub, or a hub of another version
+            raise HostApiError(
+                response.status_code,
+                "bad_answer",
+                f"The answer is not a {kind.__name__}: {failure}",
+            ) from failure
         return decoded

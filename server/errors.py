@@ -51,7 +51,11 @@ class PlatformRefused(HubError):
 
 
 class HostApiError(HubError):
-    """The host API refused a call (server/client.py): its status, error code and sentence."""
+    """The host API refused a call (server/client.py): its status, error code and sentence.
+
+    A hub that cannot be reached is 503 ``unreachable``; one that did not answer within the
+    client's timeout is 504 ``timeout`` (the call may have been applied: read before retrying
+    a change that is not idempotent)."""
 
     def __init__(self, status: int, code: str | None, message: str | None) -> None:
         super().__init__(f"{status} {code}: {message}")

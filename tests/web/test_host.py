@@ -73,6 +73,48 @@ async def test_the_api_wants_its_key(running: RunningHub) -> None:
         assert (refused.value.status, refused.value.code) == (404, "unknown_user")
 
 
+async def test_every_failure_of_a_call_is_a_host_api_error() -> None:
+    """A hub that is down, one that never answers, and a server that is not the hub: each is
+    a HostApiError with a code (a host app's logout catches one exception), never a raw
+    httpx or msgspec error."""
+    answering: list[bytes] = []
+    release = asyncio.Event()
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        await reader.readuntil(b"\r\n\r\n")
+        if answering:
+            writer.write(answering[0])
+            await writer.drain()
+        else:
+            await release.wait()  # holds the request: the client's timeout decides
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, HostClient(f"http://127.0.0.1:{port}", KEY, timeout=0.3) as hub:
+        with pytest.raises(HostApiError) as stalled:
+            await hub.state("alice")
+        assert (stalled.value.status, stalled.value.code) == (504, "timeout")
+        answering.append(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n"
+            b"connection: close\r\n\r\n<html/>\r\n"
+        )
+        with pytest.raises(HostApiError) as strange:
+            await hub.state("alice")
+        assert (strange.value.status, strange.value.code) == (200, "bad_answer")
+        release.set()
+        await asyncio.gather(*handlers, return_exceptions=True)
+    async with HostClient(f"http://127.0.0.1:{port}", KEY) as hub:  # closed now: refused
+        with pytest.raises(HostApiError) as down:
+            await hub.revoke_sessions("alice", reason="logout")
+        assert (down.value.status, down.value.code) == (503, "unreachable")
+
+
 async def test_without_hub_api_key_the_api_is_off(tmp_path: Path) -> None:
     """A hub without HUB_API_KEY refuses every host API call, even one with a key."""
     async with serve(make_settings(tmp_path)) as off, HostClient(off.url, KEY) as client:
