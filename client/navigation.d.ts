@@ -46,13 +46,20 @@ export type ErrorCode =
   | "invalid_credentials"
   | "unauthenticated"
   | "forbidden_origin"
+  | "forbidden_host"
   | "unavailable"
   | "rate_limited"
+  | "too_large"
+  | "timeout"
+  | "not_found"
+  | "method_not_allowed"
   | "unknown_platform"
   | "inactive_platform"
   | "last_active_platform"
   | "name_taken"
   | "account_taken"
+  | "too_many_platforms"
+  | "default_taken"
   | "unknown_user"
   | "unknown_session";
 
@@ -126,7 +133,8 @@ export interface HubClientOptions {
   channelName?: string | null;
   /** The sessionStorage key of the tab id. */
   tabKey?: string;
-  storage?: TabIdStorage | null;
+  /** Where the tab id is kept (default: sessionStorage). */
+  storage?: TabIdStorage;
 }
 
 export declare const DEFAULTS: Readonly<Required<Omit<HubClientOptions, "storage">>> & {
@@ -236,6 +244,24 @@ export declare function mergeState(
   shown: StateView | null,
   incoming: StateView | null | undefined,
 ): StateView | null;
+
+/** One pending choice at a time: debounced, sent, settled by the hub's answer or a timeout. */
+export declare class Switcher {
+  constructor(options: {
+    debounceMs: number;
+    switchTimeoutMs: number;
+    send: (request: { id: string; platform: number; base: number }) => boolean | void;
+    confirmed: () => StateView | null;
+    changed: () => void;
+    newId?: () => string;
+  });
+  get target(): number | null;
+  choose(platform: number): Promise<Decision>;
+  next(): void;
+  resend(): void;
+  settle(id: string, decision: Decision): boolean;
+  cancel(decision: Decision): void;
+}
 
 export declare class TabChannel {
   constructor(name: string, onMessage: (message: unknown) => void);

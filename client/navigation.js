@@ -964,7 +964,10 @@ export class HubClient extends EventTarget {
 
   /** The hub answered 401: the session is over; its body says why (ErrorBody.reason). */
   #refused(body) {
-    this.#endSession(body?.reason === "logout" ? "logout" : "expired", true, body?.message);
+    // The body's message is for developers ("unknown or collected"); a person reads the same
+    // words whichever way the end was learnt.
+    const reason = body?.reason === "logout" || body?.reason === "revoked" ? body.reason : "expired";
+    this.#endSession(reason, true);
   }
 
   #sessionExtended(expiresAt, announce = true) {
@@ -1008,7 +1011,7 @@ export class HubClient extends EventTarget {
     PAGE_TAB_IDS.delete(this.#tabId);
     this.#tabId = id;
     this.#ownsStoredId = stored;
-    PAGE_TAB_IDS.add(id);
+    if (!this.#over()) PAGE_TAB_IDS.add(id); // a closed client holds no id of the page
     if (stored) this.storage?.setItem(this.options.tabKey, id);
   }
 

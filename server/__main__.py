@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import msgspec
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from server import __version__
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, DBAPIError) as error:
         # A database that refuses the connection or does not exist: the driver's first line
         # (never the URL, which may hold a password), not a traceback.
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        cause = getattr(error, "orig", None) or error
+        lines = str(cause).splitlines()  # a timeout's text may be empty: say its kind then
+        reason = lines[0] if lines and lines[0].strip() else type(cause).__name__
         print(f"hub: the database cannot be used: {reason}", file=sys.stderr)
         return 1
 
@@ -214,7 +217,8 @@ def _platform_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     created = _with_database(settings, seed_demo)
-    print(f"demo users in {settings.database_url} ({len(created)} created now):")
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    print(f"demo users in {shown} ({len(created)} created now):")
     for user in DEMO_USERS:
         platforms = ", ".join(p.name for p in user.platforms)
         print(f"  {user.name:<6} password {user.password:<14} platforms: {platforms}")

@@ -166,6 +166,10 @@ class UserState(_Frozen, frozen=True):
     state: StateView
 
 
+# The former name of UserState (the answer to placing or releasing a hold), for host apps.
+HoldAnswer = UserState
+
+
 class UserUpsert(_Frozen, frozen=True):
     """Body of the host API's ``PUT /api/host/users/{name}``."""
 

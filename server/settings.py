@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -194,9 +195,26 @@ def _database_url(url: str) -> str:
     if not separator or driver is None:
         shown = f"scheme {scheme!r}" if separator else "no scheme"
         raise ValueError(f"HUB_DATABASE_URL has {shown}, which the hub cannot use: {wanted}")
-    if driver.startswith("sqlite") and (not rest.startswith("/") or rest == "/"):
-        raise ValueError(f"HUB_DATABASE_URL names no SQLite file: {wanted}")
-    return f"{driver}://{rest}"
+    if driver.startswith("sqlite"):
+        path = rest[1:] if rest.startswith("/") else ""
+        if not path or path.startswith(":memory:") or "mode=memory" in path:
+            # An in-memory database is one per connection: the schema would not be there.
+            raise ValueError(f"HUB_DATABASE_URL names no SQLite file: {wanted}")
+        return f"{driver}://{rest}"
+    parts = urllib.parse.urlsplit(f"{driver}://{rest}")
+    try:
+        parts.port  # noqa: B018  (parsing it is the check)
+    except ValueError:
+        raise ValueError(
+            "HUB_DATABASE_URL has a port that is not a number from 0 to 65535 (a password "
+            f"holding @, :, / or # must be percent-encoded): {wanted}"
+        ) from None
+    # libpq's sslmode (as hosting platforms give it) is asyncpg's ssl.
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "sslmode" for key, _ in query):
+        return f"{driver}://{rest}"
+    query = [("ssl" if key == "sslmode" else key, value) for key, value in query]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> Any:

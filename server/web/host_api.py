@@ -214,11 +214,14 @@ _END_REASONS = {r.value: r for r in (SessionEndReason.REVOKED, SessionEndReason.
 
 
 def _end_reason(request: Request) -> SessionEndReason | Response:
-    given = request.query_params.get("reason", SessionEndReason.REVOKED.value)
-    reason = _END_REASONS.get(given)
+    given = request.query_params.getlist("reason") or [SessionEndReason.REVOKED.value]
+    reason = _END_REASONS.get(given[0]) if len(given) == 1 else None
     if reason is None:
         return error_response(
-            422, ErrorCode.BAD_REQUEST, "reason must be revoked (the default) or logout.", "reason"
+            422,
+            ErrorCode.BAD_REQUEST,
+            "reason must be given at most once: revoked (the default) or logout.",
+            "reason",
         )
     return reason
 

@@ -545,6 +545,18 @@ describe("HubClient", () => {
     assert.equal(events.filter(([type]) => type === "error").length, 1);
   });
 
+  test("a session the probe finds ended says it in the person's words, reason kept", async () => {
+    http = fakeFetch({ state: { status: 401, body: { error: "unauthenticated", reason: "revoked", message: "The session was revoked; log in again." } } });
+    globalThis.fetch = http.fetch;
+    const { socket, events } = client({});
+    socket().drop(CloseCode.ABNORMAL); // a failed attempt: the client asks GET state
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    assert.deepEqual(events.at(-1), [
+      "session",
+      { kind: "ended", reason: "revoked", message: "Your session was ended. Sign in again to continue." },
+    ]);
+  });
+
   describe("tab ids", () => {
     const tabOf = (socket) => new URL(socket.url).searchParams.get("tab");
 

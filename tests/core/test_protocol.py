@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from server.api import LoginRequest, decode_body
 from server.errors import BadMessage
 from server.protocol import (
+    ENDED_WORDS,
     Cause,
     CloseCode,
     Ping,
     Rejected,
     RejectReason,
+    SessionEnded,
+    SessionEndReason,
     StateMessage,
     StateView,
     Switch,
@@ -21,6 +26,7 @@ from server.protocol import (
     decode_server,
     encode,
 )
+from tests.conftest import ENDED_WORDS as ENDED_WORDS_PROMISED
 
 
 def test_decode_client_messages() -> None:
@@ -80,3 +86,16 @@ def test_deeply_nested_frames_and_bodies_are_bad_messages_not_crashes() -> None:
     # A body is a plain struct: the first unknown field stops decoding, before any depth.
     with pytest.raises(BadMessage, match="unknown field"):
         decode_body(deep.encode(), LoginRequest)
+
+
+def test_the_words_for_an_ended_session_are_the_same_in_the_hub_and_the_client() -> None:
+    """navigation.js shows its own copy of the words when the hub gave none (a 401, a bare
+    4001): it must say what session_ended says, for every reason, and the docs' words."""
+    source = (Path(__file__).resolve().parents[2] / "client" / "navigation.js").read_text()
+    block = re.search(r"const ENDED_MESSAGES = Object\.freeze\(\{(.*?)\}\);", source, re.S)
+    assert block is not None, "navigation.js has no ENDED_MESSAGES"
+    client = dict(re.findall(r'(\w+): "([^"]*)"', block.group(1)))
+    hub = {str(reason): words for reason, words in ENDED_WORDS.items()}
+    assert client == hub == ENDED_WORDS_PROMISED
+    for reason in SessionEndReason:
+        assert SessionEnded.because(reason).message == ENDED_WORDS_PROMISED[reason.value]

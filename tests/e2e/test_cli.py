@@ -119,6 +119,8 @@ def test_a_database_url_the_hub_cannot_use_is_one_sentence(tmp_path: Path) -> No
         "mysql://hub:s3cret-pw@db/hub": "scheme 'mysql'",
         "hub.db": "no scheme",
         "sqlite://": "names no SQLite file",
+        "sqlite:///:memory:": "names no SQLite file",  # one database per connection: no schema
+        "postgres://hub:s3cret-pw@db:abc/hub": "port that is not a number",
         "postgresql://hub:s3cret-pw@127.0.0.1:1/hub": "cannot be used",
     }
     for url, sentence in refusals.items():
@@ -137,12 +139,46 @@ def test_a_database_url_the_hub_cannot_use_is_one_sentence(tmp_path: Path) -> No
     assert not list(tmp_path.iterdir())  # nothing was created on the way
 
 
+async def test_a_database_that_never_answers_is_one_sentence_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """A server that accepts the connection and says nothing (a stalled network): the
+    command gives up after HUB_DATABASE_TIMEOUT_S with a sentence, not a traceback (the
+    driver's timeout has no text: its kind is named instead)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {
+        **os.environ,
+        "HUB_DATABASE_URL": f"postgresql://hub:s3cret-pw@127.0.0.1:{port}/hub",
+        "HUB_DATABASE_TIMEOUT_S": "0.5",
+    }
+    command = [sys.executable, "-m", "server", "db", "upgrade"]
+    async with server:
+        result = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        )
+        for writer in held:
+            writer.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("hub: the database cannot be used: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "s3cret" not in result.stderr
+
+
 def test_a_database_url_may_use_the_common_short_schemes(tmp_path: Path) -> None:
     """postgres:// and postgresql:// (as hosting platforms give them) and sqlite:/// get the
     hub's drivers; a URL with them already is kept as it is."""
     assert Settings(database_url="postgres://u@h/d").database_url == "postgresql+asyncpg://u@h/d"
     assert Settings(database_url="postgresql://h/d").database_url == "postgresql+asyncpg://h/d"
     assert Settings(database_url="sqlite:///a.db").database_url == "sqlite+aiosqlite:///a.db"
+    # libpq's sslmode, as hosting platforms give it, is asyncpg's ssl.
+    hosted = Settings(database_url="postgres://u:p@h:5432/d?sslmode=require&x=1").database_url
+    assert hosted == "postgresql+asyncpg://u:p@h:5432/d?ssl=require&x=1"
     kept = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
     assert Settings(database_url=kept).database_url == kept
     result = subprocess.run(

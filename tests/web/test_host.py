@@ -207,6 +207,12 @@ async def test_the_host_app_ends_sessions_as_a_logout_when_it_says_so(
                 )
                 assert answer.status_code == 422, (bad, answer.text)
                 assert answer.json()["reason"] == "reason"
+        twice = await http.delete(  # said twice: refused, not decided by the last one
+            "/api/host/users/finn/sessions",
+            params=[("reason", "revoked"), ("reason", "logout")],
+            headers=headers,
+        )
+        assert twice.status_code == 422 and twice.json()["reason"] == "reason"
     assert len((await client.sessions("finn")).sessions) == 2  # nothing ended
 
     assert (await client.revoke_session("finn", first.session.id, reason="logout")).tabs == 1

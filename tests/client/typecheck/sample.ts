@@ -19,7 +19,7 @@ const options: HubClientOptions = {
   debounceMs: 0,
 };
 const hub = new HubClient(options);
-new HubClient({ url: "/ws", storage: null });
+new HubClient({ url: "/ws", channelName: "my-app" });
 new HubClient();
 
 function render(state: StateView, pending: number | null): string {
