@@ -138,11 +138,13 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
         gone = [r.id for r in rows if (r.instance_url, r.username) not in listed]
         if gone:
             connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
+        pairs = [(p, by_account.get(a)) for p, a in zip(wanted.platforms, accounts, strict=True)]
+        default = _mirrored_default(pairs)
         # Only the rows that differ are written (a mirror of what is stored writes nothing).
         kept = [
-            (p, by_account[a])
-            for p, a in zip(wanted.platforms, accounts, strict=True)
-            if a in by_account and _mirrored(p) != _mirrored(by_account[a])
+            (p, row)
+            for p, row in pairs
+            if row is not None and _mirrored(p, row.id == default) != _mirrored(row, row.is_default)
         ]
         # Names are unique per user: park the renamed ones first, so a swap cannot collide.
         # A parked name holds a control character, which no real name may (protocol.LINE),
@@ -161,7 +163,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
                     name=platform.name,
                     kind=platform.kind,
                     is_active=platform.is_active,
-                    is_default=platform.is_default and platform.is_active,
+                    is_default=row.id == default,
                     updated_at=now,
                 )
             )
@@ -172,10 +174,25 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
     return await _apply(database, user_id, mutate)
 
 
-def _mirrored(platform: PlatformMirrored | PlatformDetail) -> tuple[str, str, bool, bool]:
+def _mirrored(
+    platform: PlatformMirrored | PlatformDetail, default: bool
+) -> tuple[str, str, bool, bool]:
     """What a mirror may change of a kept account: name, kind, active, default."""
-    active = platform.is_active
-    return (platform.name, platform.kind, active, platform.is_default and active)
+    return (platform.name, platform.kind, platform.is_active, default)
+
+
+def _mirrored_default(
+    pairs: Sequence[tuple[PlatformMirrored, PlatformDetail | None]],
+) -> int | None:
+    """The kept row a mirror leaves as the default (None: none of them), as _normalize_default
+    will: the listed active default, else the first active account in id order; new rows get
+    ids after every kept one, so they come after them."""
+    listed = [(p, row) for p, row in pairs if p.is_active and p.is_default]
+    if listed:
+        row = listed[0][1]
+        return row.id if row is not None else None
+    active = [row.id for p, row in pairs if row is not None and p.is_active]
+    return min(active) if active else None
 
 
 def seed(
