@@ -12,7 +12,7 @@ HostApiError with the hub's status, error code and sentence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -36,7 +36,20 @@ from server.api import (
 )
 from server.errors import HostApiError
 
-__all__ = ["HostApiError", "HostClient"]
+# The client, its one exception, and the bodies its methods take and return.
+__all__ = [
+    "HostApiError",
+    "HostClient",
+    "PlatformCreate",
+    "PlatformList",
+    "PlatformMirrored",
+    "PlatformUpdate",
+    "SessionList",
+    "SessionMinted",
+    "SessionsRevoked",
+    "UserState",
+    "UserView",
+]
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
@@ -118,7 +131,7 @@ class HostClient:
 
     async def hold(self, name: str, reason: str, ttl_s: float) -> UserState:
         """Hold the user's switches while a job runs: refused as busy with ``reason``."""
-        body = HoldRequest(reason=reason, ttl_s=ttl_s)
+        body = _checked(lambda: HoldRequest(reason=reason, ttl_s=ttl_s))
         return await self._call("PUT", f"/users/{name}/hold", UserState, body)
 
     async def release(self, name: str) -> UserState:
@@ -129,7 +142,7 @@ class HostClient:
         self, name: str, *, user_agent: str | None = None, ip: str | None = None
     ) -> SessionMinted:
         """Open a login session for a person the host app has authenticated."""
-        body = SessionMint(user_agent=user_agent, ip=ip)
+        body = _checked(lambda: SessionMint(user_agent=user_agent, ip=ip))
         return await self._call("POST", f"/users/{name}/sessions", SessionMinted, body)
 
     async def sessions(self, name: str) -> SessionList:
@@ -187,3 +200,11 @@ class HostClient:
                 f"The answer is not a {kind.__name__}: {failure}",
             ) from failure
         return decoded
+
+
+def _checked(build: Callable[[], T]) -> T:
+    """Build a body, refusing bad arguments as the hub would: HostApiError 422 bad_request."""
+    try:
+        return build()
+    except (ValueError, msgspec.ValidationError) as failure:
+        raise HostApiError(422, "bad_request", str(failure)) from failure

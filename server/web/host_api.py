@@ -220,7 +220,7 @@ def _end_reason(request: Request) -> SessionEndReason | Response:
         return error_response(
             422,
             ErrorCode.BAD_REQUEST,
-            "reason must be given at most once: revoked (the default) or logout.",
+            "reason must be revoked (the default) or logout, given at most once.",
             "reason",
         )
     return reason

@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import Connection, func, select
 
+from server import db
 from server.api import PlatformCreate, PlatformMirrored, PlatformUpdate
 from server.client import HostApiError, HostClient
 from server.storage.users import user_id_of
@@ -76,7 +78,7 @@ async def test_the_api_wants_its_key(running: RunningHub) -> None:
 async def test_every_failure_of_a_call_is_a_host_api_error() -> None:
     """A hub that is down, one that never answers, and a server that is not the hub: each is
     a HostApiError with a code (a host app's logout catches one exception), never a raw
-    httpx or msgspec error."""
+    httpx or msgspec error; so are arguments the hub would refuse."""
     answering: list[bytes] = []
     release = asyncio.Event()
     handlers: set[asyncio.Task[None]] = set()
@@ -97,6 +99,11 @@ async def test_every_failure_of_a_call_is_a_host_api_error() -> None:
     server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server, HostClient(f"http://127.0.0.1:{port}", KEY, timeout=0.3) as hub:
+        # An argument the client checks itself is refused as the hub would, before sending.
+        with pytest.raises(HostApiError) as refused:
+            await hub.mint_session("alice", ip="not-an-ip")
+        assert (refused.value.status, refused.value.code) == (422, "bad_request")
+        assert not handlers  # nothing was sent
         with pytest.raises(HostApiError) as stalled:
             await hub.state("alice")
         assert (stalled.value.status, stalled.value.code) == (504, "timeout")
@@ -293,27 +300,48 @@ async def test_platform_changes_through_the_api_reach_the_users_tabs(
 async def test_a_platform_change_that_changes_nothing_moves_no_version(
     running: RunningHub, client: HostClient
 ) -> None:
-    """A host app mirrors on every login: the same list again, a rename to the same name and
-    making the default the default answer the current state at the same version, tell no
-    tab, and leave a tab's switch based on that version current."""
+    """A host app mirrors on every login: the same list again (with or without naming the
+    default), a rename to the same name and making the default the default answer the
+    current state at the same version, write no row, tell no tab, and leave a tab's switch
+    based on that version current."""
     await client.upsert_user("erin")
     start = await client.mirror_platforms("erin", ACCOUNTS)
     tab = await running.tab((await client.mint_session("erin")).token, "t")
     version = start.state.version
     default = next(p for p in start.platforms if p.is_default)
+    user_id = await user_id_of(running.database, "erin")
+    assert user_id is not None
+
+    def last_write(connection: Connection) -> object:
+        column = db.platforms.c.updated_at
+        return connection.execute(
+            select(func.max(column)).where(db.platforms.c.user_id == user_id)
+        ).scalar_one()
+
+    # Without is_default, the first active account (by id) is the default: Pixelfed here.
+    unnamed = [msgspec.structs.replace(a, is_default=False) for a in ACCOUNTS]
+    first = await client.mirror_platforms("erin", unnamed)
+    assert [p.is_default for p in first.platforms] == [True, False]
+    assert first.state.version == version + 1
+    version, start, default = first.state.version, first, first.platforms[0]
+    while tab.version < version:
+        await tab.receive_type("state")
+    heard = len(tab.received)
+    written = await running.database.read(last_write)
     for answer in [
-        await client.mirror_platforms("erin", ACCOUNTS),
-        await client.mirror_platforms("erin", list(reversed(ACCOUNTS))),  # order is no change
+        await client.mirror_platforms("erin", unnamed),  # no default named: none moves
+        await client.mirror_platforms("erin", list(reversed(unnamed))),  # order is no change
         await client.change_platform("erin", default.id, PlatformUpdate(name=default.name)),
         await client.change_platform("erin", default.id, PlatformUpdate(is_default=True)),
         await client.platforms("erin"),
     ]:
         assert answer.state == start.state and answer.platforms == start.platforms
+    assert await running.database.read(last_write) == written  # nothing was written
     # The next message the tab gets is the answer to its switch at the version it had: no
     # state came in between, and the switch was not made stale.
     switched = await tab.switch("e1", other_platform(tab.hello["state"]), base=version)
     assert switched["type"] == "switched" and switched["version"] == version + 1, switched
-    before_answer = tab.received[: tab.received.index(switched)]
+    before_answer = tab.received[heard : tab.received.index(switched)]
     assert [m for m in before_answer if m["type"] == "state"] == []
     # A mirror that does change something still moves the version, once.
     renamed = [msgspec.structs.replace(ACCOUNTS[0], name="Renamed"), *ACCOUNTS[1:]]
