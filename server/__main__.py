@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from server import __version__
 from server.api import PlatformCreate, PlatformKind
 from server.db import Database
-from server.errors import HubError, UsageError
+from server.errors import HubError, UsageError, first_line
 from server.protocol import readable
 from server.settings import Settings
 from server.storage import platforms, schema
@@ -46,10 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, DBAPIError) as error:
         # A database that refuses the connection or does not exist: the driver's first line
         # (never the URL, which may hold a password), not a traceback.
-        cause = getattr(error, "orig", None) or error
-        lines = str(cause).splitlines()  # a timeout's text may be empty: say its kind then
-        reason = lines[0] if lines and lines[0].strip() else type(cause).__name__
-        print(f"hub: the database cannot be used: {reason}", file=sys.stderr)
+        print(f"hub: the database cannot be used: {first_line(error)}", file=sys.stderr)
         return 1
 
 

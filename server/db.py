@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from server.errors import StoreUnavailable
+from server.errors import StoreUnavailable, first_line
 from server.settings import Settings
 from server.storage import schema, sqlite
 
@@ -227,7 +227,7 @@ def _unavailable_as_store_error() -> Iterator[None]:
     except Exception as error:
         if not _unavailable(error):
             raise
-        raise StoreUnavailable(f"The database is unavailable: {_first_line(error)}") from error
+        raise StoreUnavailable(f"The database is unavailable: {first_line(error)}") from error
 
 
 class Database:
@@ -442,8 +442,3 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: a read given up on may fail later, unheard
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error)
-    return text.splitlines()[0] if text else type(error).__name__

@@ -11,6 +11,7 @@ __all__ = [
     "PlatformRefused",
     "StoreUnavailable",
     "UsageError",
+    "first_line",
 ]
 
 
@@ -60,3 +61,11 @@ class HostApiError(HubError):
     def __init__(self, status: int, code: str | None, message: str | None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+
+def first_line(error: BaseException) -> str:
+    """Say what a database error was in one line: the driver's first line (never the URL), or
+    the kind of error when it has no text (a timeout)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).splitlines()
+    return lines[0] if lines and lines[0].strip() else type(cause).__name__
