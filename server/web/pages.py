@@ -20,7 +20,7 @@ from server.api import (
 )
 from server.db import Database
 from server.errors import AuthenticationError, Overloaded, StoreUnavailable
-from server.hub import Hub, Store
+from server.hub import Hub
 from server.limits import LoginThrottle
 from server.protocol import (
     PLATFORMS_CAUSE,
@@ -33,7 +33,7 @@ from server.protocol import (
     UserInfo,
 )
 from server.settings import Settings
-from server.storage import platforms, sessions
+from server.storage import holds, platforms, sessions
 from server.storage.sessions import LoginSession, format_time
 from server.web.credentials import COOKIE, forbidden_origin, origin_allowed, token
 from server.web.responses import (
@@ -174,15 +174,14 @@ async def extend(request: Request) -> Response:
 
 async def state(request: Request) -> Response:
     database: Database = request.state.database
-    store: Store = request.state.store
     login = await sessions.authenticate(database, token(request))
-    state = await store.load_state(login.user_id)
-    hold = await store.load_hold(login.user_id)
+    # The state and the hold in one read transaction, as the host API's GET .../state reads them.
+    current = await holds.state_of(database, login.user_id)
     body = StateResponse(
         user=UserInfo(id=login.user_id, name=login.user_name),
-        state=state,
+        state=current.state,
         session=SessionInfo(expires_at=format_time(login.expires_at)),
-        hold=hold,
+        hold=current.hold,
     )
     return json_response(200, body)
 
