@@ -752,7 +752,7 @@ export class HubClient extends EventTarget {
         break;
       case "session_ended":
         this.#endReason = message.reason;
-        this.#endMessage = typeof message.message === "string" ? message.message : null;
+        this.#endMessage = message.message; // #endSession checks it is words
         this.#endSession(message.reason, true, this.#endMessage);
         break;
       case "error":
