@@ -21,8 +21,8 @@ run: setup
 	$(BIN)/hub serve
 
 lint: setup
-	$(BIN)/ruff check server tests bench examples
-	$(BIN)/ruff format --check server tests bench examples
+	$(BIN)/ruff check server tests bench examples host-client
+	$(BIN)/ruff format --check server tests bench examples host-client
 	$(BIN)/mypy
 
 # Debian's Chromium for tests/browser (installed when run as root with apt-get, as on CI).

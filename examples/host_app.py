@@ -8,7 +8,8 @@ with the hub started as
 
 It stands for the web app the hub was made for (docs/integration.md walks through it): people
 log in here, with this app's passwords; on login it mirrors the person and their platform
-accounts into the hub and mints a hub session for them (server/client.py's HostClient). The
+accounts into the hub and mints a hub session for them (platform_hub_client's AsyncHostClient,
+one per app). The
 page then loads the hub's browser client from the hub and connects with that session. The
 "caption job" button holds the person's switches while the job runs, and logging out here
 revokes the hub session, which ends every tab of it.
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import json
 import os
 import secrets
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -31,8 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from server.api import PlatformMirrored
-from server.client import HostClient
+from platform_hub_client import AsyncHostClient, HostApiError, PlatformMirrored
 
 HUB_COOKIE = "hub_session"  # the cookie the hub reads (server/web/app.py's COOKIE)
 APP_COOKIE = "studio_session"
@@ -73,17 +75,19 @@ class Studio:
     """The host app's own state: who is logged in here, and their hub session ids."""
 
     hub_url: str
-    api_key: str
+    hub: AsyncHostClient  # one client, one connection pool, for every request
     logins: dict[str, tuple[str, int]] = field(default_factory=dict)  # cookie -> name, hub id
     jobs: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def client(self) -> HostClient:
-        return HostClient(self.hub_url, self.api_key)
 
 
 def create_app(hub_url: str, api_key: str) -> Starlette:
     """Build the host app, talking to the hub at ``hub_url`` with ``api_key``."""
-    studio = Studio(hub_url.rstrip("/"), api_key)
+    studio = Studio(hub_url.rstrip("/"), AsyncHostClient(hub_url, api_key))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with studio.hub:
+            yield
 
     async def index(request: Request) -> Response:
         if request.cookies.get(APP_COOKIE) in studio.logins:
@@ -97,14 +101,14 @@ def create_app(hub_url: str, api_key: str) -> Starlette:
         person = PEOPLE.get(name)
         if person is None or not secrets.compare_digest(person.password, password):
             return HTMLResponse(_LOGIN.format(error="Wrong name or password."), 401)
-        async with studio.client() as hub:
-            await hub.upsert_user(name)  # no password: the hub trusts this app's login
-            await hub.mirror_platforms(name, person.platforms)
-            minted = await hub.mint_session(
-                name,
-                user_agent=request.headers.get("user-agent"),
-                ip=request.client.host if request.client else None,
-            )
+        hub = studio.hub
+        await hub.upsert_user(name)  # no password: the hub trusts this app's login
+        await hub.mirror_platforms(name, person.platforms)
+        minted = await hub.mint_session(
+            name,
+            user_agent=request.headers.get("user-agent"),
+            ip=request.client.host if request.client else None,
+        )
         cookie = secrets.token_urlsafe(24)
         studio.logins[cookie] = (name, minted.session.id)
         response = RedirectResponse("/app", 303)
@@ -139,12 +143,11 @@ def create_app(hub_url: str, api_key: str) -> Starlette:
         seconds = float(request.query_params.get("seconds", "3"))
 
         async def run() -> None:
-            async with studio.client() as hub:
-                await hub.hold(found[0], "Generating captions", seconds + 30)
-                try:
-                    await asyncio.sleep(seconds)  # the job itself
-                finally:
-                    await hub.release(found[0])
+            await studio.hub.hold(found[0], "Generating captions", seconds + 30)
+            try:
+                await asyncio.sleep(seconds)  # the job itself
+            finally:
+                await studio.hub.release(found[0])
 
         task = asyncio.create_task(run())
         studio.jobs.add(task)
@@ -155,21 +158,24 @@ def create_app(hub_url: str, api_key: str) -> Starlette:
         cookie = request.cookies.get(APP_COOKIE, "")
         found = studio.logins.pop(cookie, None)
         if found is not None:
-            async with studio.client() as hub:
-                await hub.revoke_session(found[0], found[1], reason="logout")  # every tab of it
+            # Every tab of the session ends, told "logout". With the hub down (HostApiError),
+            # this app's own logout still happens, and the hub session expires by itself.
+            with contextlib.suppress(HostApiError):
+                await studio.hub.revoke_session(found[0], found[1], reason="logout")
         response = RedirectResponse("/", 303)
         response.delete_cookie(APP_COOKIE)
         response.delete_cookie(HUB_COOKIE)
         return response
 
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/", index),
             Route("/login", login, methods=["POST"]),
             Route("/app", page),
             Route("/job", job, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
-        ]
+        ],
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadMessage",
-    "HostApiError",
     "HubError",
     "Overloaded",
     "PlatformRefused",
@@ -49,18 +48,6 @@ class PlatformRefused(HubError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class HostApiError(HubError):
-    """The host API refused a call (server/client.py): its status, error code and sentence.
-
-    A hub that cannot be reached is 503 ``unreachable``; one that did not answer within the
-    client's timeout is 504 ``timeout`` (the call may have been applied: read before retrying
-    a change that is not idempotent)."""
-
-    def __init__(self, status: int, code: str | None, message: str | None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
 
 
 def first_line(error: BaseException) -> str:

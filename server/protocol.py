@@ -1,7 +1,9 @@
 """Wire messages, rejection reasons, error and close codes, and their one encode/decode pair.
 
 Every JSON text frame between a tab and the hub is one of the structs below, tagged by its
-``type`` field. ``docs/protocol.md`` documents each one; keep the two in step.
+``type`` field. The state a tab sees (StateView, PlatformView, HoldView) is also what the host
+API answers, so it is defined once with the host API's bodies (platform_hub_client.bodies).
+``docs/protocol.md`` documents each one; keep the two in step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from platform_hub_client.bodies import LINE, HoldView, PlatformView, StateView
 from server.errors import BadMessage
 
 __all__ = [
@@ -51,10 +54,8 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
-# Text that every engine can store and every page can show on one line: no NUL (PostgreSQL
-# cannot store it: an 11 KB traceback and a failed batch) and no other C0 control character.
-# msgspec refuses lone surrogates and invalid UTF-8 itself.
-LINE = r"^[^\x00-\x1f\x7f]*$"
+# LINE: text that every engine can store and every page can show on one line (no NUL, which
+# PostgreSQL cannot store, nor any other C0 control character), from the host bodies.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE)]
 PlatformId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
@@ -140,29 +141,6 @@ class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class PlatformView(_Frozen, frozen=True):
-    """One of the user's active platforms, as tabs see it (never its credentials)."""
-
-    id: int
-    name: str
-    kind: str
-    instance_url: str
-    username: str
-    is_default: bool
-
-
-class StateView(_Frozen, frozen=True):
-    """The authoritative state of one user: version, active platform and platforms."""
-
-    version: int
-    active: int | None
-    platforms: tuple[PlatformView, ...]
-
-    def platform(self, platform_id: int | None) -> PlatformView | None:
-        """Return the platform with this id, if the user has it."""
-        return next((p for p in self.platforms if p.id == platform_id), None)
-
-
 class UserInfo(_Frozen, frozen=True):
     """The user a connection belongs to."""
 
@@ -173,13 +151,6 @@ class UserInfo(_Frozen, frozen=True):
 class SessionInfo(_Frozen, frozen=True):
     """What a tab may know of its login session."""
 
-    expires_at: str
-
-
-class HoldView(_Frozen, frozen=True):
-    """A hold on the user's switches: why, and when it ends unless released earlier."""
-
-    reason: str
     expires_at: str
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Modules the Layout lists: the server package and the test support package.
-LISTED = ("server", "tests/support")
+LISTED = ("server", "host-client", "tests/support")
 MOST_LINES = 450
 # The core: server/*.py but db.py (kept at the top, where the project specified it) and the
 # command line, which wires the layers together.

@@ -35,9 +35,14 @@ __all__ = [
 
 
 def check_user_name(name: str) -> None:
-    """Raise UsageError unless ``name`` is 1 to 64 characters with no control character."""
-    if not name or len(name) > 64 or not is_line(name):
-        raise UsageError("a user name is 1 to 64 characters, with no control characters")
+    """Raise UsageError unless ``name`` is 1 to 64 characters with no control character and
+    no "/", and is not "." or ".." (the host API names users in its paths, one segment each).
+    Names are compared exactly: case and Unicode form count."""
+    if not name or len(name) > 64 or not is_line(name) or "/" in name or name in {".", ".."}:
+        raise UsageError(
+            'a user name is 1 to 64 characters, with no control characters and no "/",'
+            ' and is not "." or ".."'
+        )
 
 
 async def add_user(
@@ -119,7 +124,10 @@ async def upsert_user(
 
 
 async def user_id_of(database: Database, name: str) -> int | None:
-    """Return the id of the user with this name, if there is one."""
+    """Return the id of the user with this name, if there is one (never one for a name no
+    user can have, which PostgreSQL could not even compare: a NUL)."""
+    if not is_line(name):
+        return None
 
     def work(connection: Connection) -> int | None:
         found: int | None = connection.scalar(select(db.users.c.id).where(db.users.c.name == name))

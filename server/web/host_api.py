@@ -36,7 +36,7 @@ from server.api import (
 )
 from server.db import Database
 from server.hub import Hub
-from server.protocol import PLATFORMS_CAUSE, ErrorCode, SessionEndReason, is_line
+from server.protocol import PLATFORMS_CAUSE, ErrorCode, SessionEndReason
 from server.settings import Settings
 from server.storage import holds, platforms, sessions
 from server.storage.users import upsert_user, user_id_of
@@ -108,7 +108,7 @@ def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:
         database: Database = request.state.database
         hub: Hub = request.state.hub
         name = request.path_params["name"]
-        user_id = await user_id_of(database, name) if is_line(name) else None
+        user_id = await user_id_of(database, name)
         if user_id is None:
             return error_response(404, ErrorCode.UNKNOWN_USER, f"No user named {name!r}.")
         return await work(database, hub, request, user_id)

@@ -13,8 +13,8 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import Connection, Row, select
 
+from platform_hub_client import AsyncHostClient
 from server import db
-from server.client import HostClient
 from server.settings import Settings
 from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
 from tests.conftest import RunningHub, make_settings, serve
@@ -473,7 +473,7 @@ async def test_the_demo_page_shows_a_hold_and_its_end(tmp_path: Path, devices: A
         await device.log_in("bob")
         page, other = await device.open_tab(), await device.open_tab()
         start = await state(page)
-        async with HostClient(running.url, "k") as host:
+        async with AsyncHostClient(running.url, "k") as host:
             await host.hold("bob", "Generating captions", 60)
             for tab in (page, other):
                 await expect(tab.locator("#hold-text")).to_contain_text(

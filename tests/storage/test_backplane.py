@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server.client import HostClient
+from platform_hub_client import AsyncHostClient
 from server.events import Event, SessionsEnded, StateChanged
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
@@ -231,7 +231,7 @@ async def test_a_hold_placed_through_one_process_holds_the_switches_on_the_other
             hello = json.loads(await tab.recv())
             state = hello["state"]
             target = next(p["id"] for p in state["platforms"] if p["id"] != state["active"])
-            async with HostClient(hubs[0].url, "k") as host:
+            async with AsyncHostClient(hubs[0].url, "k") as host:
                 name = "user00000"  # tests/support/load.py's populate names its users so
                 await host.hold(name, "Captioning", 30)
                 assert await next_of(tab, "hold") == {"type": "hold", "hold": ANY_HOLD}

@@ -14,8 +14,8 @@ import httpx
 import msgspec
 import pytest
 
+from platform_hub_client import AsyncHostClient
 from server.api import UserState
-from server.client import HostClient
 from server.settings import Settings
 from tests.conftest import MakeSettings, RunningHub, Tab, other_platform, serve
 
@@ -30,8 +30,8 @@ async def running(make_on_each_engine: MakeSettings) -> AsyncIterator[RunningHub
 
 
 @pytest.fixture
-async def client(running: RunningHub) -> AsyncIterator[HostClient]:
-    async with HostClient(running.url, KEY) as hub:
+async def client(running: RunningHub) -> AsyncIterator[AsyncHostClient]:
+    async with AsyncHostClient(running.url, KEY) as hub:
         yield hub
 
 
@@ -46,7 +46,7 @@ async def hold_message(tab: Tab) -> dict[str, Any] | None:
 
 
 async def test_a_hold_refuses_switches_as_busy_until_released(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """Both tabs hear the hold start; a switch is refused busy with the hold's reason, over
     the WebSocket and over HTTP, nothing is stored; after the release both tabs hear it end,
@@ -93,7 +93,7 @@ async def test_a_hold_refuses_switches_as_busy_until_released(
 
 
 async def test_a_hold_ends_by_itself_when_its_ttl_runs_out(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """A hold of 0.5 s: the tab hears it start, then end without a release, and a switch
     after that is accepted; another user was never held."""
@@ -112,7 +112,7 @@ async def test_a_hold_ends_by_itself_when_its_ttl_runs_out(
 
 
 async def test_switches_racing_a_hold_are_decided_wholly_before_or_after_it(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """Switches sent while the hold is placed: each is either accepted at a version the
     placement's answer already shows, or refused busy; none commits after the hold."""
@@ -136,7 +136,7 @@ async def test_switches_racing_a_hold_are_decided_wholly_before_or_after_it(
 
 
 async def test_the_host_reads_a_users_state_and_hold_as_tabs_see_them(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """GET .../state answers what the tabs were last told: the version and active platform
     after a switch, the hold while it is in force (and null after it ran out), the platforms;
@@ -168,7 +168,7 @@ async def test_the_host_reads_a_users_state_and_hold_as_tabs_see_them(
     await tab.close()
 
 
-async def test_hold_requests_are_checked(running: RunningHub, client: HostClient) -> None:
+async def test_hold_requests_are_checked(running: RunningHub, client: AsyncHostClient) -> None:
     """A hold needs the API key, a reason of 1 to 200 characters and a TTL up to a day."""
     async with httpx.AsyncClient(base_url=running.url) as http:
         response = await http.put("/api/host/users/alice/hold", json={"reason": "x", "ttl_s": 5})

@@ -1,7 +1,7 @@
 """server/web/host_api.py, server/client.py and server/web/openapi.py: the host app's API, end
 to end.
 
-A real hub with an API key, called through the package's own client (HostClient) and raw
+A real hub with an API key, called through the package's own client (AsyncHostClient) and raw
 HTTP; tabs are real WebSockets connected with the sessions the API mints.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import msgspec
 import pytest
 from sqlalchemy import Connection, func, select
 
+from platform_hub_client import AsyncHostClient, HostApiError
 from server import db
 from server.api import PlatformCreate, PlatformMirrored, PlatformUpdate
-from server.client import HostApiError, HostClient
-from server.storage.users import user_id_of
+from server.errors import UsageError
+from server.storage.users import add_user, user_id_of
 from server.web import host_api as host
 from server.web.openapi import ENDPOINTS
 from tests.conftest import (
@@ -55,8 +57,8 @@ async def running(make_on_each_engine: MakeSettings) -> AsyncIterator[RunningHub
 
 
 @pytest.fixture
-async def client(running: RunningHub) -> AsyncIterator[HostClient]:
-    async with HostClient(running.url, KEY) as hub:
+async def client(running: RunningHub) -> AsyncIterator[AsyncHostClient]:
+    async with AsyncHostClient(running.url, KEY) as hub:
         yield hub
 
 
@@ -69,62 +71,15 @@ async def test_the_api_wants_its_key(running: RunningHub) -> None:
             assert response.status_code == 401
             assert response.json()["error"] == "unauthenticated"
             assert response.json()["reason"] == "api_key"
-    async with HostClient(running.url, KEY) as client:
+    async with AsyncHostClient(running.url, KEY) as client:
         with pytest.raises(HostApiError) as refused:
             await client.platforms("eve")
         assert (refused.value.status, refused.value.code) == (404, "unknown_user")
 
 
-async def test_every_failure_of_a_call_is_a_host_api_error() -> None:
-    """A hub that is down, one that never answers, and a server that is not the hub: each is
-    a HostApiError with a code (a host app's logout catches one exception), never a raw
-    httpx or msgspec error; so are arguments the hub would refuse."""
-    answering: list[bytes] = []
-    release = asyncio.Event()
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        await reader.readuntil(b"\r\n\r\n")
-        if answering:
-            writer.write(answering[0])
-            await writer.drain()
-        else:
-            await release.wait()  # holds the request: the client's timeout decides
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server, HostClient(f"http://127.0.0.1:{port}", KEY, timeout=0.3) as hub:
-        # An argument the client checks itself is refused as the hub would, before sending.
-        with pytest.raises(HostApiError) as refused:
-            await hub.mint_session("alice", ip="not-an-ip")
-        assert (refused.value.status, refused.value.code) == (422, "bad_request")
-        assert not handlers  # nothing was sent
-        with pytest.raises(HostApiError) as stalled:
-            await hub.state("alice")
-        assert (stalled.value.status, stalled.value.code) == (504, "timeout")
-        answering.append(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n"
-            b"connection: close\r\n\r\n<html/>\r\n"
-        )
-        with pytest.raises(HostApiError) as strange:
-            await hub.state("alice")
-        assert (strange.value.status, strange.value.code) == (200, "bad_answer")
-        release.set()
-        await asyncio.gather(*handlers, return_exceptions=True)
-    async with HostClient(f"http://127.0.0.1:{port}", KEY) as hub:  # closed now: refused
-        with pytest.raises(HostApiError) as down:
-            await hub.revoke_sessions("alice", reason="logout")
-        assert (down.value.status, down.value.code) == (503, "unreachable")
-
-
 async def test_without_hub_api_key_the_api_is_off(tmp_path: Path) -> None:
     """A hub without HUB_API_KEY refuses every host API call, even one with a key."""
-    async with serve(make_settings(tmp_path)) as off, HostClient(off.url, KEY) as client:
+    async with serve(make_settings(tmp_path)) as off, AsyncHostClient(off.url, KEY) as client:
         with pytest.raises(HostApiError) as refused:
             await client.upsert_user("eve")
         assert refused.value.status == 401 and "HUB_API_KEY" in str(refused.value.message)
@@ -132,7 +87,7 @@ async def test_without_hub_api_key_the_api_is_off(tmp_path: Path) -> None:
 
 
 async def test_a_minted_session_opens_a_tab_with_the_mirrored_platforms(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """Upsert a user (created, then found), mirror two platforms, mint a session: a tab
     connects with its token and sees them, and the session lists its device hints."""
@@ -157,7 +112,7 @@ async def test_a_minted_session_opens_a_tab_with_the_mirrored_platforms(
 
 
 async def test_revoking_one_session_or_all_ends_their_tabs_within_a_second(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """Revoke one of two sessions: its tabs end (4001, revoked) and the other's stay; revoking
     another user's session is refused and ends nothing; revoke all ends the rest."""
@@ -197,7 +152,7 @@ async def test_revoking_one_session_or_all_ends_their_tabs_within_a_second(
 
 
 async def test_the_host_app_ends_sessions_as_a_logout_when_it_says_so(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """reason=logout: the tabs hear logout (and the words for it), for one session and for
     all; any other reason is 422 and ends nothing."""
@@ -231,7 +186,7 @@ async def test_the_host_app_ends_sessions_as_a_logout_when_it_says_so(
 
 
 async def test_platform_changes_through_the_api_reach_the_users_tabs(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """A mirror that swaps names, deactivates the active one, drops one and adds one is a
     single new version on every tab; the other calls work as the user's own do."""
@@ -298,7 +253,7 @@ async def test_platform_changes_through_the_api_reach_the_users_tabs(
 
 
 async def test_a_platform_change_that_changes_nothing_moves_no_version(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """A host app mirrors on every login: the same list again (with or without naming the
     default), a rename to the same name and making the default the default answer the
@@ -378,7 +333,7 @@ async def test_the_openapi_document_describes_every_route(running: RunningHub) -
 
 
 async def test_an_upsert_with_a_password_sets_it_for_a_new_and_an_existing_user(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """A password given at creation logs in; given again for the existing user, it replaces
     the old one; an upsert without one keeps it."""
@@ -397,7 +352,7 @@ async def test_an_upsert_with_a_password_sets_it_for_a_new_and_an_existing_user(
 
 
 async def test_a_password_reset_ends_the_users_other_sessions_unless_told_not_to(
-    running: RunningHub, client: HostClient
+    running: RunningHub, client: AsyncHostClient
 ) -> None:
     """A new password for an existing user ends its live sessions (their tabs get
     session_ended, revoked) in the same transaction; with end_sessions false they stay."""
@@ -413,3 +368,22 @@ async def test_a_password_reset_ends_the_users_other_sessions_unless_told_not_to
     assert again.sessions_ended == 0
     async with running.http(kept) as http:
         assert (await http.get("/api/state")).status_code == 200
+
+
+async def test_user_names_follow_one_written_rule(running: RunningHub) -> None:
+    """docs/integration.md's rule: 1 to 64 characters, no control character, no "/", not "."
+    or ".."; case and Unicode form count (two users). Refused names create nothing."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=running.url + "/api/host/users/") as http:
+        for name in ("x" * 65, "a%00b", "tab%09in", "%2E", "%2E%2E", "a%2Fb"):
+            answer = await http.put(name, json={}, headers=headers)
+            assert answer.status_code in (404, 422), (name, answer.text)
+        for name in ("x" * 65, "a\x00b", "tab\tin", ".", "..", "a/b"):
+            assert await user_id_of(running.database, name) is None
+        for name in ("x" * 64, "Zoë", "Zoe\u0308", "zoë", "ZOË"):
+            answer = await http.put(urllib.parse.quote(name, safe=""), json={}, headers=headers)
+            assert answer.status_code == 201 and answer.json()["name"] == name, answer.text
+        ids = {await user_id_of(running.database, n) for n in ("Zoë", "Zoe\u0308", "zoë", "ZOË")}
+        assert len(ids) == 4 and None not in ids
+    with pytest.raises(UsageError):
+        await add_user(running.database, "a/b", None)
