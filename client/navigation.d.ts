@@ -11,6 +11,8 @@ export interface PlatformView {
   instance_url: string;
   username: string;
   is_default: boolean;
+  /** The host app's own id for the account, when it gave one (host API); else null. */
+  external_id: string | null;
 }
 
 export interface StateView {

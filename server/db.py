@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -135,8 +136,11 @@ platforms = Table(
     _time("created_at"),
     _time("updated_at"),
     _time("last_used_at", nullable=True),
+    _text("external_id", 200, nullable=True),  # the host app's own id, when it gave one
     UniqueConstraint("user_id", "name"),
     UniqueConstraint("user_id", "instance_url", "username"),
+    # A unique index (not a constraint): migration 0003 adds it without rebuilding the table.
+    Index("uq_platforms_user_id_external_id", "user_id", "external_id", unique=True),
 )
 
 # The authoritative (version, active platform) of one user. The active platform is only

@@ -90,10 +90,10 @@ class Platforms:
 
     @classmethod
     def of(cls, rows: Iterable[Sequence[Any]]) -> Platforms:
-        """Digest a user's rows of (id, user id, name, kind, url, username, active, default),
-        in id order (storage's rows as read, so the hot path builds no tuple)."""
+        """Digest a user's rows of (id, user id, name, kind, url, username, active, default,
+        external id), in id order (storage's rows as read, so the hot path builds no tuple)."""
         views, active, inactive = [], [], []
-        for id_, _, name, kind, url, username, is_active, is_default in rows:
+        for id_, _, name, kind, url, username, is_active, is_default, external_id in rows:
             if not is_active:
                 inactive.append(id_)
                 continue
@@ -106,6 +106,7 @@ class Platforms:
                     instance_url=url,
                     username=username,
                     is_default=is_default,
+                    external_id=external_id,
                 )
             )
         return cls(tuple(views), frozenset(active), frozenset(inactive), default_platform(views))

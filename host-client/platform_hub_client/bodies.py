@@ -16,9 +16,12 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "EXTERNAL_ID",
     "LINE",
     "URL_PATTERN",
+    "USER_NAME",
     "AccountName",
+    "ExternalId",
     "HoldRequest",
     "HoldView",
     "InstanceUrl",
@@ -47,16 +50,25 @@ __all__ = [
 # cannot store it) and no other C0 control character. msgspec refuses lone surrogates and
 # invalid UTF-8 itself.
 LINE = r"^[^\x00-\x1f\x7f]*$"
+# A user name or an external id: a LINE that a host API path can carry as one segment of its
+# own (no "/" in a user name; neither may be "." or "..", which URLs resolve away).
+USER_NAME = r"^(?!\.\.?$)[^\x00-\x1f\x7f/]*$"
+EXTERNAL_ID = r"^(?!\.\.?$)[^\x00-\x1f\x7f]*$"
+ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=EXTERNAL_ID)]
 
 
 class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    pass
+    """A request body: a field the hub does not know is refused, not ignored."""
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    """An answer: fields a newer hub adds are ignored, so an older client keeps working."""
 
 
 # The state tabs see (also part of the WebSocket protocol: server/protocol.py).
 
 
-class PlatformView(_Frozen, frozen=True):
+class PlatformView(_Answer, frozen=True):
     """One of the user's active platforms, as tabs see it (never its credentials)."""
 
     id: int
@@ -65,9 +77,11 @@ class PlatformView(_Frozen, frozen=True):
     instance_url: str
     username: str
     is_default: bool
+    # The host app's own id for the account, given when it mirrored or added it; else null.
+    external_id: str | None = None
 
 
-class StateView(_Frozen, frozen=True):
+class StateView(_Answer, frozen=True):
     """The authoritative state of one user: version, active platform and platforms."""
 
     version: int
@@ -79,7 +93,7 @@ class StateView(_Frozen, frozen=True):
         return next((p for p in self.platforms if p.id == platform_id), None)
 
 
-class HoldView(_Frozen, frozen=True):
+class HoldView(_Answer, frozen=True):
     """A hold on the user's switches: why, and when it ends unless released earlier."""
 
     reason: str
@@ -114,6 +128,8 @@ class PlatformCreate(_Frozen, frozen=True):
     instance_url: InstanceUrl
     username: AccountName
     is_default: bool = False
+    # The host app's own id for the account (host API only), unique per user.
+    external_id: ExternalId | None = None
 
     def __post_init__(self) -> None:
         check_instance_url(self.instance_url)
@@ -128,7 +144,7 @@ class PlatformUpdate(_Frozen, frozen=True):
     is_default: Literal[True] | None = None
 
 
-class PlatformDetail(_Frozen, frozen=True):
+class PlatformDetail(_Answer, frozen=True):
     """One of the user's platforms, active or not, for managing them."""
 
     id: int
@@ -138,9 +154,10 @@ class PlatformDetail(_Frozen, frozen=True):
     username: str
     is_active: bool
     is_default: bool
+    external_id: str | None = None
 
 
-class PlatformList(_Frozen, frozen=True):
+class PlatformList(_Answer, frozen=True):
     """Body of the platform endpoints: every platform, and the state tabs now see."""
 
     platforms: tuple[PlatformDetail, ...]
@@ -156,6 +173,9 @@ class PlatformMirrored(_Frozen, frozen=True):
     username: AccountName
     is_active: bool = True
     is_default: bool = False
+    # The host app's own id for the account, unique per user: matched by it first, so the
+    # account's instance URL or username may change and it stays the same platform.
+    external_id: ExternalId | None = None
 
     def __post_init__(self) -> None:
         check_instance_url(self.instance_url)
@@ -164,8 +184,9 @@ class PlatformMirrored(_Frozen, frozen=True):
 class PlatformsMirror(_Frozen, frozen=True):
     """Body of ``PUT .../platforms``: the user's platforms, as the host has them.
 
-    Matched by account (instance URL and username): new ones are added, missing ones
-    deleted, the others renamed, (de)activated or made default as listed.
+    Matched by external id where one is given, else by account (instance URL and username):
+    new ones are added, missing ones deleted, the others renamed, (de)activated, made default
+    or given their new account and external id, as listed.
     """
 
     platforms: tuple[PlatformMirrored, ...]
@@ -181,7 +202,7 @@ class HoldRequest(_Frozen, frozen=True):
     ttl_s: Annotated[float, msgspec.Meta(gt=0, le=24 * 3600)]
 
 
-class UserState(_Frozen, frozen=True):
+class UserState(_Answer, frozen=True):
     """A user's state and the hold in force (null when none): the answer to
     ``GET .../state``, and to placing or releasing a hold."""
 
@@ -202,7 +223,7 @@ class UserUpsert(_Frozen, frozen=True):
     end_sessions: bool = True
 
 
-class UserView(_Frozen, frozen=True):
+class UserView(_Answer, frozen=True):
     """A user of the hub, as the host API answers it."""
 
     id: int
@@ -238,7 +259,7 @@ class SessionMint(_Frozen, frozen=True):
                 raise ValueError(f"ip {self.ip!r} is not an IPv4 or IPv6 address") from None
 
 
-class SessionDetail(_Frozen, frozen=True):
+class SessionDetail(_Answer, frozen=True):
     """One live login session, with the hints a person needs to recognise the device."""
 
     id: int
@@ -249,20 +270,20 @@ class SessionDetail(_Frozen, frozen=True):
     ip: str | None
 
 
-class SessionMinted(_Frozen, frozen=True):
+class SessionMinted(_Answer, frozen=True):
     """A session minted for the host app: give ``token`` to the page as its cookie or bearer."""
 
     token: str
     session: SessionDetail
 
 
-class SessionList(_Frozen, frozen=True):
+class SessionList(_Answer, frozen=True):
     """A user's live sessions, newest first."""
 
     sessions: tuple[SessionDetail, ...]
 
 
-class SessionsRevoked(_Frozen, frozen=True):
+class SessionsRevoked(_Answer, frozen=True):
     """What a logout or revocation ended: sessions, and tabs on the process that answered."""
 
     sessions: int

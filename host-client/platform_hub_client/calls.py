@@ -4,6 +4,7 @@ arguments. The sync and async clients (clients.py) send the same calls."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -11,6 +12,8 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 
 from platform_hub_client.bodies import (
+    EXTERNAL_ID,
+    USER_NAME,
     HoldRequest,
     PlatformCreate,
     PlatformList,
@@ -88,15 +91,16 @@ def add_platform(name: str, platform: PlatformCreate) -> Call[PlatformList]:
     return Call("POST", _user(name, "platforms"), PlatformList, _checked(lambda: platform))
 
 
-def change_platform(name: str, platform_id: int, change: PlatformUpdate) -> Call[PlatformList]:
-    """Rename a platform, (de)activate it or make it the default."""
-    path = _user(name, "platforms", _id(platform_id))
+def change_platform(name: str, platform: int | str, change: PlatformUpdate) -> Call[PlatformList]:
+    """Rename a platform, (de)activate it or make it the default. ``platform`` is the hub's
+    id (an int) or your external id for it (a str)."""
+    path = _user(name, "platforms", *_platform(platform))
     return Call("PATCH", path, PlatformList, _checked(lambda: change))
 
 
-def remove_platform(name: str, platform_id: int) -> Call[PlatformList]:
-    """Delete a platform connection."""
-    return Call("DELETE", _user(name, "platforms", _id(platform_id)), PlatformList)
+def remove_platform(name: str, platform: int | str) -> Call[PlatformList]:
+    """Delete a platform connection: the hub's id (an int) or your external id (a str)."""
+    return Call("DELETE", _user(name, "platforms", *_platform(platform)), PlatformList)
 
 
 def state(name: str) -> Call[UserState]:
@@ -147,11 +151,20 @@ def revoke_sessions(name: str, *, reason: EndReason = "revoked") -> Call[Session
 def _user(name: str, *rest: str) -> str:
     """The path of a user's resource, the name quoted. A name the path cannot carry as one
     segment ("/", ".", "..") is refused here rather than sent somewhere else."""
-    if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
+    if not isinstance(name, str) or not 0 < len(name) <= 64 or not re.fullmatch(USER_NAME, name):
         raise HostApiError(
             422, "bad_request", f"user name {name!r} cannot be named in a host API path"
         )
     return "/".join(("/users", urllib.parse.quote(name, safe=""), *rest))
+
+
+def _platform(platform: int | str) -> tuple[str, ...]:
+    """The path segments naming a platform: its id, or external/ and the quoted external id."""
+    if isinstance(platform, str):
+        if not platform or re.fullmatch(EXTERNAL_ID, platform) is None or len(platform) > 200:
+            raise HostApiError(422, "bad_request", f"external id {platform!r} is not one")
+        return ("external", urllib.parse.quote(platform, safe=""))
+    return (_id(platform),)
 
 
 def _id(value: int) -> str:

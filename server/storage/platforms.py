@@ -6,7 +6,8 @@ tab as a state, in version order with the switches: it locks the user's state ro
 a switch batch does (SQLite has one writer anyway), so a switch racing a change is decided
 either wholly before it or wholly after it. The rules, checked inside that transaction:
 
-- names are unique per user, and so are accounts (instance URL and username);
+- names are unique per user, and so are accounts (instance URL and username) and the host
+  app's external ids;
 - the last active platform can be neither deactivated nor deleted;
 - among the active platforms exactly one is the default: deactivating or deleting the
   default makes the first remaining active one the default;
@@ -38,10 +39,30 @@ from server.rules import active_platform, default_platform
 from server.storage import backplane
 from server.storage.switches import PLATFORM_ROWS, read_state
 
-__all__ = ["add", "change", "check_room", "listing", "mirror", "remove", "seed"]
+__all__ = [
+    "External",
+    "PlatformRef",
+    "add",
+    "change",
+    "check_room",
+    "listing",
+    "mirror",
+    "remove",
+    "seed",
+]
 
 _platforms = db.platforms
 _states = db.platform_states
+
+
+class External(str):
+    """A platform named by the host app's external id rather than the hub's id."""
+
+    __slots__ = ()
+
+
+# A platform as the host API names it: the hub's id, or the host app's external id.
+PlatformRef = int | External
 
 
 async def listing(database: Database, user_id: int) -> PlatformList:
@@ -61,7 +82,7 @@ async def add(database: Database, user_id: int, new: PlatformCreate) -> Platform
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
         check_room(len(rows) + 1, most)
-        _check_unique(rows, new.name, (new.instance_url, new.username))
+        _check_unique(rows, new.name, (new.instance_url, new.username), new.external_id)
         if new.is_default:
             _clear_default(connection, user_id, now)
         _insert(connection, user_id, new, now, active=True)
@@ -70,15 +91,15 @@ async def add(database: Database, user_id: int, new: PlatformCreate) -> Platform
 
 
 async def change(
-    database: Database, user_id: int, platform_id: int, edit: PlatformUpdate
+    database: Database, user_id: int, platform: PlatformRef, edit: PlatformUpdate
 ) -> PlatformList:
     """Rename a platform, deactivate or reactivate it, or make it the default."""
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
-        target = _find(rows, platform_id)
+        target = _find(rows, platform)
         values: dict[str, Any] = {}
         if edit.name is not None and edit.name != target.name:
-            _check_unique([r for r in rows if r.id != platform_id], edit.name, None)
+            _check_unique([r for r in rows if r.id != target.id], edit.name, None)
             values["name"] = edit.name
         active = target.is_active if edit.is_active is None else edit.is_active
         if target.is_active and not active:
@@ -96,28 +117,28 @@ async def change(
         if values:
             connection.execute(
                 update(_platforms)
-                .where(_platforms.c.id == platform_id)
+                .where(_platforms.c.id == target.id)
                 .values(updated_at=now, **values)
             )
 
     return await _apply(database, user_id, mutate)
 
 
-async def remove(database: Database, user_id: int, platform_id: int) -> PlatformList:
+async def remove(database: Database, user_id: int, platform: PlatformRef) -> PlatformList:
     """Delete a platform connection (the hub keeps no credentials to forget)."""
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
-        target = _find(rows, platform_id)
+        target = _find(rows, platform)
         if target.is_active:
             _check_not_last_active(rows, target)
-        connection.execute(delete(_platforms).where(_platforms.c.id == platform_id))
+        connection.execute(delete(_platforms).where(_platforms.c.id == target.id))
 
     return await _apply(database, user_id, mutate)
 
 
 async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> PlatformList:
-    """Make a user's platforms what the host app says, matched by account; one new version,
-    or none when the list is what is stored.
+    """Make a user's platforms what the host app says, matched by external id where given,
+    else by account; one new version, or none when the list is what is stored.
 
     The host app is the source of truth here, so a list without an active platform is
     accepted: the user then has none, and tabs are told to set one up (``active`` null).
@@ -125,20 +146,21 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
     check_room(len(wanted.platforms), database.settings.max_platforms_per_user)
     accounts = [(p.instance_url, p.username) for p in wanted.platforms]
     names = [p.name for p in wanted.platforms]
-    if len(set(accounts)) < len(accounts) or len(set(names)) < len(names):
+    externals = [p.external_id for p in wanted.platforms if p.external_id is not None]
+    if any(len(set(listed)) < len(listed) for listed in (accounts, names, externals)):
         raise PlatformRefused(
-            ErrorCode.NAME_TAKEN, "Each platform's name, and each account, must appear once."
+            ErrorCode.NAME_TAKEN,
+            "Each platform's name, account and external id must appear once.",
         )
     if sum(p.is_default and p.is_active for p in wanted.platforms) > 1:
         raise PlatformRefused(ErrorCode.DEFAULT_TAKEN, "At most one platform can be the default.")
 
     def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
-        by_account = {(r.instance_url, r.username): r for r in rows}
-        listed = set(accounts)
-        gone = [r.id for r in rows if (r.instance_url, r.username) not in listed]
+        pairs = _matched(wanted.platforms, rows)
+        kept_ids = {row.id for _, row in pairs if row is not None}
+        gone = [r.id for r in rows if r.id not in kept_ids]
         if gone:
             connection.execute(delete(_platforms).where(_platforms.c.id.in_(gone)))
-        pairs = [(p, by_account.get(a)) for p, a in zip(wanted.platforms, accounts, strict=True)]
         default = _mirrored_default(pairs)
         # Only the rows that differ are written (a mirror of what is stored writes nothing).
         kept = [
@@ -146,15 +168,22 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
             for p, row in pairs
             if row is not None and _mirrored(p, row.id == default) != _mirrored(row, row.is_default)
         ]
-        # Names are unique per user: park the renamed ones first, so a swap cannot collide.
-        # A parked name holds a control character, which no real name may (protocol.LINE),
-        # and not NUL, which PostgreSQL cannot store.
+        # Names, accounts and external ids are unique per user: park the changing ones first,
+        # so a swap cannot collide. A parked name or username holds a control character,
+        # which no real one may (protocol.LINE), and not NUL, which PostgreSQL cannot store;
+        # a parked external id is null, which never collides.
         for platform, row in kept:
-            if platform.name == row.name:
-                continue
-            connection.execute(
-                update(_platforms).where(_platforms.c.id == row.id).values(name=f"\x1f{row.id}")
-            )
+            parked: dict[str, Any] = {}
+            if platform.name != row.name:
+                parked["name"] = f"\x1f{row.id}"
+            if (platform.instance_url, platform.username) != (row.instance_url, row.username):
+                parked["username"] = f"\x1f{row.id}"
+            if platform.external_id != row.external_id:
+                parked["external_id"] = None
+            if parked:
+                connection.execute(
+                    update(_platforms).where(_platforms.c.id == row.id).values(**parked)
+                )
         for platform, row in kept:
             connection.execute(
                 update(_platforms)
@@ -162,23 +191,53 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
                 .values(
                     name=platform.name,
                     kind=platform.kind,
+                    instance_url=platform.instance_url,
+                    username=platform.username,
+                    external_id=platform.external_id,
                     is_active=platform.is_active,
                     is_default=row.id == default,
                     updated_at=now,
                 )
             )
-        for platform, account in zip(wanted.platforms, accounts, strict=True):
-            if account not in by_account:
+        for platform, paired in pairs:
+            if paired is None:
                 _insert(connection, user_id, platform, now, active=platform.is_active)
 
     return await _apply(database, user_id, mutate)
 
 
-def _mirrored(
-    platform: PlatformMirrored | PlatformDetail, default: bool
-) -> tuple[str, str, bool, bool]:
-    """What a mirror may change of a kept account: name, kind, active, default."""
-    return (platform.name, platform.kind, platform.is_active, default)
+def _matched(
+    wanted: Sequence[PlatformMirrored], rows: list[PlatformDetail]
+) -> list[tuple[PlatformMirrored, PlatformDetail | None]]:
+    """Pair each listed platform with the stored row it is (None: a new one): by external id
+    first, then, for the rest, by account among the rows not yet paired. So an account whose
+    URL or username changed keeps its row (and its id, and the active choice), and rows
+    mirrored before the host app gave external ids adopt theirs."""
+    by_external = {r.external_id: r for r in rows if r.external_id is not None}
+    paired: list[PlatformDetail | None] = [
+        by_external.get(p.external_id) if p.external_id else None for p in wanted
+    ]
+    taken = {row.id for row in paired if row is not None}
+    by_account = {(r.instance_url, r.username): r for r in rows}
+    for index, platform in enumerate(wanted):
+        found = by_account.get((platform.instance_url, platform.username))
+        if paired[index] is None and found is not None and found.id not in taken:
+            paired[index] = found
+            taken.add(found.id)
+    return list(zip(wanted, paired, strict=True))
+
+
+def _mirrored(platform: PlatformMirrored | PlatformDetail, default: bool) -> tuple[Any, ...]:
+    """What a mirror may change of a kept row: all but its id."""
+    return (
+        platform.name,
+        platform.kind,
+        platform.instance_url,
+        platform.username,
+        platform.external_id,
+        platform.is_active,
+        default,
+    )
 
 
 def _mirrored_default(
@@ -208,10 +267,11 @@ def seed(
     check_room(len(new), most)
     rows: list[PlatformDetail] = []
     for platform in new:
-        _check_unique(rows, platform.name, (platform.instance_url, platform.username))
+        account = (platform.instance_url, platform.username)
+        _check_unique(rows, platform.name, account, platform.external_id)
         rows.append(
             PlatformDetail(0, platform.name, platform.kind, platform.instance_url,
-                           platform.username, True, platform.is_default)
+                           platform.username, True, platform.is_default, platform.external_id)
         )  # fmt: skip
         _insert(connection, user_id, platform, now, active=True)
     _normalize_default(connection, user_id, now)
@@ -277,6 +337,7 @@ def _insert(
             kind=platform.kind,
             instance_url=platform.instance_url,
             username=platform.username,
+            external_id=platform.external_id,
             is_active=active,
             is_default=platform.is_default and active,
             created_at=now,
@@ -324,21 +385,30 @@ def _clear_default(connection: Connection, user_id: int, now: dt.datetime) -> No
     )
 
 
-def _find(rows: list[PlatformDetail], platform_id: int) -> PlatformDetail:
+def _find(rows: list[PlatformDetail], platform: PlatformRef) -> PlatformDetail:
     # Another user's platform and a missing one get the same answer.
     for row in rows:
-        if row.id == platform_id:
+        if (row.external_id if isinstance(platform, External) else row.id) == platform:
             return row
     raise PlatformRefused(ErrorCode.UNKNOWN_PLATFORM, "You have no such platform.")
 
 
-def _check_unique(rows: list[PlatformDetail], name: str, account: tuple[str, str] | None) -> None:
+def _check_unique(
+    rows: list[PlatformDetail],
+    name: str,
+    account: tuple[str, str] | None,
+    external_id: str | None = None,
+) -> None:
     if any(r.name == name for r in rows):
         raise PlatformRefused(ErrorCode.NAME_TAKEN, f"You already have a platform named {name!r}.")
     if account is not None and any((r.instance_url, r.username) == account for r in rows):
         raise PlatformRefused(
             ErrorCode.ACCOUNT_TAKEN,
             f"@{account[1]} on {account[0]} is connected already.",
+        )
+    if external_id is not None and any(r.external_id == external_id for r in rows):
+        raise PlatformRefused(
+            ErrorCode.ACCOUNT_TAKEN, f"A platform with external id {external_id!r} exists already."
         )
 
 

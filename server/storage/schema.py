@@ -24,7 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.errors import HubError
 
-__all__ = ["BASELINE", "SchemaOutdated", "SchemaState", "head", "inspect_schema", "upgrade"]
+__all__ = [
+    "BASELINE",
+    "SchemaOutdated",
+    "SchemaState",
+    "config",
+    "head",
+    "inspect_schema",
+    "upgrade",
+]
 
 BASELINE = "0001"  # the schema create_all made before migrations existed
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -87,7 +95,8 @@ async def upgrade(engine: AsyncEngine) -> SchemaState:
         return await connection.run_sync(_upgrade)
 
 
-def _config(connection: Connection | None = None) -> Config:
+def config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the hub's migrations, on ``connection`` if given."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
@@ -95,7 +104,7 @@ def _config(connection: Connection | None = None) -> Config:
 
 
 def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
+    return ScriptDirectory.from_config(config())
 
 
 def _state(connection: Connection) -> SchemaState:
@@ -116,9 +125,9 @@ def _upgrade(connection: Connection) -> SchemaState:
     before = _state(connection)
     if not before.known:
         raise SchemaOutdated(before.problem())
-    config = _config(connection)
+    alembic = config(connection)
     if before.current is None and not before.empty:
-        command.stamp(config, BASELINE)  # adopt a database made before migrations
+        command.stamp(alembic, BASELINE)  # adopt a database made before migrations
     if not before.up_to_date:
-        command.upgrade(config, "head")
+        command.upgrade(alembic, "head")
     return before

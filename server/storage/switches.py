@@ -338,6 +338,7 @@ PLATFORM_ROWS = (
         _platforms.c.username,
         _platforms.c.is_active,
         _platforms.c.is_default,
+        _platforms.c.external_id,
     )
     .where(_platforms.c.user_id.in_(bindparam("users", expanding=True)))
     .order_by(_platforms.c.id)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, insert, select, update
 
+from platform_hub_client.bodies import USER_NAME
 from server import db
 from server.api import PlatformCreate, PlatformKind
 from server.db import Database
@@ -38,7 +40,7 @@ def check_user_name(name: str) -> None:
     """Raise UsageError unless ``name`` is 1 to 64 characters with no control character and
     no "/", and is not "." or ".." (the host API names users in its paths, one segment each).
     Names are compared exactly: case and Unicode form count."""
-    if not name or len(name) > 64 or not is_line(name) or "/" in name or name in {".", ".."}:
+    if not name or len(name) > 64 or re.fullmatch(USER_NAME, name) is None:
         raise UsageError(
             'a user name is 1 to 64 characters, with no control characters and no "/",'
             ' and is not "." or ".."'

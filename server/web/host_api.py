@@ -69,6 +69,13 @@ def routes() -> list[Route]:
             PATCH=_for_user(_change_platform),
             DELETE=_for_user(_remove_platform),
         ),
+        # The same, with the platform named by the host app's external id (any text, "/"
+        # included, so the rest of the path).
+        route(
+            user + "/platforms/external/{external_id:path}",
+            PATCH=_for_user(_change_platform),
+            DELETE=_for_user(_remove_platform),
+        ),
         route(user + "/state", GET=_for_user(_read_state)),
         route(user + "/hold", PUT=_for_user(_place_hold), DELETE=_for_user(_release_hold)),
         route(
@@ -155,13 +162,21 @@ async def _add_platform(database: Database, hub: Hub, request: Request, user: in
 
 async def _change_platform(database: Database, hub: Hub, request: Request, user: int) -> Response:
     body = decode_body(await request.body(), PlatformUpdate)
-    platform = request.path_params["platform"]
-    return _published(hub, user, await platforms.change(database, user, platform, body))
+    changed = await platforms.change(database, user, _platform(request), body)
+    return _published(hub, user, changed)
 
 
 async def _remove_platform(database: Database, hub: Hub, request: Request, user: int) -> Response:
-    platform = request.path_params["platform"]
-    return _published(hub, user, await platforms.remove(database, user, platform))
+    return _published(hub, user, await platforms.remove(database, user, _platform(request)))
+
+
+def _platform(request: Request) -> platforms.PlatformRef:
+    """The platform a path names: the hub's id, or the host app's external id (one no
+    platform can have, such as an empty or unprintable one, is simply not found)."""
+    if "external_id" in request.path_params:
+        return platforms.External(request.path_params["external_id"])
+    platform: int = request.path_params["platform"]
+    return platform
 
 
 def _published(hub: Hub, user: int, changed: PlatformList, *, created: bool = False) -> Response:

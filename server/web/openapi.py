@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from platform_hub_client.bodies import USER_NAME, ExternalId
 from server import __version__
 from server.api import (
     ErrorBody,
@@ -28,7 +29,6 @@ from server.api import (
     UserUpsert,
     UserView,
 )
-from server.protocol import LINE
 from server.web.paths import MAX_ID
 
 __all__ = ["ENDPOINTS", "document"]
@@ -85,6 +85,20 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         "delete",
         _USER + "/platforms/{platform}",
         "Delete a platform connection",
+        None,
+        {200: ("Deleted; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "patch",
+        _USER + "/platforms/external/{external_id}",
+        "Change a platform named by the host app's external id, as by its id",
+        PlatformUpdate,
+        {200: ("Changed; every tab has the new state", PlatformList), **_REFUSED},
+    ),
+    (
+        "delete",
+        _USER + "/platforms/external/{external_id}",
+        "Delete a platform named by the host app's external id",
         None,
         {200: ("Deleted; every tab has the new state", PlatformList), **_REFUSED},
     ),
@@ -205,12 +219,14 @@ def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": USER_NAME},
+    "external_id": msgspec.json.schema(ExternalId),
+}
+
+
 def _parameter(name: str) -> dict[str, Any]:
-    schema: dict[str, Any] = (
-        {"type": "string", "minLength": 1, "maxLength": 64, "pattern": LINE}
-        if name == "name"
-        else {"type": "integer", "minimum": 1, "maximum": MAX_ID}
-    )
+    schema = _PATH_SCHEMAS.get(name, {"type": "integer", "minimum": 1, "maximum": MAX_ID})
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 

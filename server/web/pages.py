@@ -19,7 +19,7 @@ from server.api import (
     decode_body,
 )
 from server.db import Database
-from server.errors import AuthenticationError, Overloaded, StoreUnavailable
+from server.errors import AuthenticationError, BadMessage, Overloaded, StoreUnavailable
 from server.hub import Hub
 from server.limits import LoginThrottle
 from server.protocol import (
@@ -213,6 +213,8 @@ async def platforms_list(request: Request) -> Response:
 async def platforms_add(request: Request) -> Response:
     async def work(database: Database, user_id: int) -> PlatformList:
         body = decode_body(await request.body(), PlatformCreate)
+        if body.external_id is not None:  # the host app's to give (its host API), not a page's
+            raise BadMessage("Invalid request body: external_id is set by the host app")
         return await platforms.add(database, user_id, body)
 
     return await _platform_change(request, work, created=True)

@@ -20,11 +20,12 @@ from server.rules import (
     default_platform,
 )
 
-# Rows as storage reads them: (id, user id, name, kind, url, username, active, default).
+# Rows as storage reads them: (id, user id, name, kind, url, username, active, default,
+# external id).
 ROWS = [
-    (1, 7, "Pixelfed", "pixelfed", "https://pixelfed.social", "alice", True, False),
-    (2, 7, "Mastodon", "mastodon", "https://mastodon.social", "alice", True, True),
-    (3, 7, "Old", "mastodon", "https://old.example", "alice", False, False),
+    (1, 7, "Pixelfed", "pixelfed", "https://pixelfed.social", "alice", True, False, "p-1"),
+    (2, 7, "Mastodon", "mastodon", "https://mastodon.social", "alice", True, True, None),
+    (3, 7, "Old", "mastodon", "https://old.example", "alice", False, False, None),
 ]
 PLATFORMS = Platforms.of(ROWS)
 SEEN = Seen(
@@ -64,6 +65,7 @@ def test_the_active_platform_is_the_stored_choice_only_once_switched_and_while_a
 def test_platforms_digest_splits_active_and_inactive_and_applies_the_default_rule() -> None:
     """Only active platforms are shown; the fallback is the default; the state follows."""
     assert [p.id for p in PLATFORMS.views] == [1, 2]
+    assert [p.external_id for p in PLATFORMS.views] == ["p-1", None]
     assert (PLATFORMS.active, PLATFORMS.inactive) == (frozenset({1, 2}), frozenset({3}))
     assert PLATFORMS.fallback == 2
     assert PLATFORMS.state(4, 1) == StateView(version=4, active=1, platforms=PLATFORMS.views)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, select, text
@@ -47,27 +48,39 @@ async def test_the_migrations_build_exactly_what_the_tables_describe(
         await database.dispose()
 
 
-# The tables hubs made before migrations existed: revision 0001's.
-BASELINE_TABLES = [
-    db.metadata.tables[name]
-    for name in ("users", "login_sessions", "platforms", "platform_states", "switch_log")
-]
+def make_baseline(connection: Connection) -> None:
+    """The tables hubs made before migrations existed: revision 0001's, with no record of a
+    revision (the tables of server/db.py today have moved on since)."""
+    command.upgrade(schema.config(connection), schema.BASELINE)
+    connection.execute(text("DROP TABLE alembic_version"))
 
 
 async def test_a_database_from_before_migrations_is_refused_then_adopted_with_its_data(
     make_on_each_engine: MakeSettings,
 ) -> None:
-    """Tables made straight from server/db.py, as hubs did before migrations: serving refuses
-    them and names the command; the upgrade records the baseline and keeps every row."""
+    """Tables as hubs made them before migrations (revision 0001's): serving refuses them
+    and names the command; the upgrade records the baseline, migrates to the newest revision
+    and keeps every row."""
     database = Database(make_on_each_engine())
     try:
         async with database.engine.begin() as connection:
-            await connection.run_sync(db.metadata.create_all, tables=BASELINE_TABLES)
+            await connection.run_sync(make_baseline)
+            now = dt.datetime.now(dt.UTC)
             await connection.execute(
-                db.users.insert().values(
-                    name="old", password_hash="x", created_at=dt.datetime.now(dt.UTC)
-                )
+                db.users.insert().values(name="old", password_hash="x", created_at=now)
             )
+            user_id = (await connection.execute(select(db.users.c.id))).scalar_one()
+            for n in (1, 2):  # two rows with no external id: nulls never collide
+                await connection.execute(
+                    text(
+                        "INSERT INTO platforms (user_id, name, kind, instance_url, username,"
+                        " is_active, is_default, created_at, updated_at)"
+                        " VALUES (:user, :name, 'mastodon', 'https://m.example', :name,"
+                        " true, false, :now, :now)"
+                    ),
+                    # Naive UTC, as the tables' UTC type stores times.
+                    {"user": user_id, "name": f"p{n}", "now": now.replace(tzinfo=None)},
+                )
         with pytest.raises(SchemaOutdated, match="hub db upgrade"):
             await database.prepare_schema(upgrade=False)
         await database.prepare_schema(upgrade=True)
@@ -76,6 +89,9 @@ async def test_a_database_from_before_migrations_is_refused_then_adopted_with_it
         async with database.engine.connect() as connection:
             names = (await connection.execute(select(db.users.c.name))).scalars().all()
             assert names == ["old"]
+            platforms = select(db.platforms.c.name, db.platforms.c.external_id)
+            rows = (await connection.execute(platforms.order_by(db.platforms.c.id))).all()
+            assert [tuple(r) for r in rows] == [("p1", None), ("p2", None)]
             assert await connection.run_sync(differences) == []
     finally:
         await database.dispose()
@@ -114,7 +130,8 @@ def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -
     path = tmp_path / "legacy.db"
     url = f"sqlite+aiosqlite:///{path}"
     engine = create_engine(f"sqlite:///{path}")
-    db.metadata.create_all(engine, tables=BASELINE_TABLES)
+    with engine.begin() as connection:
+        make_baseline(connection)
     engine.dispose()
 
     refused = run_hub(url, "serve", "--port", "0")

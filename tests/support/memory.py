@@ -32,7 +32,7 @@ from server.rules import (
 __all__ = ["MemoryStore"]
 
 # (id, user id, name, kind, url, username, active, default), as storage reads platforms.
-_Row = tuple[int, int, str, str, str, str, bool, bool]
+_Row = tuple[int, int, str, str, str, str, bool, bool, str | None]
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ class MemoryStore:
         rows: list[_Row] = []
         for name, default in platforms:
             url = f"https://{name.lower()}.example"
-            rows.append((self._next(), user_id, name, "mastodon", url, "u", True, default))
+            rows.append((self._next(), user_id, name, "mastodon", url, "u", True, default, None))
         self._users[user_id] = _User(rows=rows)
         return user_id, [row[0] for row in rows]
 

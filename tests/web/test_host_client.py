@@ -137,7 +137,8 @@ async def test_user_names_travel_quoted_and_unsafe_ones_are_refused_unsent(
 ) -> None:
     """A name with ?, #, %, + , spaces or non-ASCII letters is one path segment: the user the
     hub creates has exactly that name. A name a path cannot carry as one segment ("/", ".",
-    "..", empty) and ids that are not ints are refused as 422 before anything is sent."""
+    "..", empty) and ids that are neither an int nor an external id (a str) are refused as 422
+    before anything is sent."""
     client = Either(kind, running.url)
     try:
         alice = await client.call("platforms", "alice")
@@ -148,9 +149,12 @@ async def test_user_names_travel_quoted_and_unsafe_ones_are_refused_unsent(
         for name in ("a/b", ".", "..", "", "../alice"):
             failure = await refused(client.call("state", name))
             assert (failure.status, failure.code) == (422, "bad_request"), name
-        for bad_id in (True, "1", 1.0):
+        for bad_id in (True, 1.0, None):
             failure = await refused(client.call("remove_platform", "alice", bad_id))
             assert (failure.status, failure.code) == (422, "bad_request"), bad_id
+        # A str names a platform by the host app's external id: alice's have none.
+        failure = await refused(client.call("remove_platform", "alice", "1"))
+        assert (failure.status, failure.code) == (404, "unknown_platform")
         # alice is untouched by all of it.
         assert await client.call("platforms", "alice") == alice
     finally:

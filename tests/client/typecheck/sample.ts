@@ -25,7 +25,9 @@ new HubClient();
 function render(state: StateView, pending: number | null): string {
   const active = state.platforms.find((platform) => platform.id === state.active);
   const shown = active ? describePlatform(active) : null;
-  return `${state.version} ${shown?.name ?? "none"} @${shown?.username ?? ""} ${pending ?? ""}`;
+  // The host app maps the platform back to its own account by external id (null when none).
+  const account: string | null = active?.external_id ?? null;
+  return `${state.version} ${shown?.name ?? "none"} @${shown?.username ?? ""} ${pending ?? ""} ${account}`;
 }
 
 hub.addEventListener("state", (event) => {
