@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint browser postgres bench clean
+.PHONY: run test setup lint browser postgres deploy-tools bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -33,9 +33,14 @@ browser:
 postgres:
 	scripts/ensure-postgres
 
+# Debian's nginx and systemd-analyze for tests/e2e/test_deploy.py (installed as root with
+# apt-get, as on CI, without starting any service).
+deploy-tools:
+	scripts/ensure-deploy-tools
+
 # Lint and type checks, the Python suite (hub, sessions, real browser, PostgreSQL) and the
 # client's unit tests.
-test: lint browser postgres
+test: lint browser postgres deploy-tools
 	$(BIN)/pytest
 	scripts/node-tests
 
