@@ -11,8 +11,8 @@ export interface PlatformView {
   instance_url: string;
   username: string;
   is_default: boolean;
-  /** The host app's own id for the account, when it gave one (host API); else null. */
-  external_id: string | null;
+  /** The host app's own id for the account: present only when it gave one (host API). */
+  external_id?: string;
 }
 
 export interface StateView {

@@ -12,7 +12,7 @@
 
 /**
  * Messages of the wire protocol; they mirror server/protocol.py.
- * @typedef {{id: number, name: string, kind: string, instance_url: string, username: string, is_default: boolean}} PlatformView
+ * @typedef {{id: number, name: string, kind: string, instance_url: string, username: string, is_default: boolean, external_id?: string}} PlatformView
  * @typedef {{version: number, active: number|null, platforms: PlatformView[]}} StateView
  * @typedef {{id: number, name: string}} UserInfo
  * @typedef {{expires_at: string}} SessionInfo

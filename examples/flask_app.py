@@ -104,12 +104,13 @@ def create_app(hub_url: str, api_key: str, *, job_seconds: float = 3.0) -> Flask
             if error.code == "unknown_user":
                 return redirect("/login")
             current = None  # the hub is down: render without it, the page says so
-        active = None
+        shown = "unknown: the hub cannot be reached" if current is None else "none yet"
         if current is not None and (platform := current.state.platform(current.state.active)):
-            active = _account(name, platform.external_id)
+            account = _account(name, platform.external_id)
+            shown = account.name if account else platform.name
         return _page(
             name=name,
-            active=active.name if active else "none",
+            active=shown,
             captions=PEOPLE[name].captions,
             options={"url": "ws" + hub_url.removeprefix("http") + "/ws", "api": hub_url + "/api"},
             hub=hub_url,
@@ -241,7 +242,7 @@ _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 _APP = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Caption studio</title></head><body>
 <h1>Caption studio</h1>
-<p>Signed in as <strong id="user">{name}</strong> (<span id="status">connecting</span>)</p>
+<p>Signed in as <strong id="user">{name}</strong> (<span id="status">connecting…</span>)</p>
 <p>Posting to <strong id="active">{active}</strong>
 <select id="platform" aria-label="Platform" disabled></select></p>
 <p id="hold" hidden></p><p id="message"></p>
@@ -253,7 +254,9 @@ import {{ HubClient }} from "{hub}/client/navigation.js";
 const $ = (id) => document.getElementById(id);
 const hub = new HubClient({options});
 window.hub = hub;
-hub.addEventListener("status", (e) => {{ $("status").textContent = e.detail.status; }});
+const STATUS = {{ connecting: "connecting…", open: "live", reconnecting: "reconnecting…",
+  degraded: "live, without WebSocket", ended: "signed out", closed: "closed" }};
+hub.addEventListener("status", (e) => {{ $("status").textContent = STATUS[e.detail.status]; }});
 hub.addEventListener("state", (e) => {{
   const state = e.detail;
   $("platform").replaceChildren(...state.platforms.map((p) => {{
@@ -262,16 +265,19 @@ hub.addEventListener("state", (e) => {{
     return option;
   }}));
   const active = state.platforms.find((p) => p.id === state.active);
-  $("active").textContent = active ? active.name : "none";
-  $("platform").disabled = Boolean(hub.hold);
+  $("active").textContent = active ? active.name : "none yet";
+  $("platform").disabled = $("job").disabled = Boolean(hub.hold);
 }});
 hub.addEventListener("hold", (e) => {{
   $("hold").hidden = !e.detail;
   $("hold").textContent = e.detail ? `Busy: ${{e.detail.reason}}` : "";
-  $("platform").disabled = Boolean(e.detail);
+  $("platform").disabled = $("job").disabled = Boolean(e.detail);
   if (!e.detail) location.reload();  // the job is done: render its captions
 }});
-hub.addEventListener("rejected", (e) => {{ $("message").textContent = e.detail.message; }});
+hub.addEventListener("rejected", (e) => {{
+  // A switch refused as busy: the hold's banner says it already.
+  $("message").textContent = e.detail.reason === "busy" ? "" : e.detail.message;
+}});
 $("platform").addEventListener("change", (e) => hub.switchPlatform(Number(e.target.value)));
 $("job").addEventListener("click", async () => {{
   const answer = await fetch("/captions", {{ method: "POST" }});

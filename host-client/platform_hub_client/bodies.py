@@ -58,7 +58,9 @@ ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=E
 
 
 class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A request body: a field the hub does not know is refused, not ignored."""
+    """A request body: a field the hub does not know is refused, not ignored. The platform
+    bodies leave out fields at their defaults (omit_defaults), so a client that sets no
+    external id sends what a hub from before external ids accepts."""
 
 
 class _Answer(msgspec.Struct, frozen=True):
@@ -68,7 +70,7 @@ class _Answer(msgspec.Struct, frozen=True):
 # The state tabs see (also part of the WebSocket protocol: server/protocol.py).
 
 
-class PlatformView(_Answer, frozen=True):
+class PlatformView(_Answer, frozen=True, omit_defaults=True):
     """One of the user's active platforms, as tabs see it (never its credentials)."""
 
     id: int
@@ -77,7 +79,8 @@ class PlatformView(_Answer, frozen=True):
     instance_url: str
     username: str
     is_default: bool
-    # The host app's own id for the account, given when it mirrored or added it; else null.
+    # The host app's own id for the account, given when it mirrored or added it. Left out
+    # when there is none (omit_defaults), so a platform without one reads as it always did.
     external_id: str | None = None
 
 
@@ -120,7 +123,7 @@ InstanceUrl = Annotated[str, msgspec.Meta(min_length=8, max_length=500, pattern=
 AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE)]
 
 
-class PlatformCreate(_Frozen, frozen=True):
+class PlatformCreate(_Frozen, frozen=True, omit_defaults=True):
     """Body of ``POST .../platforms``: connect a platform account."""
 
     name: PlatformName
@@ -144,7 +147,7 @@ class PlatformUpdate(_Frozen, frozen=True):
     is_default: Literal[True] | None = None
 
 
-class PlatformDetail(_Answer, frozen=True):
+class PlatformDetail(_Answer, frozen=True, omit_defaults=True):
     """One of the user's platforms, active or not, for managing them."""
 
     id: int
@@ -164,7 +167,7 @@ class PlatformList(_Answer, frozen=True):
     state: StateView
 
 
-class PlatformMirrored(_Frozen, frozen=True):
+class PlatformMirrored(_Frozen, frozen=True, omit_defaults=True):
     """One platform account as the host app has it."""
 
     name: PlatformName
@@ -239,7 +242,9 @@ class UserView(_Answer, frozen=True):
 class SessionMint(_Frozen, frozen=True):
     """Body of ``POST .../sessions``: the device the session is for."""
 
-    user_agent: Annotated[str, msgspec.Meta(max_length=300, pattern=LINE)] | None = None
+    # The browser's User-Agent header as received: the hub keeps its first 300 characters,
+    # control characters dropped, as its own login does (a header may hold anything).
+    user_agent: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     ip: (
         Annotated[
             str,

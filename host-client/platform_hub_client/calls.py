@@ -80,8 +80,8 @@ def platforms(name: str) -> Call[PlatformList]:
 
 
 def mirror_platforms(name: str, platforms: Sequence[PlatformMirrored]) -> Call[PlatformList]:
-    """Make the user's platforms exactly ``platforms``, matched by account. A mirror that
-    changes nothing moves no version and tells no tab."""
+    """Make the user's platforms exactly ``platforms``, matched by external id where given,
+    else by account. A mirror that changes nothing moves no version and tells no tab."""
     body = _checked(lambda: PlatformsMirror(platforms=tuple(platforms)))
     return Call("PUT", _user(name, "platforms"), PlatformList, body)
 
@@ -91,16 +91,18 @@ def add_platform(name: str, platform: PlatformCreate) -> Call[PlatformList]:
     return Call("POST", _user(name, "platforms"), PlatformList, _checked(lambda: platform))
 
 
-def change_platform(name: str, platform: int | str, change: PlatformUpdate) -> Call[PlatformList]:
-    """Rename a platform, (de)activate it or make it the default. ``platform`` is the hub's
-    id (an int) or your external id for it (a str)."""
-    path = _user(name, "platforms", *_platform(platform))
+def change_platform(
+    name: str, platform_id: int | str, change: PlatformUpdate
+) -> Call[PlatformList]:
+    """Rename a platform, (de)activate it or make it the default. ``platform_id`` is the
+    hub's id (an int) or your external id for it (a str)."""
+    path = _user(name, "platforms", *_platform(platform_id))
     return Call("PATCH", path, PlatformList, _checked(lambda: change))
 
 
-def remove_platform(name: str, platform: int | str) -> Call[PlatformList]:
+def remove_platform(name: str, platform_id: int | str) -> Call[PlatformList]:
     """Delete a platform connection: the hub's id (an int) or your external id (a str)."""
-    return Call("DELETE", _user(name, "platforms", *_platform(platform)), PlatformList)
+    return Call("DELETE", _user(name, "platforms", *_platform(platform_id)), PlatformList)
 
 
 def state(name: str) -> Call[UserState]:
@@ -151,11 +153,22 @@ def revoke_sessions(name: str, *, reason: EndReason = "revoked") -> Call[Session
 def _user(name: str, *rest: str) -> str:
     """The path of a user's resource, the name quoted. A name the path cannot carry as one
     segment ("/", ".", "..") is refused here rather than sent somewhere else."""
-    if not isinstance(name, str) or not 0 < len(name) <= 64 or not re.fullmatch(USER_NAME, name):
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise HostApiError(422, "bad_request", f"a user name is 1 to 64 characters: {name!r}")
+    if not re.fullmatch(USER_NAME, name):
         raise HostApiError(
-            422, "bad_request", f"user name {name!r} cannot be named in a host API path"
-        )
-    return "/".join(("/users", urllib.parse.quote(name, safe=""), *rest))
+            422, "bad_request",
+            f"user name {name!r} has a control character or '/', or is '.' or '..'",
+        )  # fmt: skip
+    return "/".join(("/users", _segment(name), *rest))
+
+
+def _segment(text: str) -> str:
+    """Percent-encode one path segment; text UTF-8 cannot carry (a lone surrogate) is 422."""
+    try:
+        return urllib.parse.quote(text, safe="")
+    except UnicodeEncodeError:
+        raise HostApiError(422, "bad_request", f"{text!r} is not valid Unicode text") from None
 
 
 def _platform(platform: int | str) -> tuple[str, ...]:
@@ -163,7 +176,7 @@ def _platform(platform: int | str) -> tuple[str, ...]:
     if isinstance(platform, str):
         if not platform or re.fullmatch(EXTERNAL_ID, platform) is None or len(platform) > 200:
             raise HostApiError(422, "bad_request", f"external id {platform!r} is not one")
-        return ("external", urllib.parse.quote(platform, safe=""))
+        return ("external", _segment(platform))
     return (_id(platform),)
 
 

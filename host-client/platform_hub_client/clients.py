@@ -4,6 +4,7 @@ calls.py as methods, every failure a HostApiError."""
 from __future__ import annotations
 
 import inspect
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -86,7 +87,7 @@ class HostClient:
                 params=call.params,
                 headers=_JSON if call.content is not None else None,
             )
-        except httpx.HTTPError as failure:
+        except (httpx.HTTPError, RuntimeError) as failure:
             raise _transport_error(failure) from failure
         return _answer(response, call.answer)
 
@@ -155,7 +156,7 @@ class AsyncHostClient:
                 params=call.params,
                 headers=_JSON if call.content is not None else None,
             )
-        except httpx.HTTPError as failure:
+        except (httpx.HTTPError, RuntimeError) as failure:
             raise _transport_error(failure) from failure
         return _answer(response, call.answer)
 
@@ -184,18 +185,37 @@ class AsyncHostClient:
 
 
 def _options(base_url: str, api_key: str, timeout: float) -> dict[str, Any]:
+    """The httpx client's options; a base URL that is not http(s) is refused at once
+    (ValueError), not reported as an outage at the first call."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url {base_url!r} is not an http(s) URL with a host")
     return {
+        # Idle connections are dropped before the hub's keep-alive (uvicorn: 5 s) drops them,
+        # so a reused connection is not one the hub is closing.
+        "limits": httpx.Limits(keepalive_expiry=4.0),
         "base_url": base_url.rstrip("/") + "/api/host",
         "headers": {"Authorization": f"Bearer {api_key}"},
         "timeout": timeout,
     }
 
 
-def _transport_error(failure: httpx.HTTPError) -> HostApiError:
+def _transport_error(failure: httpx.HTTPError | RuntimeError) -> HostApiError:
+    """Say whether a call that failed in transit can have been applied."""
+    if isinstance(failure, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        # No connection, so nothing was sent.
+        return HostApiError(503, "unreachable", f"The hub cannot be reached: {failure!r}")
+    if isinstance(failure, RuntimeError):  # httpx: the client has been closed
+        return HostApiError(503, "unreachable", f"This client is closed: {failure}")
     if isinstance(failure, httpx.TimeoutException):
-        # Nothing is known of the call's fate: it may have been applied.
-        return HostApiError(504, "timeout", f"The hub did not answer in time: {failure!r}")
-    return HostApiError(503, "unreachable", f"The hub cannot be reached: {failure!r}")
+        return HostApiError(
+            504, "timeout", f"The hub did not answer in time (it may have applied the call): "
+            f"{failure!r}"
+        )  # fmt: skip
+    return HostApiError(
+        502, "interrupted",
+        f"The connection broke after the call was sent (it may have been applied): {failure!r}",
+    )  # fmt: skip
 
 
 def _answer(response: httpx.Response, kind: type[T]) -> T:
@@ -205,11 +225,12 @@ def _answer(response: httpx.Response, kind: type[T]) -> T:
             error = msgspec.json.decode(response.content, type=dict[str, Any])
         except msgspec.DecodeError:
             error = {"error": "unknown", "message": response.text[:200]}
-        code, message = error.get("error"), error.get("message")
+        code, message, reason = error.get("error"), error.get("message"), error.get("reason")
         raise HostApiError(
             response.status_code,
             code if isinstance(code, str) else "unknown",
             message if isinstance(message, str) else response.text[:200],
+            reason if isinstance(reason, str) else None,
         )
     try:
         decoded: T = msgspec.json.decode(response.content, type=kind)

@@ -17,7 +17,7 @@ either wholly before it or wholly after it. The rules, checked inside that trans
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, update
@@ -80,12 +80,13 @@ async def add(database: Database, user_id: int, new: PlatformCreate) -> Platform
 
     most = database.settings.max_platforms_per_user
 
-    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> Deleted:
         check_room(len(rows) + 1, most)
         _check_unique(rows, new.name, (new.instance_url, new.username), new.external_id)
         if new.is_default:
             _clear_default(connection, user_id, now)
         _insert(connection, user_id, new, now, active=True)
+        return ()
 
     return await _apply(database, user_id, mutate)
 
@@ -95,7 +96,7 @@ async def change(
 ) -> PlatformList:
     """Rename a platform, deactivate or reactivate it, or make it the default."""
 
-    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> Deleted:
         target = _find(rows, platform)
         values: dict[str, Any] = {}
         if edit.name is not None and edit.name != target.name:
@@ -120,6 +121,7 @@ async def change(
                 .where(_platforms.c.id == target.id)
                 .values(updated_at=now, **values)
             )
+        return ()
 
     return await _apply(database, user_id, mutate)
 
@@ -127,11 +129,12 @@ async def change(
 async def remove(database: Database, user_id: int, platform: PlatformRef) -> PlatformList:
     """Delete a platform connection (the hub keeps no credentials to forget)."""
 
-    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> Deleted:
         target = _find(rows, platform)
         if target.is_active:
             _check_not_last_active(rows, target)
         connection.execute(delete(_platforms).where(_platforms.c.id == target.id))
+        return (target.id,)
 
     return await _apply(database, user_id, mutate)
 
@@ -155,7 +158,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
     if sum(p.is_default and p.is_active for p in wanted.platforms) > 1:
         raise PlatformRefused(ErrorCode.DEFAULT_TAKEN, "At most one platform can be the default.")
 
-    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> None:
+    def mutate(connection: Connection, rows: list[PlatformDetail], now: dt.datetime) -> Deleted:
         pairs = _matched(wanted.platforms, rows)
         kept_ids = {row.id for _, row in pairs if row is not None}
         gone = [r.id for r in rows if r.id not in kept_ids]
@@ -202,6 +205,7 @@ async def mirror(database: Database, user_id: int, wanted: PlatformsMirror) -> P
         for platform, paired in pairs:
             if paired is None:
                 _insert(connection, user_id, platform, now, active=platform.is_active)
+        return gone
 
     return await _apply(database, user_id, mutate)
 
@@ -285,7 +289,11 @@ def check_room(count: int, most: int) -> None:
         )
 
 
-_Mutation = Callable[[Connection, list[PlatformDetail], dt.datetime], None]
+# A change's own writes; it returns the ids of the rows it deleted. SQLite (no AUTOINCREMENT)
+# gives a row inserted after deleting the highest id that same id again, so a deleted active
+# platform must not pass for the new row that took its id.
+Deleted = Collection[int]
+_Mutation = Callable[[Connection, list[PlatformDetail], dt.datetime], Deleted]
 
 
 async def _apply(database: Database, user_id: int, mutate: _Mutation) -> PlatformList:
@@ -297,10 +305,11 @@ async def _apply(database: Database, user_id: int, mutate: _Mutation) -> Platfor
         # this change and any switch of the user are decided one after the other.
         version, _, before = read_state(connection, user_id, lock=True)
         found = _details(connection, user_id)
-        mutate(connection, found, now)
+        deleted = mutate(connection, found, now)
+        stored = None if before.active in deleted else before.active
         rows = _normalize_default(connection, user_id, now)
         # The next version is past 0, so the choice tabs saw stays while it is active.
-        active = active_platform(version + 1, before.active, [r for r in rows if r.is_active])
+        active = active_platform(version + 1, stored, [r for r in rows if r.is_active])
         if rows == found and active == before.active:
             # A change that changes nothing (a mirror of what is stored, a rename to the same
             # name): no new version, nothing to tell, and no tab's switch made stale by it.

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from platform_hub_client.bodies import USER_NAME
 from server import db
@@ -75,9 +76,14 @@ async def add_user(
         taken = connection.execute(select(db.users.c.id).where(db.users.c.name == name))
         if taken.first() is not None:
             raise UsageError(f"user {name!r} exists already")
-        created = connection.execute(
-            insert(db.users).values(name=name, password_hash=password_hash, created_at=now)
-        )
+        try:
+            created = connection.execute(
+                insert(db.users).values(name=name, password_hash=password_hash, created_at=now)
+            )
+        except IntegrityError:
+            # Created by a concurrent transaction since the check above (PostgreSQL lets
+            # both check; the unique name decides). The transaction is rolled back.
+            raise UsageError(f"user {name!r} exists already") from None
         (user_id,) = created.inserted_primary_key or (None,)
         assert isinstance(user_id, int)
         connection.execute(

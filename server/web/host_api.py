@@ -13,6 +13,7 @@ change reaches the user's tabs as the same change made by the user would (server
 from __future__ import annotations
 
 import hmac
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -89,7 +90,14 @@ def routes() -> list[Route]:
 
 
 def _refusal(request: Request) -> Response | None:
-    """Return the answer to a request without the API key, or None if it carries it."""
+    """Return the answer to a request without the API key, or to a path that is not UTF-8;
+    None if neither."""
+    if not _utf8_path(request):
+        # uvicorn decodes the path with errors="replace": %ff would name the user or the
+        # external id "\ufffd". Such a path names nothing.
+        return error_response(
+            422, ErrorCode.BAD_REQUEST, "The path is not UTF-8 once percent-decoded.", "path"
+        )
     settings: Settings = request.state.settings
     if not settings.api_key:
         return error_response(
@@ -99,11 +107,23 @@ def _refusal(request: Request) -> Response | None:
     presented = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     if not hmac.compare_digest(presented.encode(), settings.api_key.encode()):
         response = error_response(
-            401, ErrorCode.UNAUTHENTICATED, "Present the API key as a bearer token.", "api_key"
+            401,
+            ErrorCode.UNAUTHENTICATED,
+            "The API key is missing or wrong: present HUB_API_KEY as a bearer token.",
+            "api_key",
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="hub host API"'
         return response
     return None
+
+
+def _utf8_path(request: Request) -> bool:
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    try:
+        urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _for_user(work: _Work) -> Callable[[Request], Awaitable[Response]]:

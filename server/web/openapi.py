@@ -41,7 +41,7 @@ _USER = "/api/host/users/{name}"
 _ERRORS = {
     401: ("No API key, or a wrong one", ErrorBody),
     404: ("No such user (or platform, or session)", ErrorBody),
-    422: ("The body is malformed", ErrorBody),
+    422: ("The body (or the path: reason 'path') is malformed", ErrorBody),
     503: ("The database is unavailable; nothing was changed", ErrorBody),
 }
 _REFUSED = {409: ("The change would break a rule (see the error code)", ErrorBody)}

@@ -51,7 +51,7 @@ async def log_in(page: Any, app_url: str) -> None:
     await page.fill("#username", "ines")
     await page.fill("#password", "ines-studio-pw")
     await page.click("#login")
-    await expect(page.locator("#status")).to_have_text("open", timeout=PATIENCE_MS)
+    await expect(page.locator("#status")).to_have_text("live", timeout=PATIENCE_MS)
 
 
 async def test_the_flask_app_renders_switches_holds_and_logs_out_without_a_race(
@@ -71,7 +71,7 @@ async def test_the_flask_app_renders_switches_holds_and_logs_out_without_a_race(
     second = await device.context.new_page()
     second.on("pageerror", lambda error: device.errors.append(str(error)))
     await second.goto(app_url + "/")
-    await expect(second.locator("#status")).to_have_text("open", timeout=PATIENCE_MS)
+    await expect(second.locator("#status")).to_have_text("live", timeout=PATIENCE_MS)
     for page in (first, second):
         await expect(page.locator("#platform option")).to_have_text(["Photos", "Toots"])
         await expect(page.locator("#active")).to_have_text("Photos")
@@ -94,10 +94,12 @@ async def test_the_flask_app_renders_switches_holds_and_logs_out_without_a_race(
             "Busy: Generating captions", timeout=WITHIN_MS
         )
         await expect(page.locator("#platform")).to_be_disabled()
+        await expect(page.locator("#job")).to_be_disabled()
     photos = await first.locator("#platform option").nth(0).get_attribute("value")
     assert photos is not None
     decision = await second.evaluate("(id) => window.hub.switchPlatform(id)", int(photos))
     assert (decision["ok"], decision["reason"]) == (False, "busy")
+    await expect(second.locator("#message")).to_have_text("")  # the banner says it once
     again = await first.evaluate("() => fetch('/captions', {method: 'POST'}).then(r => r.status)")
     assert again == 409  # one job at a time: a second would replace the first one's hold
     for page in (first, second):  # the job ends, releases its hold, and the page re-renders

@@ -16,12 +16,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, select, text
+from sqlalchemy import Connection, create_engine, func, inspect, select, text
 
 from server import db
 from server.db import Database
 from server.storage import schema
 from server.storage.schema import SchemaOutdated
+from server.storage.users import seed_demo
 from tests.conftest import MakeSettings
 
 
@@ -146,3 +147,60 @@ def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -
     again = run_hub(url, "db", "upgrade")
     assert again.stdout.strip() == f"schema already at revision {schema.head()}"
     assert run_hub(url, "db", "status").returncode == 0
+
+
+async def test_downgrading_external_ids_keeps_every_users_active_platform(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """Migration 0003 down and up again: the column goes and comes back, and no row of
+    platform_states loses its active platform (a table rebuild on SQLite used to clear them
+    through ON DELETE SET NULL)."""
+    database = Database(make_on_each_engine())
+    try:
+        await database.create_schema()
+        await seed_demo(database)
+        async with database.engine.begin() as connection:
+            first = db.platforms.c.id
+            await connection.execute(
+                db.platform_states.update().values(
+                    version=5,
+                    active_platform_id=select(func.min(first))
+                    .where(db.platforms.c.user_id == db.platform_states.c.user_id)
+                    .scalar_subquery(),
+                )
+            )
+
+        def actives(connection: Connection) -> list[tuple[int, int | None]]:
+            states = db.platform_states
+            rows = connection.execute(
+                select(states.c.user_id, states.c.active_platform_id).order_by(states.c.user_id)
+            )
+            return [(r.user_id, r.active_platform_id) for r in rows]
+
+        async with database.engine.connect() as connection:
+            before = await connection.run_sync(actives)
+        assert before and all(active is not None for _, active in before)
+        async with database.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(schema.config(c), "0002"))
+        async with database.engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("platforms")}
+            )
+            assert "external_id" not in columns
+            # Every demo platform is still there.
+            assert (await connection.execute(text("SELECT count(*) FROM platforms"))).scalar() == 8
+            after = await connection.run_sync(
+                lambda c: [
+                    tuple(r)
+                    for r in c.execute(
+                        text("SELECT user_id, active_platform_id FROM platform_states ORDER BY 1")
+                    )
+                ]
+            )
+        assert after == before
+        await database.prepare_schema(upgrade=True)
+        async with database.engine.connect() as connection:
+            assert await connection.run_sync(actives) == before
+            assert await connection.run_sync(differences) == []
+    finally:
+        await database.dispose()

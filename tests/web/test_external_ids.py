@@ -6,6 +6,7 @@ Real hub, real tabs, on SQLite and on PostgreSQL; the stored rows are read back 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -21,6 +22,7 @@ from platform_hub_client import (
     PlatformUpdate,
 )
 from server import db
+from server.storage.users import user_id_of
 from tests.conftest import MakeSettings, RunningHub, serve
 
 KEY = "external-id-key"
@@ -80,6 +82,12 @@ async def test_external_ids_travel_in_states_and_views_and_name_platforms(
     assert [p.external_id for p in (await client.state("kim")).state.platforms] == ["a1", odd]
     tab = await running.tab((await client.mint_session("kim")).token, "t")
     assert [p["external_id"] for p in tab.hello["state"]["platforms"]] == ["a1", odd]
+    # Without one, the field is left out (what hubs and clients from before external ids
+    # read), in a tab's state and in what the client sends.
+    alice = await running.tab(await running.login("alice"), "a")
+    assert all("external_id" not in p for p in alice.hello["state"]["platforms"])
+    assert b"external_id" not in msgspec.json.encode(account("Main", "kim", None))
+    await alice.close()
 
     changed = await client.change_platform("kim", odd, PlatformUpdate(name="Renamed"))
     odd_id = mirrored.platforms[1].id
@@ -172,6 +180,18 @@ async def test_external_ids_are_unique_per_user_and_checked(
         for path in ("/platforms/external/%00", "/platforms/external/" + "y" * 300):
             answer = await http.delete(path, headers=headers)
             assert answer.status_code == 404, (path, answer.text)
+        # Not UTF-8 once decoded: uvicorn would make it U+FFFD, which names nothing here.
+        await client.mirror_platforms(
+            "kim", [account("Main", "kim", "a1"), account("R", "r", "\ufffd")]
+        )
+        before = await stored(running, "kim")
+        for path in ("/platforms/external/%ff", "/platforms/external/%fe%ff"):
+            answer = await http.delete(path, headers=headers)
+            assert (answer.status_code, answer.json()["reason"]) == (422, "path"), answer.text
+    async with httpx.AsyncClient(base_url=running.url + "/api/host/users") as http:
+        answer = await http.put("/%ff", json={}, headers=headers)
+        assert (answer.status_code, answer.json()["reason"]) == (422, "path")
+        assert await user_id_of(running.database, "\ufffd") is None
     assert await stored(running, "kim") == before
 
     page_login = await running.login("alice")
@@ -182,3 +202,51 @@ async def test_external_ids_are_unique_per_user_and_checked(
             headers={"Authorization": f"Bearer {page_login}", "Origin": running.url},
         )
     assert answer.status_code == 422 and "external_id" in answer.json()["message"]
+
+
+async def test_a_mirror_that_replaces_the_active_account_falls_back_to_the_default(
+    running: RunningHub, client: AsyncHostClient
+) -> None:
+    """The active account is dropped and a new one added in the same mirror: the active
+    choice goes to the default, on SQLite too, where the new row may get the dropped one's id
+    (no AUTOINCREMENT) and used to inherit the choice."""
+    first = await client.mirror_platforms(
+        "kim", [account("Main", "kim", "a1", is_default=True), account("Alt", "kim2", "a2")]
+    )
+    main, alt = (p.id for p in first.platforms)
+    tab = await running.tab((await client.mint_session("kim")).token, "t")
+    await tab.send({"type": "switch", "id": "r1", "platform": alt, "base": tab.version})
+    await tab.receive_type("switched")
+    replaced = await client.mirror_platforms(
+        "kim", [account("Main", "kim", "a1", is_default=True), account("New", "kim3", "a3")]
+    )
+    assert replaced.state.active == main, replaced
+    while (state := (await tab.receive_type("state"))["state"])["version"] < replaced.state.version:
+        pass
+    assert state["active"] == main
+    await tab.close()
+
+
+async def test_the_first_logins_of_one_person_at_once_create_one_user(
+    running: RunningHub, client: AsyncHostClient
+) -> None:
+    """A host app upserts on every login: two at once for a new name both succeed, one of
+    them created it (on PostgreSQL both used to check, and the second insert was a 500)."""
+    for n in range(10):
+        name = f"twin{n}"
+        views = await asyncio.gather(client.upsert_user(name), client.upsert_user(name))
+        assert sorted(v.created for v in views) == [False, True], views
+        assert views[0].id == views[1].id
+
+
+async def test_a_user_agent_is_kept_as_the_hubs_login_keeps_one(
+    running: RunningHub, client: AsyncHostClient
+) -> None:
+    """The browser's header as received (long, with control characters) mints a session;
+    the hub keeps its first 300 characters without the control characters."""
+    agent = "Mozilla/5.0 \x01(X11)" + "x" * 1900
+    minted = await client.mint_session("kim", user_agent=agent)
+    assert minted.session.user_agent == agent.replace("\x01", "")[:300]
+    with pytest.raises(HostApiError) as refused:
+        await client.mint_session("kim", user_agent="y" * 2001)
+    assert refused.value.status == 422

@@ -177,7 +177,7 @@ async def test_every_failure_of_a_call_is_a_host_api_error(kind: str) -> None:
         handlers.add(task)
         await reader.readuntil(b"\r\n\r\n")
         if answering:
-            writer.write(answering.pop(0))
+            writer.write(answering.pop(0))  # b"": closed without an answer
             await writer.drain()
         else:
             await release.wait()  # holds the request: the client's timeout decides
@@ -190,7 +190,7 @@ async def test_every_failure_of_a_call_is_a_host_api_error(kind: str) -> None:
     async with server:
         bad_arguments: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
             ("mint_session", ("alice",), {"ip": "not-an-ip"}),
-            ("mint_session", ("alice",), {"user_agent": "x\x00y"}),
+            ("mint_session", ("alice",), {"user_agent": "x" * 2001}),
             ("hold", ("alice", "captions", 0), {}),
             ("hold", ("alice", "", 30), {}),
             ("hold", ("alice", "captions", 10**9), {}),
@@ -218,6 +218,10 @@ async def test_every_failure_of_a_call_is_a_host_api_error(kind: str) -> None:
         )
         proxy = await refused(client.call("state", "alice"))
         assert (proxy.status, proxy.code, proxy.message) == (502, "unknown", "bad gateway")
+        answering.append(b"")  # the request arrived; the connection closed unanswered
+        broken = await refused(client.call("mint_session", "alice"))
+        assert (broken.status, broken.code) == (502, "interrupted")
+        assert "may have been applied" in str(broken.message)
         release.set()
         await asyncio.gather(*handlers, return_exceptions=True)
     await client.close()
@@ -225,6 +229,14 @@ async def test_every_failure_of_a_call_is_a_host_api_error(kind: str) -> None:
     down = await refused(client.call("revoke_sessions", "alice", reason="logout"))
     assert (down.status, down.code) == (503, "unreachable")
     await client.close()
+    after_close = await refused(client.call("state", "alice"))  # a closed client: not sent
+    assert (after_close.status, after_close.code) == (503, "unreachable")
+    for text in ("a\udc80b", "x\ud800"):  # lone surrogates: not text a path can carry
+        assert (await refused(client.call("state", text))).status == 422
+        assert (await refused(client.call("remove_platform", "alice", text))).status == 422
+    for base in ("127.0.0.1:8000", "ftp://hub", "http://"):
+        with pytest.raises(ValueError, match="not an http"):
+            HostClient(base, KEY)
 
 
 def _mirrored(name: str) -> PlatformMirrored:

@@ -25,7 +25,7 @@ new HubClient();
 function render(state: StateView, pending: number | null): string {
   const active = state.platforms.find((platform) => platform.id === state.active);
   const shown = active ? describePlatform(active) : null;
-  // The host app maps the platform back to its own account by external id (null when none).
+  // The host app maps the platform back to its own account by external id (absent if none).
   const account: string | null = active?.external_id ?? null;
   return `${state.version} ${shown?.name ?? "none"} @${shown?.username ?? ""} ${pending ?? ""} ${account}`;
 }

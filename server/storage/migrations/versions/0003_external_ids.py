@@ -26,7 +26,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop platforms.external_id."""
+    """Drop platforms.external_id, in place on both engines. (A batch rebuild of the table on
+    SQLite drops it while foreign keys are on, and ON DELETE SET NULL then clears every
+    user's active platform.) SQLite has had ALTER TABLE ... DROP COLUMN since 3.35."""
     op.drop_index("uq_platforms_user_id_external_id", table_name="platforms")
-    with op.batch_alter_table("platforms") as batch:
-        batch.drop_column("external_id")
+    op.execute("ALTER TABLE platforms DROP COLUMN external_id")
