@@ -1,4 +1,7 @@
-"""The tables, the engine, and the one unit-of-work idiom for every database access.
+"""The engine and the one unit-of-work idiom for every database access; the tables.
+
+The tables are defined in server/storage/tables.py and exported here, where every unit of
+work has always found them (``db.users``, ``db.platforms``, ...).
 
 A unit of work is a synchronous function of one SQLAlchemy Core ``Connection``, run in one
 transaction by ``Database.read`` or ``Database.write``: on SQLite whole in a thread, on the
@@ -19,32 +22,28 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    exc,
-)
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy import create_engine, exc
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.errors import StoreUnavailable, first_line
 from server.settings import Settings
 from server.storage import schema, sqlite
+from server.storage.tables import (
+    changes,
+    holds,
+    login_sessions,
+    metadata,
+    platform_states,
+    platforms,
+    switch_log,
+    users,
+)
 
 __all__ = [
     "Clock",
     "Database",
+    "changes",
     "holds",
     "login_sessions",
     "metadata",
@@ -64,137 +63,6 @@ Clock = Callable[[], dt.datetime]
 def utcnow() -> dt.datetime:
     """Return the current time as an aware UTC datetime."""
     return dt.datetime.now(dt.UTC)
-
-
-class _UTCDateTime(TypeDecorator[dt.datetime]):
-    """Store naive UTC, hand back aware UTC, so SQLite and PostgreSQL compare alike."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-
-    def process_result_value(
-        self, value: dt.datetime | None, dialect: Dialect
-    ) -> dt.datetime | None:
-        return None if value is None else value.replace(tzinfo=dt.UTC)
-
-
-# BIGINT on PostgreSQL; plain INTEGER on SQLite, where only that makes a rowid primary key.
-_ID = BigInteger().with_variant(Integer, "sqlite")
-
-
-def _id(name: str, *args: Any, **kwargs: Any) -> Column[int]:
-    return Column(name, _ID, *args, nullable=kwargs.pop("nullable", False), **kwargs)
-
-
-def _time(name: str, *, nullable: bool = False, index: bool = False) -> Column[dt.datetime]:
-    return Column(name, _UTCDateTime(), nullable=nullable, index=index or None)
-
-
-def _text(name: str, length: int, *, nullable: bool = False, **kwargs: Any) -> Column[str]:
-    return Column(name, String(length), nullable=nullable, **kwargs)
-
-
-def _user_id(*, primary_key: bool = False) -> Column[int]:
-    """The owning user: the primary key, or else an indexed column; deleted with the user."""
-    foreign = ForeignKey("users.id", ondelete="CASCADE")
-    if primary_key:
-        return _id("user_id", foreign, primary_key=True)
-    return _id("user_id", foreign, index=True)
-
-
-metadata = MetaData()
-
-# A person who can log in.
-users = Table(
-    "users",
-    metadata,
-    _id("id", primary_key=True),
-    _text("name", 64, unique=True),
-    _text("password_hash", 256),
-    _time("created_at"),
-)
-
-# A platform account connected by a user; credentials live in the host app, not here.
-platforms = Table(
-    "platforms",
-    metadata,
-    _id("id", primary_key=True),
-    _user_id(),
-    _text("name", 100),
-    _text("kind", 32),
-    _text("instance_url", 500),
-    _text("username", 200),
-    Column("is_active", Boolean, nullable=False, default=True),
-    Column("is_default", Boolean, nullable=False, default=False),
-    _time("created_at"),
-    _time("updated_at"),
-    _time("last_used_at", nullable=True),
-    _text("external_id", 200, nullable=True),  # the host app's own id, when it gave one
-    UniqueConstraint("user_id", "name"),
-    UniqueConstraint("user_id", "instance_url", "username"),
-    # A unique index (not a constraint): migration 0003 adds it without rebuilding the table.
-    Index("uq_platforms_user_id_external_id", "user_id", "external_id", unique=True),
-)
-
-# The authoritative (version, active platform) of one user. The active platform is only
-# meaningful from version 1 on: version 0 means "never switched", and then the active platform
-# follows the default rule (server/rules.py's active_platform).
-platform_states = Table(
-    "platform_states",
-    metadata,
-    _user_id(primary_key=True),
-    _id("version", default=0),
-    _id("active_platform_id", ForeignKey("platforms.id", ondelete="SET NULL"), nullable=True),
-    _time("updated_at"),
-)
-
-# A login session; only a SHA-256 of its 256-bit token is stored (server/storage/sessions.py).
-login_sessions = Table(
-    "login_sessions",
-    metadata,
-    _id("id", primary_key=True),
-    _user_id(),
-    _text("token_hash", 64, unique=True),
-    _time("created_at"),
-    _time("last_seen_at"),
-    _time("idle_expires_at"),
-    _time("absolute_expires_at"),
-    _time("revoked_at", nullable=True),
-    _text("revoked_reason", 16, nullable=True),
-    _text("user_agent", 300, nullable=True),
-    _text("ip", 64, nullable=True),
-)
-
-# The decision taken on one switch request, kept for idempotent retries.
-switch_log = Table(
-    "switch_log",
-    metadata,
-    _user_id(primary_key=True),
-    _text("request_id", 64, primary_key=True),
-    Column("accepted", Boolean, nullable=False),
-    _text("reason", 32, nullable=True),
-    _id("version"),
-    _id("platform_id"),
-    _text("tab_id", 64, nullable=True),
-    _time("decided_at", index=True),
-)
-
-# A hold on a user's switches while a job of the host app runs (server/storage/holds.py).
-holds = Table(
-    "holds",
-    metadata,
-    _user_id(primary_key=True),
-    _text("reason", 200),
-    _time("placed_at"),
-    _time("expires_at"),
-)
 
 
 # Errors that mean "the database is not there right now", as opposed to a bug or a conflict.

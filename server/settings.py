@@ -108,6 +108,11 @@ class Settings:
     # on each failed attempt up to 2 s).
     backplane_connect_s: float = 30
     backplane_backoff_s: float = 0.1
+    # The change feed (server/storage/feed.py): on SQLite, how often the serving process looks
+    # for changes another process made to the file (the command line), and on both engines how
+    # long its rows are kept.
+    feed_poll_s: float = 0.2
+    feed_retention_s: float = 3600
 
     # SIGTERM: every tab is closed with 1012 at once (it reconnects elsewhere, with jitter);
     # the switches already received are still decided and committed (a retry with the same

@@ -32,6 +32,7 @@ import msgspec
 from sqlalchemy import Connection, text
 
 from server.events import Event, SessionsEnded
+from server.storage import feed
 
 __all__ = [
     "CHANNEL",
@@ -66,13 +67,16 @@ def stage(connection: Connection, origin: str, events: Iterable[Event]) -> None:
 
     ``origin`` names the sender (Database.origin), whose own listener ignores them.
 
-    On PostgreSQL they are delivered to every listening process when, and only if, the
-    transaction commits; on SQLite this does nothing (one process publishes itself), and
-    ``events`` is not even iterated: a generator passed here costs the SQLite hot path nothing.
+    They are appended to the change feed (server/storage/feed.py) on both engines. On
+    PostgreSQL they are also delivered to every listening process when, and only if, the
+    transaction commits; on SQLite the serving process publishes its own changes itself, and
+    the feed's reader brings those of other processes (the command line).
     """
+    listed = list(events)
+    feed.append(connection, origin, listed)
     if connection.dialect.name != "postgresql":
         return
-    for payload in _payloads(origin, list(events)):
+    for payload in _payloads(origin, listed):
         connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
 

@@ -20,7 +20,7 @@ from server.hub import Hub
 from server.limits import LoginThrottle
 from server.protocol import CloseCode
 from server.settings import Settings
-from server.storage import backplane
+from server.storage import backplane, feed
 from server.storage.switches import SqlStore
 from server.web import health, host_api, pages, tasks
 from server.web.bodies import BodyLimit
@@ -69,7 +69,15 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe
+        reader = feed.reader_for(
+            settings.database_url,
+            database.origin,
+            hub.apply,
+            hub.resync,
+            poll_s=settings.feed_poll_s,
+        )
         app.state.database, app.state.hub, app.state.listener = database, hub, listener
+        app.state.feed_reader = reader
         metrics.watch(
             tabs=lambda: len(hub.tabs()),
             sessions=lambda: len(hub.session_ids()),
@@ -91,6 +99,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 name="session-collector",
             ),
         ]
+        if reader is not None:
+            background.append(asyncio.create_task(reader.run_forever(), name="feed-reader"))
         if listener is not None:
             background.append(asyncio.create_task(listener.run_forever(), name="backplane"))
             # Serve once listening: a tab that joins earlier could miss a notification.
@@ -102,6 +112,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 "store": store,
                 "settings": settings,
                 "listener": listener,
+                "feed_reader": reader,
                 "metrics": metrics,
                 "login_throttle": login_throttle,
             }

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 
 from server.settings import Settings
-from tests.conftest import make_settings, reported_port, serve
-from tests.support.postgres import fresh_database
+from tests.conftest import MakeSettings, reported_port, serve
 
 
 def hub(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -84,20 +83,21 @@ def test_serve_refuses_workers_on_sqlite(tmp_path: Path) -> None:
     assert "Several workers need PostgreSQL" in refused.stderr and "Traceback" not in refused.stderr
 
 
-async def test_platform_add_reaches_open_tabs_on_postgresql(tmp_path: Path) -> None:
-    """`hub platform add`, run beside a serving hub on PostgreSQL, moves the version and the
-    hub's open tabs of that user get the new state with the new platform (through NOTIFY)."""
+async def test_platform_add_reaches_open_tabs_of_a_running_hub(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """`hub platform add`, run beside a serving hub, moves the version, and the hub's open tabs
+    of that user get the new state with the new platform: on PostgreSQL through NOTIFY, on
+    SQLite through the change feed the serving process polls."""
     command = [
         sys.executable, "-m", "server", "platform", "add", "alice", "Cli", "--kind", "mastodon",
         "--instance-url", "https://cli.example", "--username", "alice",
     ]  # fmt: skip
-    async with (
-        fresh_database() as url,
-        serve(make_settings(tmp_path, database_url=url)) as running,
-    ):
+    settings = make_on_each_engine()
+    async with serve(settings) as running:
         tab = await running.tab(await running.login("alice"), "a")
         version = tab.hello["state"]["version"]
-        env = {**os.environ, "HUB_DATABASE_URL": url}
+        env = {**os.environ, "HUB_DATABASE_URL": settings.database_url}
         started = time.monotonic()
         added = await asyncio.to_thread(
             subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
