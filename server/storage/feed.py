@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import sqlite3
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
@@ -147,7 +148,7 @@ class Reader:
     def _open(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                f"file:{urllib.parse.quote(self.path)}?mode=ro", uri=True, check_same_thread=False
             )
             connection.execute("PRAGMA busy_timeout = 1000")
             if self.position == 0:  # start at the end: what came before is in the state
