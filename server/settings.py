@@ -110,9 +110,10 @@ class Settings:
     backplane_backoff_s: float = 0.1
     # The change feed (server/storage/feed.py): on SQLite, how often the serving process looks
     # for changes another process made to the file (the command line), and on both engines how
-    # long its rows are kept.
+    # long its rows are kept (collected every quarter of it, at most a minute apart, a few
+    # thousand rows per transaction). About 220 bytes per switch while kept.
     feed_poll_s: float = 0.2
-    feed_retention_s: float = 3600
+    feed_retention_s: float = 120
 
     # SIGTERM: every tab is closed with 1012 at once (it reconnects elsewhere, with jitter);
     # the switches already received are still decided and committed (a retry with the same

@@ -10,8 +10,9 @@ memory: no I/O) and reads the rows after its position when another connection co
 On PostgreSQL the rows are written too; the processes still learn of changes from the
 notifications' payloads (server/storage/backplane.py) until the feed's reader serves them.
 
-Rows older than ``feed_retention_s`` are collected (``collect``). A reader that finds the row
-after its position collected resyncs every user with tabs here, as a lost notification does.
+Rows older than ``feed_retention_s`` are collected (``collect_forever``), in small chunks so
+SQLite's one writer is never held long. A reader that finds the row after its position
+collected resyncs every user with tabs here, as a lost notification does.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
-from sqlalchemy import Connection, delete, insert
+from sqlalchemy import Connection, delete, func, insert, select
 
 from server import db
+from server.errors import StoreUnavailable
 from server.events import Event
 
-__all__ = ["Reader", "append", "collect", "reader_for"]
+__all__ = ["Reader", "append", "collect", "collect_forever", "reader_for"]
 
 logger = logging.getLogger("hub.feed")
 
@@ -37,6 +39,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[Event])
 _APPEND = insert(db.changes)
 _BATCH = 500  # rows read at once
+_COLLECT_CHUNK = 2000  # rows deleted per write transaction
 # The last position ever given (AUTOINCREMENT keeps it in sqlite_sequence, rows collected or not).
 _LAST_POSITION = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
 
@@ -57,22 +60,51 @@ def append(connection: Connection, origin: str, events: Iterable[Event]) -> None
 
 
 async def collect(database: db.Database) -> int:
-    """Delete the rows older than ``feed_retention_s``; return how many."""
+    """Delete the rows older than ``feed_retention_s``, at most ``_COLLECT_CHUNK`` per write
+    transaction (a long DELETE would hold SQLite's one writer, and so every switch); return
+    how many. A look that finds nothing old writes nothing."""
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=database.settings.feed_retention_s)
+    old = select(db.changes.c.position).where(db.changes.c.created_at < cutoff)
+    oldest_first = old.order_by(db.changes.c.position).limit(_COLLECT_CHUNK)
 
-    def work(connection: Connection) -> int:
-        return connection.execute(
-            delete(db.changes).where(db.changes.c.created_at < cutoff)
-        ).rowcount
+    def last_old(connection: Connection) -> int | None:
+        found: int | None = connection.scalar(select(func.max(oldest_first.subquery().c.position)))
+        return found
 
-    return await database.write(work)
+    def work(connection: Connection, upto: int) -> int:
+        gone = delete(db.changes).where(
+            db.changes.c.position <= upto, db.changes.c.created_at < cutoff
+        )
+        return connection.execute(gone).rowcount
+
+    collected = 0
+    while (upto := await database.read(last_old)) is not None:
+        collected += await database.write(lambda connection: work(connection, upto))
+    return collected
+
+
+async def collect_forever(database: db.Database) -> None:
+    """Collect the feed every quarter of its retention (at least every 60 s), until cancelled:
+    often, so each collection is small."""
+    interval = min(60.0, max(1.0, database.settings.feed_retention_s / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            collected = await collect(database)
+        except StoreUnavailable as error:
+            logger.warning("feed collection skipped: %s", error)
+            continue
+        if collected:
+            logger.debug("collected %d rows of the change feed", collected)
 
 
 class Reader:
     """Read what other processes appended to a SQLite file's feed, and hand it to ``deliver``.
 
     It starts at the end of the feed (a tab that connects later reads the state itself), polls
-    every ``poll_s``, and resyncs (``resync``) when rows it had not read were collected.
+    every ``poll_s``, and resyncs (``resync``) when rows it had not read were collected, when a
+    row cannot be decoded (a newer hub's event) and after any failure of its own, so no failure
+    loses a change without a resync.
     """
 
     def __init__(
@@ -86,21 +118,30 @@ class Reader:
     ) -> None:
         self.path, self.origin, self.poll_s = path, origin, poll_s
         self.deliver, self.resync = deliver, resync
-        self.position = 0
+        self.position: int | None = None  # None until the first look: then the feed's end
         self.delivered = 0  # events from other processes handed over (tests, metrics)
+        self.resyncs = 0
         self._connection: sqlite3.Connection | None = None
         self._version: int | None = None
 
     async def run_forever(self) -> None:
-        """Look every ``poll_s`` until cancelled; a look that fails (a locked or missing file)
-        is retried a second later."""
+        """Look every ``poll_s`` until cancelled. A look that fails (a locked or missing file, a
+        store that cannot resync, a bug) is logged, the connection reopened where it was, and
+        everything resynced before the next look, a second later."""
+        failed = False
         try:
             while True:
                 try:
+                    if failed:
+                        await self._resync()
+                        failed = False
                     await self.step()
-                except sqlite3.Error as error:
-                    logger.warning("feed: reading failed (%s); again in 1 s", error)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("feed: a look failed; resyncing, and again in 1 s")
                     self._close()
+                    failed = True
                     await asyncio.sleep(1.0)
                     continue
                 await asyncio.sleep(self.poll_s)
@@ -113,47 +154,61 @@ class Reader:
         rows, behind = await asyncio.to_thread(self._read)
         if behind:
             logger.warning("feed: rows were collected before this process read them; resyncing")
-            await self.resync()
-        for origin, events in rows:
+            await self._resync()
+        for position, origin, events in rows:
             if origin == self.origin:
                 continue
-            for event in events:
+            try:
+                decoded = _decoder.decode(events)
+            except msgspec.DecodeError as error:
+                logger.error("feed: row %d cannot be read (%s); resyncing", position, error)
+                await self._resync()
+                continue
+            for event in decoded:
                 self.deliver(event)
                 self.delivered += 1
 
-    def _read(self) -> tuple[list[tuple[str, list[Event]]], bool]:
+    async def _resync(self) -> None:
+        self.resyncs += 1
+        await self.resync()
+
+    def _read(self) -> tuple[list[tuple[int, str, str]], bool]:
         """In a worker thread: the rows after ``position`` if anything was committed since the
-        last look, and whether some were collected before they could be read."""
+        last look, and whether some were collected before they could be read. One read
+        transaction, so the feed's last position and its rows are of one snapshot."""
         connection = self._open()
         (version,) = connection.execute("PRAGMA data_version").fetchone()
         if version == self._version:
             return [], False
         self._version = version
-        found: list[tuple[int, str, str]] = connection.execute(
-            "SELECT position, origin, events FROM changes WHERE position > ? ORDER BY position"
-            f" LIMIT {_BATCH}",
-            (self.position,),
-        ).fetchall()
+        connection.execute("BEGIN")
+        try:
+            (last,) = connection.execute(_LAST_POSITION).fetchone()
+            if self.position is None:  # the first look: start at the end
+                self.position = last
+            found: list[tuple[int, str, str]] = connection.execute(
+                "SELECT position, origin, events FROM changes WHERE position > ?"
+                f" ORDER BY position LIMIT {_BATCH}",
+                (self.position,),
+            ).fetchall()
+        finally:
+            connection.execute("COMMIT")
         if len(found) == _BATCH:
             self._version = None  # more to read: look again next time whatever the version
-        if found:
-            behind = found[0][0] > self.position + 1
-            self.position = found[-1][0]
-        else:  # nothing after our position: was something appended and collected meanwhile?
-            (last,) = connection.execute(_LAST_POSITION).fetchone()
-            behind = last > self.position
-            self.position = max(self.position, last)
-        return [(origin, _decoder.decode(events)) for _, origin, events in found], behind
+        start = found[0][0] if found else last + 1
+        behind = start > self.position + 1
+        self.position = found[-1][0] if found else max(self.position, last)
+        return found, behind
 
     def _open(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(
-                f"file:{urllib.parse.quote(self.path)}?mode=ro", uri=True, check_same_thread=False
+                f"file:{urllib.parse.quote(self.path)}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,  # transactions are explicit (_read)
             )
             connection.execute("PRAGMA busy_timeout = 1000")
-            if self.position == 0:  # start at the end: what came before is in the state
-                (last,) = connection.execute(_LAST_POSITION).fetchone()
-                self.position = last
             self._connection = connection
         return self._connection
 

@@ -98,6 +98,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
                 tasks.collect_forever(database, on_collect=metrics.collected),
                 name="session-collector",
             ),
+            asyncio.create_task(feed.collect_forever(database), name="feed-collector"),
         ]
         if reader is not None:
             background.append(asyncio.create_task(reader.run_forever(), name="feed-reader"))

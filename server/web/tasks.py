@@ -11,7 +11,7 @@ from server.db import Database
 from server.errors import StoreUnavailable
 from server.hub import Hub
 from server.protocol import SessionEndReason
-from server.storage import feed, sessions
+from server.storage import sessions
 
 __all__ = ["check", "collect_forever", "watch_forever"]
 
@@ -64,12 +64,9 @@ async def collect_forever(
         await asyncio.sleep(database.settings.collect_interval_s)
         try:
             collected = await sessions.collect(database)
-            changes = await feed.collect(database)
         except StoreUnavailable as error:
             logger.warning("collection skipped: %s", error)
             continue
-        if changes:
-            logger.info("collected %d rows of the change feed", changes)
         if on_collect is not None:
             on_collect(collected.sessions)
         if collected.sessions or collected.switches:

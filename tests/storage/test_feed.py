@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, insert, select
 
 from server import db
 from server.api import PlatformCreate
@@ -25,6 +26,7 @@ from server.protocol import SessionEndReason
 from server.storage import feed, holds, platforms, sessions
 from server.storage.users import user_id_of
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
+from tests.support.processes import wait_until
 
 NEW = PlatformCreate(
     name="Fed", kind="mastodon", instance_url="https://fed.example", username="alice"
@@ -128,3 +130,61 @@ async def test_a_reader_that_fell_behind_the_retention_resyncs(tmp_path: Path) -
             assert state["version"] == version + 1
         finally:
             await other.dispose()
+
+
+async def test_a_row_the_reader_cannot_read_costs_a_resync_not_the_reader(
+    sqlite_hub: tuple[RunningHub, Database],
+) -> None:
+    """A row of an event this hub does not know (a newer hub's command line on the same file)
+    is logged and answered with a resync; the reader goes on, and the next change arrives.
+    Reopened after a failure, it goes on from where it was, not from the feed's end."""
+    running, other = sqlite_hub
+    alice = await user_id_of(other, "alice")
+    assert alice is not None
+    tab = await running.tab(await running.login("alice"), "t")
+    reader: feed.Reader = running.app.state.feed_reader
+    await wait_until(lambda: reader.position is not None, 5, "the first look")
+    assert reader.position == 0  # an empty feed
+    reader._close()  # as after a failed look: the next one reopens the file
+    await holds.place(other, alice, "after a reopen", 30)
+    assert (await tab.receive_type("hold"))["hold"]["reason"] == "after a reopen"
+
+    def intrude(connection: Connection) -> None:
+        connection.execute(
+            insert(db.changes).values(
+                origin="a newer hub",
+                events='[{"type": "newkind", "user": 1}]',
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+
+    await other.write(intrude)
+    await platforms.add(other, alice, NEW)
+    state = (await tab.receive_type("state"))["state"]
+    assert "Fed" in [p["name"] for p in state["platforms"]]
+    assert reader.resyncs >= 1
+
+
+async def test_collection_deletes_old_rows_in_chunks_and_nothing_newer(tmp_path: Path) -> None:
+    """Rows past the retention go, several write transactions' worth; newer rows stay."""
+    settings = make_settings(tmp_path, feed_retention_s=60)
+    database = Database(settings)
+    try:
+        await database.create_schema()
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=120)
+        new = dt.datetime.now(dt.UTC)
+
+        def fill(connection: Connection) -> None:
+            rows = [{"origin": "o", "events": "[]", "created_at": old}] * 4500
+            rows += [{"origin": "o", "events": "[]", "created_at": new}] * 3
+            connection.execute(insert(db.changes), rows)
+
+        await database.write(fill)
+        assert await feed.collect(database) == 4500
+        left = await database.read(
+            lambda c: c.execute(select(func.count()).select_from(db.changes)).scalar_one()
+        )
+        assert left == 3
+        assert await feed.collect(database) == 0
+    finally:
+        await database.dispose()
