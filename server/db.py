@@ -28,31 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.errors import StoreUnavailable, first_line
 from server.settings import Settings
-from server.storage import schema, sqlite
-from server.storage.tables import (
-    changes,
-    holds,
-    login_sessions,
-    metadata,
-    platform_states,
-    platforms,
-    switch_log,
-    users,
-)
+from server.storage import schema, sqlite, tables
+from server.storage.tables import *  # noqa: F403 (the tables, exported here for units of work)
 
-__all__ = [
-    "Clock",
-    "Database",
-    "changes",
-    "holds",
-    "login_sessions",
-    "metadata",
-    "platform_states",
-    "platforms",
-    "switch_log",
-    "users",
-    "utcnow",
-]
+__all__ = ["Clock", "Database", "utcnow"]
+__all__ += tables.__all__
 
 logger = logging.getLogger("hub.db")
 
