@@ -80,13 +80,7 @@ class HostClient:
     def send(self, call: Call[T]) -> T:
         """Send one call and decode its answer (the methods below are built on this)."""
         try:
-            response = self._http.request(
-                call.method,
-                call.path,
-                content=call.content,
-                params=call.params,
-                headers=_JSON if call.content is not None else None,
-            )
+            response = self._http.send(_request(self._http, call))
         except (httpx.HTTPError, RuntimeError) as failure:
             raise _transport_error(failure) from failure
         return _answer(response, call.answer)
@@ -149,13 +143,7 @@ class AsyncHostClient:
     async def send(self, call: Call[T]) -> T:
         """Send one call and decode its answer (the methods below are built on this)."""
         try:
-            response = await self._http.request(
-                call.method,
-                call.path,
-                content=call.content,
-                params=call.params,
-                headers=_JSON if call.content is not None else None,
-            )
+            response = await self._http.send(_request(self._http, call))
         except (httpx.HTTPError, RuntimeError) as failure:
             raise _transport_error(failure) from failure
         return _answer(response, call.answer)
@@ -198,6 +186,14 @@ def _options(base_url: str, api_key: str, timeout: float) -> dict[str, Any]:
         "headers": {"Authorization": f"Bearer {api_key}"},
         "timeout": timeout,
     }
+
+
+def _request(http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
+    """The HTTP request of a call, for either client to send."""
+    headers = _JSON if call.content is not None else None
+    return http.build_request(
+        call.method, call.path, content=call.content, params=call.params, headers=headers
+    )
 
 
 def _transport_error(failure: httpx.HTTPError | RuntimeError) -> HostApiError:

@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from sqlalchemy import Connection, delete, func, insert, select
@@ -44,16 +44,15 @@ _COLLECT_CHUNK = 2000  # rows deleted per write transaction
 _LAST_POSITION = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
 
 
-def append(connection: Connection, origin: str, events: Iterable[Event]) -> None:
+def append(connection: Connection, origin: str, events: Sequence[Event]) -> None:
     """Append a committed change's events (nothing when there are none) in the transaction
     open on ``connection``."""
-    listed = list(events)
-    if listed:
+    if events:
         connection.execute(
             _APPEND,
             {
                 "origin": origin,
-                "events": _encoder.encode(listed).decode(),
+                "events": _encoder.encode(events).decode(),
                 "created_at": dt.datetime.now(dt.UTC),
             },
         )
