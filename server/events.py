@@ -11,7 +11,17 @@ import msgspec
 
 from server.protocol import Cause, HoldView, SessionEndReason
 
-__all__ = ["Event", "HoldChanged", "SessionsEnded", "StateChanged"]
+__all__ = ["SHARDS", "Event", "HoldChanged", "SessionsEnded", "StateChanged", "shard_of"]
+
+# Changes travel between processes by shard of their user (server/storage/feed.py): a process
+# reads and is woken for the shards of the users with tabs on it. Every process of a database
+# must agree on the number: changing it is a new protocol between processes.
+SHARDS = 64
+
+
+def shard_of(user_id: int) -> int:
+    """Return the shard a user's changes travel in."""
+    return user_id % SHARDS
 
 
 class StateChanged(msgspec.Struct, tag="state", frozen=True):
@@ -24,8 +34,10 @@ class StateChanged(msgspec.Struct, tag="state", frozen=True):
 
 
 class SessionsEnded(msgspec.Struct, tag="ended", frozen=True):
-    """Login sessions ended (logout, logout-all, revocation): close their tabs everywhere."""
+    """Login sessions of ``user`` ended (logout, logout-all, revocation): close their tabs
+    everywhere."""
 
+    user: int
     sessions: list[int]
     reason: SessionEndReason
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
-from server.events import Event, HoldChanged, SessionsEnded, StateChanged
+from server.events import Event, HoldChanged, SessionsEnded, StateChanged, shard_of
 from server.limits import Cooldown, TokenBuckets
 from server.logs import bound
 from server.protocol import (
@@ -104,6 +104,10 @@ class Hub:
         self._coalesced_gone = 0
         self.sessions_ended: dict[str, int] = {}
         self._rooms: dict[int, Room] = {}
+        # How many users with tabs here each feed shard has (server/events.py): the shards
+        # this process reads other processes' changes of. Told when a shard gets its first.
+        self._shards: dict[int, int] = {}
+        self.on_new_shard: Callable[[], None] | None = None
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._sessions = SessionIndex()
         # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
@@ -126,7 +130,7 @@ class Hub:
         expires_at: str,
     ) -> Tab:
         """Register a tab and queue its hello; raise TabLimitReached when the user is full."""
-        room = self._rooms.setdefault(user.id, Room())
+        room = self._rooms.get(user.id) or self._open_room(user.id)
         previous = room.tabs.get(tab_id)
         if previous is None and len(room.tabs) >= self.max_tabs_per_user:
             self._forget_if_empty(user.id)
@@ -387,11 +391,27 @@ class Hub:
             del room.tabs[tab.id]
             self._forget_if_empty(tab.user.id)
 
+    def hosted_shards(self) -> list[int]:
+        """Return the feed shards of the users with tabs here."""
+        return list(self._shards)
+
+    def _open_room(self, user_id: int) -> Room:
+        room = self._rooms[user_id] = Room()
+        shard = shard_of(user_id)
+        self._shards[shard] = self._shards.get(shard, 0) + 1
+        if self._shards[shard] == 1 and self.on_new_shard is not None:
+            self.on_new_shard()
+        return room
+
     def _forget_if_empty(self, user_id: int) -> None:
         room = self._rooms.get(user_id)
         if room is not None and not room.tabs:
             room.cancel_timer()
             del self._rooms[user_id]
+            shard = shard_of(user_id)
+            self._shards[shard] -= 1
+            if not self._shards[shard]:
+                del self._shards[shard]
 
 
 _PONG = encode(Pong())

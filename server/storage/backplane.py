@@ -1,122 +1,94 @@
-"""The backplane: committed changes reach the tabs of every hub process.
+"""The backplane: what other hub processes on PostgreSQL committed reaches this one's tabs.
 
-Each process delivers to its own tabs. A change is staged inside the transaction that makes
-it (``stage``), so only committed changes travel, and in commit order:
+Each process delivers its own changes to its tabs itself. Every commit also writes its events
+to the change feed (server/storage/feed.py), a row per shard of the users it changed
+(server/events.py), in its own transaction; ``stage`` does that and wakes the processes that
+read those shards: a NOTIFY on each shard's channel (``hub_feed_<n>``) carrying only the
+committer's origin, so it can ignore its own. A wake-up carries no change: no payload limit
+bounds a change, and a lost wake-up costs latency, never a change.
 
-- on PostgreSQL, as ``NOTIFY`` on one channel; each process LISTENs on a connection of its own
-  (``Listener``) and hands what other processes committed to its hub;
-- on SQLite there is one process, which publishes to its tabs itself after each commit, so
-  staging sends nothing and nothing listens (``listener_for`` returns None).
+Each process (``Listener``) LISTENs, on a connection of its own, on the channels of the shards
+of the users with tabs on it, and after a wake-up reads the feed's new rows of those shards in
+one REPEATABLE READ snapshot. New rows are told by transaction ids, not positions (a position
+is drawn at insert, so a row can commit after a higher one): each look keeps its snapshot's
+``xmax`` and the transactions it saw in flight (``xip``), and the next look reads the rows of
+transactions at or above that ``xmax`` or among those in flight. Those are exactly the rows
+committed in between, each read once, in position order (the order in which each user's
+changes committed); a long transaction holds back nothing but its own rows.
 
-Each notification names the database handle (one per process) that committed it, and a
-process ignores its own: it has published them to its tabs already, after the asking tab's
-answer, and a notification can arrive before that answer is sent.
-
-Notifications are lost while the listening connection is down. The listener reconnects with
-backoff, LISTENs first, then resyncs every user with tabs here from the table: versions make
-that idempotent, and tabs never regress. Sessions are also rechecked from the table every
-``session_check_s`` (server/storage/sessions.py), which catches a lost logout.
+When the connection drops, the listener reconnects with jittered backoff and reads on from
+where it was: nothing is resynced. Only a listener away longer than half the feed's retention
+(rows it had not read may have been collected), or starting, resyncs every user with tabs here
+from the tables. Sessions are also rechecked every ``session_check_s``
+(server/storage/sessions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
 import msgspec
 from sqlalchemy import Connection, text
 
-from server.events import Event, SessionsEnded
+from server.events import Event
 from server.storage import feed
 
-__all__ = [
-    "CHANNEL",
-    "Listener",
-    "decode_events",
-    "listener_for",
-    "stage",
-]
+__all__ = ["CHANNEL", "Listener", "channel", "listener_for", "stage"]
 
 logger = logging.getLogger("hub.backplane")
 
-CHANNEL = "hub_events"
-# PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more; a batch's events are split.
-_MAX_PAYLOAD = 7000
-_SESSIONS_PER_EVENT = 250
+CHANNEL = "hub_feed"
+_NOTIFY = text(
+    "SELECT pg_notify(CAST(:prefix AS text) || shard, :origin)"
+    " FROM unnest(CAST(:shards AS int[])) AS shard"
+)
+# The look's snapshot: its xmax and the transactions in flight, as bigints.
+_SNAPSHOT = (
+    "SELECT pg_snapshot_xmax(s)::text::bigint,"
+    " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)"
+    " FROM pg_current_snapshot() AS s"
+)
+_PAGE = 500
+_ROWS = (
+    "SELECT position, events, created_at FROM changes"
+    " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
+    f" AND origin <> $4 AND position > $5 ORDER BY position LIMIT {_PAGE}"
+)
+_decoder = msgspec.json.Decoder(list[Event])
 
 
-class _Notice(msgspec.Struct, frozen=True):
-    origin: str  # the committing process's database handle (Database.origin)
-    events: list[Event]
-    # When it was staged (Unix time, inside the committing transaction), for the lag.
-    sent: float = 0.0
-
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(_Notice)
-_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+def channel(shard: int) -> str:
+    """Return the channel that wakes the readers of ``shard``."""
+    return f"{CHANNEL}_{shard}"
 
 
 def stage(connection: Connection, origin: str, events: Iterable[Event]) -> None:
-    """Send ``events`` with the transaction open on ``connection``, if they need sending.
+    """Send ``events`` with the transaction open on ``connection``.
 
-    ``origin`` names the sender (Database.origin), whose own listener ignores them.
-
-    They are appended to the change feed (server/storage/feed.py) on both engines. On
-    PostgreSQL they are also delivered to every listening process when, and only if, the
-    transaction commits; on SQLite the serving process publishes its own changes itself, and
-    the feed's reader brings those of other processes (the command line).
+    ``origin`` names the sender (Database.origin), which publishes to its own tabs itself.
+    They are appended to the change feed on both engines (on SQLite, its reader brings those
+    of other processes, such as the command line); on PostgreSQL the readers of their shards
+    are woken when, and only if, the transaction commits.
     """
-    listed = list(events)
-    feed.append(connection, origin, listed)
-    if connection.dialect.name != "postgresql":
-        return
-    for payload in _payloads(origin, listed):
-        connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
-
-
-def decode_events(payload: str | bytes) -> tuple[str, list[Event]]:
-    """Decode one notification: its origin and its events."""
-    notice = _decoder.decode(payload)
-    return notice.origin, notice.events
-
-
-def _split(events: Sequence[Event]) -> Iterator[Event]:
-    # A revoke-all of 1,600 sessions was one event over NOTIFY's limit (a 500): sessions go
-    # in events of at most _SESSIONS_PER_EVENT ids (about 5 KB), so no count can break it.
-    for event in events:
-        if isinstance(event, SessionsEnded) and len(event.sessions) > _SESSIONS_PER_EVENT:
-            for start in range(0, len(event.sessions), _SESSIONS_PER_EVENT):
-                chunk = event.sessions[start : start + _SESSIONS_PER_EVENT]
-                yield SessionsEnded(sessions=chunk, reason=event.reason)
-        else:
-            yield event
-
-
-def _payloads(origin: str, events: Sequence[Event]) -> Iterator[str]:
-    batch: list[Event] = []
-    size = 0
-    for event in _split(events):
-        length = len(_encoder.encode(event)) + 1
-        if batch and size + length > _MAX_PAYLOAD:
-            yield _encoder.encode(_Notice(origin, batch, time.time())).decode()
-            batch, size = [], 0
-        batch.append(event)
-        size += length
-    if batch:
-        yield _encoder.encode(_Notice(origin, batch, time.time())).decode()
+    shards = feed.append(connection, origin, list(events))
+    if shards and connection.dialect.name == "postgresql":
+        connection.execute(_NOTIFY, {"prefix": CHANNEL + "_", "origin": origin, "shards": shards})
 
 
 class Listener:
-    """LISTEN on PostgreSQL and hand every event to ``deliver``; reconnect and resync on loss.
+    """Read what other processes committed, for the shards hosted here, and hand every event
+    to ``deliver``; reconnect and read on after a loss.
 
-    ``resync`` runs after each (re)connection's LISTEN, before anything is delivered, so what
-    was committed while the connection was down still reaches the tabs.
+    ``hosted`` returns the shards of the users with tabs here; ``wake`` must be called when it
+    gains one (Hub.on_new_shard). ``resync`` runs after the first connection's first look,
+    and after a loss too long to read on from.
     """
 
     def __init__(
@@ -126,25 +98,39 @@ class Listener:
         deliver: Callable[[Event], None],
         resync: Callable[[], Awaitable[object]],
         *,
+        hosted: Callable[[], Iterable[int]] = lambda: (),
         backoff_s: float = 0.1,
         backoff_max_s: float = 2.0,
+        look_timeout_s: float = 10.0,
+        resume_within_s: float = 60.0,
     ) -> None:
-        self.dsn = dsn
-        self.origin = origin
-        self.deliver = deliver
-        self.resync = resync
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.dsn, self.origin = dsn, origin
+        self.deliver, self.resync, self.hosted = deliver, resync, hosted
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.look_timeout_s = look_timeout_s
+        self.resume_within_s = resume_within_s
         self.connected = asyncio.Event()
         self.reconnects = 0  # connections made after the first
-        # Told the seconds from each notification's staging (in the committing transaction,
-        # on the sender's clock) to its delivery here (metrics).
+        self.resyncs = 0
+        self.looks = 0
+        self.delivered = 0  # events of other processes handed over
+        # Told the seconds from each row's commit (on the sender's clock) to its delivery.
         self.on_lag: Callable[[float], None] | None = None
         self.backend_pid: int | None = None  # of the listening connection, for tests
-        self._lost: asyncio.Event = asyncio.Event()
+        # Where the last look ended: its snapshot's xmax and in-flight transactions.
+        self._xmax: int | None = None
+        self._xip: list[int] = []
+        self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._wake = asyncio.Event()
+        self._listening: set[int] = set()
+        self._resync_due = False  # a row could not be read
+
+    def wake(self) -> None:
+        """Look at the feed soon (a wake-up, or a shard newly hosted here)."""
+        self._wake.set()
 
     async def run_forever(self) -> None:
-        """Listen until cancelled, reconnecting with jittered backoff whenever it drops."""
+        """Listen and read until cancelled, reconnecting with jittered backoff on a loss."""
         attempt = 0
         first = True
         while True:
@@ -157,58 +143,109 @@ class Listener:
                 await asyncio.sleep(delay)
                 continue
             try:
-                await self._listen(connection, first)
-                first, attempt = False, 0
-                await self._lost.wait()
+                if not first:
+                    self.reconnects += 1
+                first = False
+                await self._serve(connection)
+                attempt = 0
                 logger.warning("backplane: the listening connection was lost; reconnecting")
-                # Jittered, so processes that lost PostgreSQL together do not return together.
-                await asyncio.sleep(random.uniform(self.backoff_s / 2, self.backoff_s))
-            except (OSError, asyncpg.PostgresError) as error:
-                logger.warning("backplane: listening failed (%s); reconnecting", error)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                logger.warning("backplane: listening failed (%r); reconnecting", error)
                 attempt += 1
-                await asyncio.sleep(random.uniform(0, self.backoff_s * 2**attempt))
+            except Exception:
+                logger.exception("backplane: a look failed; reconnecting")
+                attempt += 1
             finally:
                 self.connected.clear()
                 self.backend_pid = None
+                self._listening.clear()
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
                 if not connection.is_closed():
                     connection.terminate()
+            # Jittered, so processes that lost PostgreSQL together do not return together.
+            await asyncio.sleep(
+                random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2**attempt))
+            )
 
-    async def _listen(self, connection: asyncpg.Connection, first: bool) -> None:
-        self._lost.clear()
-        connection.add_termination_listener(lambda _: self._lost.set())
-        # Held back until the resync has read the table: a notification it already covers
-        # is then dropped by the outboxes, never delivered out of order.
-        held: list[str] = []
-        resyncing = True
-
-        def received(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
-            if resyncing:
-                held.append(payload)
-            else:
-                self._deliver(payload)
-
-        await connection.add_listener(CHANNEL, received)
+    async def _serve(self, connection: asyncpg.Connection) -> None:
+        """Catch up on ``connection``, then look after every wake-up until it is lost."""
+        lost = asyncio.Event()
+        connection.add_termination_listener(lambda _: lost.set())
         self.backend_pid = connection.get_server_pid()
-        if not first:
-            self.reconnects += 1
-        await self.resync()
-        resyncing = False
-        for payload in held:
-            self._deliver(payload)
+        away = None if self._lost_at is None else time.monotonic() - self._lost_at
+        fresh = self._xmax is None or (away is not None and away > self.resume_within_s)
+        if fresh and self._xmax is not None:
+            logger.warning("backplane: away %.0f s, longer than the feed keeps; resyncing", away)
+        async with asyncio.timeout(self.look_timeout_s):
+            await self._look(connection, start=fresh)
+            if fresh:
+                self.resyncs += 1
+                await self.resync()
+        self._lost_at = None
         self.connected.set()
-
-    def _deliver(self, payload: str) -> None:
+        losing = asyncio.ensure_future(lost.wait())
         try:
-            notice = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            logger.error("backplane: an undecodable notification was dropped: %.200s", payload)
+            while True:
+                waking = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait([waking, losing], return_when=asyncio.FIRST_COMPLETED)
+                if lost.is_set():
+                    waking.cancel()
+                    return
+                self._wake.clear()
+                async with asyncio.timeout(self.look_timeout_s):
+                    await self._look(connection)
+        finally:
+            losing.cancel()
+
+    async def _look(self, connection: asyncpg.Connection, *, start: bool = False) -> None:
+        """LISTEN for the shards newly hosted, then read the rows committed since the last
+        look (none when ``start``: the look only sets where reading begins)."""
+        for shard in set(self.hosted()) - self._listening:
+            await connection.add_listener(channel(shard), self._woken)
+            self._listening.add(shard)
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            xmax, xip = await connection.fetchrow(_SNAPSHOT)
+            # Asked after the snapshot: a shard that comes later has its rows up to here in
+            # its first tab's state read, and the next look reads on from here.
+            shards = sorted(self.hosted())
+            if not start and self._xmax is not None and shards:
+                await self._read(connection, shards)
+        self._xmax, self._xip = xmax, list(xip)
+        self.looks += 1
+        if self._resync_due:
+            self._resync_due = False
+            self.resyncs += 1
+            await self.resync()
+
+    async def _read(self, connection: asyncpg.Connection, shards: list[int]) -> None:
+        after = 0
+        while True:
+            rows = await connection.fetch(_ROWS, self._xmax, self._xip, shards, self.origin, after)
+            for row in rows:
+                self._deliver(row)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["position"]
+
+    def _deliver(self, row: Any) -> None:
+        try:
+            events = _decoder.decode(row["events"])
+        except msgspec.DecodeError as error:
+            # A newer hub's event: its users are resynced (the state tables are the truth).
+            logger.error("backplane: row %d cannot be read (%s); resyncing", row["position"], error)
+            self._resync_due = True
             return
-        if notice.origin == self.origin:
-            return
-        if self.on_lag is not None and notice.sent:
-            self.on_lag(max(0.0, time.time() - notice.sent))
-        for event in notice.events:
+        if self.on_lag is not None:
+            committed = row["created_at"].replace(tzinfo=dt.UTC)
+            self.on_lag(max(0.0, (dt.datetime.now(dt.UTC) - committed).total_seconds()))
+        for event in events:
             self.deliver(event)
+            self.delivered += 1
+
+    def _woken(self, _connection: Any, _pid: int, _channel: str, origin: str) -> None:
+        if origin != self.origin:
+            self._wake.set()
 
 
 def listener_for(
@@ -217,10 +254,20 @@ def listener_for(
     deliver: Callable[[Event], None],
     resync: Callable[[], Awaitable[object]],
     *,
+    hosted: Callable[[], Iterable[int]] = lambda: (),
     backoff_s: float = 0.1,
+    resume_within_s: float = 60.0,
 ) -> Listener | None:
     """Return the listener a database needs: one on PostgreSQL, none on SQLite."""
     if not database_url.startswith("postgresql"):
         return None
     dsn = "postgresql://" + database_url.split("://", 1)[1]
-    return Listener(dsn, origin, deliver, resync, backoff_s=backoff_s)
+    return Listener(
+        dsn,
+        origin,
+        deliver,
+        resync,
+        hosted=hosted,
+        backoff_s=backoff_s,
+        resume_within_s=resume_within_s,
+    )

@@ -7,8 +7,8 @@ hold, session end). On SQLite, where the hub serves from one process, the feed i
 made by another process on the same file (``hub platform add``, a script) reaches running
 tabs: ``Reader`` polls ``PRAGMA data_version`` on a connection of its own (a counter in
 memory: no I/O) and reads the rows after its position when another connection committed.
-On PostgreSQL the rows are written too; the processes still learn of changes from the
-notifications' payloads (server/storage/backplane.py) until the feed's reader serves them.
+On PostgreSQL the rows go by shard of their users, and each process reads those of the shards
+it hosts when woken (server/storage/backplane.py's Listener).
 
 Rows older than ``feed_retention_s`` are collected (``collect_forever``), in small chunks so
 SQLite's one writer is never held long. A reader that finds the row after its position
@@ -29,7 +29,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from server import db
 from server.errors import StoreUnavailable
-from server.events import Event
+from server.events import Event, shard_of
 
 __all__ = ["Reader", "append", "collect", "collect_forever", "reader_for"]
 
@@ -44,18 +44,37 @@ _COLLECT_CHUNK = 2000  # rows deleted per write transaction
 _LAST_POSITION = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
 
 
-def append(connection: Connection, origin: str, events: Sequence[Event]) -> None:
+def append(connection: Connection, origin: str, events: Sequence[Event]) -> list[int]:
     """Append a committed change's events (nothing when there are none) in the transaction
-    open on ``connection``."""
-    if events:
-        connection.execute(
-            _APPEND,
+    open on ``connection``; return the shards they were written to.
+
+    On PostgreSQL the events go in a row per shard of their users, so a process reads only
+    the shards of the users it has tabs of; on SQLite one process serves them all, and they
+    go in one row.
+    """
+    if not events:
+        return []
+    now = dt.datetime.now(dt.UTC)
+    if connection.dialect.name != "postgresql":
+        row = {"origin": origin, "events": _encoder.encode(events).decode(), "created_at": now}
+        connection.execute(_APPEND, row)
+        return [0]
+    by_shard: dict[int, list[Event]] = {}
+    for event in events:
+        by_shard.setdefault(shard_of(event.user), []).append(event)
+    connection.execute(
+        _APPEND,
+        [
             {
                 "origin": origin,
-                "events": _encoder.encode(events).decode(),
-                "created_at": dt.datetime.now(dt.UTC),
-            },
-        )
+                "events": _encoder.encode(listed).decode(),
+                "created_at": now,
+                "shard": shard,
+            }
+            for shard, listed in by_shard.items()
+        ],
+    )
+    return list(by_shard)
 
 
 async def collect(database: db.Database) -> int:
@@ -226,8 +245,8 @@ def reader_for(
     *,
     poll_s: float,
 ) -> Reader | None:
-    """Return the reader a database needs: one on a SQLite file; none on PostgreSQL (its
-    notifications carry the changes) or in memory (no other process can reach it)."""
+    """Return the reader a database needs: one on a SQLite file; none on PostgreSQL (the
+    backplane's Listener reads its feed) or in memory (no other process can reach it)."""
     if not database_url.startswith("sqlite"):
         return None
     path = database_url.split("///", 1)[1] if "///" in database_url else ""

@@ -197,7 +197,7 @@ async def open_session(
         # count the same sessions one after the other, so the cap holds.
         live = connection.scalars(live_sessions_of_user).all()
         displaced = list(live[: max(0, len(live) - settings.max_sessions_per_user + 1)])
-        _end(database, connection, displaced, SessionEndReason.REVOKED)
+        _end(database, connection, user_id, displaced, SessionEndReason.REVOKED)
         session_id = connection.scalar(insert(_sessions).values(row).returning(_sessions.c.id))
         assert session_id is not None
         return LoginSession(session_id, user_id, name, min(idle, absolute), tuple(displaced))
@@ -264,7 +264,7 @@ async def revoke(
 
     owned = () if user_id is None else (_sessions.c.user_id == user_id,)
     query = (
-        select(_sessions.c.id)
+        select(_sessions.c.id, _sessions.c.user_id)
         .where(_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None), *owned)
         # Locked: a revocation racing this one waits, then finds it revoked already
         # (PostgreSQL rechecks the condition; SQLite has one writer anyway).
@@ -272,10 +272,11 @@ async def revoke(
     )
 
     def work(connection: Connection) -> bool:
-        ids = list(connection.scalars(query).all())
-        # Not live (or not this user's): no tab to close anywhere.
-        _end(database, connection, ids, reason)
-        return bool(ids)
+        row = connection.execute(query).first()
+        if row is None:  # not live (or not this user's): no tab to close anywhere
+            return False
+        _end(database, connection, row.user_id, [row.id], reason)
+        return True
 
     return await database.write(work)
 
@@ -297,7 +298,7 @@ def revoke_all_within(
         .with_for_update()
     )
     ids = list(connection.scalars(query).all())
-    _end(database, connection, ids, reason)
+    _end(database, connection, user_id, ids, reason)
     return ids
 
 
@@ -329,7 +330,11 @@ async def live_sessions(database: Database, user_id: int) -> list[SessionDetail]
 
 
 def _end(
-    database: Database, connection: Connection, ids: list[int], reason: SessionEndReason
+    database: Database,
+    connection: Connection,
+    user_id: int,
+    ids: list[int],
+    reason: SessionEndReason,
 ) -> None:
     # Every end of a session comes here: in the open write transaction, and with its commit
     # every other hub process closes the sessions' tabs.
@@ -340,7 +345,7 @@ def _end(
         .where(_sessions.c.id.in_(ids))
         .values(revoked_at=database.clock(), revoked_reason=reason.value)
     )
-    event = SessionsEnded(sessions=ids, reason=reason)
+    event = SessionsEnded(user=user_id, sessions=ids, reason=reason)
     backplane.stage(connection, database.origin, [event])
 
 

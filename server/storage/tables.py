@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -171,7 +172,10 @@ holds = Table(
 # The change feed (server/storage/feed.py): what each committed change did, written in the
 # transaction that made it, for the processes that did not make it. On SQLite a position is
 # a rowid with AUTOINCREMENT, so positions follow commit order (one writer) and are never
-# reused; rows are collected after ``feed_retention_s``.
+# reused; a commit writes one row. On PostgreSQL a commit writes a row per shard of the users
+# it changed (server/events.py), and ``tx`` is its transaction's id (a database default,
+# pg_current_xact_id()), which is how a reader finds every row committed since its last look
+# (server/storage/backplane.py). Rows are collected after ``feed_retention_s``.
 changes = Table(
     "changes",
     metadata,
@@ -179,5 +183,7 @@ changes = Table(
     _text("origin", 64),  # the committing process's Database.origin
     Column("events", Text, nullable=False),  # a JSON array of server/events.py's events
     _time("created_at", index=True),
+    Column("tx", BigInteger, nullable=True, index=True),  # PostgreSQL only
+    Column("shard", SmallInteger, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
 )

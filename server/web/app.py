@@ -65,10 +65,13 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             database.origin,
             hub.apply,
             hub.resync,
+            hosted=hub.hosted_shards,
             backoff_s=settings.backplane_backoff_s,
+            resume_within_s=settings.feed_retention_s / 2,
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe
+            hub.on_new_shard = listener.wake
         reader = feed.reader_for(
             settings.database_url,
             database.origin,

@@ -64,6 +64,10 @@ def _health(request: Request, code: int, status: str, reason: str | None = None)
             "listening": listener.connected.is_set(),
             "reconnects": listener.reconnects,
             "backend_pid": listener.backend_pid,
+            # Looks at the feed, events of other processes delivered, and resyncs, since start.
+            "looks": listener.looks,
+            "delivered": listener.delivered,
+            "resyncs": listener.resyncs,
         }
     return Response(encode(body), status_code=code, media_type="application/json")
 

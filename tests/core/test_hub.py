@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 
+from server.events import shard_of
 from server.hub import Hub
 from server.protocol import (
     Cause,
@@ -96,6 +97,42 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
             [current.version, newer.version],
         )
         await hub.leave(tab)
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one() -> None:
+    """The shards of the users with tabs here, kept as tabs come and go; the hook is told
+    when a shard gets its first user, and only then (the listener LISTENs on it)."""
+    store = MemoryStore()
+    first, _ = store.add_user([("Pixelfed", True)])
+    second, _ = store.add_user([("Pixelfed", True)])
+    hub = Hub(store)
+    told: list[list[int]] = []
+    hub.on_new_shard = lambda: told.append(sorted(hub.hosted_shards()))
+    tabs = []
+    try:
+        for user, name in ((first, "a"), (first, "b"), (second, "c")):
+            session = store.open_session(user)
+            tabs.append(
+                await hub.join(
+                    RecordingTransport(),
+                    tab_id=name,
+                    user=UserInfo(id=user, name=f"user{user}"),
+                    session_id=session,
+                    expires_at="2100-01-01T00:00:00Z",
+                )
+            )
+        shards = sorted({shard_of(first), shard_of(second)})
+        assert sorted(hub.hosted_shards()) == shards
+        assert told == ([[shard_of(first)], shards] if len(shards) == 2 else [shards])
+        await hub.leave(tabs[0])
+        assert sorted(hub.hosted_shards()) == shards  # "b" still has tabs of the first user
+        await hub.leave(tabs[1])
+        assert hub.hosted_shards() == [shard_of(second)]
+        await hub.leave(tabs[2])
+        assert hub.hosted_shards() == []
     finally:
         await hub.close()
         await store.close()

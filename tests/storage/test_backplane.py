@@ -17,12 +17,15 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
+from sqlalchemy import Connection
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from platform_hub_client import AsyncHostClient
-from server.events import Event, SessionsEnded, StateChanged
+from server.db import Database
+from server.events import SHARDS, Event, HoldChanged, SessionsEnded, StateChanged
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
 from server.storage import backplane
@@ -51,24 +54,54 @@ async def next_of(tab: ClientConnection, kind: str) -> dict[str, Any]:
                 return message
 
 
-def test_events_travel_in_payloads_postgresql_accepts() -> None:
-    """A large batch is split into notifications under PostgreSQL's payload limit, and
-    decodes back to the same events in the same order, with their origin."""
+async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None:
+    """One transaction's events of users in two shards: a row per shard with its own events
+    and the transaction's id, and a wake-up carrying only the origin on each of those two
+    shards' channels, after the commit; none on another shard's channel, none for a rollback.
+    The events of 2,000 ended sessions fit, which a NOTIFY payload (8,000 bytes) could not."""
+    one, two = 1, 2 + SHARDS  # users in shards 1 and 2; 1 + SHARDS shares shard 1
+    sessions_ended = SessionsEnded(
+        user=two, sessions=list(range(10**6, 10**6 + 2000)), reason=SessionEndReason.REVOKED
+    )
     events: list[Event] = [
         StateChanged(
-            user=n,
-            version=n + 1,
-            active=7,
-            cause=Cause(kind="switch", tab="t" * 64, request="r" * 64),
-        )
-        for n in range(300)
+            user=one, version=5, active=7, cause=Cause(kind="switch", tab="t", request="r")
+        ),
+        sessions_ended,
+        HoldChanged(user=1 + SHARDS, hold=None),
     ]
-    events.append(SessionsEnded(sessions=[1, 2, 3], reason=SessionEndReason.LOGOUT))
-    payloads = list(backplane._payloads("origin-a", events))
-    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
-    decoded = [backplane.decode_events(p) for p in payloads]
-    assert {origin for origin, _ in decoded} == {"origin-a"}
-    assert [event for _, batch in decoded for event in batch] == events
+    async with fresh_database() as url:
+        database = Database(process_settings(url))
+        woken: list[tuple[str, str]] = []
+        listening = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            await database.prepare_schema(upgrade=True)
+            for shard in (1, 2, 3):
+                await listening.add_listener(
+                    backplane.channel(shard),
+                    lambda _c, _p, ch, payload: woken.append((ch, payload)),
+                )
+
+            def rolled_back(connection: Connection) -> None:
+                backplane.stage(connection, "origin-a", events)
+                raise LookupError("roll back")
+
+            with pytest.raises(LookupError):
+                await database.write(rolled_back)
+            await database.write(lambda connection: backplane.stage(connection, "origin-a", events))
+            await wait_until(lambda: len(woken) >= 2, 5.0, "two wake-ups")
+            await asyncio.sleep(0.2)  # room for a wrong third
+            rows = await listening.fetch(
+                "SELECT shard, origin, tx, events FROM changes ORDER BY shard"
+            )
+        finally:
+            await listening.close()
+            await database.dispose()
+    assert sorted(woken) == [("hub_feed_1", "origin-a"), ("hub_feed_2", "origin-a")]
+    assert [(r["shard"], r["origin"]) for r in rows] == [(1, "origin-a"), (2, "origin-a")]
+    assert rows[0]["tx"] == rows[1]["tx"] is not None
+    decoded = [msgspec.json.decode(r["events"], type=list[Event]) for r in rows]
+    assert decoded == [[events[0], events[2]], [sessions_ended]]
 
 
 def process_settings(url: str, **overrides: object) -> Settings:

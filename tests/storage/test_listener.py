@@ -1,0 +1,203 @@
+"""server/storage/backplane.py's Listener on a real PostgreSQL: it reads every change other
+processes commit, of the shards it hosts, once each and in commit order; across a lost
+connection it reads on from where it was, a long transaction holds back only its own rows,
+and it resyncs only when it must.
+
+A real Listener through a relay (tests/support/postgres.py) that a test can take down or
+stall; the changes are committed by a Database of the test's, as another process's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import pytest
+
+from server.db import Database
+from server.events import SHARDS, Event, StateChanged
+from server.protocol import Cause
+from server.settings import Settings
+from server.storage import backplane
+from tests.support.postgres import Relay, fresh_database
+from tests.support.processes import wait_until
+
+WITHIN_S = 10.0
+WRITER = "writer"  # the origin of the changes the test commits
+
+
+@dataclass
+class Listening:
+    listener: backplane.Listener
+    database: Database
+    relay: Relay
+    url: str
+    delivered: list[Event] = field(default_factory=list)
+    resyncs: int = 0
+
+    async def commit(self, *events: Event, origin: str = WRITER) -> None:
+        """Commit ``events`` as one change, as another process's unit of work would."""
+        await self.database.write(lambda c: backplane.stage(c, origin, list(events)))
+
+    async def delivered_all(self, expected: Iterable[Event]) -> None:
+        wanted = list(expected)
+        await wait_until(
+            lambda: len(self.delivered) >= len(wanted), WITHIN_S, f"{len(wanted)} events"
+        )
+        await asyncio.sleep(0.1)  # room for one too many
+        assert self.delivered == wanted
+
+
+def change(user: int, version: int) -> StateChanged:
+    return StateChanged(
+        user=user, version=version, active=None, cause=Cause(kind="switch", tab="t", request="r")
+    )
+
+
+@contextlib.asynccontextmanager
+async def listening(hosted: Iterable[int] = (1,), **options: float) -> AsyncIterator[Listening]:
+    """A Listener for ``hosted`` shards on a fresh database, connected through a relay."""
+    shards = set(hosted)
+    async with fresh_database() as url:
+        relay = Relay()
+        relayed = await relay.start(url)
+        database = Database(Settings(database_url=url))
+        await database.prepare_schema(upgrade=True)
+
+        async def resync() -> None:
+            state.resyncs += 1
+
+        listener = backplane.listener_for(
+            relayed, "reader", lambda event: state.delivered.append(event), resync, backoff_s=0.05
+        )
+        assert listener is not None
+        listener.hosted = lambda: shards
+        for name, value in options.items():
+            setattr(listener, name, value)
+        state = Listening(listener, database, relay, url)
+        task = asyncio.create_task(listener.run_forever())
+        try:
+            await asyncio.wait_for(listener.connected.wait(), WITHIN_S)
+            yield state
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            relay.resume()
+            await relay.down()
+            await database.dispose()
+
+
+async def test_every_change_of_a_hosted_shard_arrives_once_in_commit_order() -> None:
+    """Changes of two users of the hosted shard arrive in commit order, once each; those of
+    another shard, and the listener's own, do not arrive at all; 40 concurrent commits arrive
+    once each. The start is the only resync."""
+    async with listening(hosted=[1]) as state:
+        mine, neighbour, elsewhere = 1, 1 + SHARDS, 2
+        expected: list[Event] = []
+        for version in range(1, 11):
+            await state.commit(change(mine, version), change(elsewhere, version))
+            await state.commit(change(neighbour, version))
+            await state.commit(change(mine, 100 + version), origin="reader")  # its own
+            expected += [change(mine, version), change(neighbour, version)]
+        await state.delivered_all(expected)
+        concurrent = [change(mine, 1000 + n) for n in range(40)]
+        await asyncio.gather(*(state.commit(event) for event in concurrent))
+        await wait_until(lambda: len(state.delivered) >= 60, WITHIN_S, "60 events")
+        await asyncio.sleep(0.1)
+        assert (
+            sorted(
+                state.delivered[20:], key=lambda e: e.version if isinstance(e, StateChanged) else 0
+            )
+            == concurrent
+        )
+        assert state.resyncs == 1 and state.listener.resyncs == 1
+
+
+async def test_a_lost_connection_reads_on_from_where_it_was() -> None:
+    """Changes committed while the listener cannot reach PostgreSQL arrive after it reconnects,
+    once each and in order, with no resync."""
+    async with listening() as state:
+        await state.commit(change(1, 1))
+        await state.delivered_all([change(1, 1)])
+        await state.relay.down()
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+        missed = [change(1, version) for version in range(2, 22)]
+        for event in missed:
+            await state.commit(event)
+        await asyncio.sleep(0.3)
+        await state.relay.up()
+        await state.delivered_all([change(1, 1), *missed])
+        assert state.listener.reconnects >= 1
+        assert state.resyncs == 1  # the start's only
+
+
+async def test_a_listener_away_longer_than_the_feed_keeps_resyncs() -> None:
+    """Away longer than ``resume_within_s``, the listener cannot trust the feed still holds
+    what it missed: it resyncs, and reads on from its return."""
+    async with listening(resume_within_s=0.2) as state:
+        await state.relay.down()
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+        await state.commit(change(1, 1))
+        await asyncio.sleep(0.5)
+        await state.relay.up()
+        await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
+        await wait_until(state.listener.connected.is_set, WITHIN_S, "the reconnection")
+        await state.commit(change(1, 2))
+        await state.delivered_all([change(1, 2)])
+
+
+async def test_a_long_transaction_holds_back_only_its_own_change() -> None:
+    """A transaction that appended to the feed and stays open does not delay the changes
+    committed after it; its own arrives when it commits, though its position is lower."""
+    async with listening() as state:
+        long = await asyncpg.connect(state.url.replace("+asyncpg", ""))
+        try:
+            transaction = long.transaction()
+            await transaction.start()
+            early = change(1, 1)
+            await long.execute(
+                "INSERT INTO changes (origin, events, created_at, shard) VALUES ($1, $2, now(), 1)",
+                WRITER,
+                msgspec.json.encode([early]).decode(),
+            )
+            await state.commit(change(1, 2))
+            await state.delivered_all([change(1, 2)])
+            await long.execute("SELECT pg_notify($1, $2)", backplane.channel(1), WRITER)
+            await transaction.commit()
+            await state.delivered_all([change(1, 2), early])
+            positions = await long.fetch("SELECT position FROM changes ORDER BY tx")
+            assert positions[0]["position"] < positions[1]["position"]
+        finally:
+            await long.close()
+
+
+async def test_a_stalled_look_costs_a_reconnection_and_nothing_is_missed() -> None:
+    """A look that PostgreSQL does not answer gives up after ``look_timeout_s``; the listener
+    reconnects once the database answers again and reads what was committed meanwhile."""
+    async with listening(look_timeout_s=0.5) as state:
+        state.relay.stall()
+        await state.commit(change(1, 1))  # directly, not through the relay
+        state.listener.wake()  # as a tab of a new shard would
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the give-up")
+        state.relay.resume()
+        await state.delivered_all([change(1, 1)])
+        assert state.listener.reconnects >= 1 and state.resyncs == 1
+
+
+@pytest.mark.parametrize("shards", [[], [3]])
+async def test_a_shard_hosted_later_is_read_from_its_first_look(shards: list[int]) -> None:
+    """A shard that gains its first tab after the start is LISTENed to and read from then on;
+    what was committed before belongs to that tab's state read, and is not delivered."""
+    async with listening(hosted=shards) as state:
+        await state.commit(change(7, 1))
+        state.listener.wake()  # a look passes over it: shard 7 is not hosted yet
+        await wait_until(lambda: state.listener.looks >= 2, WITHIN_S, "a look")
+        state.listener.hosted = lambda: {*shards, 7}
+        state.listener.wake()
+        await wait_until(lambda: state.listener.looks >= 3, WITHIN_S, "a look")
+        await state.commit(change(7, 2))
+        await state.delivered_all([change(7, 2)])
