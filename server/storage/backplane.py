@@ -8,8 +8,9 @@ committer's origin, so it can ignore its own. A wake-up carries no change: no pa
 bounds a change, and a lost wake-up costs latency, never a change.
 
 Each process (``Listener``) LISTENs, on a connection of its own, on the channels of the shards
-of the users with tabs on it, and after a wake-up reads the feed's new rows of those shards in
-one REPEATABLE READ snapshot. New rows are told by transaction ids, not positions (a position
+of the users with tabs on it, and after a wake-up reads the feed's new rows of those shards
+under one snapshot: one statement's (one round trip), or past a page of rows one REPEATABLE
+READ transaction's. New rows are told by transaction ids, not positions (a position
 is drawn at insert, so a row can commit after a higher one): each look keeps its snapshot's
 ``xmax`` and the transactions it saw in flight (``xip``), and the next look reads the rows of
 transactions at or above that ``xmax`` or among those in flight. Those are exactly the rows
@@ -45,6 +46,9 @@ __all__ = ["CHANNEL", "Listener", "channel", "listener_for", "stage"]
 logger = logging.getLogger("hub.backplane")
 
 CHANNEL = "hub_feed"
+# Whether commits wake the readers of their shards. A hub always does; bench/commits.py turns
+# it off to measure what NOTIFY costs a commit (it takes a lock held to the commit's end).
+WAKE = True
 _NOTIFY = text(
     "SELECT pg_notify(CAST(:prefix AS text) || shard, :origin)"
     " FROM unnest(CAST(:shards AS int[])) AS shard"
@@ -60,6 +64,19 @@ _ROWS = (
     "SELECT position, events, created_at FROM changes"
     " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
     f" AND origin <> $4 AND position > $5 ORDER BY position LIMIT {_PAGE}"
+)
+# The common look in one statement, so one round trip: the statement's own snapshot (a
+# READ COMMITTED statement reads under one, and pg_current_snapshot() returns it) and the new
+# rows under it, at least one row (the snapshot's, with a null position when nothing is new).
+_LOOK = (
+    "WITH snap AS MATERIALIZED ("
+    " SELECT pg_snapshot_xmax(s)::text::bigint AS xmax,"
+    " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) AS xip"
+    " FROM pg_current_snapshot() AS s)"
+    " SELECT snap.xmax, snap.xip, c.position, c.events, c.created_at FROM snap"
+    " LEFT JOIN LATERAL (SELECT position, events, created_at FROM changes"
+    " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
+    f" AND origin <> $4 ORDER BY position LIMIT {_PAGE}) AS c ON true ORDER BY c.position"
 )
 _decoder = msgspec.json.Decoder(list[Event])
 
@@ -78,7 +95,7 @@ def stage(connection: Connection, origin: str, events: Iterable[Event]) -> None:
     are woken when, and only if, the transaction commits.
     """
     shards = feed.append(connection, origin, list(events))
-    if shards and connection.dialect.name == "postgresql":
+    if shards and WAKE and connection.dialect.name == "postgresql":
         connection.execute(_NOTIFY, {"prefix": CHANNEL + "_", "origin": origin, "shards": shards})
 
 
@@ -124,9 +141,11 @@ class Listener:
         self._wake = asyncio.Event()
         self._listening: set[int] = set()
         self._resync_due = False  # a row could not be read
+        self._generation = 0  # counts wake(): shards newly hosted
 
     def wake(self) -> None:
-        """Look at the feed soon (a wake-up, or a shard newly hosted here)."""
+        """Look at the feed soon: a shard is newly hosted here."""
+        self._generation += 1
         self._wake.set()
 
     async def run_forever(self) -> None:
@@ -204,13 +223,22 @@ class Listener:
         for shard in set(self.hosted()) - self._listening:
             await connection.add_listener(channel(shard), self._woken)
             self._listening.add(shard)
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
+        generation = self._generation
+        shards = sorted(self.hosted())
+        if start or self._xmax is None or not shards:
             xmax, xip = await connection.fetchrow(_SNAPSHOT)
-            # Asked after the snapshot: a shard that comes later has its rows up to here in
-            # its first tab's state read, and the next look reads on from here.
-            shards = sorted(self.hosted())
-            if not start and self._xmax is not None and shards:
-                await self._read(connection, shards)
+        else:
+            found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin)
+            xmax, xip = found[0]["xmax"], found[0]["xip"]
+            rows = [row for row in found if row["position"] is not None]
+            if len(rows) < _PAGE and generation == self._generation:
+                for row in rows:
+                    self._deliver(row)
+            else:
+                # More than a page, or a shard came while the statement ran (its rows up to
+                # the snapshot may be newer than its first tab's state read): read it all
+                # again in one REPEATABLE READ snapshot, by pages, the shards asked after it.
+                xmax, xip = await self._look_by_pages(connection)
         self._xmax, self._xip = xmax, list(xip)
         self.looks += 1
         if self._resync_due:
@@ -218,15 +246,23 @@ class Listener:
             self.resyncs += 1
             await self.resync()
 
-    async def _read(self, connection: asyncpg.Connection, shards: list[int]) -> None:
-        after = 0
-        while True:
-            rows = await connection.fetch(_ROWS, self._xmax, self._xip, shards, self.origin, after)
-            for row in rows:
-                self._deliver(row)
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1]["position"]
+    async def _look_by_pages(self, connection: asyncpg.Connection) -> tuple[int, list[int]]:
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            xmax, xip = await connection.fetchrow(_SNAPSHOT)
+            # Asked after the snapshot: a shard that comes later has its rows up to here in
+            # its first tab's state read, and the next look reads on from here.
+            shards = sorted(self.hosted())
+            after = 0
+            while shards:
+                rows = await connection.fetch(
+                    _ROWS, self._xmax, self._xip, shards, self.origin, after
+                )
+                for row in rows:
+                    self._deliver(row)
+                if len(rows) < _PAGE:
+                    break
+                after = rows[-1]["position"]
+        return xmax, xip
 
     def _deliver(self, row: Any) -> None:
         try:

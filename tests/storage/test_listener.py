@@ -135,6 +135,29 @@ async def test_a_lost_connection_reads_on_from_where_it_was() -> None:
         assert state.resyncs == 1  # the start's only
 
 
+async def test_a_backlog_of_several_pages_arrives_once_in_order() -> None:
+    """1,200 rows committed while the listener was away (more than two pages of 500, in two
+    transactions) arrive once each, in position order."""
+    async with listening() as state:
+        await state.relay.down()
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+        backlog = [change(1, version) for version in range(1, 1201)]
+        writer = await asyncpg.connect(state.url.replace("+asyncpg", ""))
+        try:
+            for part in (backlog[:700], backlog[700:]):
+                async with writer.transaction():
+                    await writer.executemany(
+                        "INSERT INTO changes (origin, events, created_at, shard)"
+                        " VALUES ($1, $2, now(), 1)",
+                        [(WRITER, msgspec.json.encode([event]).decode()) for event in part],
+                    )
+        finally:
+            await writer.close()
+        await state.relay.up()
+        await state.delivered_all(backlog)
+        assert state.resyncs == 1
+
+
 async def test_a_listener_away_longer_than_the_feed_keeps_resyncs() -> None:
     """Away longer than ``resume_within_s``, the listener cannot trust the feed still holds
     what it missed: it resyncs, and reads on from its return."""

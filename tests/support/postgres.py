@@ -41,13 +41,15 @@ async def require_postgres() -> None:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """Create an empty database for one test; yield its SQLAlchemy URL; drop it afterwards."""
+async def fresh_database(template: str | None = None) -> AsyncIterator[str]:
+    """Create an empty database for one test (a copy of ``template``, a database no one is
+    connected to, if given); yield its SQLAlchemy URL; drop it afterwards."""
     await require_postgres()
     name = f"hub_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(_dsn(BASE_URL))
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await admin.close()
     try:
