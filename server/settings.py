@@ -104,7 +104,7 @@ class Settings:
     # on its own (the naive way, kept for comparison in bench/).
     commit_batch_max: int = 256
     # PostgreSQL: how long serving waits at start for the backplane's first LISTEN, and the
-    # base of its reconnect backoff (it waits backoff/2 to backoff after a loss, doubling
+    # base of its reconnect backoff (it waits up to backoff after a loss, jittered, doubling
     # on each failed attempt up to 2 s).
     backplane_connect_s: float = 30
     backplane_backoff_s: float = 0.1

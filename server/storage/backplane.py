@@ -30,7 +30,6 @@ import asyncio
 import datetime as dt
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -53,30 +52,29 @@ _NOTIFY = text(
     "SELECT pg_notify(CAST(:prefix AS text) || shard, :origin)"
     " FROM unnest(CAST(:shards AS int[])) AS shard"
 )
-# The look's snapshot: its xmax and the transactions in flight, as bigints.
+# A look's snapshot: its xmax, the transactions in flight (as bigints), and the highest
+# transaction whose rows the feed's collection deleted (server/storage/feed.py).
 _SNAPSHOT = (
-    "SELECT pg_snapshot_xmax(s)::text::bigint,"
-    " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)"
+    "SELECT pg_snapshot_xmax(s)::text::bigint AS xmax,"
+    " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) AS xip,"
+    " (SELECT coalesce(max(tx), 0) FROM feed_collected) AS collected"
     " FROM pg_current_snapshot() AS s"
 )
 _PAGE = 500
-_ROWS = (
+_NEW = (  # the rows of hosted shards committed since the last look, not this process's
     "SELECT position, events, created_at FROM changes"
     " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
-    f" AND origin <> $4 AND position > $5 ORDER BY position LIMIT {_PAGE}"
+    " AND origin <> $4"
 )
+_ROWS = f"{_NEW} AND position > $5 ORDER BY position LIMIT {_PAGE}"
 # The common look in one statement, so one round trip: the statement's own snapshot (a
 # READ COMMITTED statement reads under one, and pg_current_snapshot() returns it) and the new
 # rows under it, at least one row (the snapshot's, with a null position when nothing is new).
 _LOOK = (
-    "WITH snap AS MATERIALIZED ("
-    " SELECT pg_snapshot_xmax(s)::text::bigint AS xmax,"
-    " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) AS xip"
-    " FROM pg_current_snapshot() AS s)"
-    " SELECT snap.xmax, snap.xip, c.position, c.events, c.created_at FROM snap"
-    " LEFT JOIN LATERAL (SELECT position, events, created_at FROM changes"
-    " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
-    f" AND origin <> $4 ORDER BY position LIMIT {_PAGE}) AS c ON true ORDER BY c.position"
+    f"WITH snap AS MATERIALIZED ({_SNAPSHOT})"
+    " SELECT snap.xmax, snap.xip, snap.collected, c.position, c.events, c.created_at"
+    f" FROM snap LEFT JOIN LATERAL ({_NEW} ORDER BY position LIMIT {_PAGE}) AS c ON true"
+    " ORDER BY c.position"
 )
 _decoder = msgspec.json.Decoder(list[Event])
 
@@ -104,8 +102,12 @@ class Listener:
     to ``deliver``; reconnect and read on after a loss.
 
     ``hosted`` returns the shards of the users with tabs here; ``wake`` must be called when it
-    gains one (Hub.on_new_shard). ``resync`` runs after the first connection's first look,
-    and after a loss too long to read on from.
+    gains one (Hub.on_new_shard). ``resync`` runs after the first look, and whenever rows this
+    process had not read were collected (it was away longer than the feed keeps them), a row
+    could not be read or ``deliver`` failed; until it succeeds it is tried again.
+
+    Delivery is at least once and in commit order per user: a look that fails part-way is
+    read again whole after the reconnection (versions make a repeated state harmless).
     """
 
     def __init__(
@@ -119,13 +121,15 @@ class Listener:
         backoff_s: float = 0.1,
         backoff_max_s: float = 2.0,
         look_timeout_s: float = 10.0,
-        resume_within_s: float = 60.0,
+        look_every_s: float = 5.0,
     ) -> None:
         self.dsn, self.origin = dsn, origin
         self.deliver, self.resync, self.hosted = deliver, resync, hosted
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.look_timeout_s = look_timeout_s
-        self.resume_within_s = resume_within_s
+        # A look at least this often without a wake-up: a connection that stalls without
+        # breaking is found within look_every_s + look_timeout_s, and reconnected.
+        self.look_every_s = look_every_s
         self.connected = asyncio.Event()
         self.reconnects = 0  # connections made after the first
         self.resyncs = 0
@@ -137,10 +141,9 @@ class Listener:
         # Where the last look ended: its snapshot's xmax and in-flight transactions.
         self._xmax: int | None = None
         self._xip: list[int] = []
-        self._lost_at: float | None = None  # monotonic time the connection was lost
+        self._resync_due = True  # until a resync succeeds: the start, a gap, a bad row
         self._wake = asyncio.Event()
         self._listening: set[int] = set()
-        self._resync_due = False  # a row could not be read
         self._generation = 0  # counts wake(): shards newly hosted
 
     def wake(self) -> None:
@@ -150,14 +153,15 @@ class Listener:
 
     async def run_forever(self) -> None:
         """Listen and read until cancelled, reconnecting with jittered backoff on a loss."""
-        attempt = 0
+        failures = 0  # in a row: connections refused, or lost before their first look
         first = True
         while True:
+            looked = self.looks
             try:
                 connection = await asyncpg.connect(self.dsn, timeout=5)
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-                attempt += 1
-                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2**attempt))
+                failures += 1
+                delay = self._backoff(failures)
                 logger.warning("backplane: cannot listen (%s); again in %.2f s", error, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -166,70 +170,79 @@ class Listener:
                     self.reconnects += 1
                 first = False
                 await self._serve(connection)
-                attempt = 0
                 logger.warning("backplane: the listening connection was lost; reconnecting")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                 logger.warning("backplane: listening failed (%r); reconnecting", error)
-                attempt += 1
             except Exception:
                 logger.exception("backplane: a look failed; reconnecting")
-                attempt += 1
             finally:
                 self.connected.clear()
                 self.backend_pid = None
                 self._listening.clear()
-                if self._lost_at is None:
-                    self._lost_at = time.monotonic()
                 if not connection.is_closed():
                     connection.terminate()
+            failures = 0 if self.looks > looked else failures + 1
             # Jittered, so processes that lost PostgreSQL together do not return together.
-            await asyncio.sleep(
-                random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2**attempt))
-            )
+            await asyncio.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** min(failures, 16)))
 
     async def _serve(self, connection: asyncpg.Connection) -> None:
-        """Catch up on ``connection``, then look after every wake-up until it is lost."""
+        """Read on from the last look, then look after every wake-up (and every
+        ``look_every_s``) until the connection is lost."""
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
         self.backend_pid = connection.get_server_pid()
-        away = None if self._lost_at is None else time.monotonic() - self._lost_at
-        fresh = self._xmax is None or (away is not None and away > self.resume_within_s)
-        if fresh and self._xmax is not None:
-            logger.warning("backplane: away %.0f s, longer than the feed keeps; resyncing", away)
         async with asyncio.timeout(self.look_timeout_s):
-            await self._look(connection, start=fresh)
-            if fresh:
-                self.resyncs += 1
-                await self.resync()
-        self._lost_at = None
+            await self._look(connection)
+        await self._resync_if_due()  # not under the look's timeout: it may read many users
         self.connected.set()
-        losing = asyncio.ensure_future(lost.wait())
+        losing = asyncio.create_task(lost.wait())
         try:
             while True:
-                waking = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait([waking, losing], return_when=asyncio.FIRST_COMPLETED)
+                waking = asyncio.create_task(self._wake.wait())
+                await asyncio.wait(
+                    [waking, losing], timeout=self.look_every_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                waking.cancel()
                 if lost.is_set():
-                    waking.cancel()
                     return
                 self._wake.clear()
                 async with asyncio.timeout(self.look_timeout_s):
                     await self._look(connection)
+                await self._resync_if_due()
         finally:
             losing.cancel()
 
-    async def _look(self, connection: asyncpg.Connection, *, start: bool = False) -> None:
-        """LISTEN for the shards newly hosted, then read the rows committed since the last
-        look (none when ``start``: the look only sets where reading begins)."""
-        for shard in set(self.hosted()) - self._listening:
+    async def _resync_if_due(self) -> None:
+        if self._resync_due:
+            self.resyncs += 1
+            await self.resync()
+            self._resync_due = False
+
+    async def _look(self, connection: asyncpg.Connection) -> None:
+        """LISTEN for the shards newly hosted (and stop for those no longer), then deliver
+        the rows committed since the last look; the first look only sets where reading
+        begins."""
+        hosted = set(self.hosted())
+        for shard in hosted - self._listening:
             await connection.add_listener(channel(shard), self._woken)
-            self._listening.add(shard)
+        for shard in self._listening - hosted:
+            await connection.remove_listener(channel(shard), self._woken)
+        self._listening = hosted
         generation = self._generation
-        shards = sorted(self.hosted())
-        if start or self._xmax is None or not shards:
-            xmax, xip = await connection.fetchrow(_SNAPSHOT)
+        shards = sorted(hosted)
+        if self._xmax is None or not shards:
+            found = [await connection.fetchrow(_SNAPSHOT)]
         else:
             found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin)
-            xmax, xip = found[0]["xmax"], found[0]["xip"]
+        xmax, xip, collected = found[0]["xmax"], found[0]["xip"], found[0]["collected"]
+        if self._xmax is not None and collected >= self._xmax:
+            # Rows this process had not read may be gone: start afresh from here, resynced.
+            logger.warning("backplane: the feed was collected past this process; resyncing")
+            self._resync_due = True
+        elif self._xmax is not None and shards:
             rows = [row for row in found if row["position"] is not None]
             if len(rows) < _PAGE and generation == self._generation:
                 for row in rows:
@@ -241,14 +254,10 @@ class Listener:
                 xmax, xip = await self._look_by_pages(connection)
         self._xmax, self._xip = xmax, list(xip)
         self.looks += 1
-        if self._resync_due:
-            self._resync_due = False
-            self.resyncs += 1
-            await self.resync()
 
     async def _look_by_pages(self, connection: asyncpg.Connection) -> tuple[int, list[int]]:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
-            xmax, xip = await connection.fetchrow(_SNAPSHOT)
+            snapshot = await connection.fetchrow(_SNAPSHOT)
             # Asked after the snapshot: a shard that comes later has its rows up to here in
             # its first tab's state read, and the next look reads on from here.
             shards = sorted(self.hosted())
@@ -262,7 +271,7 @@ class Listener:
                 if len(rows) < _PAGE:
                     break
                 after = rows[-1]["position"]
-        return xmax, xip
+        return snapshot["xmax"], snapshot["xip"]
 
     def _deliver(self, row: Any) -> None:
         try:
@@ -276,7 +285,11 @@ class Listener:
             committed = row["created_at"].replace(tzinfo=dt.UTC)
             self.on_lag(max(0.0, (dt.datetime.now(dt.UTC) - committed).total_seconds()))
         for event in events:
-            self.deliver(event)
+            try:
+                self.deliver(event)
+            except Exception:
+                logger.exception("backplane: delivering %r failed; resyncing", event)
+                self._resync_due = True
             self.delivered += 1
 
     def _woken(self, _connection: Any, _pid: int, _channel: str, origin: str) -> None:
@@ -292,7 +305,6 @@ def listener_for(
     *,
     hosted: Callable[[], Iterable[int]] = lambda: (),
     backoff_s: float = 0.1,
-    resume_within_s: float = 60.0,
 ) -> Listener | None:
     """Return the listener a database needs: one on PostgreSQL, none on SQLite."""
     if not database_url.startswith("postgresql"):
@@ -305,5 +317,4 @@ def listener_for(
         resync,
         hosted=hosted,
         backoff_s=backoff_s,
-        resume_within_s=resume_within_s,
     )

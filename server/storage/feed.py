@@ -25,7 +25,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, literal_column, select
+from sqlalchemy.dialects import postgresql
 
 from server import db
 from server.errors import StoreUnavailable
@@ -38,6 +39,8 @@ logger = logging.getLogger("hub.feed")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[Event])
 _APPEND = insert(db.changes)
+# On PostgreSQL each row names its transaction (server/storage/backplane.py reads by it).
+_APPEND_TX = insert(db.changes).values(tx=literal_column("pg_current_xact_id()::text::bigint"))
 _BATCH = 500  # rows read at once
 _COLLECT_CHUNK = 2000  # rows deleted per write transaction
 # The last position ever given (AUTOINCREMENT keeps it in sqlite_sequence, rows collected or not).
@@ -63,7 +66,7 @@ def append(connection: Connection, origin: str, events: Sequence[Event]) -> list
     for event in events:
         by_shard.setdefault(shard_of(event.user), []).append(event)
     connection.execute(
-        _APPEND,
+        _APPEND_TX,
         [
             {
                 "origin": origin,
@@ -93,7 +96,19 @@ async def collect(database: db.Database) -> int:
         gone = delete(db.changes).where(
             db.changes.c.position <= upto, db.changes.c.created_at < cutoff
         )
-        return connection.execute(gone).rowcount
+        if connection.dialect.name != "postgresql":
+            return connection.execute(gone).rowcount
+        txs = connection.scalars(gone.returning(db.changes.c.tx)).all()
+        highest = max((tx for tx in txs if tx is not None), default=None)
+        if highest is not None:  # readers that had not looked past it resync
+            mark = postgresql.insert(db.feed_collected).values(id=1, tx=highest)
+            connection.execute(
+                mark.on_conflict_do_update(
+                    index_elements=[db.feed_collected.c.id],
+                    set_={"tx": func.greatest(db.feed_collected.c.tx, mark.excluded.tx)},
+                )
+            )
+        return len(txs)
 
     collected = 0
     while (upto := await database.read(last_old)) is not None:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "changes",
+    "feed_collected",
     "holds",
     "login_sessions",
     "metadata",
@@ -173,8 +174,8 @@ holds = Table(
 # transaction that made it, for the processes that did not make it. On SQLite a position is
 # a rowid with AUTOINCREMENT, so positions follow commit order (one writer) and are never
 # reused; a commit writes one row. On PostgreSQL a commit writes a row per shard of the users
-# it changed (server/events.py), and ``tx`` is its transaction's id (a database default,
-# pg_current_xact_id()), which is how a reader finds every row committed since its last look
+# it changed (server/events.py), and ``tx`` is its transaction's id (pg_current_xact_id()),
+# which is how a reader finds every row committed since its last look
 # (server/storage/backplane.py). Rows are collected after ``feed_retention_s``.
 changes = Table(
     "changes",
@@ -186,4 +187,13 @@ changes = Table(
     Column("tx", BigInteger, nullable=True, index=True),  # PostgreSQL only
     Column("shard", SmallInteger, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
+)
+
+# PostgreSQL: the highest transaction id whose feed rows the collection deleted, in one row;
+# a reader whose last look came before it may have missed rows, and resyncs.
+feed_collected = Table(
+    "feed_collected",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("tx", BigInteger, nullable=False),
 )

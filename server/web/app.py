@@ -67,7 +67,6 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             hub.resync,
             hosted=hub.hosted_shards,
             backoff_s=settings.backplane_backoff_s,
-            resume_within_s=settings.feed_retention_s / 2,
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -19,15 +19,21 @@ import msgspec
 import pytest
 
 from server.db import Database
+from server.errors import StoreUnavailable
 from server.events import SHARDS, Event, StateChanged
 from server.protocol import Cause
 from server.settings import Settings
-from server.storage import backplane
+from server.storage import backplane, feed
 from tests.support.postgres import Relay, fresh_database
 from tests.support.processes import wait_until
 
 WITHIN_S = 10.0
 WRITER = "writer"  # the origin of the changes the test commits
+# A row of shard 1 written by hand, as server/storage/feed.py writes one on PostgreSQL.
+INSERT_ROW = (
+    "INSERT INTO changes (origin, events, created_at, shard, tx)"
+    " VALUES ($1, $2, now(), 1, pg_current_xact_id()::text::bigint)"
+)
 
 
 @dataclass
@@ -37,7 +43,9 @@ class Listening:
     relay: Relay
     url: str
     delivered: list[Event] = field(default_factory=list)
-    resyncs: int = 0
+    resyncs: int = 0  # completed
+    # Run by each resync before it completes (a slow or failing store).
+    on_resync: Callable[[], Awaitable[None]] | None = None
 
     async def commit(self, *events: Event, origin: str = WRITER) -> None:
         """Commit ``events`` as one change, as another process's unit of work would."""
@@ -69,6 +77,8 @@ async def listening(hosted: Iterable[int] = (1,), **options: float) -> AsyncIter
         await database.prepare_schema(upgrade=True)
 
         async def resync() -> None:
+            if state.on_resync is not None:
+                await state.on_resync()
             state.resyncs += 1
 
         listener = backplane.listener_for(
@@ -147,8 +157,7 @@ async def test_a_backlog_of_several_pages_arrives_once_in_order() -> None:
             for part in (backlog[:700], backlog[700:]):
                 async with writer.transaction():
                     await writer.executemany(
-                        "INSERT INTO changes (origin, events, created_at, shard)"
-                        " VALUES ($1, $2, now(), 1)",
+                        INSERT_ROW,
                         [(WRITER, msgspec.json.encode([event]).decode()) for event in part],
                     )
         finally:
@@ -158,19 +167,125 @@ async def test_a_backlog_of_several_pages_arrives_once_in_order() -> None:
         assert state.resyncs == 1
 
 
-async def test_a_listener_away_longer_than_the_feed_keeps_resyncs() -> None:
-    """Away longer than ``resume_within_s``, the listener cannot trust the feed still holds
-    what it missed: it resyncs, and reads on from its return."""
-    async with listening(resume_within_s=0.2) as state:
+async def test_rows_collected_before_the_listener_read_them_cost_a_resync() -> None:
+    """Rows committed while the listener was away and collected before it came back (the
+    feed keeps them for feed_retention_s): it cannot read them, so it resyncs, and reads on
+    from its return. How long it was away does not matter, only what was collected."""
+    async with listening() as state:
         await state.relay.down()
         await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
         await state.commit(change(1, 1))
-        await asyncio.sleep(0.5)
+        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
+        try:
+            assert await feed.collect(collector) == 1
+        finally:
+            await collector.dispose()
         await state.relay.up()
         await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
-        await wait_until(state.listener.connected.is_set, WITHIN_S, "the reconnection")
         await state.commit(change(1, 2))
         await state.delivered_all([change(1, 2)])
+
+
+async def test_an_absence_whose_rows_are_still_there_costs_no_resync() -> None:
+    """The same absence with a collection that finds nothing old enough: no resync."""
+    async with listening() as state:
+        await state.relay.down()
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+        await state.commit(change(1, 1))
+        assert await feed.collect(state.database) == 0  # kept for 120 s
+        await state.relay.up()
+        await state.delivered_all([change(1, 1)])
+        assert state.resyncs == 1
+
+
+async def test_a_resync_slower_than_a_look_may_take_completes() -> None:
+    """A resync that takes longer than look_timeout_s is not cut short (it reads every user
+    with tabs here, which can take long); the listener serves once it is done."""
+
+    async def slow() -> None:
+        await asyncio.sleep(1.5)
+
+    async with listening(look_timeout_s=0.5) as state:
+        state.on_resync = slow
+        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
+        try:
+            await state.relay.down()
+            await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+            await state.commit(change(1, 1))
+            await feed.collect(collector)
+        finally:
+            await collector.dispose()
+        await state.relay.up()
+        await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the slow resync")
+        await wait_until(state.listener.connected.is_set, WITHIN_S, "serving again")
+        await state.commit(change(1, 2))
+        await state.delivered_all([change(1, 2)])
+
+
+async def test_a_resync_that_fails_is_tried_again() -> None:
+    """A row no hub can read asks for a resync; the store fails it once; it is tried again
+    (after a reconnection) until it succeeds, and later rows still arrive."""
+    failures = [StoreUnavailable("the store is down")]
+
+    async def flaky() -> None:
+        if failures:
+            raise failures.pop()
+
+    async with listening() as state:
+        state.on_resync = flaky
+        bad = await asyncpg.connect(state.url.replace("+asyncpg", ""))
+        try:
+            await bad.execute(
+                "INSERT INTO changes (origin, events, created_at, shard, tx)"
+                ' VALUES ($1, \'[{"type": "from-a-newer-hub"}]\', now(), 1,'
+                " pg_current_xact_id()::text::bigint)",
+                WRITER,
+            )
+            await bad.execute("SELECT pg_notify($1, $2)", backplane.channel(1), WRITER)
+        finally:
+            await bad.close()
+        await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the second resync")
+        assert not failures
+        await state.commit(change(1, 1))
+        await state.delivered_all([change(1, 1)])
+
+
+async def test_a_delivery_that_raises_costs_a_resync_not_the_listener() -> None:
+    """An event whose delivery raises (a bug) is logged and answered with a resync; the
+    events after it arrive, once each, with no reconnection."""
+    async with listening() as state:
+        delivered = state.delivered
+
+        def deliver(event: Event) -> None:
+            if isinstance(event, StateChanged) and event.version == 2:
+                raise RuntimeError("a bug in the hub")
+            delivered.append(event)
+
+        state.listener.deliver = deliver
+        for version in (1, 2, 3):
+            await state.commit(change(1, version))
+        await state.delivered_all([change(1, 1), change(1, 3)])
+        await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
+        assert state.listener.reconnects == 0
+
+
+async def test_a_connection_that_stalls_silently_is_found_and_replaced() -> None:
+    """Nothing wakes a listener whose connection stalls (the wake-ups would come through it):
+    its look every look_every_s times out, it reconnects once the database answers again,
+    and what was committed meanwhile arrives."""
+    async with listening(look_every_s=0.3, look_timeout_s=0.5) as state:
+        state.relay.stall()
+        await state.commit(change(1, 1))  # directly, not through the relay
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the give-up")
+        state.relay.resume()
+        await state.delivered_all([change(1, 1)])
+        assert state.listener.reconnects >= 1 and state.resyncs == 1
+
+
+def test_the_backoff_stays_bounded_after_any_number_of_failures() -> None:
+    """Thousands of failed connections in a row (a long outage) wait at most backoff_max_s."""
+    listener = backplane.Listener("postgresql://x", "o", lambda _: None, lambda: asyncio.sleep(0))
+    assert all(0 <= listener._backoff(n) <= listener.backoff_max_s for n in (0, 1, 20, 5000))
 
 
 async def test_a_long_transaction_holds_back_only_its_own_change() -> None:
@@ -183,7 +298,7 @@ async def test_a_long_transaction_holds_back_only_its_own_change() -> None:
             await transaction.start()
             early = change(1, 1)
             await long.execute(
-                "INSERT INTO changes (origin, events, created_at, shard) VALUES ($1, $2, now(), 1)",
+                INSERT_ROW,
                 WRITER,
                 msgspec.json.encode([early]).decode(),
             )
@@ -196,19 +311,6 @@ async def test_a_long_transaction_holds_back_only_its_own_change() -> None:
             assert positions[0]["position"] < positions[1]["position"]
         finally:
             await long.close()
-
-
-async def test_a_stalled_look_costs_a_reconnection_and_nothing_is_missed() -> None:
-    """A look that PostgreSQL does not answer gives up after ``look_timeout_s``; the listener
-    reconnects once the database answers again and reads what was committed meanwhile."""
-    async with listening(look_timeout_s=0.5) as state:
-        state.relay.stall()
-        await state.commit(change(1, 1))  # directly, not through the relay
-        state.listener.wake()  # as a tab of a new shard would
-        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the give-up")
-        state.relay.resume()
-        await state.delivered_all([change(1, 1)])
-        assert state.listener.reconnects >= 1 and state.resyncs == 1
 
 
 @pytest.mark.parametrize("shards", [[], [3]])

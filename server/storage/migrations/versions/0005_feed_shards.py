@@ -15,25 +15,24 @@ down_revision: str | None = "0004"
 branch_labels: str | None = None
 depends_on: str | None = None
 
-# The committing transaction's id, as a bigint (xid8 has no cast to it; its text has).
-_TX = sa.text("(pg_current_xact_id()::text::bigint)")
-
 
 def upgrade() -> None:
-    """Add changes.tx (filled by PostgreSQL itself) and changes.shard, and index tx."""
-    postgresql = op.get_bind().dialect.name == "postgresql"
-    op.add_column(
-        "changes",
-        sa.Column("tx", sa.BigInteger(), nullable=True, server_default=_TX if postgresql else None),
-    )
+    """Add changes.tx and changes.shard, index tx, and create feed_collected."""
+    op.add_column("changes", sa.Column("tx", sa.BigInteger(), nullable=True))
     op.add_column(
         "changes", sa.Column("shard", sa.SmallInteger(), nullable=False, server_default="0")
     )
     op.create_index("ix_changes_tx", "changes", ["tx"])
+    op.create_table(
+        "feed_collected",
+        sa.Column("id", sa.SmallInteger(), primary_key=True, autoincrement=False),
+        sa.Column("tx", sa.BigInteger(), nullable=False),
+    )
 
 
 def downgrade() -> None:
     """Drop them (SQLite >= 3.35 drops columns)."""
+    op.drop_table("feed_collected")
     op.drop_index("ix_changes_tx", table_name="changes")
     op.drop_column("changes", "shard")
     op.drop_column("changes", "tx")
