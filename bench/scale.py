@@ -32,13 +32,9 @@ from tests.support.population import populate
 from tests.support.postgres import fresh_database
 from tests.support.processes import HubProcess
 
-CONFIGS = (
-    ("sqlite", 1),
-    ("postgresql", 1),
-    ("postgresql", 2),
-    ("postgresql", 4),
-    ("postgresql", 8),
-)
+# Not 8 with tabs spread: 8 processes' pools (up to 15 connections each, and a listener) pass
+# this machine's max_connections of 100 under the connect storm (docs/deployment.md).
+CONFIGS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4))
 BYSTANDERS = (2, 4, 8)
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
 from server.events import Event, HoldChanged, SessionsEnded, StateChanged, shard_of
-from server.limits import Cooldown, TokenBuckets
+from server.limits import Bucket, Cooldown, SharedBuckets, TokenBuckets
 from server.logs import bound
 from server.protocol import (
     PROTOCOL_VERSION,
@@ -113,8 +113,10 @@ class Hub:
         # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
         # would have refilled before they may have a tab again: see cooldown().
         self._cooling = Cooldown(message_burst / messages_per_second)
-        # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session.
+        # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session,
+        # here and, with several processes, in buckets they share (server/limits.py).
         self._http_buckets = TokenBuckets(messages_per_second, message_burst)
+        self.shared_limits: SharedBuckets | None = None
         # Catching up with other processes' commits: see server/catchup.py.
         self._catchup = CatchUp(self._rooms, store)
 
@@ -242,7 +244,7 @@ class Hub:
         tab (over HTTP), the session's own bucket rate-limits it, as a tab's bucket limits its
         WebSocket (Hub.receive), so the fallback is no way around the limit.
         """
-        if tab is None and not self._http_buckets.get(session_id).take():
+        if tab is None and not await self._http_allowed(session_id):
             state = self.state_of(user_id)
             if state is None:
                 with contextlib.suppress(StoreUnavailable):
@@ -390,6 +392,17 @@ class Hub:
         if room is not None and room.tabs.get(tab.id) is tab:
             del room.tabs[tab.id]
             self._forget_if_empty(tab.user.id)
+
+    async def _http_allowed(self, session_id: int) -> bool:
+        if not self._http_buckets.get(session_id).take():
+            return False
+        if self.shared_limits is None:
+            return True
+        bucket = Bucket(f"switch:{session_id}", self.messages_per_second, self.message_burst)
+        try:
+            return await self.shared_limits.take([bucket]) == 0
+        except StoreUnavailable:
+            return True  # the switch itself meets the outage, and is answered unavailable
 
     def hosted_shards(self) -> list[int]:
         """Return the feed shards of the users with tabs here."""

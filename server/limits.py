@@ -4,8 +4,11 @@ Tabs, the HTTP fallback and pings take tokens from buckets; a session whose tab 
 for abuse waits out a cooldown; failed logins are throttled per name and per address, and
 password checks queue behind a semaphore.
 
-All in-process and in memory: with N hub processes an attacker spread across them gets N
-times each budget (docs/deployment.md).
+Each is kept in memory, per process. With several processes on PostgreSQL the failed-login
+throttle and the HTTP switch bucket are also shared (``SharedBuckets``, kept in the database
+by server/storage/buckets.py), so an attacker spread across N processes meets one budget, not
+N; the in-memory ones stay in front, refusing a flood through one process without a
+database round trip. A tab's own rate limit needs no sharing: a tab is on one process.
 """
 
 from __future__ import annotations
@@ -14,11 +17,34 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from server.errors import Overloaded
+from server.errors import Overloaded, StoreUnavailable
 
-__all__ = ["Cooldown", "LoginThrottle", "TokenBucket", "TokenBuckets"]
+__all__ = ["Bucket", "Cooldown", "LoginThrottle", "SharedBuckets", "TokenBucket", "TokenBuckets"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One shared limit on one key: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    key: str
+    rate: float
+    burst: int
+
+
+class SharedBuckets(Protocol):
+    """Token buckets every process of a database shares (server/storage/buckets.py)."""
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        """Take a token from every bucket or from none; return 0 or the seconds to wait."""
+        ...
+
+    async def give(self, buckets: Sequence[Bucket]) -> None:
+        """Give back a token taken from each bucket."""
+        ...
 
 
 class TokenBucket:
@@ -117,16 +143,55 @@ class LoginThrottle:
     before the first has been checked (``charge``, which awaits nothing).
     """
 
-    def __init__(self, rate: float, burst: int, *, concurrency: int = 0) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        concurrency: int = 0,
+        shared: SharedBuckets | None = None,
+    ) -> None:
+        self.rate, self.burst, self.shared = rate, burst, shared
         self._names = TokenBuckets(rate, burst)
         self._addresses = TokenBuckets(5 * rate, 5 * burst)
         self.concurrency = concurrency or os.cpu_count() or 1
         self._checks = asyncio.Semaphore(self.concurrency)
         self._waiting = 0
 
-    def charge(self, name: str, address: str | None) -> float:
-        """Charge one login to the name and the address; return 0, or the seconds until
-        one may be tried (and then charge nothing)."""
+    async def charge(self, name: str, address: str | None) -> float:
+        """Charge one login to the name and the address, here and in the shared buckets if
+        any; return 0, or the seconds until one may be tried (and then charge nothing).
+
+        The charge here awaits nothing, so concurrent guesses through this process meet
+        the limit as sequential ones do; the shared take is atomic in the database.
+        """
+        wait = self._charge_here(name, address)
+        if wait > 0 or self.shared is None:
+            return wait
+        try:
+            wait = await self.shared.take(self._shared(name, address))
+        except BaseException:
+            self._refund_here(name, address)
+            raise
+        if wait > 0:
+            self._refund_here(name, address)
+        return wait
+
+    async def refund(self, name: str, address: str | None) -> None:
+        """Give back what a login was charged (it succeeded, or it was never checked). A
+        refund the database cannot take is dropped: it only leaves that budget smaller."""
+        self._refund_here(name, address)
+        if self.shared is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.shared.give(self._shared(name, address))
+
+    def _shared(self, name: str, address: str | None) -> list[Bucket]:
+        buckets = [Bucket(f"login-name:{name}", self.rate, self.burst)]
+        if address is not None:
+            buckets.append(Bucket(f"login-address:{address}", 5 * self.rate, 5 * self.burst))
+        return buckets
+
+    def _charge_here(self, name: str, address: str | None) -> float:
         buckets = [self._names.get(name)]
         if address is not None:
             buckets.append(self._addresses.get(address))
@@ -137,8 +202,7 @@ class LoginThrottle:
             bucket.take()
         return 0.0
 
-    def refund(self, name: str, address: str | None) -> None:
-        """Give back what a successful login was charged."""
+    def _refund_here(self, name: str, address: str | None) -> None:
         self._names.get(name).give()
         if address is not None:
             self._addresses.get(address).give()

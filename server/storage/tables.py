@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -35,6 +36,7 @@ __all__ = [
     "metadata",
     "platform_states",
     "platforms",
+    "rate_limits",
     "switch_log",
     "users",
 ]
@@ -196,4 +198,13 @@ feed_collected = Table(
     metadata,
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
     Column("tx", BigInteger, nullable=False),
+)
+
+# Rate limits shared by every process (server/storage/buckets.py): a token bucket per key (a
+# hash), kept as the time its next token is due when used steadily, in Unix seconds.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("tat", Float(precision=53), nullable=False),
 )

@@ -21,6 +21,7 @@ from server.limits import LoginThrottle
 from server.protocol import CloseCode
 from server.settings import Settings
 from server.storage import backplane, feed
+from server.storage.buckets import DatabaseBuckets
 from server.storage.switches import SqlStore
 from server.web import health, host_api, pages, tasks
 from server.web.bodies import BodyLimit
@@ -89,15 +90,22 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             sessions_ended=lambda: hub.sessions_ended,
             reconnects=(lambda: listener.reconnects) if listener is not None else None,
         )
+        # Several processes share a PostgreSQL database: they share the limits too. On
+        # SQLite one process serves, and its limits in memory are the whole budget.
+        shared = DatabaseBuckets(database) if listener is not None else None
+        hub.shared_limits = shared
         login_throttle = LoginThrottle(
             settings.login_failure_rate,
             settings.login_failure_burst,
             concurrency=settings.login_concurrency,
+            shared=shared,
         )
         background = [
             asyncio.create_task(tasks.watch_forever(database, hub), name="session-watcher"),
             asyncio.create_task(
-                tasks.collect_forever(database, on_collect=metrics.collected),
+                tasks.collect_forever(
+                    database, on_collect=metrics.collected, buckets=shared is not None
+                ),
                 name="session-collector",
             ),
             asyncio.create_task(feed.collect_forever(database), name="feed-collector"),

@@ -95,7 +95,7 @@ async def login(request: Request) -> Response:
     # Charged before the password is checked, whatever it is, and refunded if it is right:
     # concurrent guesses meet the limit as sequential ones do, and a throttled guesser
     # learns nothing.
-    if (wait := throttle.charge(body.username, address)) > 0:
+    if (wait := await throttle.charge(body.username, address)) > 0:
         return retry_later(
             429,
             ErrorCode.RATE_LIMITED,
@@ -114,9 +114,9 @@ async def login(request: Request) -> Response:
     except AuthenticationError as error:
         return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
     except (Overloaded, StoreUnavailable):
-        throttle.refund(body.username, address)  # not a guess that was checked
+        await throttle.refund(body.username, address)  # not a guess that was checked
         raise
-    throttle.refund(body.username, address)
+    await throttle.refund(body.username, address)
     hub: Hub = request.state.hub
     for displaced in login.displaced:
         hub.end_session(displaced, SessionEndReason.REVOKED)

@@ -11,6 +11,7 @@ from server.db import Database
 from server.errors import StoreUnavailable
 from server.hub import Hub
 from server.protocol import SessionEndReason
+from server.storage import buckets as shared_buckets
 from server.storage import sessions
 
 __all__ = ["check", "collect_forever", "watch_forever"]
@@ -54,15 +55,21 @@ async def watch_forever(database: Database, hub: Hub) -> None:
 
 
 async def collect_forever(
-    database: Database, *, on_collect: Callable[[int], None] | None = None
+    database: Database,
+    *,
+    on_collect: Callable[[int], None] | None = None,
+    buckets: bool = False,
 ) -> None:
-    """Collect ended sessions and old switch-log rows every ``collect_interval_s``.
+    """Collect ended sessions and old switch-log rows every ``collect_interval_s``, and the
+    shared rate limits' full buckets if ``buckets``.
 
     ``on_collect`` is told how many sessions each collection deleted (metrics).
     """
     while True:
         await asyncio.sleep(database.settings.collect_interval_s)
         try:
+            if buckets:
+                await shared_buckets.collect(database)
             collected = await sessions.collect(database)
         except StoreUnavailable as error:
             logger.warning("collection skipped: %s", error)

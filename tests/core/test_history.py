@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from tests.support.history import brute_force, check, check_user
 from tests.support.recording import (
     Answer,
+    Change,
     Delivery,
     History,
+    HoldWindow,
     Operation,
     Read,
     TabRecorder,
@@ -430,3 +432,66 @@ def test_the_recorder_keeps_noops_and_resends() -> None:
 
     tab.received({"type": "rejected", "id": "r2", "reason": "stale", "message": "..."})
     assert any("r2 was switched at 1, then rejected (stale)" in v for v in check_user(user))
+
+
+def with_a_change() -> UserHistory:
+    """Switch a writes 1, a platform change writes 2 (active stays 2), switch b writes 3."""
+    user = UserHistory(
+        user=1,
+        platforms={1, 2},
+        initial_active=1,
+        operations=[switch("a", 0, 2, 0, 1, 1), switch("b", 2, 1, 4, 5, 3)],
+        changes=[Change("rename 1", sent=2, answered=3, version=2, active=2)],
+        final=(3, 1),
+        log={"a": 1, "b": 3},
+    )
+    user.deliveries = [Delivery("t", 1, 3.5, 2, 2, (1, 2)), Delivery("t", 1, 5.5, 3, 1, (1, 2))]
+    return user
+
+
+def test_a_platform_change_is_a_write_of_its_own() -> None:
+    """Its version is in no switch log row, and the history holds."""
+    assert check_user(with_a_change()) == []
+    assert check_user(bare(with_a_change())) == []
+
+
+def test_planted_change_and_switch_at_one_version_are_caught() -> None:
+    user = with_a_change()
+    user.operations[1] = switch("b", 1, 1, 4, 5, 2)  # acknowledged at the change's version
+    user.final = (2, 1)
+    assert any("written by b and by rename 1" in v for v in check_user(user))
+
+
+def test_planted_change_out_of_its_window_is_caught() -> None:
+    user = with_a_change()
+    user.changes[0].sent, user.changes[0].answered = 6, 7  # after b wrote 3 on top of it
+    assert any("not linearizable" in v for v in check_user(user))
+
+
+def test_an_unanswered_change_may_have_written_a_version() -> None:
+    """A change whose answer was lost: the version nobody else wrote is its; without it, that
+    version has no writer."""
+    user = with_a_change()
+    user.changes[0].answered = user.changes[0].version = user.changes[0].active = None
+    assert check_user(user) == []
+    user.changes.clear()
+    problems = check_user(user)
+    assert any("no switch could have written version 2" in v for v in problems)
+    assert any("the switch log holds versions" in v for v in problems)
+
+
+def test_planted_switch_accepted_during_a_hold_is_caught() -> None:
+    user = with_a_change()
+    user.holds = [HoldWindow(placing=3.5, placed=3.8, releasing=6.0, released=6.2)]
+    assert any("b was accepted at 3 while a hold" in v for v in check_user(user))
+    user.holds = [HoldWindow(placing=3.5, placed=4.5, releasing=6.0, released=6.2)]
+    assert check_user(user) == []  # placed after b was sent: b may have come first
+
+
+def test_planted_busy_refusal_with_no_hold_is_caught() -> None:
+    user = with_a_change()
+    busy = Operation("t", "c", 3, 2, 6, 7, "rejected", version=3, active=1, reason="busy")
+    user.operations.append(busy)
+    assert any("c was refused busy" in v for v in check_user(user))
+    user.holds = [HoldWindow(placing=5.5, placed=6.5, releasing=8.0, released=9.0)]
+    assert check_user(user) == []

@@ -29,7 +29,9 @@ from server.events import SHARDS, Event, HoldChanged, SessionsEnded, StateChange
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
 from server.storage import backplane
+from server.web.credentials import COOKIE
 from tests.support.history import check
+from tests.support.host_changes import HostChanges
 from tests.support.load import Load, converge, record_facts
 from tests.support.population import Population, populate
 from tests.support.postgres import BASE_URL, Relay, fresh_database
@@ -325,10 +327,15 @@ async def test_tabs_converge_after_a_listener_is_terminated_during_load(tmp_path
 
 
 async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> None:
-    """kill -9 of one process mid-load: its tabs reconnect to the others (as through a proxy)
-    and resync; every acknowledged switch is in the database and the history holds."""
-    async with processes(tmp_path, users=20) as (settings, population, hubs):
+    """kill -9 of one process mid-load, while the host app renames platforms and holds
+    switches through whichever process answers: the killed process's tabs reconnect to the
+    others (as through a proxy); every acknowledged switch and rename is in the database, and
+    the history (switches, renames and holds) is linearizable across the processes."""
+    async with processes(tmp_path, users=20, api_key="k") as (settings, population, hubs):
         load = Load(population, tabs_per_user=3)
+        users = {u: (population.names[u], population.platforms[u]) for u in population.tokens}
+        host = HostChanges(load.history, [hub.url for hub in hubs], "k", users)
+        stop = asyncio.Event()
         try:
             await load.connect_all([hub.port for hub in hubs])
             victim = hubs[2]
@@ -337,7 +344,13 @@ async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> 
                 await asyncio.sleep(0.3)
                 victim.kill()
 
-            counts, _ = await asyncio.gather(load.run(600, stale_share=0.3), kill())
+            async def switches() -> dict[str, int]:
+                try:
+                    return await load.run(600, stale_share=0.3)
+                finally:
+                    stop.set()
+
+            counts, changes, _ = await asyncio.gather(switches(), host.run(stop), kill())
             await wait_until(
                 lambda: all(t.connected.is_set() for t in load.tabs), 60, "reconnected"
             )
@@ -346,8 +359,12 @@ async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> 
             await load.close()
         summary = await check_history(load, settings)
         moved = sum(1006 in t.close_codes for t in load.tabs)
-        print(f"\nkill -9: {counts}; {moved} tabs moved; {summary}; converged {took:.2f} s after")
+        print(
+            f"\nkill -9: {counts}; host: {changes}; {moved} tabs moved; {summary};"
+            f" converged {took:.2f} s after"
+        )
         assert moved > 0 and counts.get("switched", 0) > 0
+        assert changes.get("renamed", 0) > 0 and changes.get("held and released", 0) > 0
         for hub in hubs[:2]:
             assert (await hub.health())["connections_checked_out"] == 0
 
@@ -536,3 +553,39 @@ async def test_a_stalled_database_costs_each_request_a_bounded_wait_then_everyth
         assert set(during) <= {"rejected:unavailable", "switched", "rejected:stale"}
         assert after.get("switched", 0) > 0 and "rejected:unavailable" not in after
         assert all(1006 not in t.close_codes for t in load.tabs)
+
+
+async def test_the_login_throttle_and_the_http_bucket_are_one_budget_for_all_processes(
+    tmp_path: Path,
+) -> None:
+    """Failed logins for one name, and HTTP switches of one session, alternated between two
+    processes: the burst is spent once for both (server/storage/buckets.py), not once per
+    process as in-memory limits alone would allow."""
+    async with processes(
+        tmp_path,
+        users=1,
+        count=2,
+        login_failure_burst=3,
+        login_failure_rate=0.001,
+        message_burst=4,
+        messages_per_second=0.001,
+    ) as (_, population, hubs):
+        (user,) = population.tokens
+        statuses = []
+        for n in range(6):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{hubs[n % 2].port}") as page:
+                answer = await page.post(
+                    "/api/login", json={"username": "user00000", "password": "a guess"}
+                )
+                statuses.append(answer.status_code)
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        switched = []
+        platforms = population.platforms[user]
+        for n in range(8):
+            url = f"http://127.0.0.1:{hubs[n % 2].port}"
+            async with httpx.AsyncClient(
+                base_url=url, cookies={COOKIE: population.tokens[user]}, headers={"Origin": url}
+            ) as page:
+                body = {"id": f"h{n}", "platform": platforms[(n + 1) % 2], "base": min(n, 4)}
+                switched.append((await page.post("/api/switch", json=body)).status_code)
+        assert switched == [200, 200, 200, 200, 429, 429, 429, 429]

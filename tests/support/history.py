@@ -21,7 +21,12 @@ every state a tab received, and the database's final state. ``check`` returns ev
 - no tab receives another user's state (it would name platforms the user does not have);
 - no request id is applied twice: a resend gets the logged decision again, and with the switch
   log, its writes hold each version once, no-ops sit at their base, and each row matches its
-  answer.
+  answer;
+- platform changes are writes too: each takes a version of its own (none in the switch log),
+  within its call, and shows the active platform it answered with; an unanswered one may
+  have written any version, or none;
+- no switch is accepted (as a write) while a hold is surely in force, and none is refused
+  busy while no hold can be.
 
 ``brute_force`` decides linearizability by trying every order; it exists to test ``check`` on
 small histories.
@@ -34,7 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tests.support.recording import Delivery, History, Operation, Read, UserHistory
+from tests.support.recording import Change, Delivery, History, Operation, Read, UserHistory
 
 __all__ = ["Report", "brute_force", "check", "check_user"]
 
@@ -137,6 +142,19 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
                 say(f"{who}: {op.request} rejected as stale although its base is current")
             reads.append(Read(op.tab, op.sent, op.answered, op.version, op.active, "stale"))
 
+    # Platform changes write versions too (not in the switch log).
+    changed: dict[int, Change] = {}
+    for change in user.changes:
+        if change.version is None:
+            continue
+        other = writes.get(change.version) or changed.get(change.version)
+        if other is not None:
+            first = other.request if isinstance(other, Operation) else other.what
+            say(f"{who}: version {change.version} written by {first} and by {change.what}")
+        else:
+            changed[change.version] = change
+    maybe_changed = [change for change in user.changes if change.version is None]
+
     # Which platform each version shows, from every source; they must agree.
     platform_of: dict[int, int | None] = {}
     if user.initial_active is not None:
@@ -145,6 +163,7 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
         (version, op.platform, f"the switch {op.request}") for version, op in writes.items()
     ]
     sources += [(r.version, r.active, f"a {r.what} read by {r.tab}") for r in reads]
+    sources += [(v, c.active, f"the platform change {c.what}") for v, c in changed.items()]
     sources += [(d.version, d.active, f"a state received by {d.tab}") for d in user.deliveries]
     for op in ops:
         if op.outcome == "rejected" and op.reason != "stale" and op.version is not None:
@@ -171,13 +190,14 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
     lower = [-math.inf] * (last + 2)
     upper = [math.inf] * (last + 2)
     for version in range(1, last + 1):
-        writer = writes.get(version)
+        writer: Operation | Change | None = writes.get(version) or changed.get(version)
         if writer is None:
-            fits = [
+            fits: list[Operation | Change] = [
                 op
                 for op in unanswered.get(version, [])
                 if platform_of.get(version, op.platform) == op.platform
             ]
+            fits += maybe_changed
             if not fits:
                 say(f"{who}: no switch could have written version {version}")
                 continue
@@ -221,8 +241,24 @@ def check_user(user: UserHistory, owner: dict[int, int] | None = None) -> list[s
             if end != user.final:
                 say(f"{who}: tab {tab} ends on {end}, the database on {user.final}")
 
+    # Holds: no write while one is surely in force, no busy refusal while none can be.
+    for hold in user.holds:
+        for op in ops:
+            accepted = _accepted_at(op, user.log)
+            inside = hold.placed <= op.sent and op.end <= hold.releasing
+            if accepted is not None and accepted != op.base and inside:
+                say(f"{who}: {op.request} was accepted at {accepted} while a hold was in force")
+    for op in ops:
+        answered = op.answered
+        if op.reason != "busy" or answered is None:
+            continue
+        if not any(h.placing <= answered and op.sent <= h.released for h in user.holds):
+            say(f"{who}: {op.request} was refused busy while no hold could be in force")
+
     if user.log is not None:
-        problems.extend(_check_log(who, user.log, ops, by_request, last))
+        problems.extend(
+            _check_log(who, user.log, ops, by_request, last, set(changed), len(maybe_changed))
+        )
     return problems
 
 
@@ -241,8 +277,14 @@ def _check_log(
     ops: list[Operation],
     by_request: dict[str, Operation],
     last: int,
+    changed: set[int],
+    maybe_changed: int,
 ) -> list[str]:
-    """Return where the switch log's accepted rows disagree with the versions or the answers."""
+    """Return where the switch log's accepted rows disagree with the versions or the answers.
+
+    The versions platform changes wrote (``changed``) are not in the log; up to
+    ``maybe_changed`` more may be missing from it (unanswered changes).
+    """
     problems: list[str] = []
     # A row at its request's base is a no-op, which wrote nothing; every other row (one of an
     # unknown request too) is a write, and the writes hold each version once.
@@ -251,8 +293,17 @@ def _check_log(
         for request, version in log.items()
         if request not in by_request or version != by_request[request].base
     )
-    if written != list(range(1, last + 1)):
-        problems.append(f"{who}: the switch log holds versions {written} for writes, not 1..{last}")
+    expected = [version for version in range(1, last + 1) if version not in changed]
+    missing = set(expected) - set(written)
+    if (
+        len(written) != len(set(written))
+        or not set(written) <= set(expected)
+        or len(missing) > maybe_changed
+    ):
+        problems.append(
+            f"{who}: the switch log holds versions {written} for writes, not {expected}"
+            f" (1..{last} but those of platform changes)"
+        )
     for op in ops:
         logged = log.get(op.request)
         if op.outcome == "switched" and logged != op.version:

@@ -33,6 +33,7 @@ class Population:
     tokens: dict[int, str]
     platforms: dict[int, tuple[int, ...]]
     sessions: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
 
 
 async def populate(settings: Settings, users: int) -> Population:
@@ -42,6 +43,7 @@ async def populate(settings: Settings, users: int) -> Population:
     tokens: dict[int, str] = {}
     platforms: dict[int, tuple[int, ...]] = {}
     login_ids: dict[int, int] = {}
+    names: dict[int, str] = {}
     try:
         for n in range(users):
             name = f"user{n:05d}"
@@ -52,12 +54,13 @@ async def populate(settings: Settings, users: int) -> Population:
                 for i, (platform, kind, url) in enumerate(PLATFORMS)
             ]
             user_id = await add_user(database, name, None, listed)
+            names[user_id] = name
             platforms[user_id] = await _platform_ids(database, user_id)
             tokens[user_id], login = await sessions.open_session(database, user_id)
             login_ids[user_id] = login.id
     finally:
         await database.dispose()
-    return Population(tokens, platforms, login_ids)
+    return Population(tokens, platforms, login_ids, names)
 
 
 async def _platform_ids(database: Database, user_id: int) -> tuple[int, ...]:

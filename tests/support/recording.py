@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 __all__ = [
     "Answer",
+    "Change",
     "Delivery",
     "History",
+    "HoldWindow",
     "Operation",
     "Read",
     "TabRecorder",
@@ -114,6 +116,35 @@ class Delivery:
 
 
 @dataclass
+class Change:
+    """A write that is no switch, a platform change (through a page or the host API), from its
+    call to its answer: the state it made. Unanswered (``version`` None) it may or may not have
+    happened, and at any version."""
+
+    what: str
+    sent: float
+    answered: float | None = None
+    version: int | None = None
+    active: int | None = None
+
+    @property
+    def end(self) -> float:
+        return math.inf if self.answered is None else self.answered
+
+
+@dataclass
+class HoldWindow:
+    """A hold on the user's switches: placed by a call over [placing, placed] and released by
+    one over [releasing, released]. It is surely in force over [placed, releasing] (``placed``
+    is infinite when the placement's answer was lost), and maybe over [placing, released]."""
+
+    placing: float
+    placed: float
+    releasing: float = math.inf
+    released: float = math.inf
+
+
+@dataclass
 class UserHistory:
     """Everything recorded for one user."""
 
@@ -123,6 +154,8 @@ class UserHistory:
     operations: list[Operation] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    holds: list[HoldWindow] = field(default_factory=list)
     # The database's state after the run, and the accepted rows of its switch log.
     final: tuple[int, int | None] | None = None
     log: dict[str, int] | None = None  # request id -> version (a no-op's is its base)

@@ -1,0 +1,111 @@
+"""The host app's side of a load: platform changes and holds through the host API, recorded.
+
+While tabs switch (tests/support/load.py), ``HostChanges`` renames users' platforms and
+places and releases holds through the host API of whichever hub process answers (as a host
+app behind the same proxy would), and records each call's window and answer in the same
+History, for tests/support/history.py's checker: a rename is a write of its own version, a
+hold a window in which no switch may be accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+
+from platform_hub_client import AsyncHostClient, HostApiError, PlatformUpdate
+from tests.support.recording import Change, History, HoldWindow
+
+__all__ = ["HostChanges"]
+
+HOLD_TTL_S = 5.0  # a hold whose release was never answered ends by then
+
+
+class HostChanges:
+    """Rename platforms and hold switches of ``users`` through any of ``urls``."""
+
+    def __init__(
+        self,
+        history: History,
+        urls: Sequence[str],
+        api_key: str,
+        users: dict[int, tuple[str, tuple[int, ...]]],  # id -> (name, platform ids)
+        *,
+        seed: int = 2,
+    ) -> None:
+        self.history, self.urls, self.api_key, self.users = history, list(urls), api_key, users
+        self.random = random.Random(seed)
+        self.counts: dict[str, int] = {}
+        self._renames = 0
+        self._hosts: dict[str, AsyncHostClient] = {}
+
+    async def run(self, stop: asyncio.Event, hold_share: float = 0.3) -> dict[str, int]:
+        """Make changes one after another until ``stop`` is set; return what was done."""
+        async with contextlib.AsyncExitStack() as stack:
+            for url in self.urls:
+                client = AsyncHostClient(url, self.api_key, timeout=5)
+                self._hosts[url] = await stack.enter_async_context(client)
+            while not stop.is_set():
+                user = self.random.choice(sorted(self.users))
+                if self.random.random() < hold_share:
+                    await self._hold(user)
+                else:
+                    await self._rename(user)
+        return self.counts
+
+    async def _call(self, make: str, user: int, *args: object) -> tuple[float, object | None]:
+        """Call the host API through a random process, and the others while one is
+        unreachable (nothing was sent); return when it was sent and the answer, or None
+        when the call failed after sending (it may have been applied)."""
+        name = self.users[user][0]
+        for url in self.random.sample(self.urls, len(self.urls)):
+            sent = time.monotonic()
+            try:
+                return sent, await getattr(self._hosts[url], make)(name, *args)
+            except HostApiError as error:
+                if error.code == "unreachable":
+                    continue
+                self._count(f"{make}: {error.code}")
+                return sent, None
+        self._count(f"{make}: no process answered")
+        return time.monotonic(), None
+
+    async def _rename(self, user: int) -> None:
+        self._renames += 1
+        platform = self.random.choice(self.users[user][1])
+        change = PlatformUpdate(name=f"Renamed {self._renames}")
+        sent, answer = await self._call("change_platform", user, platform, change)
+        recorded = Change(f"rename {self._renames}", sent)
+        if answer is not None:
+            state = answer.state  # type: ignore[attr-defined]
+            recorded.answered, recorded.version, recorded.active = (
+                time.monotonic(),
+                state.version,
+                state.active,
+            )
+            self._count("renamed")
+        self.history.user(user).changes.append(recorded)
+
+    async def _hold(self, user: int) -> None:
+        placing, answer = await self._call("hold", user, "a job", HOLD_TTL_S)
+        hold = HoldWindow(placing, time.monotonic() if answer is not None else float("inf"))
+        self.history.user(user).holds.append(hold)
+        await asyncio.sleep(0.05)
+        # Released until a process answers, so the window closes for the checker. The hold is
+        # surely in force only until the first release was sent (an unanswered one may have
+        # been applied) or its TTL ran out.
+        hold.releasing = placing + HOLD_TTL_S
+        while time.monotonic() < placing + HOLD_TTL_S:
+            releasing, answer = await self._call("release", user)
+            hold.releasing = min(hold.releasing, releasing)
+            if answer is not None:
+                hold.released = time.monotonic()
+                self._count("held and released")
+                return
+            await asyncio.sleep(0.1)
+        hold.released = placing + HOLD_TTL_S + 1.0  # its TTL ended it (with slack)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
