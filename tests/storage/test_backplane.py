@@ -28,7 +28,7 @@ from server.db import Database
 from server.events import SHARDS, Event, HoldChanged, SessionsEnded, StateChanged
 from server.protocol import Cause, SessionEndReason
 from server.settings import Settings
-from server.storage import backplane
+from server.storage import backplane, sessions
 from server.web.credentials import COOKIE
 from tests.support.history import check
 from tests.support.host_changes import HostChanges
@@ -206,6 +206,40 @@ async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path
                 while True:
                     await other.recv()
         assert other.close_code == 4001
+
+
+async def test_a_revoke_all_of_2000_sessions_ends_their_tabs_on_another_process(
+    tmp_path: Path,
+) -> None:
+    """The host app revokes a user's 2,000 live sessions through A; tabs of the first and the
+    last of them on B close with 4001. The 2,000 ids travel in one feed row (about 16 KB),
+    which no NOTIFY payload (under 8,000 bytes) could carry whole."""
+    async with processes(
+        tmp_path, users=1, count=2, api_key="k", max_sessions_per_user=3000, session_check_s=60
+    ) as (settings, population, hubs):
+        (user,) = population.tokens
+        database = Database(settings)
+        try:
+            tokens = [(await sessions.open_session(database, user))[0] for _ in range(1999)]
+        finally:
+            await database.dispose()
+        tabs = []
+        for n, token in enumerate((population.tokens[user], tokens[-1])):
+            tab = await connect(
+                f"ws://127.0.0.1:{hubs[1].port}/ws?tab=t{n}",
+                additional_headers={"Authorization": f"Bearer {token}"},
+            )
+            await tab.recv()  # hello
+            tabs.append(tab)
+        async with AsyncHostClient(hubs[0].url, "k") as host:
+            revoked = await host.revoke_sessions(population.names[user])
+        assert revoked.sessions == 2000 and revoked.tabs == 0  # none on A
+        for tab in tabs:
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(CONVERGE_WITHIN_S):
+                    while True:
+                        await tab.recv()
+            assert tab.close_code == 4001
 
 
 async def test_a_platform_change_through_one_process_reaches_the_tabs_on_the_other(
