@@ -315,6 +315,16 @@ receiving every change's payload). Target: under 1%.
 
 {bystanders}
 
+## The commit ceiling and NOTIFY
+
+`python -m bench.commits --engine postgresql` measures durable switches a second with and
+without the NOTIFY that wakes other processes (bench/RESULTS.md's run log has the figures).
+On 2026-12-06 NOTIFY cost 4% to 10% of the group-commit ceiling (4,202 against 4,379
+switches/s with one store, 4,822 against 5,349 with eight) and about 15% of a commit per
+switch: the hub's own CPU, not NOTIFY's lock, is the ceiling on 2 cores. Group commit puts
+125 to 256 switches in a commit at saturation, so the published ceilings of NOTIFY (500 to
+1,000 notifying commits a second) stand for 60,000 switches a second or more.
+
 <details><summary>Raw results</summary>
 
 ```json
