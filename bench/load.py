@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.load import RawFlood
 
 RUN_ID = secrets.token_hex(4)
+HELLO_WITHIN_S = 60.0  # every tab's hello after its connection, or the run fails
 
 
 @dataclass
@@ -173,9 +174,18 @@ async def open_tabs(
 
     started = time.perf_counter()
     await asyncio.gather(*(one(tab) for tab in every))
-    while True:  # until every hello is in
-        if all(tab.seen for tab in every):
-            break
+    # Until every hello is in. A tab closed before its hello (the target refused it, 1013
+    # when its database did not answer in time) fails the run with its close code: waiting
+    # on would hang the generator while the other tabs idle out.
+    deadline = time.perf_counter() + HELLO_WITHIN_S
+    while not all(tab.seen for tab in every):
+        lost = [tab.close_code for tab in every if not tab.seen and tab.close_code is not None]
+        if lost or time.perf_counter() > deadline:
+            missing = sum(not tab.seen for tab in every)
+            raise RuntimeError(
+                f"{missing} of {len(every)} tabs have no hello; closed before it with codes "
+                f"{sorted(set(map(str, lost)))}"
+            )
         await asyncio.sleep(0.01)
     return run, len(every) / (time.perf_counter() - started)
 

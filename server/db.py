@@ -161,9 +161,13 @@ class Database:
         """Run ``work`` in a read transaction and return its result."""
         return await self._run(work, write=False)
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in a write transaction, committed when it returns."""
-        return await self._run(work, write=True)
+    async def write(self, work: Callable[[Connection], T], *, tells_tabs: bool = True) -> T:
+        """Run ``work`` in a write transaction, committed when it returns.
+
+        If the hub gives up waiting and the commit lands later, every tab is resynced
+        (``on_late_commit``), unless ``tells_tabs`` is false: the work changes nothing a tab
+        shows (a rate limit's bucket)."""
+        return await self._run(work, write=True, tells_tabs=tells_tabs)
 
     def checked_out(self) -> int:
         """Return how many pooled connections are checked out right now."""
@@ -184,12 +188,15 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
-    async def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
+    async def _run(
+        self, work: Callable[[Connection], T], *, write: bool, tells_tabs: bool = True
+    ) -> T:
         # The unit of work runs in a task of its own and the caller awaits it through a
         # shield: a caller cancelled mid-transaction (a tab that disconnects, a shutdown)
         # cannot interrupt the commit or rollback, so no connection is ever left checked out.
         unit = self._in_thread(work, write=write) if self._sync_engine else self._bridged(work)
-        return await self._shielded(self._serialized(unit) if write else unit(), write=write)
+        unit_of_work = self._serialized(unit) if write else unit()
+        return await self._shielded(unit_of_work, write=write and tells_tabs)
 
     def _in_thread(
         self, work: Callable[[Connection], T], *, write: bool

@@ -244,12 +244,13 @@ class Hub:
         tab (over HTTP), the session's own bucket rate-limits it, as a tab's bucket limits its
         WebSocket (Hub.receive), so the fallback is no way around the limit.
         """
-        if tab is None and not await self._http_allowed(session_id):
+        refusal = None if tab is not None else await self._http_refusal(session_id)
+        if refusal is not None:
             state = self.state_of(user_id)
-            if state is None:
+            if state is None and refusal is RejectReason.RATE_LIMITED:
                 with contextlib.suppress(StoreUnavailable):
                     state = await self.store.load_state(user_id)
-            return self._rejection(request, RejectReason.RATE_LIMITED, state)
+            return self._rejection(request, refusal, state)
         tab_id = tab.id if tab else None
         arrived = time.monotonic()
         with bound(request=request.id):
@@ -393,16 +394,25 @@ class Hub:
             del room.tabs[tab.id]
             self._forget_if_empty(tab.user.id)
 
-    async def _http_allowed(self, session_id: int) -> bool:
-        if not self._http_buckets.get(session_id).take():
-            return False
+    async def _http_refusal(self, session_id: int) -> RejectReason | None:
+        """Take a token for a switch over HTTP: here, then in the shared buckets if any;
+        return why not, if not (the token taken here is given back when the shared one
+        refuses, as a login's is)."""
+        here = self._http_buckets.get(session_id)
+        if not here.take():
+            return RejectReason.RATE_LIMITED
         if self.shared_limits is None:
-            return True
+            return None
         bucket = Bucket(f"switch:{session_id}", self.messages_per_second, self.message_burst)
         try:
-            return await self.shared_limits.take([bucket]) == 0
+            wait = await self.shared_limits.take([bucket])
         except StoreUnavailable:
-            return True  # the switch itself meets the outage, and is answered unavailable
+            here.give()
+            return RejectReason.UNAVAILABLE  # the switch would meet the same outage
+        if wait > 0:
+            here.give()
+            return RejectReason.RATE_LIMITED
+        return None
 
     def hosted_shards(self) -> list[int]:
         """Return the feed shards of the users with tabs here."""

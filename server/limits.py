@@ -177,11 +177,13 @@ class LoginThrottle:
             self._refund_here(name, address)
         return wait
 
-    async def refund(self, name: str, address: str | None) -> None:
-        """Give back what a login was charged (it succeeded, or it was never checked). A
-        refund the database cannot take is dropped: it only leaves that budget smaller."""
+    async def refund(self, name: str, address: str | None, *, shared: bool = True) -> None:
+        """Give back what a login was charged (it succeeded, or it was never checked): here,
+        and in the shared buckets unless ``shared`` is false (the database just failed: a
+        second wait for it would double the answer's time). A shared refund the database
+        cannot take is dropped: it only leaves that budget smaller for a while."""
         self._refund_here(name, address)
-        if self.shared is not None:
+        if shared and self.shared is not None:
             with contextlib.suppress(StoreUnavailable):
                 await self.shared.give(self._shared(name, address))
 

@@ -145,6 +145,10 @@ class Settings:
             raise ValueError("password_cost must be a power of two, at least 1024")
         if self.session_idle_s <= 0 or self.session_absolute_s <= 0:
             raise ValueError("session lifetimes must be positive")
+        if self.messages_per_second <= 0 or self.login_failure_rate <= 0:
+            raise ValueError("messages_per_second and login_failure_rate must be positive")
+        if self.message_burst < 1 or self.login_failure_burst < 1:
+            raise ValueError("message_burst and login_failure_burst must be at least 1")
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

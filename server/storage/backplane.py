@@ -18,10 +18,11 @@ committed in between, each read once, in position order (the order in which each
 changes committed); a long transaction holds back nothing but its own rows.
 
 When the connection drops, the listener reconnects with jittered backoff and reads on from
-where it was: nothing is resynced. Only a listener away longer than half the feed's retention
-(rows it had not read may have been collected), or starting, resyncs every user with tabs here
-from the tables. Sessions are also rechecked every ``session_check_s``
-(server/storage/sessions.py).
+where it was: nothing is resynced. Only a listener that starts, or whose unread rows may have
+been collected meanwhile (the collection records the highest transaction it deleted rows of,
+and deletes only rows of transactions that ended at least ``feed_retention_s`` ago:
+server/storage/feed.py), resyncs every user with tabs here from the tables. Sessions are also
+rechecked every ``session_check_s`` (server/storage/sessions.py).
 """
 
 from __future__ import annotations
@@ -237,11 +238,9 @@ class Listener:
             found = [await connection.fetchrow(_SNAPSHOT)]
         else:
             found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin)
-        xmax, xip, collected = found[0]["xmax"], found[0]["xip"], found[0]["collected"]
-        if self._xmax is not None and collected >= self._xmax:
-            # Rows this process had not read may be gone: start afresh from here, resynced.
-            logger.warning("backplane: the feed was collected past this process; resyncing")
-            self._resync_due = True
+        xmax, xip = found[0]["xmax"], found[0]["xip"]
+        if self._gap(found[0]["collected"]):
+            pass  # start afresh from here, resynced
         elif self._xmax is not None and shards:
             rows = [row for row in found if row["position"] is not None]
             if len(rows) < _PAGE and generation == self._generation:
@@ -255,12 +254,21 @@ class Listener:
         self._xmax, self._xip = xmax, list(xip)
         self.looks += 1
 
+    def _gap(self, collected: int) -> bool:
+        """Tell (and resync) whether rows this process had not read may have been collected:
+        rows of transactions at or above the last look's xmax, or in flight at it."""
+        if self._xmax is None or collected < min([self._xmax, *self._xip]):
+            return False
+        logger.warning("backplane: the feed was collected past this process; resyncing")
+        self._resync_due = True
+        return True
+
     async def _look_by_pages(self, connection: asyncpg.Connection) -> tuple[int, list[int]]:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await connection.fetchrow(_SNAPSHOT)
             # Asked after the snapshot: a shard that comes later has its rows up to here in
             # its first tab's state read, and the next look reads on from here.
-            shards = sorted(self.hosted())
+            shards = [] if self._gap(snapshot["collected"]) else sorted(self.hosted())
             after = 0
             while shards:
                 rows = await connection.fetch(
@@ -290,7 +298,8 @@ class Listener:
             except Exception:
                 logger.exception("backplane: delivering %r failed; resyncing", event)
                 self._resync_due = True
-            self.delivered += 1
+            else:
+                self.delivered += 1
 
     def _woken(self, _connection: Any, _pid: int, _channel: str, origin: str) -> None:
         if origin != self.origin:

@@ -11,6 +11,9 @@ concurrent takes through any processes meet one budget:
     then     tat := max(tat, now) + 1 / rate
 
 A bucket whose ``tat`` has passed is full, as a missing row is; ``collect`` deletes those.
+``now`` is the database's clock on PostgreSQL (``now()``, the transaction's start), so the
+processes' own clocks, however far apart, never enter a bucket; on SQLite, whose one process
+serves alone, it is that process's clock.
 Keys are hashed (a user name or an address can be long or odd), so a row is small whatever
 the client sent. server/limits.py keeps the same limits in memory in front of these, so a
 flood through one process is refused there without a database round trip.
@@ -19,9 +22,11 @@ flood through one process is refused there without a database round trip.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, case, delete, select, update
+from sqlalchemy import Connection, Float, case, cast, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from server import db
@@ -50,18 +55,31 @@ class _Refused(Exception):
         self.wait = wait
 
 
-class DatabaseBuckets:
-    """Token buckets in ``database``'s rate_limits table (server/limits.py's SharedBuckets)."""
+def _now(connection: Connection, clock: Callable[[], float] | None) -> Any:
+    """Return the time a unit of work uses, in Unix seconds: ``clock``'s if given (tests);
+    else the database's on PostgreSQL, the process's on SQLite."""
+    if clock is not None:
+        return literal(clock())
+    if connection.dialect.name == "postgresql":
+        return cast(func.extract("epoch", func.now()), Float)
+    return literal(time.time())
 
-    def __init__(self, database: Database) -> None:
+
+class DatabaseBuckets:
+    """Token buckets in ``database``'s rate_limits table (server/limits.py's SharedBuckets).
+
+    ``clock`` (Unix seconds) replaces the database's own, for tests that move time."""
+
+    def __init__(self, database: Database, clock: Callable[[], float] | None = None) -> None:
         self.database = database
+        self.clock = clock
 
     async def take(self, buckets: Sequence[Bucket]) -> float:
         """Take a token from every bucket, or from none; return 0, or the seconds until every
         one has a token."""
-        now = self.database.clock().timestamp()
 
         def work(connection: Connection) -> None:
+            now = _now(connection, self.clock)
             for n, bucket in enumerate(buckets):
                 if not _take(connection, bucket, now):
                     # Rolled back, with the tokens taken from the buckets before it.
@@ -69,7 +87,7 @@ class DatabaseBuckets:
                     raise _Refused(max(waits))
 
         try:
-            await self.database.write(work)
+            await self.database.write(work, tells_tabs=False)
         except _Refused as refused:
             return refused.wait
         return 0.0
@@ -85,10 +103,10 @@ class DatabaseBuckets:
                     .values(tat=_table.c.tat - _interval(bucket))
                 )
 
-        await self.database.write(work)
+        await self.database.write(work, tells_tabs=False)
 
 
-def _take(connection: Connection, bucket: Bucket, now: float) -> bool:
+def _take(connection: Connection, bucket: Bucket, now: Any) -> bool:
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     fresh = dialect.insert(_table).values(key=_row(bucket), tat=now + _interval(bucket))
     due = case((_table.c.tat > now, _table.c.tat), else_=now)
@@ -100,14 +118,17 @@ def _take(connection: Connection, bucket: Bucket, now: float) -> bool:
     return connection.execute(taking).first() is not None
 
 
-def _wait(connection: Connection, bucket: Bucket, now: float) -> float:
-    tat = connection.scalar(select(_table.c.tat).where(_table.c.key == _row(bucket)))
-    return 0.0 if tat is None else max(0.0, tat - _tolerance(bucket) - now)
+def _wait(connection: Connection, bucket: Bucket, now: Any) -> float:
+    query = select(_table.c.tat - now).where(_table.c.key == _row(bucket))
+    ahead = connection.scalar(query)  # how far the bucket's next token is ahead of now
+    return 0.0 if ahead is None else max(0.0, float(ahead) - _tolerance(bucket))
 
 
-async def collect(database: Database) -> int:
+async def collect(database: Database, clock: Callable[[], float] | None = None) -> int:
     """Delete the buckets that have refilled (a full bucket is no row); return how many."""
-    now = database.clock().timestamp()
-    return await database.write(
-        lambda connection: connection.execute(delete(_table).where(_table.c.tat <= now)).rowcount
-    )
+
+    def work(connection: Connection) -> int:
+        now = _now(connection, clock)
+        return connection.execute(delete(_table).where(_table.c.tat <= now)).rowcount
+
+    return await database.write(work, tells_tabs=False)

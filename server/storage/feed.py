@@ -18,14 +18,30 @@ collected resyncs every user with tabs here, as a lost notification does.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import datetime as dt
 import logging
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import msgspec
-from sqlalchemy import Connection, delete, func, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 
 from server import db
@@ -36,10 +52,16 @@ __all__ = ["Reader", "append", "collect", "collect_forever", "reader_for"]
 
 logger = logging.getLogger("hub.feed")
 
+T = TypeVar("T")
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[Event])
 _APPEND = insert(db.changes)
 # On PostgreSQL each row names its transaction (server/storage/backplane.py reads by it).
+# The oldest transaction still running, as a bigint: every one below it has ended.
+_XMIN: ColumnElement[int] = literal_column(
+    "pg_snapshot_xmin(pg_current_snapshot())::text::bigint", BigInteger()
+)
 _APPEND_TX = insert(db.changes).values(tx=literal_column("pg_current_xact_id()::text::bigint"))
 _BATCH = 500  # rows read at once
 _COLLECT_CHUNK = 2000  # rows deleted per write transaction
@@ -80,22 +102,29 @@ def append(connection: Connection, origin: str, events: Sequence[Event]) -> list
     return list(by_shard)
 
 
-async def collect(database: db.Database) -> int:
+async def collect(database: db.Database, *, horizon: int | None = None) -> int:
     """Delete the rows older than ``feed_retention_s``, at most ``_COLLECT_CHUNK`` per write
     transaction (a long DELETE would hold SQLite's one writer, and so every switch); return
-    how many. A look that finds nothing old writes nothing."""
+    how many. A look that finds nothing old writes nothing.
+
+    On PostgreSQL only rows of transactions below ``horizon`` go: a snapshot's xmin taken
+    ``feed_retention_s`` ago (``collect_forever`` keeps them), so every row collected was
+    committed that long ago, whenever its transaction began. Without one, the xmin of now.
+    """
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=database.settings.feed_retention_s)
-    old = select(db.changes.c.position).where(db.changes.c.created_at < cutoff)
-    oldest_first = old.order_by(db.changes.c.position).limit(_COLLECT_CHUNK)
+    old = db.changes.c.created_at < cutoff
+    if not database.settings.is_sqlite:
+        below = _XMIN if horizon is None else literal(horizon)
+        old = and_(old, or_(db.changes.c.tx.is_(None), db.changes.c.tx < below))
+    oldest_first = select(db.changes.c.position).where(old).order_by(db.changes.c.position)
 
     def last_old(connection: Connection) -> int | None:
-        found: int | None = connection.scalar(select(func.max(oldest_first.subquery().c.position)))
+        chunk = oldest_first.limit(_COLLECT_CHUNK).subquery()
+        found: int | None = connection.scalar(select(func.max(chunk.c.position)))
         return found
 
     def work(connection: Connection, upto: int) -> int:
-        gone = delete(db.changes).where(
-            db.changes.c.position <= upto, db.changes.c.created_at < cutoff
-        )
+        gone = delete(db.changes).where(db.changes.c.position <= upto, old)
         if connection.dialect.name != "postgresql":
             return connection.execute(gone).rowcount
         txs = connection.scalars(gone.returning(db.changes.c.tx)).all()
@@ -116,14 +145,28 @@ async def collect(database: db.Database) -> int:
     return collected
 
 
+def _xmin(connection: Connection) -> int:
+    return int(connection.scalar(select(_XMIN)) or 0)
+
+
 async def collect_forever(database: db.Database) -> None:
     """Collect the feed every quarter of its retention (at least every 60 s), until cancelled:
-    often, so each collection is small."""
-    interval = min(60.0, max(1.0, database.settings.feed_retention_s / 4))
+    often, so each collection is small. On PostgreSQL each round notes the xmin of now, and
+    collects below the one noted at least a retention ago (none before that)."""
+    retention = database.settings.feed_retention_s
+    interval = min(60.0, max(1.0, retention / 4))
+    noted: collections.deque[tuple[float, int]] = collections.deque()
     while True:
         await asyncio.sleep(interval)
         try:
-            collected = await collect(database)
+            horizon = None
+            if not database.settings.is_sqlite:
+                now = time.monotonic()
+                noted.append((now, await database.read(_xmin)))
+                while len(noted) > 1 and noted[1][0] <= now - retention:
+                    noted.popleft()
+                horizon = noted[0][1] if noted[0][0] <= now - retention else 0
+            collected = await collect(database, horizon=horizon)
         except StoreUnavailable as error:
             logger.warning("feed collection skipped: %s", error)
             continue
@@ -155,6 +198,9 @@ class Reader:
         self.delivered = 0  # events from other processes handed over (tests, metrics)
         self.resyncs = 0
         self._connection: sqlite3.Connection | None = None
+        # Every use of the connection runs on this one thread, in order: a close never
+        # overtakes a read.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feed")
         self._version: int | None = None
 
     async def run_forever(self) -> None:
@@ -173,18 +219,23 @@ class Reader:
                     raise
                 except Exception:
                     logger.exception("feed: a look failed; resyncing, and again in 1 s")
-                    self._close()
+                    await self._in_thread(self._close)
                     failed = True
                     await asyncio.sleep(1.0)
                     continue
                 await asyncio.sleep(self.poll_s)
         finally:
-            self._close()
+            # On the reader's own thread, after any read still running there: a look
+            # cancelled mid-read (at shutdown) leaves its thread reading on, and closing the
+            # connection under it crashed the process (a segmentation fault in sqlite3).
+            closing = asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+            await asyncio.shield(closing)
+            self._thread.shutdown(wait=False)
 
     async def step(self) -> None:
         """Look once: deliver what other processes appended since the last look, after a
         resync if some of it was collected before it could be read."""
-        rows, behind = await asyncio.to_thread(self._read)
+        rows, behind = await self._in_thread(self._read)
         if behind:
             logger.warning("feed: rows were collected before this process read them; resyncing")
             await self._resync()
@@ -244,6 +295,9 @@ class Reader:
             connection.execute("PRAGMA busy_timeout = 1000")
             self._connection = connection
         return self._connection
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     def _close(self) -> None:
         if self._connection is not None:

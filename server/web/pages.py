@@ -113,8 +113,11 @@ async def login(request: Request) -> Response:
             )
     except AuthenticationError as error:
         return error_response(401, ErrorCode.INVALID_CREDENTIALS, str(error))
-    except (Overloaded, StoreUnavailable):
+    except Overloaded:
         await throttle.refund(body.username, address)  # not a guess that was checked
+        raise
+    except StoreUnavailable:
+        await throttle.refund(body.username, address, shared=False)
         raise
     await throttle.refund(body.username, address)
     hub: Hub = request.state.hub

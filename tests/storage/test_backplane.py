@@ -106,6 +106,15 @@ async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None
     assert decoded == [[events[0], events[2]], [sessions_ended]]
 
 
+async def closed(tab: ClientConnection) -> int | None:
+    """Read ``tab`` until the hub closes it (within CONVERGE_WITHIN_S); return the code."""
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(CONVERGE_WITHIN_S):
+            while True:
+                await tab.recv()
+    return tab.close_code
+
+
 def process_settings(url: str, **overrides: object) -> Settings:
     base: dict[str, object] = {"database_url": url, "session_check_s": 1.0, "log_level": "warning"}
     base.update(overrides)
@@ -186,11 +195,7 @@ async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path
             response = await http.post("/api/logout", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
         for tab in tabs:
-            with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(CONVERGE_WITHIN_S):
-                    while True:
-                        await tab.recv()
-            assert tab.close_code == 4001
+            assert await closed(tab) == 4001
         took = time.monotonic() - started
         print(f"\nlogout through A closed the tabs on B and C in {took:.3f} s")
         await other.ping()  # another user's tab on B is untouched
@@ -201,11 +206,7 @@ async def test_a_logout_through_one_process_ends_the_tabs_on_the_others(tmp_path
                 "/api/logout-all", headers={"Authorization": f"Bearer {population.tokens[2]}"}
             )
         assert response.status_code == 200 and response.json()["sessions"] == 1
-        with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(CONVERGE_WITHIN_S):
-                while True:
-                    await other.recv()
-        assert other.close_code == 4001
+        assert await closed(other) == 4001
 
 
 async def test_a_revoke_all_of_2000_sessions_ends_their_tabs_on_another_process(
@@ -235,11 +236,7 @@ async def test_a_revoke_all_of_2000_sessions_ends_their_tabs_on_another_process(
             revoked = await host.revoke_sessions(population.names[user])
         assert revoked.sessions == 2000 and revoked.tabs == 0  # none on A
         for tab in tabs:
-            with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(CONVERGE_WITHIN_S):
-                    while True:
-                        await tab.recv()
-            assert tab.close_code == 4001
+            assert await closed(tab) == 4001
 
 
 async def test_a_platform_change_through_one_process_reaches_the_tabs_on_the_other(
@@ -399,6 +396,7 @@ async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> 
         )
         assert moved > 0 and counts.get("switched", 0) > 0
         assert changes.get("renamed", 0) > 0 and changes.get("held and released", 0) > 0
+        assert await host.lost_renames(hubs[0].url) == []
         for hub in hubs[:2]:
             assert (await hub.health())["connections_checked_out"] == 0
 

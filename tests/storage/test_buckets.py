@@ -37,10 +37,10 @@ class Clock:
 @pytest.fixture
 async def shared(make_on_each_engine: MakeSettings) -> AsyncIterator[tuple[DatabaseBuckets, Clock]]:
     clock = Clock()
-    database = Database(make_on_each_engine(), clock=clock)
+    database = Database(make_on_each_engine())
     try:
         await database.create_schema()
-        yield DatabaseBuckets(database), clock
+        yield DatabaseBuckets(database, clock=lambda: clock.now.timestamp()), clock
     finally:
         await database.dispose()
 
@@ -114,10 +114,32 @@ async def test_collection_deletes_the_buckets_that_refilled(
     await store.take([quick])
     await store.take([slow])
     clock.advance(1.0)
-    assert await buckets.collect(store.database) == 1
+    assert await buckets.collect(store.database, store.clock) == 1
 
     def rows(connection: Connection) -> int:
         return connection.scalar(select(func.count()).select_from(db.rate_limits)) or 0
 
     assert await store.database.read(rows) == 1
     assert await store.take([slow]) > 0
+
+
+async def test_the_processes_clocks_never_enter_a_bucket(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """Two processes (Databases) whose clocks are ten minutes apart share one budget: the
+    buckets run on the database's clock (PostgreSQL), or on the one serving process's
+    (SQLite), never on a clock a process was given."""
+    settings = make_on_each_engine()
+    ahead = Database(settings, clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    behind = Database(settings, clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+    try:
+        await ahead.create_schema()
+        bucket = Bucket("login-name:alice", rate=0.01, burst=5)
+        stores = [DatabaseBuckets(ahead), DatabaseBuckets(behind)]
+        waits = [await stores[n % 2].take([bucket]) for n in range(10)]
+        assert [wait == 0.0 for wait in waits] == [True] * 5 + [False] * 5
+        assert all(90 < wait <= 100 for wait in waits[5:])
+        assert await buckets.collect(ahead) == 0  # nothing refilled, whoever collects
+    finally:
+        await ahead.dispose()
+        await behind.dispose()

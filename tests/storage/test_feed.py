@@ -24,7 +24,7 @@ from server.db import Database
 from server.events import Event, HoldChanged, SessionsEnded, StateChanged
 from server.protocol import SessionEndReason
 from server.storage import feed, holds, platforms, sessions
-from server.storage.users import user_id_of
+from server.storage.users import seed_demo, user_id_of
 from tests.conftest import MakeSettings, RunningHub, make_settings, serve
 from tests.support.processes import wait_until
 
@@ -188,3 +188,47 @@ async def test_collection_deletes_old_rows_in_chunks_and_nothing_newer(tmp_path:
         assert await feed.collect(database) == 0
     finally:
         await database.dispose()
+
+
+async def test_a_reader_stopped_mid_read_closes_its_connection_after_the_read(
+    tmp_path: Path,
+) -> None:
+    """A reader cancelled while its thread reads (a shutdown) closes its SQLite connection
+    only once that read is done, on the same thread. Closing it under the read crashed the
+    test run with a segmentation fault; here 300 readers are stopped at random moments while
+    another connection keeps committing, so reads are always under way."""
+    settings = make_settings(tmp_path)
+    writer = Database(settings)
+    await writer.create_schema()
+    await seed_demo(writer)
+    alice = await user_id_of(writer, "alice")
+    assert alice is not None
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:
+        while not stop.is_set():
+            await holds.place(writer, alice, "busy", 30)
+            await holds.release(writer, alice)
+
+    writing = asyncio.create_task(keep_writing())
+    delivered = 0
+    try:
+        for n in range(300):
+
+            async def resync() -> None:
+                return None
+
+            reader = feed.Reader(
+                str(tmp_path / "hub.db"), "reader", lambda _: None, resync, poll_s=0.0
+            )
+            task = asyncio.create_task(reader.run_forever())
+            await asyncio.sleep(0.001 * (n % 7))
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert reader._connection is None
+            delivered += reader.delivered
+    finally:
+        stop.set()
+        await writing
+        await writer.dispose()
+    assert delivered > 0  # the readers were reading

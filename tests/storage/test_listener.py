@@ -186,6 +186,76 @@ async def test_rows_collected_before_the_listener_read_them_cost_a_resync() -> N
         await state.delivered_all([change(1, 2)])
 
 
+async def test_the_row_of_a_transaction_in_flight_at_the_last_look_is_no_gap_unseen() -> None:
+    """A transaction in flight at the listener's last look commits while the listener is
+    away, and only its row is collected: the listener resyncs (its row was below the last
+    look's xmax, among the transactions then in flight)."""
+    async with listening() as state:
+        late = await asyncpg.connect(state.url.replace("+asyncpg", ""))
+        try:
+            transaction = late.transaction()
+            await transaction.start()
+            await late.execute(INSERT_ROW, WRITER, msgspec.json.encode([change(1, 1)]).decode())
+            looks = state.listener.looks
+            state.listener.wake()
+            await wait_until(lambda: state.listener.looks > looks, WITHIN_S, "a look")
+            await state.relay.down()
+            await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+            await transaction.commit()
+        finally:
+            await late.close()
+        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
+        try:
+            assert await feed.collect(collector) == 1
+        finally:
+            await collector.dispose()
+        await state.relay.up()
+        await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
+
+
+async def test_a_transaction_left_open_costs_no_resync_and_holds_its_rows_back() -> None:
+    """A transaction left open (another app's, an idle session) is in every look's flight
+    list: rows committed after it began are not collected while it is open (the horizon is
+    below it), so no look ever takes it for a gap."""
+    async with listening() as state:
+        await state.commit(change(1, 1))
+        await state.delivered_all([change(1, 1)])
+        idle = await asyncpg.connect(state.url.replace("+asyncpg", ""))
+        try:
+            transaction = idle.transaction()
+            await transaction.start()
+            await idle.execute("SELECT pg_current_xact_id()")  # it has an id: in flight
+            await state.commit(change(1, 2))
+            await state.delivered_all([change(1, 1), change(1, 2)])
+            collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
+            try:
+                assert await feed.collect(collector) == 1  # the row from before it began
+            finally:
+                await collector.dispose()
+            for version in (3, 4):
+                await state.commit(change(1, version))
+            await state.delivered_all([change(1, v) for v in (1, 2, 3, 4)])
+            assert state.resyncs == 1
+            await transaction.rollback()
+        finally:
+            await idle.close()
+
+
+async def test_the_collection_keeps_rows_committed_after_its_horizon() -> None:
+    """Given the xmin noted a retention ago, the collection keeps the rows of transactions
+    that ended since, however old their created_at: a row is collected only once its
+    transaction ended a retention ago."""
+    async with listening() as state:
+        horizon = await state.database.read(feed._xmin)
+        await state.commit(change(1, 1))
+        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
+        try:
+            assert await feed.collect(collector, horizon=horizon) == 0
+            assert await feed.collect(collector) == 1
+        finally:
+            await collector.dispose()
+
+
 async def test_an_absence_whose_rows_are_still_there_costs_no_resync() -> None:
     """The same absence with a collection that finds nothing old enough: no resync."""
     async with listening() as state:

@@ -21,6 +21,11 @@ from tests.support.recording import Change, History, HoldWindow
 __all__ = ["HostChanges"]
 
 HOLD_TTL_S = 5.0  # a hold whose release was never answered ends by then
+CALL_TIMEOUT_S = 5.0
+# After a call whose answer was lost, it may still land for about this long (the hub gives up
+# on the database after its timeout, but a commit already sent can land later): the user is
+# left alone until then, so no late release or placement blurs a later window.
+UNSURE_S = CALL_TIMEOUT_S + HOLD_TTL_S + 1.0
 
 
 class HostChanges:
@@ -40,15 +45,24 @@ class HostChanges:
         self.counts: dict[str, int] = {}
         self._renames = 0
         self._hosts: dict[str, AsyncHostClient] = {}
+        self._unsure_until: dict[int, float] = {}
+        # Per platform, the renames answered (version, name), and those never answered.
+        self._named: dict[int, list[tuple[int, str]]] = {}
+        self._unsure_names: set[int] = set()
 
     async def run(self, stop: asyncio.Event, hold_share: float = 0.3) -> dict[str, int]:
         """Make changes one after another until ``stop`` is set; return what was done."""
         async with contextlib.AsyncExitStack() as stack:
             for url in self.urls:
-                client = AsyncHostClient(url, self.api_key, timeout=5)
+                client = AsyncHostClient(url, self.api_key, timeout=CALL_TIMEOUT_S)
                 self._hosts[url] = await stack.enter_async_context(client)
             while not stop.is_set():
-                user = self.random.choice(sorted(self.users))
+                now = time.monotonic()
+                sure = [u for u in sorted(self.users) if self._unsure_until.get(u, 0) <= now]
+                if not sure:
+                    await asyncio.sleep(0.1)
+                    continue
+                user = self.random.choice(sure)
                 if self.random.random() < hold_share:
                     await self._hold(user)
                 else:
@@ -68,6 +82,7 @@ class HostChanges:
                 if error.code == "unreachable":
                     continue
                 self._count(f"{make}: {error.code}")
+                self._unsure_until[user] = time.monotonic() + UNSURE_S
                 return sent, None
         self._count(f"{make}: no process answered")
         return time.monotonic(), None
@@ -78,19 +93,23 @@ class HostChanges:
         change = PlatformUpdate(name=f"Renamed {self._renames}")
         sent, answer = await self._call("change_platform", user, platform, change)
         recorded = Change(f"rename {self._renames}", sent)
-        if answer is not None:
+        if answer is None:
+            self._unsure_names.add(platform)
+        else:
             state = answer.state  # type: ignore[attr-defined]
             recorded.answered, recorded.version, recorded.active = (
                 time.monotonic(),
                 state.version,
                 state.active,
             )
+            self._named.setdefault(platform, []).append((state.version, change.name or ""))
             self._count("renamed")
         self.history.user(user).changes.append(recorded)
 
     async def _hold(self, user: int) -> None:
         placing, answer = await self._call("hold", user, "a job", HOLD_TTL_S)
-        hold = HoldWindow(placing, time.monotonic() if answer is not None else float("inf"))
+        returned = time.monotonic()
+        hold = HoldWindow(placing, returned if answer is not None else float("inf"))
         self.history.user(user).holds.append(hold)
         await asyncio.sleep(0.05)
         # Released until a process answers, so the window closes for the checker. The hold is
@@ -102,10 +121,28 @@ class HostChanges:
             hold.releasing = min(hold.releasing, releasing)
             if answer is not None:
                 hold.released = time.monotonic()
+                if hold.placed == float("inf"):  # a lost placement may land after this
+                    hold.released = max(hold.released, returned + UNSURE_S)
                 self._count("held and released")
                 return
             await asyncio.sleep(0.1)
-        hold.released = placing + HOLD_TTL_S + 1.0  # its TTL ended it (with slack)
+        hold.released = returned + UNSURE_S  # its TTL ended it, however late it landed
+
+    async def lost_renames(self, url: str) -> list[str]:
+        """Compare each renamed platform's stored name, read through ``url``, with its last
+        acknowledged rename (a platform with a rename never answered is left out)."""
+        lost = []
+        async with AsyncHostClient(url, self.api_key, timeout=CALL_TIMEOUT_S) as host:
+            for name, platforms in self.users.values():
+                stored = {p.id: p.name for p in (await host.platforms(name)).platforms}
+                for platform in platforms:
+                    named = self._named.get(platform)
+                    if not named or platform in self._unsure_names:
+                        continue
+                    last = max(named)[1]
+                    if stored.get(platform) != last:
+                        lost.append(f"platform {platform}: {stored.get(platform)!r}, not {last!r}")
+        return lost
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

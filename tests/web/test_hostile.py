@@ -513,3 +513,19 @@ def test_a_wildcard_or_null_allowed_origin_is_refused_at_start(origins: str) -> 
     cookies: the settings refuse it, saying why."""
     with pytest.raises(ValueError, match="may not hold"):
         Settings.from_environ({"HUB_ALLOWED_ORIGINS": origins})
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "HUB_MESSAGES_PER_SECOND",
+        "HUB_LOGIN_FAILURE_RATE",
+        "HUB_MESSAGE_BURST",
+        "HUB_LOGIN_FAILURE_BURST",
+    ],
+)
+def test_a_rate_limit_of_zero_is_refused_at_start(variable: str) -> None:
+    """A rate of 0 would divide by zero in the first shared bucket (a token every 1/0 s), and a
+    burst of 0 would refuse everything: the settings refuse both at start."""
+    with pytest.raises(ValueError, match="must be"):
+        Settings.from_environ({variable: "0"})
