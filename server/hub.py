@@ -14,7 +14,7 @@ from typing import Protocol
 
 from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
-from server.events import Event, HoldChanged, SessionsEnded, StateChanged, shard_of
+from server.events import Event, HoldChanged, SessionsEnded, StateChanged
 from server.limits import Bucket, Cooldown, SharedBuckets, TokenBuckets
 from server.logs import bound
 from server.protocol import (
@@ -38,7 +38,7 @@ from server.protocol import (
     decode,
     encode,
 )
-from server.rooms import Room, SessionIndex
+from server.rooms import Interest, Room, SessionIndex
 from server.rules import Accepted, Decision, Refused, SessionGone, describe
 from server.tab import Tab, Transport
 
@@ -104,10 +104,8 @@ class Hub:
         self._coalesced_gone = 0
         self.sessions_ended: dict[str, int] = {}
         self._rooms: dict[int, Room] = {}
-        # How many users with tabs here each feed shard has (server/events.py): the shards
-        # this process reads other processes' changes of. Told when a shard gets its first.
-        self._shards: dict[int, int] = {}
-        self.on_new_shard: Callable[[], None] | None = None
+        # The feed shards of the users with tabs here: those this process reads.
+        self.interest = Interest()
         # The same tabs by login session, so session events cost O(tabs of the session).
         self._sessions = SessionIndex()
         # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
@@ -414,16 +412,9 @@ class Hub:
             return RejectReason.RATE_LIMITED
         return None
 
-    def hosted_shards(self) -> list[int]:
-        """Return the feed shards of the users with tabs here."""
-        return list(self._shards)
-
     def _open_room(self, user_id: int) -> Room:
         room = self._rooms[user_id] = Room()
-        shard = shard_of(user_id)
-        self._shards[shard] = self._shards.get(shard, 0) + 1
-        if self._shards[shard] == 1 and self.on_new_shard is not None:
-            self.on_new_shard()
+        self.interest.add(user_id)
         return room
 
     def _forget_if_empty(self, user_id: int) -> None:
@@ -431,10 +422,7 @@ class Hub:
         if room is not None and not room.tabs:
             room.cancel_timer()
             del self._rooms[user_id]
-            shard = shard_of(user_id)
-            self._shards[shard] -= 1
-            if not self._shards[shard]:
-                del self._shards[shard]
+            self.interest.remove(user_id)
 
 
 _PONG = encode(Pong())

@@ -3,13 +3,16 @@
 A room holds one user's tabs on this process, the newest state published to them and the
 hold in force; it fans a state or a hold out to every tab without waiting for any. The
 session index finds the tabs of one login session in O(its tabs), for the session notices.
+The interest counts the feed shards of the users with rooms here, for the backplane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 
+from server.events import shard_of
 from server.protocol import (
     Cause,
     CloseCode,
@@ -24,7 +27,7 @@ from server.protocol import (
 )
 from server.tab import Tab
 
-__all__ = ["Room", "SessionIndex"]
+__all__ = ["Interest", "Room", "SessionIndex"]
 
 
 class Room:
@@ -140,3 +143,29 @@ class SessionIndex:
             tab.expires_at = expires_at
             if tab.warned_for is not None and tab.warned_for != expires_at:
                 tab.warned_for = None
+
+
+class Interest:
+    """The feed shards (server/events.py) of the users with rooms here, counted by user: the
+    shards whose changes this process reads. ``on_new`` is told when a shard gets its first
+    user (the backplane LISTENs on it)."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, int] = {}
+        self.on_new: Callable[[], None] | None = None
+
+    def add(self, user_id: int) -> None:
+        shard = shard_of(user_id)
+        self._users[shard] = self._users.get(shard, 0) + 1
+        if self._users[shard] == 1 and self.on_new is not None:
+            self.on_new()
+
+    def remove(self, user_id: int) -> None:
+        shard = shard_of(user_id)
+        self._users[shard] -= 1
+        if not self._users[shard]:
+            del self._users[shard]
+
+    def shards(self) -> list[int]:
+        """Return the shards of the users with rooms here."""
+        return list(self._users)

@@ -103,9 +103,10 @@ class Listener:
     to ``deliver``; reconnect and read on after a loss.
 
     ``hosted`` returns the shards of the users with tabs here; ``wake`` must be called when it
-    gains one (Hub.on_new_shard). ``resync`` runs after the first look, and whenever rows this
-    process had not read were collected (it was away longer than the feed keeps them), a row
-    could not be read or ``deliver`` failed; until it succeeds it is tried again.
+    gains one (server/rooms.py's Interest.on_new). ``resync`` runs after the first look, and
+    whenever rows this process had not read were collected (it was away longer than the feed
+    keeps them), a row could not be read or ``deliver`` failed; until it succeeds it is tried
+    again.
 
     Delivery is at least once and in commit order per user: a look that fails part-way is
     read again whole after the reconnection (versions make a repeated state harmless).

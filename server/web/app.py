@@ -66,12 +66,12 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             database.origin,
             hub.apply,
             hub.resync,
-            hosted=hub.hosted_shards,
+            hosted=hub.interest.shards,
             backoff_s=settings.backplane_backoff_s,
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe
-            hub.on_new_shard = listener.wake
+            hub.interest.on_new = listener.wake
         reader = feed.reader_for(
             settings.database_url,
             database.origin,

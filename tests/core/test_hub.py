@@ -110,7 +110,7 @@ async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one
     second, _ = store.add_user([("Pixelfed", True)])
     hub = Hub(store)
     told: list[list[int]] = []
-    hub.on_new_shard = lambda: told.append(sorted(hub.hosted_shards()))
+    hub.interest.on_new = lambda: told.append(sorted(hub.interest.shards()))
     tabs = []
     try:
         for user, name in ((first, "a"), (first, "b"), (second, "c")):
@@ -125,14 +125,14 @@ async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one
                 )
             )
         shards = sorted({shard_of(first), shard_of(second)})
-        assert sorted(hub.hosted_shards()) == shards
+        assert sorted(hub.interest.shards()) == shards
         assert told == ([[shard_of(first)], shards] if len(shards) == 2 else [shards])
         await hub.leave(tabs[0])
-        assert sorted(hub.hosted_shards()) == shards  # "b" still has tabs of the first user
+        assert sorted(hub.interest.shards()) == shards  # "b" still has tabs of the first user
         await hub.leave(tabs[1])
-        assert hub.hosted_shards() == [shard_of(second)]
+        assert hub.interest.shards() == [shard_of(second)]
         await hub.leave(tabs[2])
-        assert hub.hosted_shards() == []
+        assert hub.interest.shards() == []
     finally:
         await hub.close()
         await store.close()
