@@ -310,6 +310,12 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def mark(name: str) -> None:
+    """Tell the bench (a line on stdout) where the measured phase starts and ends, so it reads
+    the target's CPU over the phase alone, not over the connects before it."""
+    print(json.dumps({"mark": name}), flush=True)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     tokens: dict[str, str] | None = args.token_map
     users = [int(u) for u in tokens] if tokens else list(range(1, args.users + 1))
@@ -325,6 +331,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     # What exists now lives for the whole run: keep it out of the collector's way, so
     # the generator's own pauses do not pass for the target's latency.
     gc.freeze()
+    mark("start")  # the phase's window starts: the bench reads the target's CPU now
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     if args.mode == "rate":
@@ -350,6 +357,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(driver(u) for u in users))
     elapsed = time.perf_counter() - started
     await asyncio.sleep(1.0)  # let the last states arrive
+    mark("end")  # and ends, with the deliveries counted
     deliveries = sum(tab.deliveries for tab in run.tabs)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     result = {

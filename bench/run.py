@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -157,15 +157,46 @@ def load_command(target: Target, users: int, tabs: int, **mode: Any) -> list[str
     return command
 
 
-def load(target: Target, args: argparse.Namespace, **mode: Any) -> dict[str, Any]:
+def load(
+    target: Target,
+    args: argparse.Namespace,
+    *,
+    pids: Sequence[int] = (),
+    **mode: Any,
+) -> dict[str, Any]:
+    """Run one phase of the load generator; return its result, with the CPU each of ``pids``
+    used over the phase itself (from its start mark to its end mark: not the connects before
+    it) as ``phase_cpu_s``, and that window's length as ``phase_window_s``."""
     command = load_command(target, args.users, args.tabs, duration=args.duration, **mode)
-    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if output.returncode != 0:
+    marks: dict[str, tuple[float, list[float]]] = {}
+    # stderr to a file: a generator that logs much would block on a full pipe unread.
+    with (
+        tempfile.TemporaryFile("w+") as stderr,
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True
+        ) as process,
+    ):
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            found = json.loads(line) if line.startswith("{") else None
+            if isinstance(found, dict) and "mark" in found:
+                marks[found["mark"]] = (time.monotonic(), [cpu_seconds(p) for p in pids])
+            else:
+                lines.append(line)
+        process.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    if process.returncode != 0:
         raise RuntimeError(
-            f"the load generator exited with {output.returncode}: {' '.join(command)}\n"
-            f"{output.stderr.strip()[-4000:]}"
+            f"the load generator exited with {process.returncode}: {' '.join(command)}\n"
+            f"{errors.strip()[-4000:]}"
         )
-    result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
+    if pids and {"start", "end"} <= set(marks):
+        (t0, cpu0), (t1, cpu1) = marks["start"], marks["end"]
+        result["phase_cpu_s"] = [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)]
+        result["phase_window_s"] = round(t1 - t0, 2)
     return result
 
 

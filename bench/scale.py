@@ -134,9 +134,8 @@ async def bystanders(count: int, args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(args.duration)
                 idle = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
                 target = Target(f"ws://127.0.0.1:{processes[0].port}/ws", pids[0], str(busy_tokens))
-                before = [cpu_seconds(pid) for pid in pids]
-                phase = await asyncio.to_thread(load, target, args, mode="saturate")
-                used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+                phase = await asyncio.to_thread(load, target, args, mode="saturate", pids=pids)
+                used = phase["phase_cpu_s"]
                 seen = [(await p.health())["backplane"] for p in processes[1:]]
             finally:
                 await asyncio.to_thread(release, idlers)
@@ -144,8 +143,8 @@ async def bystanders(count: int, args: argparse.Namespace) -> dict[str, Any]:
                     process.stop()
     accepted = phase["accepted"]
     hosting = used[0] / accepted
-    # The load phase lasts a little longer than its duration (connects, the last second).
-    scale = phase["elapsed_s"] / args.duration
+    # The phase's window (its duration and the last second) against the idle window's length.
+    scale = phase["phase_window_s"] / args.duration
     extra = [max(0.0, u - i * scale) for u, i in zip(used[1:], idle[1:], strict=True)]
     per_change = statistics.mean(extra) / accepted if extra else None
     result = {
@@ -185,9 +184,11 @@ async def measure(engine: str, count: int, args: argparse.Namespace) -> dict[str
     result: dict[str, Any] = {"engine": engine, "processes": count}
     async with hubs(engine, count, args.users) as (target, pids):
         for label, mode in (("rate", {"mode": "rate", "rate": args.rate}), ("saturate", {})):
-            cpu = sum(cpu_seconds(pid) for pid in pids)
-            phase = await asyncio.to_thread(load, target, args, **(mode or {"mode": "saturate"}))
-            phase["hub_cpu_s"] = round(sum(cpu_seconds(pid) for pid in pids) - cpu, 2)
+            phase = await asyncio.to_thread(
+                load, target, args, pids=pids, **(mode or {"mode": "saturate"})
+            )
+            # Over the phase alone (its start and end marks), not the connects before it.
+            phase["hub_cpu_s"] = round(sum(phase["phase_cpu_s"]), 2)
             deliveries = phase["deliveries_per_s"] * phase["elapsed_s"]
             phase["hub_cpu_s_per_1000_deliveries"] = (
                 round(1000 * phase["hub_cpu_s"] / deliveries, 3) if deliveries else None
@@ -220,22 +221,24 @@ def table(results: list[dict[str, Any]], rate: int) -> str:
 def projection(results: list[dict[str, Any]]) -> str:
     """Deliveries a second with a core (or what one process used here) per process.
 
-    D(N) = N x U / c(N): U is the CPU one process used per second at saturation here (its
-    event loop and its database threads), c(N) the hub CPU per delivery measured with N
-    processes. For N = 1 it gives back the measured figure, by construction; what it adds is
-    how the cost per delivery grows with N. Past the largest N measured, c grows no further
-    (an assumption, stated beside the figure).
+    D(N) = N x U / c(N): U is the CPU one process used per second of the saturated phase
+    here, c(N) the hub CPU per delivery measured with N processes, both over the phase alone
+    (bench/load.py marks its start and end; the connects before it are not counted). For
+    N = 1 it gives back the measured figure by construction (over the phase's window, which
+    includes its last second); what it adds is how the cost per delivery grows with N.
     """
     pg = sorted((r for r in results if r["engine"] == "postgresql"), key=lambda r: r["processes"])
     if not pg:
         return "(not measured)"
     one = pg[0]["saturate"]
-    used = one["hub_cpu_s"] / one["elapsed_s"]
+    used = one["hub_cpu_s"] / one.get("phase_window_s", one["elapsed_s"])
     lines = [
-        f"One process used {used:.2f} CPU-s a second at saturation (its event loop and its "
-        "database threads). With that much for each process (PostgreSQL, the proxy and the "
-        "clients elsewhere), N processes deliver D(N) = N x U / c(N), c(N) being the hub CPU "
-        "per delivery measured with N processes:",
+        f"One process used {used:.2f} CPU-s a second of the saturated phase (the connects "
+        "before it not counted). With that much for each process (PostgreSQL, the proxy and "
+        "the clients elsewhere), N processes deliver D(N) = N x U / c(N), c(N) being the hub "
+        "CPU per delivery measured with N processes. For one process this gives back the "
+        "measured figure by construction (over the phase's window, its last second "
+        "included); what it shows is what each added process costs when tabs are spread:",
         "",
     ]
     for r in pg:

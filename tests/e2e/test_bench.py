@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import scale
-from bench.run import ceiling, idle_memory, load, load_command, peer
+from bench.run import ceiling, idle_memory, load, peer
 from tests.support.postgres import require_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_the_load_generator_measures_the_ceiling_and_the_peer(start: object) -> None:
     """Both protocols: every switch is answered and every accepted one reaches every tab."""
     async with start(5) as target:  # type: ignore[operator]
+        args = argparse.Namespace(users=5, tabs=3, duration=0.5)
         for mode in ("rate", "saturate"):
-            command = load_command(target, 5, 3, duration=0.5, mode=mode, rate=100, warmup=0)
-            done = await asyncio.to_thread(
-                subprocess.run, command, cwd=ROOT, capture_output=True, text=True, check=True
+            result = await asyncio.to_thread(
+                load, target, args, pids=[target.pid], mode=mode, rate=100, warmup=0
             )
-            result = json.loads(done.stdout)
             assert result["tabs"] == 15 and result["accepted"] > 0, result
+            # The target's CPU over the phase alone, between the generator's marks.
+            assert len(result["phase_cpu_s"]) == 1 and result["phase_window_s"] >= 0.5, result
             assert result["unanswered"] == 0 and result["closed"] == {}, result
             # Every accepted switch reached all three tabs of its user: a latency exists.
             assert result["p50_ms"] == result["p50_ms"] and result["p50_ms"] >= 0, result
