@@ -51,6 +51,15 @@ class Listening:
         """Commit ``events`` as one change, as another process's unit of work would."""
         await self.database.write(lambda c: backplane.stage(c, origin, list(events)))
 
+    async def collect_all(self, horizon: int | None = None) -> int:
+        """Collect the feed as a collector with a retention of 0 would: every row old enough
+        by ``horizon`` (default: of every transaction ended by now)."""
+        collector = Database(Settings(database_url=self.url, feed_retention_s=0.0))
+        try:
+            return await feed.collect(collector, horizon=horizon)
+        finally:
+            await collector.dispose()
+
     async def delivered_all(self, expected: Iterable[Event]) -> None:
         wanted = list(expected)
         await wait_until(
@@ -175,11 +184,7 @@ async def test_rows_collected_before_the_listener_read_them_cost_a_resync() -> N
         await state.relay.down()
         await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
         await state.commit(change(1, 1))
-        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
-        try:
-            assert await feed.collect(collector) == 1
-        finally:
-            await collector.dispose()
+        assert await state.collect_all() == 1
         await state.relay.up()
         await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
         await state.commit(change(1, 2))
@@ -204,11 +209,7 @@ async def test_the_row_of_a_transaction_in_flight_at_the_last_look_is_no_gap_uns
             await transaction.commit()
         finally:
             await late.close()
-        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
-        try:
-            assert await feed.collect(collector) == 1
-        finally:
-            await collector.dispose()
+        assert await state.collect_all() == 1
         await state.relay.up()
         await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the resync")
 
@@ -227,11 +228,7 @@ async def test_a_transaction_left_open_costs_no_resync_and_holds_its_rows_back()
             await idle.execute("SELECT pg_current_xact_id()")  # it has an id: in flight
             await state.commit(change(1, 2))
             await state.delivered_all([change(1, 1), change(1, 2)])
-            collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
-            try:
-                assert await feed.collect(collector) == 1  # the row from before it began
-            finally:
-                await collector.dispose()
+            assert await state.collect_all() == 1  # the row from before it began
             for version in (3, 4):
                 await state.commit(change(1, version))
             await state.delivered_all([change(1, v) for v in (1, 2, 3, 4)])
@@ -248,12 +245,8 @@ async def test_the_collection_keeps_rows_committed_after_its_horizon() -> None:
     async with listening() as state:
         horizon = await state.database.read(feed._xmin)
         await state.commit(change(1, 1))
-        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
-        try:
-            assert await feed.collect(collector, horizon=horizon) == 0
-            assert await feed.collect(collector) == 1
-        finally:
-            await collector.dispose()
+        assert await state.collect_all(horizon) == 0
+        assert await state.collect_all() == 1
 
 
 async def test_an_absence_whose_rows_are_still_there_costs_no_resync() -> None:
@@ -277,14 +270,10 @@ async def test_a_resync_slower_than_a_look_may_take_completes() -> None:
 
     async with listening(look_timeout_s=0.5) as state:
         state.on_resync = slow
-        collector = Database(Settings(database_url=state.url, feed_retention_s=0.0))
-        try:
-            await state.relay.down()
-            await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
-            await state.commit(change(1, 1))
-            await feed.collect(collector)
-        finally:
-            await collector.dispose()
+        await state.relay.down()
+        await wait_until(lambda: not state.listener.connected.is_set(), WITHIN_S, "the loss")
+        await state.commit(change(1, 1))
+        assert await state.collect_all() == 1
         await state.relay.up()
         await wait_until(lambda: state.resyncs == 2, WITHIN_S, "the slow resync")
         await wait_until(state.listener.connected.is_set, WITHIN_S, "serving again")
