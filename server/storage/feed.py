@@ -57,11 +57,11 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[Event])
 _APPEND = insert(db.changes)
-# On PostgreSQL each row names its transaction (server/storage/backplane.py reads by it).
 # The oldest transaction still running, as a bigint: every one below it has ended.
 _XMIN: ColumnElement[int] = literal_column(
     "pg_snapshot_xmin(pg_current_snapshot())::text::bigint", BigInteger()
 )
+# On PostgreSQL each row names its transaction (server/storage/backplane.py reads by it).
 _APPEND_TX = insert(db.changes).values(tx=literal_column("pg_current_xact_id()::text::bigint"))
 _BATCH = 500  # rows read at once
 _COLLECT_CHUNK = 2000  # rows deleted per write transaction
@@ -228,8 +228,7 @@ class Reader:
             # On the reader's own thread, after any read still running there: a look
             # cancelled mid-read (at shutdown) leaves its thread reading on, and closing the
             # connection under it crashed the process (a segmentation fault in sqlite3).
-            closing = asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-            await asyncio.shield(closing)
+            await asyncio.shield(self._in_thread(self._close))
             self._thread.shutdown(wait=False)
 
     async def step(self) -> None:
