@@ -3,14 +3,17 @@
 Each process delivers its own changes to its tabs itself. Every commit also writes its events
 to the change feed (server/storage/feed.py), a row per shard of the users it changed
 (server/events.py), in its own transaction; ``stage`` does that and wakes the processes that
-read those shards: a NOTIFY on each shard's channel (``hub_feed_<n>``) carrying only the
-committer's origin, so it can ignore its own. A wake-up carries no change: no payload limit
-bounds a change, and a lost wake-up costs latency, never a change.
+read those shards: a NOTIFY on each shard's channel (``hub_feed_<n>``) carrying the
+committer's origin, so it can ignore its own, and the ids of the shard's users it changed (up
+to ``HINT_USERS`` of them), so a process with none of their tabs need not look. A wake-up
+carries no change: no payload limit bounds a change, and a lost wake-up costs latency, never
+a change.
 
 Each process (``Listener``) LISTENs, on a connection of its own, on the channels of the shards
 of the users with tabs on it, and after a wake-up reads the feed's new rows of those shards
 under one snapshot: one statement's (one round trip), or past a page of rows one REPEATABLE
-READ transaction's. New rows are told by transaction ids, not positions (a position
+READ transaction's; a process with at most ``USER_FILTER_MAX`` users reads only their rows
+(each row lists its users). New rows are told by transaction ids, not positions (a position
 is drawn at insert, so a row can commit after a higher one): each look keeps its snapshot's
 ``xmax`` and the transactions it saw in flight (``xip``), and the next look reads the rows of
 transactions at or above that ``xmax`` or among those in flight. Those are exactly the rows
@@ -31,7 +34,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 import asyncpg
@@ -50,9 +53,16 @@ CHANNEL = "hub_feed"
 # it off to measure what NOTIFY costs a commit (it takes a lock held to the commit's end).
 WAKE = True
 _NOTIFY = text(
-    "SELECT pg_notify(CAST(:prefix AS text) || shard, :origin)"
-    " FROM unnest(CAST(:shards AS int[])) AS shard"
+    "SELECT pg_notify(CAST(:prefix AS text) || t.shard, t.payload)"
+    " FROM unnest(CAST(:shards AS int[]), CAST(:payloads AS text[])) AS t(shard, payload)"
 )
+# A wake-up names the users of its shard that the commit changed, when they are this few (a
+# batch of switches spreads a few over each shard); past that it names none, and wakes every
+# reader of the shard.
+HINT_USERS = 32
+# A process with at most this many users reads only their rows; one with more reads whole
+# shards (most rows are its users', and the list would cost more than it saves).
+USER_FILTER_MAX = 1000
 # A look's snapshot: its xmax, the transactions in flight (as bigints), and the highest
 # transaction whose rows the feed's collection deleted (server/storage/feed.py).
 _SNAPSHOT = (
@@ -62,12 +72,13 @@ _SNAPSHOT = (
     " FROM pg_current_snapshot() AS s"
 )
 _PAGE = 500
-_NEW = (  # the rows of hosted shards committed since the last look, not this process's
+_NEW = (  # the rows of hosted shards committed since the last look, not this process's, and
+    # of hosted users when $5 lists them (rows of an older hub list none: read by all)
     "SELECT position, events, created_at FROM changes"
     " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
-    " AND origin <> $4"
+    " AND origin <> $4 AND ($5::bigint[] IS NULL OR users IS NULL OR users && $5::bigint[])"
 )
-_ROWS = f"{_NEW} AND position > $5 ORDER BY position LIMIT {_PAGE}"
+_ROWS = f"{_NEW} AND position > $6 ORDER BY position LIMIT {_PAGE}"
 # The common look in one statement, so one round trip: the statement's own snapshot (a
 # READ COMMITTED statement reads under one, and pg_current_snapshot() returns it) and the new
 # rows under it, at least one row (the snapshot's, with a null position when nothing is new).
@@ -95,18 +106,28 @@ def stage(connection: Connection, origin: str, events: Iterable[Event]) -> None:
     """
     shards = feed.append(connection, origin, list(events))
     if shards and WAKE and connection.dialect.name == "postgresql":
-        connection.execute(_NOTIFY, {"prefix": CHANNEL + "_", "origin": origin, "shards": shards})
+        payloads = [
+            " ".join([origin, *map(str, users)]) if len(users) <= HINT_USERS else origin
+            for users in shards.values()
+        ]
+        connection.execute(
+            _NOTIFY, {"prefix": CHANNEL + "_", "shards": list(shards), "payloads": payloads}
+        )
 
 
 class Listener:
     """Read what other processes committed, for the shards hosted here, and hand every event
     to ``deliver``; reconnect and read on after a loss.
 
-    ``hosted`` returns the shards of the users with tabs here; ``wake`` must be called when it
-    gains one (server/rooms.py's Interest.on_new). ``resync`` runs after the first look, and
-    whenever rows this process had not read were collected (it was away longer than the feed
-    keeps them), a row could not be read or ``deliver`` failed; until it succeeds it is tried
-    again.
+    ``hosted`` returns the shards of the users with tabs here, and ``users`` (when given) those
+    users: a live collection, for ``in``. ``joined`` must be called when a user gains a first
+    tab here (server/rooms.py's Interest.on_join). With ``users``, a wake-up that names only
+    other users is passed over (their rows are read by no look: a user that joins later reads
+    its state after they committed), and a look reads only the rows of hosted users.
+
+    ``resync`` runs after the first look, and whenever rows this process had not read were
+    collected (it was away longer than the feed keeps them), a row could not be read or
+    ``deliver`` failed; until it succeeds it is tried again.
 
     Delivery is at least once and in commit order per user: a look that fails part-way is
     read again whole after the reconnection (versions make a repeated state harmless).
@@ -120,13 +141,14 @@ class Listener:
         resync: Callable[[], Awaitable[object]],
         *,
         hosted: Callable[[], Iterable[int]] = lambda: (),
+        users: Callable[[], Collection[int]] | None = None,
         backoff_s: float = 0.1,
         backoff_max_s: float = 2.0,
         look_timeout_s: float = 10.0,
         look_every_s: float = 5.0,
     ) -> None:
         self.dsn, self.origin = dsn, origin
-        self.deliver, self.resync, self.hosted = deliver, resync, hosted
+        self.deliver, self.resync, self.hosted, self.users = deliver, resync, hosted, users
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.look_timeout_s = look_timeout_s
         # A look at least this often without a wake-up: a connection that stalls without
@@ -137,6 +159,7 @@ class Listener:
         self.resyncs = 0
         self.looks = 0
         self.delivered = 0  # events of other processes handed over
+        self.passed = 0  # wake-ups passed over: they named none of the users here
         # Told the seconds from each row's commit (on the sender's clock) to its delivery.
         self.on_lag: Callable[[float], None] | None = None
         self.backend_pid: int | None = None  # of the listening connection, for tests
@@ -147,11 +170,26 @@ class Listener:
         self._wake = asyncio.Event()
         self._listening: set[int] = set()
         self._generation = 0  # counts wake(): shards newly hosted
+        self._joined = 0  # counts joined(): users newly hosted
 
     def wake(self) -> None:
         """Look at the feed soon: a shard is newly hosted here."""
         self._generation += 1
         self._wake.set()
+
+    def joined(self, new_shard: bool) -> None:
+        """A user gained a first tab here (``new_shard``: the first of its shard): a look in
+        flight may have left its rows out, and a new shard is listened to at the next look."""
+        self._joined += 1
+        if new_shard:
+            self.wake()
+
+    def _user_filter(self) -> list[int] | None:
+        """The users whose rows a look reads; None: every user of the hosted shards."""
+        if self.users is None:
+            return None
+        users = self.users()
+        return sorted(users) if len(users) <= USER_FILTER_MAX else None
 
     async def run_forever(self) -> None:
         """Listen and read until cancelled, reconnecting with jittered backoff on a loss."""
@@ -233,24 +271,26 @@ class Listener:
         for shard in self._listening - hosted:
             await connection.remove_listener(channel(shard), self._woken)
         self._listening = hosted
-        generation = self._generation
-        shards = sorted(hosted)
+        generation, joined = self._generation, self._joined
+        shards, users = sorted(hosted), self._user_filter()
         if self._xmax is None or not shards:
             found = [await connection.fetchrow(_SNAPSHOT)]
         else:
-            found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin)
+            found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin, users)
         xmax, xip = found[0]["xmax"], found[0]["xip"]
         if self._gap(found[0]["collected"]):
             pass  # start afresh from here, resynced
         elif self._xmax is not None and shards:
             rows = [row for row in found if row["position"] is not None]
-            if len(rows) < _PAGE and generation == self._generation:
+            came = generation != self._generation or (users is not None and joined != self._joined)
+            if len(rows) < _PAGE and not came:
                 for row in rows:
                     self._deliver(row)
             else:
-                # More than a page, or a shard came while the statement ran (its rows up to
-                # the snapshot may be newer than its first tab's state read): read it all
-                # again in one REPEATABLE READ snapshot, by pages, the shards asked after it.
+                # More than a page, or a shard or a user came while the statement ran (its
+                # rows up to the snapshot may be newer than its first tab's state read): read
+                # it all again in one REPEATABLE READ snapshot, by pages, the shards and users
+                # asked after it.
                 xmax, xip = await self._look_by_pages(connection)
         self._xmax, self._xip = xmax, list(xip)
         self.looks += 1
@@ -270,10 +310,11 @@ class Listener:
             # Asked after the snapshot: a shard that comes later has its rows up to here in
             # its first tab's state read, and the next look reads on from here.
             shards = [] if self._gap(snapshot["collected"]) else sorted(self.hosted())
+            users = self._user_filter()
             after = 0
             while shards:
                 rows = await connection.fetch(
-                    _ROWS, self._xmax, self._xip, shards, self.origin, after
+                    _ROWS, self._xmax, self._xip, shards, self.origin, users, after
                 )
                 for row in rows:
                     self._deliver(row)
@@ -302,9 +343,19 @@ class Listener:
             else:
                 self.delivered += 1
 
-    def _woken(self, _connection: Any, _pid: int, _channel: str, origin: str) -> None:
-        if origin != self.origin:
-            self._wake.set()
+    def _woken(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        origin, _, named = payload.partition(" ")
+        if origin == self.origin:
+            return
+        if named and self.users is not None:
+            hosted = self.users()
+            try:
+                if not any(int(user) in hosted for user in named.split()):
+                    self.passed += 1
+                    return
+            except ValueError:
+                pass  # not a list of ids: look
+        self._wake.set()
 
 
 def listener_for(
@@ -314,6 +365,7 @@ def listener_for(
     resync: Callable[[], Awaitable[object]],
     *,
     hosted: Callable[[], Iterable[int]] = lambda: (),
+    users: Callable[[], Collection[int]] | None = None,
     backoff_s: float = 0.1,
 ) -> Listener | None:
     """Return the listener a database needs: one on PostgreSQL, none on SQLite."""
@@ -326,5 +378,6 @@ def listener_for(
         deliver,
         resync,
         hosted=hosted,
+        users=users,
         backoff_s=backoff_s,
     )

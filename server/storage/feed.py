@@ -69,24 +69,27 @@ _COLLECT_CHUNK = 2000  # rows deleted per write transaction
 _LAST_POSITION = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
 
 
-def append(connection: Connection, origin: str, events: Sequence[Event]) -> list[int]:
+def append(connection: Connection, origin: str, events: Sequence[Event]) -> dict[int, list[int]]:
     """Append a committed change's events (nothing when there are none) in the transaction
-    open on ``connection``; return the shards they were written to.
+    open on ``connection``; return the shards they were written to, each with its users.
 
-    On PostgreSQL the events go in a row per shard of their users, so a process reads only
-    the shards of the users it has tabs of; on SQLite one process serves them all, and they
-    go in one row.
+    On PostgreSQL the events go in a row per shard of their users, each row listing its
+    users, so a process reads only the rows of the users it has tabs of; on SQLite one process
+    serves them all, and they go in one row (of shard 0).
     """
     if not events:
-        return []
+        return {}
     now = dt.datetime.now(dt.UTC)
     if connection.dialect.name != "postgresql":
         row = {"origin": origin, "events": _encoder.encode(events).decode(), "created_at": now}
         connection.execute(_APPEND, row)
-        return [0]
+        return {0: list(dict.fromkeys(event.user for event in events))}
     by_shard: dict[int, list[Event]] = {}
+    users: dict[int, dict[int, None]] = {}  # ordered sets
     for event in events:
-        by_shard.setdefault(shard_of(event.user), []).append(event)
+        shard = shard_of(event.user)
+        by_shard.setdefault(shard, []).append(event)
+        users.setdefault(shard, {})[event.user] = None
     connection.execute(
         _APPEND_TX,
         [
@@ -95,11 +98,12 @@ def append(connection: Connection, origin: str, events: Sequence[Event]) -> list
                 "events": _encoder.encode(listed).decode(),
                 "created_at": now,
                 "shard": shard,
+                "users": list(users[shard]),
             }
             for shard, listed in by_shard.items()
         ],
     )
-    return list(by_shard)
+    return {shard: list(listed) for shard, listed in users.items()}
 
 
 async def collect(database: db.Database, *, horizon: int | None = None) -> int:

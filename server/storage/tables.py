@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 __all__ = [
@@ -63,6 +65,9 @@ class _UTCDateTime(TypeDecorator[dt.datetime]):
 
 # BIGINT on PostgreSQL; plain INTEGER on SQLite, where only that makes a rowid primary key.
 _ID = BigInteger().with_variant(Integer, "sqlite")
+# BIGINT[] on PostgreSQL; SQLite has no arrays, and its feed never filters by user (one process
+# serves every user), so there the column stays empty.
+_USERS = postgresql.ARRAY(BigInteger).with_variant(JSON, "sqlite")
 
 
 def _id(name: str, *args: Any, **kwargs: Any) -> Column[int]:
@@ -178,7 +183,8 @@ holds = Table(
 # reused; a commit writes one row. On PostgreSQL a commit writes a row per shard of the users
 # it changed (server/events.py), and ``tx`` is its transaction's id (pg_current_xact_id()),
 # which is how a reader finds every row committed since its last look
-# (server/storage/backplane.py). Rows are collected after ``feed_retention_s``.
+# (server/storage/backplane.py), and ``users`` the users its events are of, so a reader skips
+# the rows of users it has no tab of. Rows are collected after ``feed_retention_s``.
 changes = Table(
     "changes",
     metadata,
@@ -188,6 +194,7 @@ changes = Table(
     _time("created_at", index=True),
     Column("tx", BigInteger, nullable=True, index=True),  # PostgreSQL only
     Column("shard", SmallInteger, nullable=False, server_default="0"),
+    Column("users", _USERS, nullable=True),  # PostgreSQL only
     sqlite_autoincrement=True,
 )
 

@@ -67,11 +67,12 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
             hub.apply,
             hub.resync,
             hosted=hub.interest.shards,
+            users=hub.interest.users,
             backoff_s=settings.backplane_backoff_s,
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe
-            hub.interest.on_new = listener.wake
+            hub.interest.on_join = listener.joined
         reader = feed.reader_for(
             settings.database_url,
             database.origin,

@@ -64,8 +64,10 @@ def _health(request: Request, code: int, status: str, reason: str | None = None)
             "listening": listener.connected.is_set(),
             "reconnects": listener.reconnects,
             "backend_pid": listener.backend_pid,
-            # Looks at the feed, events of other processes delivered, and resyncs, since start.
+            # Looks at the feed, wake-ups passed over (they named none of the users here),
+            # events of other processes delivered, and resyncs, since start.
             "looks": listener.looks,
+            "passed": listener.passed,
             "delivered": listener.delivered,
             "resyncs": listener.resyncs,
         }

@@ -103,14 +103,15 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
 
 
 async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one() -> None:
-    """The shards of the users with tabs here, kept as tabs come and go; the hook is told
-    when a shard gets its first user, and only then (the listener LISTENs on it)."""
+    """The users with tabs here and their shards, kept as tabs come and go; the hook is told
+    when a user gets its first tab, and whether its shard is new (the listener LISTENs on
+    it)."""
     store = MemoryStore()
     first, _ = store.add_user([("Pixelfed", True)])
     second, _ = store.add_user([("Pixelfed", True)])
     hub = Hub(store)
-    told: list[list[int]] = []
-    hub.interest.on_new = lambda: told.append(sorted(hub.interest.shards()))
+    told: list[tuple[list[int], bool]] = []
+    hub.interest.on_join = lambda new: told.append((sorted(hub.interest.users()), new))
     tabs = []
     try:
         for user, name in ((first, "a"), (first, "b"), (second, "c")):
@@ -126,13 +127,17 @@ async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one
             )
         shards = sorted({shard_of(first), shard_of(second)})
         assert sorted(hub.interest.shards()) == shards
-        assert told == ([[shard_of(first)], shards] if len(shards) == 2 else [shards])
+        # Told once per user, not per tab; the second user's shard is new unless shared.
+        assert told == [([first], True), (sorted([first, second]), len(shards) == 2)]
         await hub.leave(tabs[0])
         assert sorted(hub.interest.shards()) == shards  # "b" still has tabs of the first user
+        assert hub.interest.users() == {first, second}
         await hub.leave(tabs[1])
         assert hub.interest.shards() == [shard_of(second)]
+        assert hub.interest.users() == {second}
         await hub.leave(tabs[2])
         assert hub.interest.shards() == []
+        assert hub.interest.users() == set()
     finally:
         await hub.close()
         await store.close()

@@ -57,11 +57,13 @@ async def next_of(tab: ClientConnection, kind: str) -> dict[str, Any]:
 
 
 async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None:
-    """One transaction's events of users in two shards: a row per shard with its own events
-    and the transaction's id, and a wake-up carrying only the origin on each of those two
-    shards' channels, after the commit; none on another shard's channel, none for a rollback.
-    The events of 2,000 ended sessions fit, which a NOTIFY payload (8,000 bytes) could not."""
+    """One transaction's events of users in three shards: a row per shard with its own events,
+    its users and the transaction's id, and a wake-up on each of those shards' channels after
+    the commit, carrying the origin and the shard's users, or past HINT_USERS of them the
+    origin alone; none on another shard's channel, none for a rollback. The events of 2,000
+    ended sessions fit, which a NOTIFY payload (8,000 bytes) could not."""
     one, two = 1, 2 + SHARDS  # users in shards 1 and 2; 1 + SHARDS shares shard 1
+    crowd = [3 + SHARDS * n for n in range(backplane.HINT_USERS + 1)]  # in shard 3
     sessions_ended = SessionsEnded(
         user=two, sessions=list(range(10**6, 10**6 + 2000)), reason=SessionEndReason.REVOKED
     )
@@ -71,6 +73,7 @@ async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None
         ),
         sessions_ended,
         HoldChanged(user=1 + SHARDS, hold=None),
+        *(HoldChanged(user=user, hold=None) for user in crowd),
     ]
     async with fresh_database() as url:
         database = Database(process_settings(url))
@@ -78,7 +81,7 @@ async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None
         listening = await asyncpg.connect(url.replace("+asyncpg", ""))
         try:
             await database.prepare_schema(upgrade=True)
-            for shard in (1, 2, 3):
+            for shard in (1, 2, 3, 4):
                 await listening.add_listener(
                     backplane.channel(shard),
                     lambda _c, _p, ch, payload: woken.append((ch, payload)),
@@ -91,19 +94,69 @@ async def test_a_change_is_written_per_shard_and_wakes_only_its_shards() -> None
             with pytest.raises(LookupError):
                 await database.write(rolled_back)
             await database.write(lambda connection: backplane.stage(connection, "origin-a", events))
-            await wait_until(lambda: len(woken) >= 2, 5.0, "two wake-ups")
-            await asyncio.sleep(0.2)  # room for a wrong third
+            await wait_until(lambda: len(woken) >= 3, 5.0, "three wake-ups")
+            await asyncio.sleep(0.2)  # room for a wrong fourth
             rows = await listening.fetch(
-                "SELECT shard, origin, tx, events FROM changes ORDER BY shard"
+                "SELECT shard, origin, tx, events, users FROM changes ORDER BY shard"
             )
         finally:
             await listening.close()
             await database.dispose()
-    assert sorted(woken) == [("hub_feed_1", "origin-a"), ("hub_feed_2", "origin-a")]
-    assert [(r["shard"], r["origin"]) for r in rows] == [(1, "origin-a"), (2, "origin-a")]
-    assert rows[0]["tx"] == rows[1]["tx"] is not None
+    assert sorted(woken) == [
+        ("hub_feed_1", f"origin-a {one} {1 + SHARDS}"),
+        ("hub_feed_2", f"origin-a {two}"),
+        ("hub_feed_3", "origin-a"),
+    ]
+    assert [(r["shard"], r["origin"]) for r in rows] == [(n, "origin-a") for n in (1, 2, 3)]
+    assert [r["users"] for r in rows] == [[one, 1 + SHARDS], [two], crowd]
+    assert rows[0]["tx"] == rows[1]["tx"] == rows[2]["tx"] is not None
     decoded = [msgspec.json.decode(r["events"], type=list[Event]) for r in rows]
-    assert decoded == [[events[0], events[2]], [sessions_ended]]
+    assert decoded == [[events[0], events[2]], [sessions_ended], events[3:]]
+
+
+async def test_a_process_passes_over_the_changes_of_users_it_has_no_tab_of(
+    tmp_path: Path,
+) -> None:
+    """Users 1 and 1 + SHARDS share a shard, and B has a tab of user 1 only: the neighbour's
+    switches through A wake B, which passes them over by name, and B's tab hears nothing.
+    Once a tab of the neighbour joins B, the neighbour's next switch through A reaches it."""
+    neighbour = 1 + SHARDS
+    async with processes(tmp_path, users=neighbour, count=2) as (_, population, hubs):
+
+        async def tab(hub: HubProcess, user: int, name: str) -> ClientConnection:
+            headers = {"Authorization": f"Bearer {population.tokens[user]}"}
+            return await connect(
+                f"ws://127.0.0.1:{hub.port}/ws?tab={name}", additional_headers=headers
+            )
+
+        async def switch(tab: ClientConnection, base: int) -> int:
+            platform = population.platforms[neighbour][1 - base % 2]  # the one not active
+            message = {"type": "switch", "id": f"r{base}", "platform": platform, "base": base}
+            await tab.send(json.dumps(message))
+            version: int = (await next_of(tab, "state"))["state"]["version"]
+            return version
+
+        bystander, switcher = await tab(hubs[1], 1, "b1"), await tab(hubs[0], neighbour, "a")
+        try:
+            await bystander.recv()
+            version = json.loads(await switcher.recv())["state"]["version"]
+            for _ in range(3):
+                version = await switch(switcher, version)
+            backplane_b = (await hubs[1].health())["backplane"]
+            assert backplane_b["passed"] >= 3 and backplane_b["delivered"] == 0
+            late = await tab(hubs[1], neighbour, "b2")
+            try:
+                assert json.loads(await late.recv())["state"]["version"] == version
+                version = await switch(switcher, version)
+                assert (await next_of(late, "state"))["state"]["version"] == version
+            finally:
+                await late.close()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await bystander.recv()  # user 1's tab heard nothing of it all
+        finally:
+            await bystander.close()
+            await switcher.close()
 
 
 async def closed(tab: ClientConnection) -> int | None:
