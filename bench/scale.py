@@ -154,8 +154,10 @@ async def bystanders(count: int, args: argparse.Namespace) -> dict[str, Any]:
         "hosting_cpu_ms_per_switch": round(1000 * hosting, 4),
         "bystander_idle_cpu_s": [round(i, 2) for i in idle[1:]],
         "bystander_cpu_s": [round(u, 2) for u in used[1:]],
-        # Per bystander since its start: looks at the feed, and events of others it read.
+        # Per bystander since its start: looks at the feed, wake-ups passed over (they named
+        # none of its users), and events of others it read.
         "bystander_looks": [b["looks"] for b in seen],
+        "bystander_passed": [b["passed"] for b in seen],
         "bystander_events_read": [b["delivered"] for b in seen],
         "bystander_cpu_ms_per_switch": None if per_change is None else round(1000 * per_change, 4),
         "bystander_share": None if per_change is None else round(per_change / hosting, 4),
@@ -313,8 +315,13 @@ Produced by `python -m bench.scale --part bystanders --write` (`{users}` busy us
 tabs, all on the first process, saturated for {duration} s; each other process holds one idle
 tab of each of 8 quiet users, so it listens on 8 of the 64 shards). A bystander's CPU during
 the load beyond its CPU over an idle window of the same length, per accepted switch, against
-the hosting process's CPU per accepted switch (before the change feed: 3.4%, every process
-receiving every change's payload). Target: under 1%.
+the hosting process's CPU per accepted switch. Target: under 1%. Before the change feed it was
+3.4% (every process received every change's payload); with the feed by shard, 1.03% to 1.17%
+(2026-12-06: woken by every commit of its shards, it looked and decoded its neighbours'
+rows); now a wake-up names the users it changed, a bystander passes over those that name none
+of its users, and decodes no row that lists none. The kernel counts CPU in 10 ms ticks: the
+bystanders' excess here is one to three ticks each, so the share is an upper bound of that
+order, not a precise figure.
 
 {bystanders}
 
@@ -322,11 +329,12 @@ receiving every change's payload). Target: under 1%.
 
 `python -m bench.commits --engine postgresql` measures durable switches a second with and
 without the NOTIFY that wakes other processes (bench/RESULTS.md's run log has the figures).
-On 2026-12-06 NOTIFY cost 4% to 10% of the group-commit ceiling (4,202 against 4,379
-switches/s with one store, 4,822 against 5,349 with eight) and about 15% of a commit per
-switch: the hub's own CPU, not NOTIFY's lock, is the ceiling on 2 cores. Group commit puts
-125 to 256 switches in a commit at saturation, so the published ceilings of NOTIFY (500 to
-1,000 notifying commits a second) stand for 60,000 switches a second or more.
+On 2026-12-07, with wake-ups that name their users, NOTIFY cost 1% to 5% of the group-commit
+ceiling (8,963 against 9,032 switches/s with one store, 12,390 against 13,086 with eight) and
+2% to 10% of a commit per switch (4% to 10% and about 15% on 2026-12-06, a slower day): the
+hub's own CPU, not NOTIFY's lock, is the ceiling on 2 cores. Group commit puts 125 to 256
+switches in a commit at saturation, so the published ceilings of NOTIFY (500 to 1,000
+notifying commits a second) stand for 60,000 switches a second or more.
 
 <details><summary>Raw results</summary>
 

@@ -147,20 +147,20 @@ class SessionIndex:
 
 class Interest:
     """The users with rooms here and their feed shards (server/events.py), counted by user:
-    whose changes this process reads. ``on_join`` is told when a user gets a room, and whether
-    it is the first of its shard (the backplane LISTENs on it)."""
+    whose changes this process reads. ``on_new`` is told when a shard gets its first user
+    (the backplane LISTENs on it)."""
 
     def __init__(self) -> None:
         self._users: set[int] = set()
         self._shards: dict[int, int] = {}  # shard: its users here
-        self.on_join: Callable[[bool], None] | None = None
+        self.on_new: Callable[[], None] | None = None
 
     def add(self, user_id: int) -> None:
         shard = shard_of(user_id)
         self._users.add(user_id)
         self._shards[shard] = self._shards.get(shard, 0) + 1
-        if self.on_join is not None:
-            self.on_join(self._shards[shard] == 1)
+        if self._shards[shard] == 1 and self.on_new is not None:
+            self.on_new()
 
     def remove(self, user_id: int) -> None:
         shard = shard_of(user_id)

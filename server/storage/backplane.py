@@ -12,9 +12,9 @@ a change.
 Each process (``Listener``) LISTENs, on a connection of its own, on the channels of the shards
 of the users with tabs on it, and after a wake-up reads the feed's new rows of those shards
 under one snapshot: one statement's (one round trip), or past a page of rows one REPEATABLE
-READ transaction's; a process with at most ``USER_FILTER_MAX`` users reads only their rows
-(each row lists its users). New rows are told by transaction ids, not positions (a position
-is drawn at insert, so a row can commit after a higher one): each look keeps its snapshot's
+READ transaction's; it decodes only the rows that list a user with tabs on it. New rows are
+told by transaction ids, not positions (a position is drawn at insert, so a row can commit
+after a higher one): each look keeps its snapshot's
 ``xmax`` and the transactions it saw in flight (``xip``), and the next look reads the rows of
 transactions at or above that ``xmax`` or among those in flight. Those are exactly the rows
 committed in between, each read once, in position order (the order in which each user's
@@ -60,9 +60,6 @@ _NOTIFY = text(
 # batch of switches spreads a few over each shard); past that it names none, and wakes every
 # reader of the shard.
 HINT_USERS = 32
-# A process with at most this many users reads only their rows; one with more reads whole
-# shards (most rows are its users', and the list would cost more than it saves).
-USER_FILTER_MAX = 1000
 # A look's snapshot: its xmax, the transactions in flight (as bigints), and the highest
 # transaction whose rows the feed's collection deleted (server/storage/feed.py).
 _SNAPSHOT = (
@@ -72,19 +69,18 @@ _SNAPSHOT = (
     " FROM pg_current_snapshot() AS s"
 )
 _PAGE = 500
-_NEW = (  # the rows of hosted shards committed since the last look, not this process's, and
-    # of hosted users when $5 lists them (rows of an older hub list none: read by all)
-    "SELECT position, events, created_at FROM changes"
+_NEW = (  # the rows of hosted shards committed since the last look, not this process's
+    "SELECT position, events, created_at, users FROM changes"
     " WHERE (tx >= $1 OR tx = ANY($2::bigint[])) AND shard = ANY($3::smallint[])"
-    " AND origin <> $4 AND ($5::bigint[] IS NULL OR users IS NULL OR users && $5::bigint[])"
+    " AND origin <> $4"
 )
-_ROWS = f"{_NEW} AND position > $6 ORDER BY position LIMIT {_PAGE}"
+_ROWS = f"{_NEW} AND position > $5 ORDER BY position LIMIT {_PAGE}"
 # The common look in one statement, so one round trip: the statement's own snapshot (a
 # READ COMMITTED statement reads under one, and pg_current_snapshot() returns it) and the new
 # rows under it, at least one row (the snapshot's, with a null position when nothing is new).
 _LOOK = (
     f"WITH snap AS MATERIALIZED ({_SNAPSHOT})"
-    " SELECT snap.xmax, snap.xip, snap.collected, c.position, c.events, c.created_at"
+    " SELECT snap.xmax, snap.xip, snap.collected, c.position, c.events, c.created_at, c.users"
     f" FROM snap LEFT JOIN LATERAL ({_NEW} ORDER BY position LIMIT {_PAGE}) AS c ON true"
     " ORDER BY c.position"
 )
@@ -120,10 +116,11 @@ class Listener:
     to ``deliver``; reconnect and read on after a loss.
 
     ``hosted`` returns the shards of the users with tabs here, and ``users`` (when given) those
-    users: a live collection, for ``in``. ``joined`` must be called when a user gains a first
-    tab here (server/rooms.py's Interest.on_join). With ``users``, a wake-up that names only
-    other users is passed over (their rows are read by no look: a user that joins later reads
-    its state after they committed), and a look reads only the rows of hosted users.
+    users: a live collection, for ``in``; ``wake`` must be called when a shard gains its first
+    user (server/rooms.py's Interest.on_new). With ``users``, a wake-up that names none of
+    them is passed over, and a row that lists none of them is not decoded (asked as it is
+    delivered: a user that gets its first tab later reads its state after the row committed;
+    a row of an older hub lists none, and is decoded).
 
     ``resync`` runs after the first look, and whenever rows this process had not read were
     collected (it was away longer than the feed keeps them), a row could not be read or
@@ -160,6 +157,7 @@ class Listener:
         self.looks = 0
         self.delivered = 0  # events of other processes handed over
         self.passed = 0  # wake-ups passed over: they named none of the users here
+        self.skipped = 0  # rows not decoded: they listed none of the users here
         # Told the seconds from each row's commit (on the sender's clock) to its delivery.
         self.on_lag: Callable[[float], None] | None = None
         self.backend_pid: int | None = None  # of the listening connection, for tests
@@ -170,26 +168,11 @@ class Listener:
         self._wake = asyncio.Event()
         self._listening: set[int] = set()
         self._generation = 0  # counts wake(): shards newly hosted
-        self._joined = 0  # counts joined(): users newly hosted
 
     def wake(self) -> None:
         """Look at the feed soon: a shard is newly hosted here."""
         self._generation += 1
         self._wake.set()
-
-    def joined(self, new_shard: bool) -> None:
-        """A user gained a first tab here (``new_shard``: the first of its shard): a look in
-        flight may have left its rows out, and a new shard is listened to at the next look."""
-        self._joined += 1
-        if new_shard:
-            self.wake()
-
-    def _user_filter(self) -> list[int] | None:
-        """The users whose rows a look reads; None: every user of the hosted shards."""
-        if self.users is None:
-            return None
-        users = self.users()
-        return sorted(users) if len(users) <= USER_FILTER_MAX else None
 
     async def run_forever(self) -> None:
         """Listen and read until cancelled, reconnecting with jittered backoff on a loss."""
@@ -271,26 +254,24 @@ class Listener:
         for shard in self._listening - hosted:
             await connection.remove_listener(channel(shard), self._woken)
         self._listening = hosted
-        generation, joined = self._generation, self._joined
-        shards, users = sorted(hosted), self._user_filter()
+        generation = self._generation
+        shards = sorted(hosted)
         if self._xmax is None or not shards:
             found = [await connection.fetchrow(_SNAPSHOT)]
         else:
-            found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin, users)
+            found = await connection.fetch(_LOOK, self._xmax, self._xip, shards, self.origin)
         xmax, xip = found[0]["xmax"], found[0]["xip"]
         if self._gap(found[0]["collected"]):
             pass  # start afresh from here, resynced
         elif self._xmax is not None and shards:
             rows = [row for row in found if row["position"] is not None]
-            came = generation != self._generation or (users is not None and joined != self._joined)
-            if len(rows) < _PAGE and not came:
+            if len(rows) < _PAGE and generation == self._generation:
                 for row in rows:
                     self._deliver(row)
             else:
-                # More than a page, or a shard or a user came while the statement ran (its
-                # rows up to the snapshot may be newer than its first tab's state read): read
-                # it all again in one REPEATABLE READ snapshot, by pages, the shards and users
-                # asked after it.
+                # More than a page, or a shard came while the statement ran (its rows up to
+                # the snapshot may be newer than its first tab's state read): read it all
+                # again in one REPEATABLE READ snapshot, by pages, the shards asked after it.
                 xmax, xip = await self._look_by_pages(connection)
         self._xmax, self._xip = xmax, list(xip)
         self.looks += 1
@@ -310,11 +291,10 @@ class Listener:
             # Asked after the snapshot: a shard that comes later has its rows up to here in
             # its first tab's state read, and the next look reads on from here.
             shards = [] if self._gap(snapshot["collected"]) else sorted(self.hosted())
-            users = self._user_filter()
             after = 0
             while shards:
                 rows = await connection.fetch(
-                    _ROWS, self._xmax, self._xip, shards, self.origin, users, after
+                    _ROWS, self._xmax, self._xip, shards, self.origin, after
                 )
                 for row in rows:
                     self._deliver(row)
@@ -324,6 +304,12 @@ class Listener:
         return snapshot["xmax"], snapshot["xip"]
 
     def _deliver(self, row: Any) -> None:
+        listed = row["users"]
+        if self.users is not None and listed is not None:
+            hosted = self.users()
+            if not any(user in hosted for user in listed):
+                self.skipped += 1
+                return
         try:
             events = _decoder.decode(row["events"])
         except msgspec.DecodeError as error:

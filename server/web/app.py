@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
         )
         if listener is not None:
             listener.on_lag = metrics.backplane_lag.observe
-            hub.interest.on_join = listener.joined
+            hub.interest.on_new = listener.wake
         reader = feed.reader_for(
             settings.database_url,
             database.origin,

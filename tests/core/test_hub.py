@@ -104,14 +104,13 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
 
 async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one() -> None:
     """The users with tabs here and their shards, kept as tabs come and go; the hook is told
-    when a user gets its first tab, and whether its shard is new (the listener LISTENs on
-    it)."""
+    when a shard gets its first user, and only then (the listener LISTENs on it)."""
     store = MemoryStore()
     first, _ = store.add_user([("Pixelfed", True)])
     second, _ = store.add_user([("Pixelfed", True)])
     hub = Hub(store)
-    told: list[tuple[list[int], bool]] = []
-    hub.interest.on_join = lambda new: told.append((sorted(hub.interest.users()), new))
+    told: list[list[int]] = []
+    hub.interest.on_new = lambda: told.append(sorted(hub.interest.shards()))
     tabs = []
     try:
         for user, name in ((first, "a"), (first, "b"), (second, "c")):
@@ -127,8 +126,7 @@ async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one
             )
         shards = sorted({shard_of(first), shard_of(second)})
         assert sorted(hub.interest.shards()) == shards
-        # Told once per user, not per tab; the second user's shard is new unless shared.
-        assert told == [([first], True), (sorted([first, second]), len(shards) == 2)]
+        assert told == ([[shard_of(first)], shards] if len(shards) == 2 else [shards])
         await hub.leave(tabs[0])
         assert sorted(hub.interest.shards()) == shards  # "b" still has tabs of the first user
         assert hub.interest.users() == {first, second}
