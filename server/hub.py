@@ -329,6 +329,13 @@ class Hub:
         """Return each login session with tabs here, with the expiry its tabs were told."""
         return self._sessions.expiries()
 
+    def open_tabs(self, *, user_id: int | None = None, session_id: int | None = None) -> int:
+        """Return how many tabs of a user, or of a login session, are open (not closing):
+        counted before the sessions are revoked, since the commit itself may close them."""
+        if session_id is not None:
+            return self._sessions.count(session_id)
+        return sum(not tab.closing for tab in self.tabs(user_id))
+
     def end_session(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a login session and close each with 4001."""
         ended = self._sessions.end(session_id, reason)

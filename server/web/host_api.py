@@ -266,9 +266,10 @@ async def _revoke_session(database: Database, hub: Hub, request: Request, user: 
     if isinstance(reason, Response):
         return reason
     session_id = request.path_params["session"]
+    tabs = hub.open_tabs(session_id=session_id)  # before: the commit itself may close them
     if not await sessions.revoke(database, session_id, reason, user_id=user):
         return error_response(404, ErrorCode.UNKNOWN_SESSION, "The user has no such live session.")
-    tabs = hub.end_session(session_id, reason)
+    hub.end_session(session_id, reason)
     return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
 
 
@@ -276,6 +277,8 @@ async def _revoke_sessions(database: Database, hub: Hub, request: Request, user:
     reason = _end_reason(request)
     if isinstance(reason, Response):
         return reason
+    tabs = hub.open_tabs(user_id=user)  # before: the commit itself may close them
     ended = await sessions.revoke_all(database, user, reason)
-    tabs = sum(hub.end_session(session_id, reason) for session_id in ended)
+    for session_id in ended:
+        hub.end_session(session_id, reason)
     return json_response(200, SessionsRevoked(sessions=len(ended), tabs=tabs))

@@ -152,11 +152,14 @@ async def _end_sessions(request: Request, *, everywhere: bool) -> Response:
     hub: Hub = request.state.hub
     login = await sessions.authenticate(database, token(request), touch=False)
     if everywhere:
+        tabs = hub.open_tabs(user_id=login.user_id)
         ended = await sessions.revoke_all(database, login.user_id, SessionEndReason.LOGOUT)
     else:
+        tabs = hub.open_tabs(session_id=login.id)
         await sessions.revoke(database, login.id, SessionEndReason.LOGOUT)
         ended = [login.id]
-    tabs = sum(hub.end_session(session_id, SessionEndReason.LOGOUT) for session_id in ended)
+    for session_id in ended:  # those the commit has not closed yet
+        hub.end_session(session_id, SessionEndReason.LOGOUT)
     response = json_response(200, {"sessions": len(ended), "tabs": tabs})
     response.delete_cookie(COOKIE, path="/")
     return response
