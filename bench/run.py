@@ -1,17 +1,18 @@
 """Run the benchmark: every target under the same workload, in one run; print ratios.
 
     .venv/bin/python -m bench.run [--users 500] [--tabs 5] [--duration 10] [--idle-tabs 10000]
-                                  [--write]
+                                  [--rounds 5] [--write]
 
-Targets, each its own process, measured one after the other with the same load:
-- the hub: a `hub serve` process on SQLite, with its real durability setting;
-- the ceiling (bench/ceiling.py): bare websockets, an in-memory counter per user;
-- the peer (bench/peer.py): python-socketio under uvicorn, one room per user.
-The load generator (bench/load.py) is a separate process. For each target: latency at
-fixed rates, saturation throughput, CPU per delivery, connect rate, and resident memory per
-idle tab with --idle-tabs tabs connected. Then bench/commits.py's store-level comparison of
-group commit with a naive commit per switch. --write records everything in
-bench/RESULTS.md and plots latency against rate in bench/latency.png.
+Targets (bench/targets.py), each its own process, all started together: the hub on SQLite;
+the ceilings, Python's websockets and Node's ws; the peers, python-socketio and Socket.IO 4
+on Node (defaults, and tuned). The load generator (bench/load.py) is a separate process.
+Each phase runs against every target in turn before the next phase (A B C ... A B C), so a
+ratio compares minutes that are next to each other: resident memory per idle tab with
+--idle-tabs tabs on each fresh process, latency at fixed rates, then --rounds rounds of
+saturation (throughput and CPU per delivery), reported as the median ratio with its spread.
+Then bench/commits.py's store-level comparison of group commit with a naive commit per
+switch. --write records everything in bench/RESULTS.md and plots latency against rate in
+bench/latency.png.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,102 +39,25 @@ import sqlalchemy
 import uvicorn
 
 from bench import commits
+from bench.targets import (
+    ROOT,
+    Target,
+    ceiling,
+    cpu_seconds,
+    hub,
+    node_ceiling,
+    node_packages,
+    node_socketio,
+    node_socketio_tuned,
+    peer,
+    rss_kib,
+    settle,
+)
 from server import __version__
-from server.settings import Settings
-from tests.support.population import populate
-from tests.support.processes import HubProcess, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "Target", "cpu_seconds", "idle_memory", "load", "load_command", "settle"]
+
 RATES = (250, 500, 1000, 2000, 4000)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A running target: where tabs connect, its process, and how tabs authenticate."""
-
-    url: str
-    pid: int
-    tokens: str | None = None
-    protocol: str = "hub"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def spawn(module: str, port: int) -> subprocess.Popen[bytes]:
-    """Start a target module (bench.ceiling, bench.peer) listening on ``port``."""
-    return subprocess.Popen([sys.executable, "-m", module, "--port", str(port)], cwd=ROOT)
-
-
-def spawn_ceiling(port: int) -> subprocess.Popen[bytes]:
-    """Start bench/ceiling.py on ``port``."""
-    return spawn("bench.ceiling", port)
-
-
-@contextlib.asynccontextmanager
-async def module_target(module: str, path: str, protocol: str) -> AsyncIterator[Target]:
-    port = free_port()
-    process = spawn(module, port)
-    try:
-        await wait_port(port)
-        yield Target(f"ws://127.0.0.1:{port}{path}", process.pid, protocol=protocol)
-    finally:
-        process.kill()
-        process.wait()
-
-
-def ceiling(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
-    return module_target("bench.ceiling", "/ws", "hub")
-
-
-def peer(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
-    return module_target("bench.peer", "/socket.io/?EIO=4&transport=websocket", "socketio")
-
-
-@contextlib.asynccontextmanager
-async def hub(users: int) -> AsyncIterator[Target]:
-    with tempfile.TemporaryDirectory() as tmp:
-        # The hub's real settings, rate limits included (the workload stays far under them:
-        # about 2 switches per second per tab at most; the flood phase is what they are for).
-        settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp}/hub.db", log_level="warning")
-        population = await populate(settings, users)
-        tokens = Path(tmp) / "tokens.json"
-        tokens.write_text(json.dumps({str(u): t for u, t in population.tokens.items()}))
-        process = await HubProcess(settings, Path(tmp) / "hub.log").start()
-        try:
-            assert process.process is not None
-            yield Target(f"ws://127.0.0.1:{process.port}/ws", process.process.pid, str(tokens))
-        finally:
-            process.stop()
-
-
-async def wait_port(port: int) -> None:
-    for _ in range(200):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-async def settle(pid: int, limit_s: float = 300) -> None:
-    """Wait until the target process is idle (under 5% of a core over half a second)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
-        await asyncio.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.025:
-            return
 
 
 def load_command(target: Target, users: int, tabs: int, **mode: Any) -> list[str]:
@@ -235,38 +159,58 @@ def idle_memory(target: Target, tabs: int, per_user: int) -> dict[str, Any]:
     }
 
 
-async def measure(
-    name: str, start: Callable[[int], Any], args: argparse.Namespace, *, flood: bool = False
-) -> dict[str, Any]:
-    results: dict[str, Any] = {"target": name}
+def phase(target: Target, args: argparse.Namespace, label: str, **mode: Any) -> dict[str, Any]:
+    """Run one phase against ``target``, with the target's CPU over it."""
+    cpu = cpu_seconds(target.pid)
+    if label.endswith("_flood"):
+        result = load_under_flood(target, args, **mode)
+    else:
+        result = load(target, args, **mode)
+    result["server_cpu_s"] = round(cpu_seconds(target.pid) - cpu, 2)
+    deliveries = result["deliveries_per_s"] * result["elapsed_s"]
+    result["server_cpu_s_per_1000_deliveries"] = (
+        round(1000 * result["server_cpu_s"] / deliveries, 3) if deliveries else None
+    )
+    return result
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every target, all running at once; each phase against each target in turn."""
     users = max(args.users, args.idle_tabs // args.tabs)
-    async with start(users) as target:
-        # Memory first, on a fresh process, as a user's first 10,000 tabs would find it.
-        results["idle"] = await asyncio.to_thread(idle_memory, target, args.idle_tabs, args.tabs)
-        print(f"{name} idle: {json.dumps(results['idle'])}", flush=True)
-        await settle(target.pid)
+    results: dict[str, dict[str, Any]] = {name: {"target": name} for name, _ in TARGETS}
+    async with contextlib.AsyncExitStack() as stack:
+        running = [(name, await stack.enter_async_context(start(users))) for name, start in TARGETS]
+        # Memory first, on fresh processes, as a user's first 10,000 tabs would find them.
+        for name, target in running:
+            found = await asyncio.to_thread(idle_memory, target, args.idle_tabs, args.tabs)
+            results[name]["idle"] = found
+            print(f"{name} idle: {json.dumps(found)}", flush=True)
+            await settle(target.pid)
         phases: list[tuple[str, dict[str, Any]]] = [
             (f"rate_{rate}", {"mode": "rate", "rate": rate}) for rate in RATES
         ]
-        phases.append(("saturate", {"mode": "saturate"}))
-        if flood:
-            phases.append(("rate_1000_flood", {"rate": 1000}))
+        phases += [("saturate", {"mode": "saturate"})] * args.rounds
         for label, mode in phases:
-            cpu = cpu_seconds(target.pid)
-            if label.endswith("_flood"):
-                result = await asyncio.to_thread(load_under_flood, target, args, **mode)
-            else:
-                result = await asyncio.to_thread(load, target, args, **mode)
-            result["server_cpu_s"] = round(cpu_seconds(target.pid) - cpu, 2)
-            deliveries = result["deliveries_per_s"] * result["elapsed_s"]
-            result["server_cpu_s_per_1000_deliveries"] = (
-                round(1000 * result["server_cpu_s"] / deliveries, 3) if deliveries else None
-            )
-            results[label] = result
-            print(f"{name} {label}: {json.dumps(result)}", flush=True)
-            # A target still working off a backlog would skew the next phase: wait it out.
-            await settle(target.pid)
-    return results
+            for name, target in running:
+                result = await asyncio.to_thread(phase, target, args, label, **mode)
+                if label == "saturate":
+                    results[name].setdefault("rounds", []).append(result)
+                else:
+                    results[name][label] = result
+                print(f"{name} {label}: {json.dumps(result)}", flush=True)
+                # A target still working off a backlog would skew the next phase: wait it out.
+                await settle(target.pid)
+        # Only the hub limits a tab's rate; the others would just serve the flood.
+        hub_target = dict(running)[HUB]
+        results[HUB]["rate_1000_flood"] = await asyncio.to_thread(
+            phase, hub_target, args, "rate_1000_flood", rate=1000
+        )
+    for r in results.values():
+        # The round of median deliveries stands for the target in the tables.
+        r["saturate"] = sorted(r["rounds"], key=lambda x: x["deliveries_per_s"])[
+            len(r["rounds"]) // 2
+        ]
+    return list(results.values())
 
 
 def latency_cell(result: dict[str, Any]) -> str:
@@ -307,32 +251,68 @@ def rate_table(all_results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def round_ratios(all_results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The hub's saturated deliveries over each other target's, round by round (each round
+    runs every target in turn): the median ratio, and its spread over the rounds."""
+    by = {r["target"]: r for r in all_results}
+    hub_rounds = by[HUB].get("rounds", [by[HUB]["saturate"]])
+    found = {}
+    for name, key in OTHERS.items():
+        other = by[name].get("rounds", [by[name]["saturate"]])
+        each = [
+            round(h["deliveries_per_s"] / o["deliveries_per_s"], 2)
+            for h, o in zip(hub_rounds, other, strict=True)
+            if o["deliveries_per_s"]
+        ]
+        found[f"deliveries_hub_over_{key}"] = {
+            "median": round(statistics.median(each), 2) if each else math.nan,
+            "low": min(each, default=math.nan),
+            "high": max(each, default=math.nan),
+            "rounds": each,
+        }
+    return found
+
+
 def ratios(all_results: list[dict[str, Any]]) -> dict[str, float]:
     by = {r["target"]: r for r in all_results}
-    hub_r, ceiling_r, peer_r = by[HUB], by[CEILING], by[PEER]
+    hub_r, ceiling_r = by[HUB], by[CEILING]
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 2) if b else math.nan
 
-    return {
-        "deliveries_hub_over_ceiling": ratio(
-            hub_r["saturate"]["deliveries_per_s"], ceiling_r["saturate"]["deliveries_per_s"]
-        ),
-        "deliveries_hub_over_peer": ratio(
-            hub_r["saturate"]["deliveries_per_s"], peer_r["saturate"]["deliveries_per_s"]
-        ),
-        "p99_at_1000_hub_over_ceiling": ratio(
-            hub_r["rate_1000"]["p99_ms"], ceiling_r["rate_1000"]["p99_ms"]
-        ),
-        "p99_at_1000_hub_flooded_over_not": ratio(
-            hub_r["rate_1000_flood"]["p99_ms"], hub_r["rate_1000"]["p99_ms"]
-        )
+    found = {key: value["median"] for key, value in round_ratios(all_results).items()}
+    found["p99_at_1000_hub_over_ceiling"] = ratio(
+        hub_r["rate_1000"]["p99_ms"], ceiling_r["rate_1000"]["p99_ms"]
+    )
+    found["p99_at_1000_hub_flooded_over_not"] = (
+        ratio(hub_r["rate_1000_flood"]["p99_ms"], hub_r["rate_1000"]["p99_ms"])
         if "rate_1000_flood" in hub_r
-        else math.nan,
-        "idle_memory_hub_over_ceiling": ratio(
-            hub_r["idle"]["rss_kib_per_idle_tab"], ceiling_r["idle"]["rss_kib_per_idle_tab"]
-        ),
-    }
+        else math.nan
+    )
+    for name, key in OTHERS.items():
+        found[f"idle_memory_hub_over_{key}"] = ratio(
+            hub_r["idle"]["rss_kib_per_idle_tab"], by[name]["idle"]["rss_kib_per_idle_tab"]
+        )
+    return found
+
+
+def ratio_lines(all_results: list[dict[str, Any]]) -> str:
+    """The ratios, each saturated one as its median over the rounds with its spread."""
+    spread = round_ratios(all_results)
+    lines = []
+    for key, value in ratios(all_results).items():
+        if key in spread:
+            r = spread[key]
+            lines.append(
+                f"- {key}: **{value}** (rounds: {', '.join(map(str, r['rounds']))}; "
+                f"spread {r['low']} to {r['high']})"
+            )
+        else:
+            lines.append(f"- {key}: **{value}**")
+    return "\n".join(lines)
+
+
+COLORS = ("tab:blue", "tab:cyan", "tab:orange", "tab:red", "tab:purple", "tab:green")
 
 
 def plot(all_results: list[dict[str, Any]], path: Path) -> None:
@@ -342,7 +322,7 @@ def plot(all_results: list[dict[str, Any]], path: Path) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(8, 5), dpi=100)
-    for r, color in zip(all_results, ("tab:blue", "tab:orange", "tab:green"), strict=False):
+    for r, color in zip(all_results, COLORS, strict=False):
         for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
             values = [r[f"rate_{rate}"][key] for rate in RATES]
             label = f"{r['target']} {key[:3]}"
@@ -359,8 +339,27 @@ def plot(all_results: list[dict[str, Any]], path: Path) -> None:
 
 
 CEILING = "ceiling (bare websockets)"
+NODE_CEILING = "ceiling (Node ws)"
 PEER = "peer (python-socketio)"
+NODE_PEER = "Socket.IO 4 (Node, defaults)"
+NODE_TUNED = "Socket.IO 4 (Node, tuned)"
 HUB = "hub (SQLite, synchronous=NORMAL)"
+TARGETS: list[tuple[str, Callable[[int], Any]]] = [
+    (CEILING, ceiling),
+    (NODE_CEILING, node_ceiling),
+    (PEER, peer),
+    (NODE_PEER, node_socketio),
+    (NODE_TUNED, node_socketio_tuned),
+    (HUB, hub),
+]
+# The targets the hub is compared with, and their names in the ratios.
+OTHERS = {
+    CEILING: "ceiling",
+    NODE_CEILING: "node_ws",
+    PEER: "peer",
+    NODE_PEER: "node_socketio",
+    NODE_TUNED: "node_socketio_tuned",
+}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -373,12 +372,7 @@ async def main(args: argparse.Namespace) -> None:
             "arguments": {k: v for k, v in vars(args).items() if k not in {"write", "render"}},
             "machine": machine(),
             "versions": versions(),
-            "targets": [
-                await measure(CEILING, ceiling, args),
-                await measure(PEER, peer, args),
-                # Only the hub limits a tab's rate; the others would just serve the flood.
-                await measure(HUB, hub, args, flood=True),
-            ],
+            "targets": await measure(args),
             "commits": await commits.main(argparse.Namespace(users=1000, duration=5)),
         }
         if args.write:  # the raw figures first: a failure below must not lose a long run
@@ -406,10 +400,11 @@ async def main(args: argparse.Namespace) -> None:
                 tabs=arguments["tabs"],
                 duration=arguments["duration"],
                 idle_tabs=f"{arguments['idle_tabs']:,}",
+                rounds=arguments.get("rounds", 1),
                 table=table(results),
                 rates=rate_table(results),
                 commits=commits.table(store),
-                ratios="\n".join(f"- {key}: **{value}**" for key, value in found.items()),
+                ratios=ratio_lines(results),
                 targets=targets(results, store),
                 raw=json.dumps(raw, indent=1),
             )
@@ -434,9 +429,24 @@ def targets(all_results: list[dict[str, Any]], store: list[dict[str, Any]]) -> s
     rows = [
         ("saturated deliveries/s >= 0.9 x ceiling", found["deliveries_hub_over_ceiling"], 0.9),
         ("saturated deliveries/s >= 2 x python-socketio", found["deliveries_hub_over_peer"], 2),
+        (
+            "saturated deliveries/s >= 1 x Socket.IO on Node (defaults)",
+            found["deliveries_hub_over_node_socketio"],
+            1,
+        ),
+        (
+            "saturated deliveries/s >= 1 x Socket.IO on Node (tuned)",
+            found["deliveries_hub_over_node_socketio_tuned"],
+            1,
+        ),
         ("durable switches/s on SQLite (NORMAL) >= 10,000", durable, 10_000),
         ("p99 at 1,000/s <= 10 ms", -hub_r["rate_1000"]["p99_ms"], -10),
         ("KiB per idle tab <= 20", -hub_r["idle"]["rss_kib_per_idle_tab"], -20),
+        (
+            "KiB per idle tab below every other target's (hub / lowest)",
+            -max(found[f"idle_memory_hub_over_{key}"] for key in OTHERS.values()),
+            -1,
+        ),
         ("flooded p99 / p99 <= 2", -found["p99_at_1000_hub_flooded_over_not"], -2),
     ]
     lines = ["| target | this run | |", "| --- | --- | --- |"]
@@ -446,13 +456,17 @@ def targets(all_results: list[dict[str, Any]], store: list[dict[str, Any]]) -> s
     return "\n".join(lines)
 
 
-def versions() -> str:
-    return (
+def versions(node: bool = True) -> str:
+    found = (
         f"Python {platform.python_version()}, hub {__version__}, "
         f"uvicorn {uvicorn.__version__}, websockets {metadata.version('websockets')}, "
         f"python-socketio {metadata.version('python-socketio')}, "
         f"SQLAlchemy {sqlalchemy.__version__}, msgspec {msgspec.__version__}"
     )
+    if node:
+        packages = node_packages()
+        found += ", " + ", ".join(f"{name} {version}" for name, version in packages.items())
+    return found
 
 
 def machine() -> str:
@@ -504,6 +518,10 @@ after its commit.
 
 ## Ratios
 
+Each phase ran against every target in turn before the next phase; saturation ran {rounds}
+rounds of that, and each saturated ratio is the median of its rounds' ratios, with their
+spread. The tables above show each target's median round.
+
 {ratios}
 
 ## Targets
@@ -530,6 +548,9 @@ if __name__ == "__main__":
     parser.add_argument("--tabs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--idle-tabs", type=int, default=10_000)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="saturation rounds, every target in each"
+    )
     parser.add_argument("--write", action="store_true")
     parser.add_argument(
         "--render",

@@ -276,7 +276,7 @@ async def main(args: argparse.Namespace) -> None:
         page = PAGE.format(
             date=date,
             machine=machine(),
-            versions=versions(),
+            versions=versions(node=False),
             users=args.users,
             tabs=args.tabs,
             duration=args.duration,

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from bench import scale
-from bench.run import ceiling, idle_memory, load, peer
+from bench.run import idle_memory, load
+from bench.targets import ceiling, node_ceiling, node_socketio, node_socketio_tuned, peer
 from tests.support.postgres import require_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("start", [ceiling, peer], ids=["ceiling", "peer"])
-async def test_the_load_generator_measures_the_ceiling_and_the_peer(start: object) -> None:
-    """Both protocols: every switch is answered and every accepted one reaches every tab."""
+NODE_TARGETS = {node_ceiling, node_socketio, node_socketio_tuned}
+
+
+@pytest.mark.parametrize(
+    "start",
+    [ceiling, node_ceiling, peer, node_socketio, node_socketio_tuned],
+    ids=["ceiling", "node-ws", "peer", "node-socketio", "node-socketio-tuned"],
+)
+async def test_the_load_generator_measures_the_ceilings_and_the_peers(start: object) -> None:
+    """Both protocols, on Python and Node: every switch is answered and every accepted one
+    reaches every tab. The Node targets need Node.js and npm (the client's tests need them
+    too): without them they skip, except under CI."""
+    if start in NODE_TARGETS and shutil.which("npm") is None:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("the Node targets need Node.js 20+ and npm under CI=true")
+        pytest.skip("the Node targets need Node.js 20+ and npm")
     async with start(5) as target:  # type: ignore[operator]
         args = argparse.Namespace(users=5, tabs=3, duration=0.5)
         for mode in ("rate", "saturate"):
