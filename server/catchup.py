@@ -39,15 +39,22 @@ class CatchUp:
 
         Nothing happens without tabs of the user here, or for a version older than the one
         already published here (notifications arrive in commit order; a newer one follows).
+        While the room's first state read is in flight, that read may have begun before this
+        commit: the state is read anew after it (``reload``), so the tab cannot stay behind.
         """
         room = self._rooms.get(user_id)
         if room is not None and room.reloading is not None:
             # Its platforms are being read anew: the read covers this version, or reads again.
             room.reload_until = max(room.reload_until, version)
             return
-        if room is None or room.state is None or version < room.state.version:
+        if room is None:
             return
         state = room.state
+        if state is None:
+            self.reload(user_id, version)
+            return
+        if version < state.version:
+            return
         if version > state.version:
             state = StateView(version=version, active=active, platforms=state.platforms)
         room.publish(state, cause)

@@ -6,19 +6,22 @@ import asyncio
 
 import msgspec
 
-from server.events import shard_of
+from server.events import StateChanged, shard_of
 from server.hub import Hub
 from server.protocol import (
     Cause,
     Hello,
     PlatformView,
     RejectReason,
+    StateMessage,
     StateView,
+    Switch,
     UserInfo,
 )
-from server.rules import describe
+from server.rules import Accepted, describe
 from tests.conftest import TIMEOUT
 from tests.support.memory import MemoryStore
+from tests.support.processes import wait_until
 from tests.support.transport import RecordingTransport
 
 
@@ -137,5 +140,69 @@ async def test_the_hub_hosts_the_feed_shards_of_its_users_and_tells_of_a_new_one
         assert hub.interest.shards() == []
         assert hub.interest.users() == set()
     finally:
+        await hub.close()
+        await store.close()
+
+
+class SlowFirstRead(MemoryStore):
+    """A store whose state reads take their snapshot at once and return when released, as
+    a query's snapshot is taken before its result reaches the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def load_state(self, user_id: int) -> StateView:
+        state = await super().load_state(user_id)
+        self.reading.set()
+        await self.release.wait()
+        return state
+
+
+async def test_a_change_from_another_process_during_a_first_join_reaches_the_tab() -> None:
+    """The first tab's state read has taken its snapshot when another process commits a
+    switch, and the listener hands it over before the read returns (the room has no state
+    yet): the state is read anew, and the tab ends on the new version, not the snapshot's."""
+    store = SlowFirstRead()
+    user, platforms = store.add_user([("Pixelfed", True), ("Mastodon", False)])
+    hub = Hub(store)
+    transport = RecordingTransport()
+    joining = asyncio.create_task(
+        hub.join(
+            transport,
+            tab_id="t",
+            user=UserInfo(id=user, name="a"),
+            session_id=store.open_session(user),
+            expires_at="2100-01-01T00:00:00Z",
+        )
+    )
+    try:
+        await asyncio.wait_for(store.reading.wait(), 5)
+        other = store.open_session(user)  # another process's tab commits a switch
+        decision = await store.switch(
+            user, other, Switch(id="r1", platform=platforms[1], base=0), "elsewhere"
+        )
+        assert isinstance(decision, Accepted), decision
+        hub.apply(
+            StateChanged(
+                user=user,
+                version=decision.version,
+                active=platforms[1],
+                cause=Cause(kind="switch", tab="elsewhere", request="r1"),
+            )
+        )
+        store.release.set()
+        tab = await asyncio.wait_for(joining, 5)
+
+        def versions() -> list[int]:
+            return [
+                m.state.version for m in transport.messages if isinstance(m, Hello | StateMessage)
+            ]
+
+        await wait_until(lambda: decision.version in versions(), 5.0, "the new version at the tab")
+        await hub.leave(tab)
+    finally:
+        store.release.set()
         await hub.close()
         await store.close()

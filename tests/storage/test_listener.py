@@ -408,6 +408,14 @@ async def test_a_wake_up_naming_only_other_users_is_passed_over() -> None:
         assert state.listener.looks == looks + 1 and state.listener.skipped == 5
 
 
+async def test_a_wake_up_naming_a_hosted_user_brings_a_look_at_once() -> None:
+    """With the periodic look an hour away, a change naming a hosted user (beside another)
+    is delivered on its wake-up: the row lists user 1, so it is decoded whole."""
+    async with listening(hosted=[1], users={1}, look_every_s=3600.0) as state:
+        await state.commit(change(1 + SHARDS, 1), change(1, 1))
+        await state.delivered_all([change(1 + SHARDS, 1), change(1, 1)])
+
+
 async def test_a_wake_up_names_its_users_up_to_the_limit_and_past_it_wakes_every_reader() -> None:
     """A change of HINT_USERS users of shard 1, none hosted, is passed over; one of a user
     more names none, so it wakes the listener, whose look decodes no row (none is of its
