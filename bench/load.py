@@ -66,6 +66,9 @@ class Run:
     answers: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     socketio: bool = False
+    # Hellos naming another tab than the one that connected: a target that mixed up its
+    # tabs (and so, likely, its users' rooms), whose figures would mean nothing.
+    misnamed: int = 0
 
 
 async def reader(run: Run, tab: BenchTab) -> None:
@@ -102,6 +105,7 @@ async def _read(run: Run, tab: BenchTab) -> None:
             tab.deliveries += kind == "state"
             if kind == "hello":
                 tab.platforms = tuple(p["id"] for p in state["platforms"])
+                run.misnamed += message.get("tab", tab.name) != tab.name
             if state["version"] >= tab.version:
                 tab.version, tab.active = state["version"], state["active"]
             tab.seen.setdefault(state["version"], now)
@@ -370,6 +374,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "reasons": dict(run.reasons),
         "unanswered": len(run.sent),
         "closed": _close_codes(run.tabs),
+        "misnamed_hellos": run.misnamed,
         "accepted_per_s": round(len(run.accepted) / elapsed),
         "deliveries_per_s": round(deliveries / elapsed),
         "load_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),

@@ -19,13 +19,21 @@ const http = createServer();
 const io = new Server(http);
 if (tuned) {
   io.engine.on("connection", (rawSocket) => {
+    // The handshake's query is read from the request later: keep what it says first.
+    const query = new URL(rawSocket.request.url, "http://localhost").searchParams;
+    rawSocket.peer = { user: query.get("user"), tab: query.get("tab") };
     rawSocket.request = null;
   });
 }
 
 io.on("connection", (socket) => {
-  const user = Number(socket.handshake.query.user);
-  const tab = socket.handshake.query.tab ?? "t";
+  const named = socket.conn.peer ?? socket.handshake.query;
+  const user = Number(named.user);
+  const tab = named.tab ?? "t";
+  if (!Number.isSafeInteger(user)) {
+    socket.disconnect(true); // no user: never one room for every tab
+    return;
+  }
   const room = roomOf(user);
   const name = `user-${user}`;
   socket.join(name);

@@ -15,6 +15,10 @@ server.on("connection", (socket, request) => {
   const query = new URL(request.url, "http://localhost").searchParams;
   const user = Number(query.get("user"));
   const tab = query.get("tab") ?? "t";
+  if (!Number.isSafeInteger(user)) {
+    socket.close(1008, "no user");
+    return;
+  }
   const room = roomOf(user);
   room.tabs.add(socket);
   socket.on("close", () => room.tabs.delete(socket));

@@ -44,6 +44,7 @@ async def test_the_load_generator_measures_the_ceilings_and_the_peers(start: obj
             # The target's CPU over the phase alone, between the generator's marks.
             assert len(result["phase_cpu_s"]) == 1 and result["phase_window_s"] >= 0.5, result
             assert result["unanswered"] == 0 and result["closed"] == {}, result
+            assert result["misnamed_hellos"] == 0, result
             # Every accepted switch reached all three tabs of its user: a latency exists.
             assert result["p50_ms"] == result["p50_ms"] and result["p50_ms"] >= 0, result
         memory = await asyncio.to_thread(idle_memory, target, 12, 3)
