@@ -109,9 +109,14 @@ class CatchUp:
         """Read the state of every user with tabs here and publish it, unless older than what
         was published here meanwhile (after notifications were lost; outboxes drop what a
         tab has already)."""
-        for user_id in list(self._rooms):
-            state = await self.store.load_state(user_id)
-            hold = await self.store.load_hold(user_id)  # its change may be lost as well
+        users = list(self._rooms)
+        # Asked all at once, so the store reads them in batches (server/storage/reads.py);
+        # the holds too, whose changes may be lost as well.
+        states, holds = await asyncio.gather(
+            asyncio.gather(*(self.store.load_state(user_id) for user_id in users)),
+            asyncio.gather(*(self.store.load_hold(user_id) for user_id in users)),
+        )
+        for user_id, state, hold in zip(users, states, holds, strict=True):
             room = self._rooms.get(user_id)
             if room is None:
                 continue

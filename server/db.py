@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from server.errors import StoreUnavailable, first_line
 from server.settings import Settings
 from server.storage import schema, sqlite, tables
+from server.storage.reads import GroupRead
 from server.storage.tables import *  # noqa: F403 (the tables, exported here for units of work)
 
 __all__ = ["Clock", "Database", "utcnow"]
@@ -119,6 +120,7 @@ class Database:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="hub-sqlite-writer")
             self._readers = ThreadPoolExecutor(2, thread_name_prefix="hub-sqlite-reader")
         self._running: set[asyncio.Task[Any]] = set()
+        self._group_reads: dict[str, GroupRead[Any, Any]] = {}
         # SQLite has one writer at a time. The hub's own writers queue here, in order, rather
         # than in SQLite's busy handler, which sleeps up to 100 ms between tries and, under
         # contention, fails writers that a queue would have served. BEGIN IMMEDIATE still
@@ -160,6 +162,14 @@ class Database:
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a read transaction and return its result."""
         return await self._run(work, write=False)
+
+    def group_read(self, name: str, fetch: Callable[[Any], Awaitable[Any]]) -> GroupRead[Any, Any]:
+        """Return this database's batched read called ``name`` (server/storage/reads.py),
+        made with ``fetch`` the first time."""
+        reader = self._group_reads.get(name)
+        if reader is None:
+            reader = self._group_reads[name] = GroupRead(fetch)
+        return reader
 
     async def write(self, work: Callable[[Connection], T], *, tells_tabs: bool = True) -> T:
         """Run ``work`` in a write transaction, committed when it returns.

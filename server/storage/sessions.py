@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
@@ -73,10 +74,10 @@ LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
     _sessions.c.id.in_(bindparam("ids", expanding=True))
 )
 # Built once, on the synchronous path: every WebSocket handshake runs it.
-_BY_TOKEN = (
-    select(*LIVENESS_COLUMNS, _users.c.name)
+_BY_TOKENS = (
+    select(*LIVENESS_COLUMNS, _users.c.name, _sessions.c.token_hash)
     .join_from(_sessions, _users, _users.c.id == _sessions.c.user_id)
-    .where(_sessions.c.token_hash == bindparam("digest"))
+    .where(_sessions.c.token_hash.in_(bindparam("digests", expanding=True)))
 )
 
 
@@ -215,13 +216,12 @@ async def authenticate(
     """
     if not token:
         raise AuthenticationError("missing", "Log in first: no session was presented.")
-    now = database.clock()
     digest = token_hash(token)
-
-    def find(connection: Connection) -> Any:
-        return connection.execute(_BY_TOKEN, {"digest": digest}).first()
-
-    row = await database.read(find)
+    # Concurrent handshakes (a reconnect storm) share one read (server/storage/reads.py).
+    row = await database.group_read(
+        "sessions_by_token", functools.partial(_by_tokens, database)
+    ).get(digest)
+    now = database.clock()
     if row is None:
         raise AuthenticationError(
             "invalid", "The session is unknown or was collected; log in again."
@@ -233,6 +233,14 @@ async def authenticate(
     if touch and (now - row.last_seen_at).total_seconds() >= database.settings.session_touch_s:
         login = await extend(database, login) or login
     return login
+
+
+async def _by_tokens(database: Database, digests: Sequence[str]) -> dict[str, Any]:
+    def find(connection: Connection) -> dict[str, Any]:
+        rows = connection.execute(_BY_TOKENS, {"digests": list(digests)})
+        return {row.token_hash: row for row in rows}
+
+    return await database.read(find)
 
 
 async def extend(database: Database, login: LoginSession) -> LoginSession | None:

@@ -42,6 +42,7 @@ from server.rules import (
 from server.settings import Settings
 from server.storage import backplane
 from server.storage.commits import GroupCommit
+from server.storage.reads import GroupRead
 from server.storage.sessions import (
     LIVENESS_BY_IDS,
     ended_reason,
@@ -75,6 +76,9 @@ class SqlStore:
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self.database = database
+        # Concurrent joins (a reconnect storm) share their reads of states and holds.
+        self._states: GroupRead[int, StateView] = GroupRead(self._fetch_states)
+        self._holds: GroupRead[int, HoldView] = GroupRead(self._fetch_holds)
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
         # on_commit: told each batch's size and commit time (metrics).
         self.commits: GroupCommit[PendingSwitch, Decision] = GroupCommit(
@@ -86,21 +90,30 @@ class SqlStore:
         await self.commits.close()
 
     async def load_state(self, user_id: int) -> StateView:
-        """Read a user's state."""
-
-        def work(connection: Connection) -> StateView:
-            return read_state(connection, user_id)[2]
-
-        return await self.database.read(work)
+        """Read a user's state (with the other users' asked meanwhile: server/storage/reads.py)."""
+        state = await self._states.get(user_id)
+        assert state is not None  # every user asked has one, if only an empty one
+        return state
 
     async def load_hold(self, user_id: int) -> HoldView | None:
-        """Read the hold in force for a user, if any."""
-        now = self.database.clock()
+        """Read the hold in force for a user, if any (batched as the states are)."""
+        return await self._holds.get(user_id)
 
-        def work(connection: Connection) -> HoldView | None:
-            return read_holds(connection, [user_id], now).get(user_id)
+    async def _fetch_states(self, user_ids: Sequence[int]) -> dict[int, StateView]:
+        def work(connection: Connection) -> dict[int, StateView]:
+            states = _read_states(connection, user_ids)
+            platforms = _read_platforms(connection, user_ids)
+            found = {}
+            for user_id in user_ids:
+                version, stored = states.get(user_id, (0, None))
+                found[user_id] = platforms.get(user_id, NO_PLATFORMS).state(version, stored)
+            return found
 
         return await self.database.read(work)
+
+    async def _fetch_holds(self, user_ids: Sequence[int]) -> dict[int, HoldView]:
+        now = self.database.clock()
+        return await self.database.read(lambda c: read_holds(c, user_ids, now))
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import scale
+from bench import scale, storm
 from bench.run import idle_memory, load
 from bench.targets import ceiling, node_ceiling, node_socketio, node_socketio_tuned, peer
 from tests.support.postgres import require_postgres
@@ -70,3 +70,15 @@ async def test_the_scale_benchmark_spreads_each_users_tabs_over_the_processes() 
             assert result["unanswered"] == 0 and result["closed"] == {}, result
             # Latency counts only switches that reached every tab of the user, on both.
             assert result["deliveries_per_s"] > 0 and result["p50_ms"] >= 0, result
+
+
+async def test_the_storm_benchmark_brings_every_tab_back_after_a_restart() -> None:
+    """bench/storm.py on 40 tabs: the hub and the ceiling are restarted under their tabs,
+    which come back by themselves with the client's backoff; none gives up, and nothing but
+    the restart's refused connections counts as an error."""
+    args = argparse.Namespace(tabs=40, per_user=4, within=60.0)
+    for kind in ("ceiling", "hub"):
+        result = await storm.restart(kind, args)
+        assert result["tabs"] == 40 and result["back"] == 40, result
+        assert result["errors"] == {} and result["gave_up_or_late"] == 0, result
+        assert result["all_back_after_sigterm_s"] >= result["shutdown_s"], result
