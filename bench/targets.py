@@ -63,15 +63,23 @@ def spawn(module: str, port: int) -> subprocess.Popen[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def module_target(module: str, path: str, protocol: str) -> AsyncIterator[Target]:
-    port = free_port()
-    process = spawn(module, port)
+async def served(
+    process: subprocess.Popen[bytes], port: int, path: str, protocol: str
+) -> AsyncIterator[Target]:
+    """Yield the Target of a started ``process`` once its ``port`` listens; kill it after."""
     try:
         await wait_port(port)
         yield Target(f"ws://127.0.0.1:{port}{path}", process.pid, protocol=protocol)
     finally:
         process.kill()
         process.wait()
+
+
+@contextlib.asynccontextmanager
+async def module_target(module: str, path: str, protocol: str) -> AsyncIterator[Target]:
+    port = free_port()
+    async with served(spawn(module, port), port, path, protocol) as target:
+        yield target
 
 
 def ceiling(users: int) -> contextlib.AbstractAsyncContextManager[Target]:
@@ -155,13 +163,8 @@ async def node_target(
 ) -> AsyncIterator[Target]:
     await asyncio.to_thread(node_packages)
     port = free_port()
-    process = spawn_node(script, port, flags, env)
-    try:
-        await wait_port(port)
-        yield Target(f"ws://127.0.0.1:{port}{path}", process.pid, protocol=protocol)
-    finally:
-        process.kill()
-        process.wait()
+    async with served(spawn_node(script, port, flags, env), port, path, protocol) as target:
+        yield target
 
 
 # ws's optional native add-ons off, as a plain `npm install socket.io` leaves them.
