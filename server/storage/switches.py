@@ -56,6 +56,7 @@ __all__ = [
     "SqlStore",
     "read_holds",
     "read_state",
+    "read_states",
 ]
 
 
@@ -101,13 +102,7 @@ class SqlStore:
 
     async def _fetch_states(self, user_ids: Sequence[int]) -> dict[int, StateView]:
         def work(connection: Connection) -> dict[int, StateView]:
-            states = _read_states(connection, user_ids)
-            platforms = _read_platforms(connection, user_ids)
-            found = {}
-            for user_id in user_ids:
-                version, stored = states.get(user_id, (0, None))
-                found[user_id] = platforms.get(user_id, NO_PLATFORMS).state(version, stored)
-            return found
+            return {user_id: read[2] for user_id, read in read_states(connection, user_ids).items()}
 
         return await self.database.read(work)
 
@@ -373,9 +368,25 @@ def read_state(
 ) -> tuple[int, int | None, StateView]:
     """Read a user's version, stored active choice and the state tabs see, in the open
     transaction; ``lock`` takes the state row as a switch batch does (storage/platforms.py)."""
-    version, stored = _read_states(connection, [user_id], lock=lock).get(user_id, (0, None))
-    platforms = _read_platforms(connection, [user_id]).get(user_id, NO_PLATFORMS)
-    return version, stored, platforms.state(version, stored)
+    return read_states(connection, [user_id], lock=lock)[user_id]
+
+
+def read_states(
+    connection: Connection, user_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, tuple[int, int | None, StateView]]:
+    """read_state for several users at once, one statement per table; every user asked has
+    an entry (a user without a state row has version 0 and no platform chosen)."""
+    states = _read_states(connection, user_ids, lock=lock)
+    platforms = _read_platforms(connection, user_ids)
+    found = {}
+    for user_id in user_ids:
+        version, stored = states.get(user_id, (0, None))
+        found[user_id] = (
+            version,
+            stored,
+            platforms.get(user_id, NO_PLATFORMS).state(version, stored),
+        )
+    return found
 
 
 def read_holds(
