@@ -14,8 +14,8 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
@@ -25,7 +25,8 @@ from server.db import Database
 from server.errors import AuthenticationError, UsageError
 from server.events import SessionsEnded
 from server.protocol import SessionEndReason
-from server.storage import backplane
+from server.storage import backplane, expiry
+from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, expires_at, idle_expiry
 from server.storage.passwords import (
     NO_PASSWORD,
     dummy_hash,
@@ -35,44 +36,23 @@ from server.storage.passwords import (
 )
 
 __all__ = [
-    "LIVENESS_BY_IDS",
-    "LIVENESS_COLUMNS",
     "LoginSession",
     "authenticate",
     "collect",
-    "ended_reason",
-    "expires_at",
     "extend",
     "format_time",
-    "idle_expiry",
     "live_sessions",
     "log_in",
     "open_session",
     "revoke",
     "revoke_all",
     "revoke_all_within",
-    "statuses",
     "token_hash",
 ]
 
 logger = logging.getLogger("hub.sessions")
 _sessions = db.login_sessions
 _users = db.users
-# A session's identity and the times that decide whether it is live (see ended_reason); the
-# switch batch reads the same columns.
-LIVENESS_COLUMNS = (
-    _sessions.c.id,
-    _sessions.c.user_id,
-    _sessions.c.last_seen_at,
-    _sessions.c.idle_expires_at,
-    _sessions.c.absolute_expires_at,
-    _sessions.c.revoked_at,
-    _sessions.c.revoked_reason,
-)
-# The liveness of the sessions with the given ids: the switch batch and the session watcher.
-LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
-    _sessions.c.id.in_(bindparam("ids", expanding=True))
-)
 # Built once, on the synchronous path: every WebSocket handshake runs it.
 _BY_TOKENS = (
     select(*LIVENESS_COLUMNS, _users.c.name, _sessions.c.token_hash)
@@ -244,25 +224,14 @@ async def _by_tokens(database: Database, digests: Sequence[str]) -> dict[str, An
 
 
 async def extend(database: Database, login: LoginSession) -> LoginSession | None:
-    """Slide a live session's idle expiry forward; return it, or None if it has ended."""
-    settings = database.settings
-    now = database.clock()
+    """Slide a live session's idle expiry forward; return it, or None if it has ended.
 
-    def work(connection: Connection) -> LoginSession | None:
-        row = connection.execute(
-            select(*LIVENESS_COLUMNS).where(_sessions.c.id == login.id).with_for_update()
-        ).first()
-        if row is None or ended_reason(row, now) is not None:
-            return None
-        idle = idle_expiry(now, row.absolute_expires_at, settings.session_idle_s)
-        connection.execute(
-            update(_sessions)
-            .where(_sessions.c.id == login.id)
-            .values(last_seen_at=now, idle_expires_at=idle)
-        )
-        return dataclasses.replace(login, expires_at=min(idle, row.absolute_expires_at))
-
-    return await database.write(work)
+    Concurrent calls share one write (server/storage/expiry.py's ``extend``): in a reconnect
+    storm every handshake of a session last seen long ago slides it, and one transaction
+    serves them all."""
+    extended = database.group_read("session_extends", functools.partial(expiry.extend, database))
+    until = await extended.get(login.id)
+    return None if until is None else dataclasses.replace(login, expires_at=until)
 
 
 async def revoke(
@@ -357,39 +326,6 @@ def _end(
     backplane.stage(connection, database.origin, [event])
 
 
-class SessionTimes(Protocol):
-    """What decides whether a session has ended: a row of login_sessions."""
-
-    @property
-    def revoked_at(self) -> dt.datetime | None: ...
-    @property
-    def revoked_reason(self) -> str | None: ...
-    @property
-    def idle_expires_at(self) -> dt.datetime: ...
-    @property
-    def absolute_expires_at(self) -> dt.datetime: ...
-
-
-def idle_expiry(now: dt.datetime, absolute: dt.datetime, idle_s: float) -> dt.datetime:
-    """Return a session's idle expiry after activity at ``now``: ``idle_s`` later, never past
-    its absolute expiry."""
-    return min(now + dt.timedelta(seconds=idle_s), absolute)
-
-
-def expires_at(row: SessionTimes) -> dt.datetime:
-    """Return when a session ends unless extended: the earlier of its two expiries."""
-    return min(row.idle_expires_at, row.absolute_expires_at)
-
-
-def ended_reason(row: SessionTimes, now: dt.datetime) -> SessionEndReason | None:
-    """Return why a session has ended, or None while it is live."""
-    if row.revoked_at is not None:
-        return SessionEndReason(row.revoked_reason or SessionEndReason.REVOKED)
-    if expires_at(row) <= now:
-        return SessionEndReason.EXPIRED
-    return None
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Collected:
     """What one collection deleted."""
@@ -416,27 +352,6 @@ async def collect(database: Database) -> Collected:
         return Collected(sessions.rowcount, switches.rowcount)
 
     return await database.write(work)
-
-
-async def statuses(
-    database: Database, ids: Iterable[int]
-) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
-    """Return why each of these sessions ended (None: live) and when it expires; a session
-    collected already is missing."""
-    now = database.clock()
-    wanted = sorted(ids)
-
-    # Core rows in a reader thread: the ORM, once used here, built a full object per session
-    # on the event loop, which stalled every tab for 14 ms per 500 sessions at each check.
-    def work(connection: Connection) -> dict[int, tuple[SessionEndReason | None, dt.datetime]]:
-        found: dict[int, tuple[SessionEndReason | None, dt.datetime]] = {}
-        for start in range(0, len(wanted), 500):
-            rows = connection.execute(LIVENESS_BY_IDS, {"ids": wanted[start : start + 500]})
-            for row in rows:
-                found[row.id] = (ended_reason(row, now), expires_at(row))
-        return found
-
-    return await database.read(work)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

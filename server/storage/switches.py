@@ -42,13 +42,9 @@ from server.rules import (
 from server.settings import Settings
 from server.storage import backplane
 from server.storage.commits import GroupCommit
+from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, slide
 from server.storage.reads import GroupRead
-from server.storage.sessions import (
-    LIVENESS_BY_IDS,
-    ended_reason,
-    format_time,
-    idle_expiry,
-)
+from server.storage.sessions import format_time
 
 __all__ = [
     "PLATFORM_ROWS",
@@ -288,21 +284,8 @@ class _Batch:
         if self.log_rows:
             connection.execute(_LOG, self.log_rows)
         if self.touched:
-            connection.execute(
-                _TOUCH,
-                [
-                    {
-                        "b_id": login_id,
-                        "last_seen_at": now,
-                        "idle_expires_at": idle_expiry(
-                            now,
-                            self.logins[login_id].absolute_expires_at,
-                            self.settings.session_idle_s,
-                        ),
-                    }
-                    for login_id in sorted(self.touched)
-                ],
-            )
+            live = [self.logins[login_id] for login_id in self.touched]
+            slide(connection, live, now, self.settings.session_idle_s)
 
 
 @functools.lru_cache(maxsize=512)
@@ -360,7 +343,6 @@ _MOVE = update(_states).where(
 )
 _USED = update(_platforms).where(_platforms.c.id == bindparam("b_id"))
 _LOG = insert(_log)
-_TOUCH = update(_sessions).where(_sessions.c.id == bindparam("b_id"))
 
 
 def read_state(

@@ -12,7 +12,7 @@ from server.errors import StoreUnavailable
 from server.hub import Hub
 from server.protocol import SessionEndReason
 from server.storage import buckets as shared_buckets
-from server.storage import sessions
+from server.storage import expiry, sessions
 
 __all__ = ["check", "collect_forever", "watch_forever"]
 
@@ -24,7 +24,7 @@ async def check(database: Database, hub: Hub) -> None:
     told = hub.session_ids()
     if not told:
         return
-    statuses = await sessions.statuses(database, told)
+    statuses = await expiry.statuses(database, told)
     now = database.clock()
     warning = dt.timedelta(seconds=database.settings.session_warning_s)
     for session_id in told:

@@ -10,16 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Connection, Row, func, insert, select
+from sqlalchemy import Connection, Row, func, insert, select, update
 from websockets.exceptions import InvalidStatus
 
 from server import db
+from server.protocol import SessionEndReason
 from server.settings import Settings
-from server.storage import sessions
+from server.storage import expiry, sessions
 from server.storage.sessions import collect
 from server.storage.users import add_user
 from server.web.credentials import COOKIE
-from tests.conftest import MakeSettings, RunningHub, make_settings, serve, session_ended
+from tests.conftest import TIMEOUT, MakeSettings, RunningHub, make_settings, serve, session_ended
 
 
 @pytest.fixture
@@ -178,7 +179,51 @@ async def test_activity_slides_idle_expiry_but_not_past_absolute(
                     break
             assert response.status_code == 401 and response.json()["reason"] == "expired"
         [row] = await session_rows(running)
-        assert sessions.expires_at(row) == row.absolute_expires_at
+        assert expiry.expires_at(row) == row.absolute_expires_at
+
+
+async def test_a_storm_of_handshakes_slides_each_stale_session_in_shared_writes(
+    running: RunningHub,
+) -> None:
+    """40 tabs of four sessions last seen an hour ago connect at once (a restart's reconnect
+    storm): every session is slid, every hello carries its session's slid expiry, and the
+    slides took fewer write transactions than there were tabs (they were shared; before,
+    each handshake wrote its own, and the connect rate fell to a third)."""
+    tokens = [await running.login(name) for name in ("alice", "alice", "bob", "carol")]
+    hour_ago = running.database.clock() - dt.timedelta(hours=1)
+
+    def age(connection: Connection) -> None:
+        connection.execute(update(db.login_sessions).values(last_seen_at=hour_ago))
+
+    await running.database.write(age)
+    before = {row.token_hash: row.idle_expires_at for row in await session_rows(running)}
+    async with asyncio.timeout(TIMEOUT):
+        tabs = await asyncio.gather(*(running.tab(tokens[n % 4], f"t{n}") for n in range(40)))
+    rows = {row.token_hash: row for row in await session_rows(running)}
+    for n, tab in enumerate(tabs):
+        row = rows[sessions.token_hash(tokens[n % 4])]
+        assert row.last_seen_at > hour_ago and row.idle_expires_at > before[row.token_hash]
+        assert tab.hello["session"]["expires_at"] == sessions.format_time(row.idle_expires_at)
+    extends = running.database._group_reads["session_extends"]
+    print(f"\n40 stale handshakes: {extends.reads} slide transactions, {extends.keys} slides")
+    assert extends.reads < 40 and extends.keys < 40
+    for tab in tabs:
+        await tab.close()
+
+
+async def test_extend_slides_live_sessions_only(running: RunningHub) -> None:
+    """Among the ids asked, only live sessions are slid and returned: a revoked session, an
+    unknown id and the ids at the edges of a bigint are left out, and the revoked row is not
+    written."""
+    live = await sessions.authenticate(running.database, await running.login("alice"))
+    revoked = await sessions.authenticate(running.database, await running.login("bob"))
+    await sessions.revoke(running.database, revoked.id, SessionEndReason.LOGOUT)
+    was = {row.id: row for row in await session_rows(running)}
+    found = await expiry.extend(running.database, [revoked.id, live.id, 0, -(2**63), 2**63 - 1])
+    assert list(found) == [live.id] and found[live.id] > live.expires_at
+    now = {row.id: row for row in await session_rows(running)}
+    assert now[revoked.id] == was[revoked.id]
+    assert now[live.id].idle_expires_at == found[live.id]
 
 
 async def test_collection_deletes_ended_sessions_and_old_switch_log(
