@@ -127,10 +127,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             "only its own tabs of a change. Serve one process (no --workers), or set "
             "HUB_DATABASE_URL=postgresql+asyncpg://..."
         )
-    # Refuse an outdated schema here, with the message alone, before uvicorn starts.
-    _with_database(settings, lambda db: db.prepare_schema(upgrade=settings.upgrade_schema))
+    # Refuse an outdated schema (or upgrade it, if told to) here, with the message alone,
+    # before uvicorn starts; a single process then does not look again.
+    upgrade = settings.upgrade_schema
+    _with_database(settings, lambda db: db.prepare_schema(upgrade=upgrade), prepare=False)
     if workers == 1:
-        app = create_app(settings)
+        app = create_app(settings, schema_ready=True)
         tune_gc()
         uvicorn.Server(uvicorn_config(app, settings)).run()
         return 0

@@ -11,6 +11,8 @@
 ``AsyncHostClient`` has the same methods as coroutines. Every failure raises HostApiError.
 """
 
+from typing import TYPE_CHECKING
+
 from platform_hub_client.bodies import (
     HoldView,
     PlatformCreate,
@@ -29,8 +31,10 @@ from platform_hub_client.bodies import (
     UserView,
 )
 from platform_hub_client.calls import Call
-from platform_hub_client.clients import AsyncHostClient, HostClient
 from platform_hub_client.errors import HostApiError
+
+if TYPE_CHECKING:
+    from platform_hub_client.clients import AsyncHostClient, HostClient
 
 __version__ = "1.0.0"
 
@@ -56,3 +60,13 @@ __all__ = [
     "UserView",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The clients load httpx on first use: the hub imports this package for its bodies
+    # alone, and its start-up is part of every reconnect storm (httpx took 120 ms of it).
+    if name in {"AsyncHostClient", "HostClient"}:
+        from platform_hub_client import clients
+
+        return getattr(clients, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

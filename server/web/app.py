@@ -35,14 +35,20 @@ from server.web.websocket import websocket_endpoint
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, *, clock: Clock = utcnow) -> Starlette:
-    """Build the hub's ASGI app; the database, hub and background tasks live in its lifespan."""
+def create_app(
+    settings: Settings, *, clock: Clock = utcnow, schema_ready: bool = False
+) -> Starlette:
+    """Build the hub's ASGI app; the database, hub and background tasks live in its lifespan.
+
+    The lifespan first prepares the schema (creates it in an empty database, refuses or
+    upgrades an outdated one) unless ``schema_ready``: the caller has just done so."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         database = Database(settings, clock=clock)
         try:
-            await database.prepare_schema(upgrade=settings.upgrade_schema)
+            if not schema_ready:
+                await database.prepare_schema(upgrade=settings.upgrade_schema)
         except BaseException:
             await database.dispose()
             raise

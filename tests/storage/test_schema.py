@@ -24,6 +24,7 @@ from server.storage import schema
 from server.storage.schema import SchemaOutdated
 from server.storage.users import seed_demo
 from tests.conftest import MakeSettings
+from tests.support.processes import HubProcess
 
 
 def differences(connection: Connection) -> list[Any]:
@@ -147,6 +148,26 @@ def test_serve_refuses_an_outdated_schema_until_hub_db_upgrade(tmp_path: Path) -
     again = run_hub(url, "db", "upgrade")
     assert again.stdout.strip() == f"schema already at revision {schema.head()}"
     assert run_hub(url, "db", "status").returncode == 0
+
+
+async def test_serve_with_upgrade_adopts_an_outdated_schema_and_serves(
+    make_on_each_engine: MakeSettings, tmp_path: Path
+) -> None:
+    """`hub serve --upgrade` on tables from before migrations: it upgrades them and serves
+    (it once checked the schema without the flag first, and refused to start)."""
+    settings = make_on_each_engine()
+    database = Database(settings)
+    try:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(make_baseline)
+        hub = await HubProcess(settings, tmp_path / "hub.log", args=["--upgrade"]).start()
+        try:
+            assert (await hub.health())["status"] == "ok"
+        finally:
+            hub.stop()
+        assert (await schema.inspect_schema(database.engine)).up_to_date
+    finally:
+        await database.dispose()
 
 
 async def test_downgrading_external_ids_keeps_every_users_active_platform(
