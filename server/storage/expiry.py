@@ -46,8 +46,10 @@ LIVENESS_COLUMNS = (
 LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
     _sessions.c.id.in_(bindparam("ids", expanding=True))
 )
-# Locked in id order, so that two processes extending overlapping sessions cannot deadlock.
-_LOCKED_BY_IDS = LIVENESS_BY_IDS.order_by(_sessions.c.id).with_for_update()
+# A slide never waits for a row lock (PostgreSQL): a session another transaction holds is
+# being changed by it (revoked, collected, slid by another process), and waiting would hold
+# every handshake of the batch behind it, or deadlock with a revocation.
+_LOCKED_BY_IDS = LIVENESS_BY_IDS.order_by(_sessions.c.id).with_for_update(skip_locked=True)
 _SLIDE = update(_sessions).where(_sessions.c.id == bindparam("b_id"))
 
 
@@ -101,16 +103,25 @@ def slide(
     return found
 
 
-async def extend(database: Database, ids: Sequence[int]) -> dict[int, dt.datetime]:
+async def extend(
+    database: Database, ids: Sequence[int]
+) -> dict[int, dt.datetime | SessionEndReason]:
     """Slide the idle expiry of the live sessions among ``ids`` to now, in one transaction;
-    return each one's new expiry (a session that has ended is missing)."""
+    return each one's new expiry, or why it has ended. A session unknown (collected) is
+    missing, and so is one another transaction holds right now (PostgreSQL, SKIP LOCKED)."""
     now = database.clock()
     idle_s = database.settings.session_idle_s
     wanted = sorted(set(ids))
 
-    def work(connection: Connection) -> dict[int, dt.datetime]:
+    def work(connection: Connection) -> dict[int, dt.datetime | SessionEndReason]:
         rows = connection.execute(_LOCKED_BY_IDS, {"ids": wanted}).all()
-        return slide(connection, [r for r in rows if ended_reason(r, now) is None], now, idle_s)
+        found: dict[int, dt.datetime | SessionEndReason] = {}
+        for row in rows:
+            ended = ended_reason(row, now)
+            if ended is not None:
+                found[row.id] = ended
+        found.update(slide(connection, [r for r in rows if r.id not in found], now, idle_s))
+        return found
 
     return await database.write(work)
 

@@ -54,7 +54,8 @@ class GroupRead(Generic[K, V]):
         """Return the value of ``key``, read with whatever else is asked meanwhile."""
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(future)
-        if self._reader is None:
+        # A reader cancelled before its first step never ran its finally: start another.
+        if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read_all())
         return await future
 

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, or_, select, updat
 from server import db
 from server.api import SessionDetail
 from server.db import Database
-from server.errors import AuthenticationError, UsageError
+from server.errors import AuthenticationError, StoreUnavailable, UsageError
 from server.events import SessionsEnded
 from server.protocol import SessionEndReason
 from server.storage import backplane, expiry
@@ -211,7 +211,12 @@ async def authenticate(
         raise AuthenticationError(ended.value, _ENDED_MESSAGES[ended])
     login = LoginSession(row.id, row.user_id, row.name, expires_at(row))
     if touch and (now - row.last_seen_at).total_seconds() >= database.settings.session_touch_s:
-        login = await extend(database, login) or login
+        try:
+            login = await extend(database, login)
+        except StoreUnavailable as error:
+            # The session is live (read above) and keeps its expiry: a slide that the
+            # database could not take does not fail the request that asked for it.
+            logger.debug("session %d not slid: %s", login.id, error)
     return login
 
 
@@ -223,15 +228,19 @@ async def _by_tokens(database: Database, digests: Sequence[str]) -> dict[str, An
     return await database.read(find)
 
 
-async def extend(database: Database, login: LoginSession) -> LoginSession | None:
-    """Slide a live session's idle expiry forward; return it, or None if it has ended.
+async def extend(database: Database, login: LoginSession) -> LoginSession:
+    """Slide a live session's idle expiry forward and return it; raise AuthenticationError if
+    it has ended meanwhile. A session another transaction holds right now (PostgreSQL) is
+    returned as it was: that transaction is changing it.
 
     Concurrent calls share one write (server/storage/expiry.py's ``extend``): in a reconnect
     storm every handshake of a session last seen long ago slides it, and one transaction
     serves them all."""
     extended = database.group_read("session_extends", functools.partial(expiry.extend, database))
     until = await extended.get(login.id)
-    return None if until is None else dataclasses.replace(login, expires_at=until)
+    if isinstance(until, SessionEndReason):
+        raise AuthenticationError(until.value, _ENDED_MESSAGES[until])
+    return login if until is None else dataclasses.replace(login, expires_at=until)
 
 
 async def revoke(
@@ -269,9 +278,12 @@ def revoke_all_within(
     database: Database, connection: Connection, user_id: int, reason: SessionEndReason
 ) -> list[int]:
     """Revoke every live session of a user in the open write transaction; return their ids."""
+    # Locked in id order, as every writer of several sessions locks them (expiry.py): in the
+    # heap's order, PostgreSQL could deadlock it with a slide of the same sessions.
     query = (
         select(_sessions.c.id)
         .where(_sessions.c.user_id == user_id, _sessions.c.revoked_at.is_(None))
+        .order_by(_sessions.c.id)
         .with_for_update()
     )
     ids = list(connection.scalars(query).all())

@@ -172,8 +172,6 @@ async def extend(request: Request) -> Response:
     hub: Hub = request.state.hub
     login = await sessions.authenticate(database, token(request), touch=False)
     extended = await sessions.extend(database, login)
-    if extended is None:
-        raise AuthenticationError("expired", "The session ended meanwhile.")
     hub.extend_session(extended.id, format_time(extended.expires_at))
     return json_response(200, _session_view(extended))
 

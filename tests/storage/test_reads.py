@@ -103,6 +103,22 @@ async def test_a_caller_that_goes_away_leaves_the_others_their_answer() -> None:
     assert gone.cancelled() and fetch.batches == [["k1"]]
 
 
+async def test_a_reader_cancelled_before_it_ran_is_replaced() -> None:
+    """A reader task cancelled before its first step never clears itself: the next get
+    starts another instead of queueing behind it forever."""
+    fetch = Fetcher()
+    fetch.release.set()
+    reader: GroupRead[str, str] = GroupRead(fetch)
+    first = asyncio.ensure_future(reader.get("k1"))
+    await asyncio.sleep(0)
+    assert reader._reader is not None
+    reader._reader.cancel()
+    await asyncio.sleep(0)
+    async with asyncio.timeout(TIMEOUT):
+        assert await reader.get("k2") == "K2"
+        assert await first == "K1"
+
+
 def test_a_batch_of_no_key_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         GroupRead(Fetcher(), max_batch=0)

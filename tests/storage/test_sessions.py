@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sqlalchemy import Connection, Row, func, insert, select, update
 from websockets.exceptions import InvalidStatus
 
 from server import db
+from server.errors import AuthenticationError
 from server.protocol import SessionEndReason
 from server.settings import Settings
 from server.storage import expiry, sessions
@@ -212,18 +215,59 @@ async def test_a_storm_of_handshakes_slides_each_stale_session_in_shared_writes(
 
 
 async def test_extend_slides_live_sessions_only(running: RunningHub) -> None:
-    """Among the ids asked, only live sessions are slid and returned: a revoked session, an
-    unknown id and the ids at the edges of a bigint are left out, and the revoked row is not
-    written."""
+    """Among the ids asked, only live sessions are slid: a revoked one is answered with its
+    reason and not written, an unknown id and the ids at the edges of a bigint are left out.
+    A handshake whose session was revoked between its read and its slide is refused with
+    that reason (it once got a hello, then at once session_ended)."""
     live = await sessions.authenticate(running.database, await running.login("alice"))
     revoked = await sessions.authenticate(running.database, await running.login("bob"))
     await sessions.revoke(running.database, revoked.id, SessionEndReason.LOGOUT)
     was = {row.id: row for row in await session_rows(running)}
     found = await expiry.extend(running.database, [revoked.id, live.id, 0, -(2**63), 2**63 - 1])
-    assert list(found) == [live.id] and found[live.id] > live.expires_at
+    assert set(found) == {live.id, revoked.id} and found[revoked.id] == SessionEndReason.LOGOUT
+    slid = found[live.id]
+    assert isinstance(slid, dt.datetime) and slid > live.expires_at
     now = {row.id: row for row in await session_rows(running)}
     assert now[revoked.id] == was[revoked.id]
     assert now[live.id].idle_expires_at == found[live.id]
+    with pytest.raises(AuthenticationError) as refused:
+        await sessions.extend(running.database, revoked)
+    assert refused.value.reason == "logout"
+
+
+async def test_a_session_that_cannot_be_slid_now_still_gets_its_hello(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A stale session whose row another transaction holds (PostgreSQL: a row lock; SQLite:
+    another process's write lock) is admitted with its expiry as it was: the slide skips the
+    row (PostgreSQL) or gives up after busy_timeout (SQLite) instead of waiting with every
+    handshake of its batch, or failing them with 503."""
+    settings = make_on_each_engine(sqlite_busy_timeout_ms=300)
+    async with serve(settings) as running:
+        token = await running.login("alice")
+        hour_ago = running.database.clock() - dt.timedelta(hours=1)
+
+        def age(connection: Connection) -> None:
+            connection.execute(update(db.login_sessions).values(last_seen_at=hour_ago))
+
+        await running.database.write(age)
+        [row] = await session_rows(running)
+        async with contextlib.AsyncExitStack() as held:
+            if settings.is_sqlite:
+                locker = sqlite3.connect(settings.database_url.split("///", 1)[1])
+                locker.isolation_level = None
+                locker.execute("BEGIN IMMEDIATE")
+                held.callback(locker.close)
+                held.callback(locker.execute, "ROLLBACK")
+            else:
+                connection = await held.enter_async_context(running.database.engine.begin())
+                locked = select(db.login_sessions.c.id).where(db.login_sessions.c.id == row.id)
+                await connection.execute(locked.with_for_update())
+            tab = await running.tab(token, "a")
+        assert tab.hello["session"]["expires_at"] == sessions.format_time(expiry.expires_at(row))
+        [after] = await session_rows(running)
+        assert after.last_seen_at == row.last_seen_at
+        await tab.close()
 
 
 async def test_collection_deletes_ended_sessions_and_old_switch_log(
