@@ -1,7 +1,7 @@
 """Reconnect storms: every tab of a process comes back at once after a restart.
 
-    .venv/bin/python -m bench.storm [--tabs 10000] [--per-user 4] [--target hub|ceiling|both]
-                                    [--within 60]
+    .venv/bin/python -m bench.storm [--tabs 10000] [--per-user 4] [--within 60]
+                                    [--target hub|hub-pg|ceiling|both]
 
 A target holds --tabs tabs (--per-user of each user); then it gets SIGTERM and, once it has
 exited, is started again on the same port. The tabs reconnect as the shipped client does
@@ -15,6 +15,12 @@ from the spawn until every tab had a hello again; handshake errors by kind (conn
 refused while nothing listened are counted apart: they are the restart, not an error); and
 the tabs not back within --within seconds. The hub runs on SQLite with its real settings;
 the ceiling is bench/ceiling.py (no authentication, no database).
+
+``hub-pg`` is the hub on PostgreSQL (a fresh database) with a second hub process beside the
+restarted one, holding the two tabs of a witness user. The witness switches --witness-rate
+times a second, each switch after the last one's answer, and each is timed until both its
+tabs have the new version; reported: p50, p99 and max of those times before the SIGTERM and
+from it until every tab is back, with the switches not answered within 5 s.
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bench.targets import ROOT, settle, spawn, wait_port
 from server.settings import Settings
 from tests.support.population import populate
+from tests.support.postgres import fresh_database
 from tests.support.processes import HubProcess, free_port
 
 BASE_S, CAP_S = 0.5, 20.0  # client/navigation.js's baseDelayMs and maxDelayMs
 HEARTBEAT_S = 20.0  # under the hub's heartbeat (25 s): a tab pings, as the client does
+BASELINE_S = 5.0  # the witness switches this long before the SIGTERM
 
 
 @dataclass
@@ -101,6 +109,97 @@ async def hold(storm: Storm, tab: StormTab, url: str, headers: dict[str, str]) -
                             await connection.send('{"type":"ping"}')
         await asyncio.sleep(random.random() * min(CAP_S, BASE_S * 2**attempt))
         attempt += 1
+
+
+@dataclass
+class Witness:
+    """A user whose two tabs stay connected to another process, switching through the storm."""
+
+    sent: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds to all)
+    unanswered: list[float] = field(default_factory=list)  # sent at, not done within 5 s
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def summary(self, start: float, end: float) -> dict[str, Any]:
+        times = sorted(t for at, t in self.sent if start <= at < end)
+        lost = sum(start <= at < end for at in self.unanswered)
+
+        def ms(q: float) -> float | None:
+            if not times:
+                return None
+            return round(1000 * times[min(len(times) - 1, int(q * len(times)))], 1)
+
+        return {
+            "switches": len(times),
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": ms(1.0),
+            "unanswered": lost,
+        }
+
+
+async def witness(url: str, token: str, rate: float, out: Witness) -> None:
+    """Switch the witness user from one of its tabs until cancelled; time each switch until
+    both tabs have its version."""
+    headers = {"Authorization": f"Bearer {token}"}
+    seen: list[dict[int, float]] = [{}, {}]
+    answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        tabs = [
+            await stack.enter_async_context(
+                connect(f"{url}?tab=witness{n}", additional_headers=headers, max_queue=None)
+            )
+            for n in range(2)
+        ]
+        hello = json.loads(await tabs[0].recv())
+        platforms = [p["id"] for p in hello["state"]["platforms"]]
+        state = {"version": hello["state"]["version"], "active": hello["state"]["active"]}
+
+        async def read(n: int) -> None:
+            async for frame in tabs[n]:
+                message = json.loads(frame)
+                if message["type"] in {"hello", "state"}:
+                    seen[n].setdefault(message["state"]["version"], time.monotonic())
+                    if n == 0 and message["state"]["version"] > state["version"]:
+                        state.update(message["state"])
+                elif message["type"] == "switched":
+                    seen[n].setdefault(message["version"], time.monotonic())
+                    if message["id"] in answers:
+                        answers.pop(message["id"]).set_result(message)
+                elif message.get("id") in answers:
+                    answers.pop(message["id"]).set_result(message)
+
+        readers = [asyncio.create_task(read(n)) for n in range(2)]
+        stack.callback(lambda: [reader.cancel() for reader in readers])
+        number = 0
+        while True:
+            number += 1
+            request = f"w{number}-{random.getrandbits(32):08x}"
+            target = next(p for p in platforms if p != state["active"])
+            answers[request] = asyncio.get_running_loop().create_future()
+            sent = time.monotonic()
+            await tabs[0].send(
+                json.dumps(
+                    {"type": "switch", "id": request, "platform": target, "base": state["version"]}
+                )
+            )
+            try:
+                async with asyncio.timeout(5):
+                    answer = await answers[request]
+                    if answer["type"] == "rejected":
+                        out.rejected[answer["reason"]] += 1
+                        if answer.get("state"):
+                            state.update(answer["state"])
+                    else:
+                        version = answer["version"]
+                        if version > state["version"]:
+                            state.update(version=version, active=target)
+                        while not all(version in tab for tab in seen):  # noqa: ASYNC110
+                            await asyncio.sleep(0.001)
+                        out.sent.append((sent, max(tab[version] for tab in seen) - sent))
+            except TimeoutError:
+                answers.pop(request, None)
+                out.unanswered.append(sent)
+            await asyncio.sleep(max(0.0, sent + 1 / rate - time.monotonic()))
 
 
 async def tabs_main(args: argparse.Namespace) -> None:
@@ -167,18 +266,26 @@ def start_tabs(url: str, args: argparse.Namespace, tokens: Path | None) -> subpr
 
 async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Measure one target's restart under its tabs."""
-    with tempfile.TemporaryDirectory() as tmp:
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         port = free_port()
         tokens: Path | None = None
         hub: HubProcess | None = None
-        if kind == "hub":
-            settings = Settings(
-                database_url=f"sqlite+aiosqlite:///{tmp}/hub.db", log_level="warning"
-            )
-            population = await populate(settings, args.tabs // args.per_user)
-            tokens = Path(tmp) / "tokens.json"
-            tokens.write_text(json.dumps({str(u): t for u, t in population.tokens.items()}))
-            hub = await HubProcess(settings, Path(tmp) / "hub.log", port=port).start()
+        watch: tuple[str, str] | None = None  # the witness's URL and token
+        if kind in {"hub", "hub-pg"}:
+            url = f"sqlite+aiosqlite:///{tmp}/hub.db"
+            if kind == "hub-pg":
+                url = await stack.enter_async_context(fresh_database())
+            settings = Settings(database_url=url, log_level="warning")
+            population = await populate(settings, args.tabs // args.per_user + (kind == "hub-pg"))
+            found_tokens = {str(u): t for u, t in population.tokens.items()}
+            if kind == "hub-pg":
+                other = await HubProcess(settings, tmp / "other.log").start()
+                stack.callback(other.stop)
+                watch = (f"ws://127.0.0.1:{other.port}/ws", found_tokens.pop(max(found_tokens)))
+            tokens = tmp / "tokens.json"
+            tokens.write_text(json.dumps(found_tokens))
+            hub = await HubProcess(settings, tmp / "hub.log", port=port).start()
             assert hub.process is not None
             process: subprocess.Popen[bytes] = hub.process
         else:
@@ -186,9 +293,14 @@ async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             await wait_port(port)
         tabs = start_tabs(f"ws://127.0.0.1:{port}/ws", args, tokens)
         assert tabs.stdin is not None and tabs.stdout is not None
+        seen = Witness()
         try:
             connected = json.loads(await asyncio.to_thread(tabs.stdout.readline))
             await settle(process.pid)
+            if watch is not None:
+                watching = asyncio.create_task(witness(*watch, args.witness_rate, seen))
+                stack.callback(watching.cancel)
+                await asyncio.sleep(BASELINE_S)
             term = time.monotonic()
             process.send_signal(signal.SIGTERM)
             await asyncio.to_thread(process.wait, 60)
@@ -212,7 +324,7 @@ async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 pipe.close()
     first, last = found.pop("first_hello"), found.pop("last_hello")
     median = found.pop("median_hello")
-    return {
+    result = {
         "target": kind,
         "tabs": connected["connected"],
         "connect_tabs_per_s": connected["connect_tabs_per_s"],
@@ -225,10 +337,15 @@ async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         **found,
         "gave_up_or_late": connected["connected"] - found["back"],
     }
+    if watch is not None:
+        result["witness_before"] = seen.summary(term - BASELINE_S, term)
+        result["witness_storm"] = seen.summary(term, last or time.monotonic())
+        result["witness_rejected"] = dict(seen.rejected)
+    return result
 
 
 async def main(args: argparse.Namespace) -> None:
-    kinds = ["ceiling", "hub"] if args.target == "both" else [args.target]
+    kinds = ["ceiling", "hub"] if args.target == "both" else args.target.split(",")
     for kind in kinds:
         print(json.dumps(await restart(kind, args)), flush=True)
 
@@ -241,6 +358,7 @@ if __name__ == "__main__":
     parser.add_argument("--within", type=float, default=60.0)
     parser.add_argument("--target", default="both")
     parser.add_argument("--tokens")
+    parser.add_argument("--witness-rate", type=float, default=20.0)
     arguments = parser.parse_args()
     arguments.token_map = (
         json.loads(Path(arguments.tokens).read_text()) if arguments.tokens else None

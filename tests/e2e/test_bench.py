@@ -76,9 +76,23 @@ async def test_the_storm_benchmark_brings_every_tab_back_after_a_restart() -> No
     """bench/storm.py on 40 tabs: the hub and the ceiling are restarted under their tabs,
     which come back by themselves with the client's backoff; none gives up, and nothing but
     the restart's refused connections counts as an error."""
-    args = argparse.Namespace(tabs=40, per_user=4, within=60.0)
+    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0)
     for kind in ("ceiling", "hub"):
         result = await storm.restart(kind, args)
         assert result["tabs"] == 40 and result["back"] == 40, result
         assert result["errors"] == {} and result["gave_up_or_late"] == 0, result
         assert result["all_back_after_sigterm_s"] >= result["shutdown_s"], result
+
+
+async def test_the_storm_benchmark_times_a_witness_on_another_process() -> None:
+    """bench/storm.py's hub-pg: two hub processes on PostgreSQL; the witness user's switches
+    on the process left running are answered and reach both its tabs, before the restart of
+    the other and through it."""
+    await require_postgres()
+    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0)
+    result = await storm.restart("hub-pg", args)
+    assert result["back"] == 40 and result["errors"] == {}, result
+    for phase in ("witness_before", "witness_storm"):
+        assert result[phase]["switches"] > 0 and result[phase]["unanswered"] == 0, result
+        assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"], result
+    assert result["witness_rejected"] == {}, result
