@@ -151,6 +151,7 @@ def create_app(
         Route("/api/logout", pages.logout, methods=["POST"]),
         Route("/api/logout-all", pages.logout_all, methods=["POST"]),
         Route("/api/session/extend", pages.extend, methods=["POST"]),
+        route("/api/sessions/{session:id}/revoke", POST=pages.session_revoke),
         Route("/api/state", pages.state),
         Route("/api/switch", pages.switch, methods=["POST"]),
         route("/api/platforms", GET=pages.platforms_list, POST=pages.platforms_add),

@@ -14,6 +14,7 @@ from server.api import (
     PlatformCreate,
     PlatformList,
     PlatformUpdate,
+    SessionsRevoked,
     SessionView,
     StateResponse,
     decode_body,
@@ -53,6 +54,7 @@ __all__ = [
     "platforms_change",
     "platforms_list",
     "platforms_remove",
+    "session_revoke",
     "state",
     "switch",
 ]
@@ -163,6 +165,24 @@ async def _end_sessions(request: Request, *, everywhere: bool) -> Response:
     response = json_response(200, {"sessions": len(ended), "tabs": tabs})
     response.delete_cookie(COOKIE, path="/")
     return response
+
+
+async def session_revoke(request: Request) -> Response:
+    """End one of the person's own sessions: another device's, or this one. Its tabs get
+    ``session_ended`` (revoked) at once, on every hub process. Another person's session, or
+    one that has ended, is 404, as an unknown platform is."""
+    if not origin_allowed(request):
+        return forbidden_origin()
+    database: Database = request.state.database
+    hub: Hub = request.state.hub
+    login = await sessions.authenticate(database, token(request), touch=False)
+    session_id = request.path_params["session"]
+    reason = SessionEndReason.REVOKED
+    tabs = hub.open_tabs(session_id=session_id)  # before: the commit itself may close them
+    if not await sessions.revoke(database, session_id, reason, user_id=login.user_id):
+        return error_response(404, ErrorCode.UNKNOWN_SESSION, "You have no such live session.")
+    hub.end_session(session_id, reason)
+    return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
 
 
 async def extend(request: Request) -> Response:

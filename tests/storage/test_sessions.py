@@ -100,6 +100,46 @@ async def test_logout_ends_every_tab_of_that_session_only(running: RunningHub) -
     await survivor.close()
 
 
+async def test_a_page_ends_another_device_of_its_person_and_no_one_elses(
+    running: RunningHub,
+) -> None:
+    """POST /api/sessions/{id}/revoke from the phone ends the laptop's tabs with
+    session_ended (revoked) and 4001; the phone's and Bob's stay. Bob's session, an ended
+    one and ids that name no session (the edges of a bigint and past them) are 404 alike,
+    and a request from a foreign origin is refused before anything ends."""
+    phone, laptop = await running.login("alice"), await running.login("alice")
+    bob = await running.login("bob")
+    ids = {row.token_hash: row.id for row in await session_rows(running)}
+    laptop_id, bob_id = ids[sessions.token_hash(laptop)], ids[sessions.token_hash(bob)]
+    laptop_tabs = [await running.tab(laptop, f"l{n}") for n in range(2)]
+    stayers = [await running.tab(phone, "p"), await running.tab(bob, "b")]
+
+    async with running.http(phone, Origin="http://evil.example") as client:
+        forged = await client.post(f"/api/sessions/{laptop_id}/revoke")
+    assert forged.status_code == 403 and forged.json()["error"] == "forbidden_origin"
+    async with running.http(phone) as client:
+        for wrong in (bob_id, 0, -1, 2**63 - 1, 2**63):
+            refused = await client.post(f"/api/sessions/{wrong}/revoke")
+            assert refused.status_code == 404, (wrong, refused.text)
+        assert refused.json()["error"] in {"unknown_session", "not_found"}
+        foreign = await client.post(f"/api/sessions/{bob_id}/revoke")
+        assert foreign.json()["error"] == "unknown_session"
+        response = await client.post(f"/api/sessions/{laptop_id}/revoke")
+        assert response.status_code == 200 and response.json() == {"sessions": 1, "tabs": 2}
+        again = await client.post(f"/api/sessions/{laptop_id}/revoke")
+        assert again.status_code == 404 and again.json()["error"] == "unknown_session"
+    for tab in laptop_tabs:
+        code, messages = await tab.closed(within=1.0)
+        assert code == 4001 and messages == [session_ended("revoked")]
+    for tab in stayers:
+        await tab.send({"type": "ping"})
+        assert await tab.receive() == {"type": "pong"}
+        await tab.close()
+    async with running.http(laptop) as client:
+        ended = await client.get("/api/state")
+    assert ended.status_code == 401 and ended.json()["reason"] == "revoked"
+
+
 async def test_logout_all_ends_every_session_of_the_user(running: RunningHub) -> None:
     """Logout-all ends the tabs of all the user's sessions, and no other user's."""
     phone, laptop = await running.login("alice"), await running.login("alice")
