@@ -64,6 +64,11 @@ class GroupRead(Generic[K, V]):
             while self._waiting:
                 keys = list(self._waiting)[: self.max_batch]
                 batch = {key: self._waiting.pop(key) for key in keys}
+                # Keys whose callers have all gone (the handshake of a peer that reset its
+                # connection is cancelled) are not read.
+                keys = [key for key in keys if not all(f.done() for f in batch[key])]
+                if not keys:
+                    continue
                 try:
                     found = await self._fetch(keys)
                 except Exception as error:

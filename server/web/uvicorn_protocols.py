@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import resource
@@ -36,6 +35,7 @@ from server.api import ErrorBody
 from server.limits import TokenBucket
 from server.protocol import ErrorCode, encode
 from server.settings import Settings
+from server.web.mailbox import Flag, Mailbox
 
 __all__ = ["PROTOCOL_EXTENSION", "BoundedHttpProtocol", "BoundedWebSocketProtocol"]
 
@@ -218,76 +218,6 @@ def _max_connections(settings: Settings) -> int:
     return max(16, soft - 100) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
-class _Mailbox:
-    """What uvicorn's protocol uses of asyncio.Queue, for its one reader, without the deques."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Any] | None = None  # None while empty: most of the time
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def qsize(self) -> int:
-        return len(self._items) if self._items else 0
-
-
-class _Flag:
-    """What uvicorn's protocol uses of asyncio.Event (``writable``), without a deque."""
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> bool:
-        if self._set:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return True
-
-
 class BoundedWebSocketProtocol(_SansIO):
     """uvicorn's sans-I/O WebSocket protocol, parsing no faster than the app reads.
 
@@ -307,6 +237,10 @@ class BoundedWebSocketProtocol(_SansIO):
     # unsent. Until then, a bucket of the connection's own.
     admit_control: Callable[[], bool] | None = None
     on_overflow: Callable[[], None] | None = None
+    # Set by the endpoint while it decides on the handshake: cancelled if the peer leaves
+    # before the answer (then ``peer_gone``).
+    handshake_task: asyncio.Task[Any] | None = None
+    peer_gone = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -318,8 +252,8 @@ class BoundedWebSocketProtocol(_SansIO):
         self._bucket = TokenBucket(settings.messages_per_second, settings.message_burst)
         self._excess = 0
         self._max_excess = settings.max_bad_messages
-        self.queue = _Mailbox()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
+        self.queue = Mailbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
         self._unparsed = b""  # received, not yet parsed: from self._offset on
         self._offset = 0
@@ -344,7 +278,16 @@ class BoundedWebSocketProtocol(_SansIO):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
+        undecided = not self.handshake_complete  # uvicorn marks it complete below
         super().connection_lost(exc)
+        if undecided:
+            # The peer left before its handshake was answered: stop the endpoint's reads
+            # for it. A flood of handshakes reset at once (a thousand a second) otherwise
+            # left as many tasks reading for no one, and legitimate hellos waited behind
+            # them for 20 s. The endpoint ends quietly (``peer_gone``).
+            self.peer_gone = True
+            if self.handshake_task is not None:
+                self.handshake_task.cancel()
 
     def _abort_later(self) -> None:
         # uvicorn closes gracefully after its close timeout (10 s), and a graceful close

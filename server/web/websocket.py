@@ -7,6 +7,7 @@ import re
 import secrets
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
 
 from server import logs
 from server.db import Database
@@ -18,7 +19,7 @@ from server.protocol import (
     UserInfo,
 )
 from server.storage import sessions
-from server.storage.sessions import format_time
+from server.storage.sessions import LoginSession, format_time
 from server.tab import Tab, TransportClosed
 from server.web.credentials import forbidden_origin, origin_allowed, token
 from server.web.hosts import allowed_hosts, host_allowed
@@ -68,33 +69,63 @@ class _Transport:
             raise TransportClosed(str(error)) from error
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
+async def _admit(websocket: WebSocket, hub: Hub) -> tuple[str, LoginSession] | None:
+    """Answer the handshake: accept it and return the tab's id and session, or refuse it
+    (an HTTP answer before the upgrade) and return None."""
     database: Database = websocket.state.database
-    hub: Hub = websocket.state.hub
     if not host_allowed(websocket.headers, allowed_hosts(websocket.state.settings)):
         denial = error_response(400, ErrorCode.FORBIDDEN_HOST, "Not served under that host.")
         await websocket.send_denial_response(denial)
-        return
+        return None
     if not origin_allowed(websocket):
         await websocket.send_denial_response(forbidden_origin())
-        return
+        return None
     tab_id = websocket.query_params.get("tab") or secrets.token_urlsafe(12)
     if not _TAB_ID.fullmatch(tab_id):
         problem = "The tab id must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -."
         await websocket.send_denial_response(error_response(400, ErrorCode.BAD_REQUEST, problem))
-        return
+        return None
     try:
         login = await sessions.authenticate(database, token(websocket))
     except (AuthenticationError, StoreUnavailable) as error:
         # Before the accept, in the HTTP endpoints' words (Starlette's handlers do not apply).
         await websocket.send_denial_response(hub_error_response(websocket, error))
-        return
-
+        return None
     # Everything this connection logs from here names it (uvicorn's "[accepted]" included).
     logs.bind(tab=tab_id, user=login.user_id, session=login.id)
     if (wait := hub.cooldown(login.id)) > 0:
         await asyncio.sleep(wait)  # a tab of this session was just closed for flooding
     await websocket.accept()
+    return tab_id, login
+
+
+def _end_if_peer_gone(protocol: object) -> None:
+    """Under a cancellation: if it is the protocol's, because the peer left before its
+    handshake was answered, end the endpoint quietly (uvicorn passes ClientDisconnected
+    over; it logs any other exception as the app's error)."""
+    if isinstance(protocol, BoundedWebSocketProtocol) and protocol.peer_gone:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        raise ClientDisconnected from None
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    hub: Hub = websocket.state.hub
+    protocol = websocket.scope.get("extensions", {}).get(PROTOCOL_EXTENSION)
+    if isinstance(protocol, BoundedWebSocketProtocol):
+        protocol.handshake_task = asyncio.current_task()
+    try:
+        admitted = await _admit(websocket, hub)
+    except asyncio.CancelledError:
+        _end_if_peer_gone(protocol)
+        raise
+    finally:
+        if isinstance(protocol, BoundedWebSocketProtocol):
+            protocol.handshake_task = None
+    if admitted is None:
+        return
+    tab_id, login = admitted
     transport = _Transport(websocket)
     try:
         tab = await hub.join(

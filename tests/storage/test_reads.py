@@ -8,10 +8,16 @@ gets its own answer (its own user's state, or its own refusal).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -21,7 +27,8 @@ from server.settings import Settings
 from server.storage import sessions
 from server.storage.reads import GroupRead
 from server.storage.switches import SqlStore
-from tests.conftest import TIMEOUT, RunningHub
+from tests.conftest import TIMEOUT, RunningHub, make_settings, serve
+from tests.support.postgres import fresh_database
 
 
 class Fetcher:
@@ -179,3 +186,73 @@ async def test_tabs_that_connect_at_once_share_reads_and_each_gets_its_own_answe
     state_reads = store._states.reads - before[1]
     print(f"\n90 handshakes: {session_reads} session reads, {state_reads} state reads")
     assert session_reads < 90 and state_reads < 60
+
+
+@contextlib.asynccontextmanager
+async def reads_stalled(running: RunningHub) -> AsyncIterator[None]:
+    """Hold the hub's session reads: an ACCESS EXCLUSIVE lock on login_sessions."""
+    async with running.database.engine.connect() as connection:
+        transaction = await connection.begin()
+        await connection.execute(text("LOCK TABLE login_sessions IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 (the hub's state, polled)
+            await asyncio.sleep(0.01)
+
+
+async def test_handshakes_whose_peers_left_are_not_read_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the session reads stall, a tab's handshake waits for its read and 30 more
+    arrive, and their peers reset the connections (a flood of aborted handshakes). When the
+    database answers, the tab gets its hello, and nothing is read for the 30: their
+    handshakes were cancelled and their keys skipped; nothing was logged as an error. (They
+    were each read, and each task ran to an answer no one read: a flood of them held
+    legitimate hellos for 20 s.)
+
+    On PostgreSQL alone: it is what can hold the hub's reads for the test. SQLite's WAL
+    readers never wait for a writer, and its exclusive locking mode cannot be taken while
+    the hub has the file open; the code under test is the same on both engines."""
+    async with fresh_database() as url:
+        settings = make_settings(tmp_path, database_url=url, database_timeout_s=60)
+        await handshakes_whose_peers_left(settings)
+    assert "Exception in ASGI application" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def handshakes_whose_peers_left(settings: Settings) -> None:
+    async with serve(settings) as running:
+        token = await running.login("alice")
+        await sessions.authenticate(running.database, token)  # the batched read exists
+        reads = running.database._group_reads["sessions_by_token"]
+        request = (
+            "GET /ws?tab=gone HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\nAuthorization: Bearer junk{n}\r\n\r\n"
+        )
+        async with reads_stalled(running):
+            legit = asyncio.ensure_future(running.tab(token, "legit"))
+            await until(lambda: reads._reader is not None)
+            writers = []
+            for n in range(30):
+                _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+                writer.write(request.format(port=running.port, n=n).encode())
+                writers.append(writer)
+            await until(lambda: len(reads._waiting) == 30)
+            for writer in writers:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.close()
+            await until(lambda: all(f.done() for fs in reads._waiting.values() for f in fs))
+            before = (reads.reads, reads.keys)
+        async with asyncio.timeout(TIMEOUT):
+            tab = await legit
+        await until(lambda: reads._reader is None)
+        assert (reads.reads - before[0], reads.keys - before[1]) == (1, 1)
+        await tab.close()

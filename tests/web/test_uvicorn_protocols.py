@@ -17,7 +17,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.web import uvicorn_protocols
-from server.web.uvicorn_protocols import BoundedWebSocketProtocol, _Flag, _Mailbox
+from server.web.mailbox import Flag, Mailbox
+from server.web.uvicorn_protocols import BoundedWebSocketProtocol
 from tests.conftest import TIMEOUT, RunningHub, other_platform
 
 
@@ -46,7 +47,7 @@ async def test_an_idle_tab_keeps_no_handshake_headers_and_still_works(
         # websockets' parser generator keeps the parsed request as a local for good.
         parsed = protocol.conn.parser.gi_frame.f_locals["request"]
         assert len(parsed.headers) == 0
-        assert isinstance(protocol.queue, _Mailbox) and isinstance(protocol.writable, _Flag)
+        assert isinstance(protocol.queue, Mailbox) and isinstance(protocol.writable, Flag)
     answer = await tabs[0].switch("after-handshake", other_platform(tabs[0].hello["state"]))
     assert answer["type"] == "switched"
     for tab in tabs[1:]:
@@ -55,7 +56,7 @@ async def test_an_idle_tab_keeps_no_handshake_headers_and_still_works(
 
 async def test_the_mailbox_delivers_in_order_and_survives_a_cancelled_reader() -> None:
     """Items come out in order; a reader cancelled while waiting loses nothing."""
-    mailbox = _Mailbox()
+    mailbox = Mailbox()
     assert mailbox.empty() and mailbox.qsize() == 0
     waiting = asyncio.create_task(mailbox.get())
     await asyncio.sleep(0)
@@ -77,7 +78,7 @@ async def test_the_mailbox_delivers_in_order_and_survives_a_cancelled_reader() -
 
 async def test_the_flag_blocks_writers_until_set() -> None:
     """wait() returns at once while set, and blocks every waiter from clear() to set()."""
-    flag = _Flag()
+    flag = Flag()
     flag.set()
     assert await asyncio.wait_for(flag.wait(), TIMEOUT)
     flag.clear()
