@@ -42,6 +42,7 @@ from server.settings import Settings
 from server.storage import holds, platforms, sessions
 from server.storage.users import upsert_user, user_id_of
 from server.web import openapi
+from server.web.pages import end_session
 from server.web.paths import route
 from server.web.responses import error_response, json_response
 
@@ -265,11 +266,9 @@ async def _revoke_session(database: Database, hub: Hub, request: Request, user: 
     reason = _end_reason(request)
     if isinstance(reason, Response):
         return reason
-    session_id = request.path_params["session"]
-    tabs = hub.open_tabs(session_id=session_id)  # before: the commit itself may close them
-    if not await sessions.revoke(database, session_id, reason, user_id=user):
+    tabs = await end_session(database, hub, request.path_params["session"], reason, user_id=user)
+    if tabs is None:
         return error_response(404, ErrorCode.UNKNOWN_SESSION, "The user has no such live session.")
-    hub.end_session(session_id, reason)
     return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
 
 

@@ -45,6 +45,7 @@ from server.web.responses import (
 
 __all__ = [
     "CLIENT_DIR",
+    "end_session",
     "extend",
     "index",
     "login",
@@ -178,11 +179,23 @@ async def session_revoke(request: Request) -> Response:
     login = await sessions.authenticate(database, token(request), touch=False)
     session_id = request.path_params["session"]
     reason = SessionEndReason.REVOKED
-    tabs = hub.open_tabs(session_id=session_id)  # before: the commit itself may close them
-    if not await sessions.revoke(database, session_id, reason, user_id=login.user_id):
+    tabs = await end_session(database, hub, session_id, reason, user_id=login.user_id)
+    if tabs is None:
         return error_response(404, ErrorCode.UNKNOWN_SESSION, "You have no such live session.")
-    hub.end_session(session_id, reason)
     return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))
+
+
+async def end_session(
+    database: Database, hub: Hub, session_id: int, reason: SessionEndReason, *, user_id: int
+) -> int | None:
+    """Revoke one of ``user_id``'s live sessions and end its tabs here (other processes end
+    theirs with the commit); return how many tabs it had here, or None if the user has no
+    such live session. A page's revocation and the host API's."""
+    tabs = hub.open_tabs(session_id=session_id)  # before: the commit itself may close them
+    if not await sessions.revoke(database, session_id, reason, user_id=user_id):
+        return None
+    hub.end_session(session_id, reason)
+    return tabs
 
 
 async def extend(request: Request) -> Response:
