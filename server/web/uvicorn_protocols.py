@@ -58,6 +58,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
       together), a new one is answered 503 at once, before any work: the process keeps the
       descriptors its database and its live tabs need.
 
+    - **Answers mid-body.** A 408 here or a 413 from the app, answered while the body is
+      still arriving, goes out with a FIN, and the rest is drained for up to ``linger_s``
+      before the close: closing on unread bytes resets the connection, and the client may
+      lose the answer.
+
     Each answer is the hub's usual JSON error body, with ``connection: close``. The limits
     are the served app's settings (its lifespan state carries them), or the defaults before
     the app has started. A module-level class, named by import string, so worker processes
@@ -65,6 +70,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     """
 
     defaults = Settings()
+    linger_s = 2.0  # how long a refused connection is drained before it is closed
     _deadline: asyncio.TimerHandle | None = None
     _begun = 0.0
     _receiving = False  # from a request's first byte to its last
@@ -81,7 +87,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             if now - last >= 1:
                 self.app_state["hub.refused_logged"] = now
                 logger.warning("refusing connections: %d open, the limit is %d", most, most)
-            self._refuse(503, ErrorCode.UNAVAILABLE, "The hub has too many connections; retry.")
+            message = "The hub has too many connections; retry."
+            self._refuse(503, ErrorCode.UNAVAILABLE, message, linger=False)
             return
         self._arm(self._settings().handshake_timeout_s)
 
@@ -131,6 +138,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         left = settings.request_timeout_s - (self.loop.time() - self._begun)
         self._arm(max(0.0, left))
         super().on_headers_complete()
+        if self.cycle is not None:
+            # The app may answer before the body is in (413): closing then drains, as below.
+            self.cycle.transport = cast(asyncio.Transport, _AnswerFirst(self))
 
     def on_message_complete(self) -> None:
         self._receiving = False
@@ -178,8 +188,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             logger.info("closing %s: no complete request within %.1f s", client, seconds)
         self.transport.close()
 
-    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
-        """Answer with an error body and close, whatever the request's state."""
+    def _refuse(self, status: int, code: ErrorCode, message: str, *, linger: bool = True) -> None:
+        """Answer with an error body and close, whatever the request's state.
+
+        A connection refused for the cap closes at once: it must give its descriptor back,
+        and it has sent nothing worth draining yet.
+        """
         self._refused = True
         self._disarm()
         if self.cycle is not None and not self.cycle.response_complete:
@@ -195,7 +209,50 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 "connection: close\r\n\r\n"
             )
             self.transport.write(head.encode() + body)
+            if linger:
+                self._linger()
+            else:
+                self.transport.close()
+
+    def close_after_answer(self) -> None:
+        """Close once the app's answer is out: draining first if the body is still arriving."""
+        if self._receiving and not self.transport.is_closing():
+            self._refused = True  # what still arrives is not parsed
+            self._disarm()
+            self._linger()
+        else:
             self.transport.close()
+
+    def _linger(self) -> None:
+        """Close after the answer without losing it, as nginx's lingering close does.
+
+        Closing a socket with unread bytes in it (a body still arriving) sends a reset, and
+        the peer's kernel may drop the answer it has not yet read: a client trickling a body
+        saw its connection reset instead of its 408. So send the answer and a FIN, discard
+        what still arrives (`data_received` ignores it once refused), and close when the peer
+        does or after ``linger_s``, whichever is first: a bounded wait, at no memory cost.
+        """
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.flow.resume_reading()  # drain even if the app had paused reading
+        self._deadline = self.loop.call_later(self.linger_s, self.transport.close)
+
+
+class _AnswerFirst:
+    """The transport as a request's cycle sees it, closing through `close_after_answer`."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: BoundedHttpProtocol) -> None:
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_after_answer()
 
 
 class _Refusal(Exception):

@@ -222,6 +222,61 @@ async def test_trickled_bodies_are_cut_at_the_deadline_and_the_cap_keeps_the_hub
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
+async def test_a_refusal_reaches_a_client_still_sending_and_the_drain_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """A client whose body is still arriving when the hub answers (408 at the deadline, 413
+    over the size limit) reads the answer: the hub sends it with a FIN and drains what
+    follows, instead of closing on unread bytes (which resets the connection and can drop
+    the answer before the client reads it). A client that never stops sending is closed once
+    the drain's bound (2 s) is past."""
+    async with hub_process(tmp_path, request_timeout_s=1) as hub:
+        await healthy(hub)
+        head = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
+        too_large = head.replace(b"1000", b"100000")
+
+        async def send_then_read(seconds: float, head: bytes = head) -> tuple[bytes, bool]:
+            """Send a byte every 20 ms for ``seconds`` without reading, then read: (the
+            answer, whether the hub ended the connection while the client still sent)."""
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            writer.write(head)
+            cut = False
+            try:
+                for _ in range(int(seconds / 0.02)):
+                    writer.write(b"{")
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+            except ConnectionError:
+                cut = True
+            try:
+                return await asyncio.wait_for(reader.read(), 5), cut
+            except ConnectionError:
+                return b"", True
+            finally:
+                writer.close()
+
+        # Past the deadline (1 s), within the drain: the answer arrives whole, every time.
+        answers = await asyncio.gather(*(send_then_read(2) for _ in range(10)))
+        assert [status_of(answer) for answer, _ in answers] == [408] * 10, answers
+        assert all(b'"error":"timeout"' in answer for answer, _ in answers)
+        # Over the limit, answered at the headers while the body keeps coming.
+        answers = await asyncio.gather(*(send_then_read(1, too_large) for _ in range(10)))
+        assert [status_of(answer) for answer, _ in answers] == [413] * 10, answers
+        # Sending for 8 s: the hub stops draining after the deadline and the drain (3 s).
+        started = time.monotonic()
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):
+                writer.write(b"{")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        ended = time.monotonic() - started
+        writer.close()
+        assert ended < 7, f"the hub still took bytes after {ended:.1f} s"
+        await healthy(hub)
+
+
 @pytest.mark.parametrize("path", ["/api/switch", "/api/platforms", "/api/logout"])
 async def test_every_json_endpoint_has_the_body_limit(tmp_path: Path, path: str) -> None:
     """The limit is in front of every route, authenticated or not: 413 without a session."""
