@@ -208,6 +208,46 @@ $("manage").addEventListener("toggle", () => {
   if ($("manage").open) refreshManaged(null);
 });
 
+// The person's devices (docs/protocol.md, "presence"): each live login session, its open tabs,
+// and a way to sign another one out.
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function renderDevices(devices) {
+  const list = Array.isArray(devices) ? devices : [];
+  $("devices-title").textContent = `Signed in on ${plural(Math.max(list.length, 1), "device")}`;
+  $("devices").replaceChildren(...list.map((device) => {
+    const row = document.createElement("li");
+    row.className = "device";
+    row.dataset.session = device.session;
+    const since = new Date(device.signed_in_at).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+    const open = device.tabs > 0 ? `${plural(device.tabs, "tab")} open` : "no tab open";
+    const when = `${device.current ? "this device · " : ""}${open} · signed in ${since}`;
+    row.append(dataSpan("name", String(device.description)), dataSpan("when", when));
+    if (!device.current) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "quiet";
+      button.textContent = "Sign out";
+      button.dataset.session = device.session;
+      row.append(button);
+    }
+    return row;
+  }));
+}
+
+$("devices").addEventListener("click", async (e) => {
+  const session = Number(e.target.dataset?.session);
+  if (!hub || !session || e.target.tagName !== "BUTTON") return;
+  e.target.disabled = true;
+  try {
+    await hub.revokeDevice(session);
+    announce("That device is signed out.");
+  } catch (error) {
+    say(error.message, "error");
+    e.target.disabled = false;
+  }
+});
+
 /** Show the signed-in page and connect; a failure says its cause (it is not the network's). */
 function start(user) {
   try {
@@ -225,6 +265,7 @@ function connect(user) {
   $("who").hidden = false;
   $("expiry").hidden = true;
   $("hold").hidden = true;
+  renderDevices([]);
   $("user").textContent = user?.name ?? "";
   say("");
   hub = new HubClient(options);
@@ -257,6 +298,7 @@ function connect(user) {
       announce("Switching is possible again.");
     }
   });
+  hub.addEventListener("presence", (e) => renderDevices(e.detail));
   hub.addEventListener("rejected", (e) => {
     say(e.detail.message, "error");
     busyShown = e.detail.reason === "busy";

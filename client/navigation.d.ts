@@ -31,6 +31,21 @@ export interface HoldView {
   expires_at: string;
 }
 
+/** One of the person's devices: a live login session (never its token, never an address). */
+export interface Device {
+  /** The session's id: pass it to revokeDevice() to end that device. */
+  session: number;
+  /** From the user agent: "Chrome on macOS", or "Unknown device". */
+  description: string;
+  signed_in_at: string;
+  /** When a tab of it last connected or it last made a request (to within a minute). */
+  last_active_at: string;
+  /** Its open tabs, on every hub process. */
+  tabs: number;
+  /** Whether it is this tab's own session. */
+  current: boolean;
+}
+
 export type RejectReason =
   | "stale"
   | "unknown_platform"
@@ -154,6 +169,8 @@ export interface HubClientEventMap {
   status: CustomEvent<{ status: StatusValue; previous: StatusValue }>;
   rejected: CustomEvent<{ reason: RejectReason; message: string; state: StateView | null }>;
   hold: CustomEvent<HoldView | null>;
+  /** The person's devices changed: one came or went, or opened or closed a tab. */
+  presence: CustomEvent<readonly Device[]>;
   session: CustomEvent<SessionEventDetail>;
   /** The hub's error frames, and the client's own protocol_mismatch (reported once). */
   error: CustomEvent<{ code: ErrorCode | "protocol_mismatch"; message: string }>;
@@ -171,6 +188,8 @@ export declare class HubClient extends EventTarget {
   /** The session's expiry as the hub last reported it (ISO 8601), or null. */
   get expiresAt(): string | null;
   get hold(): HoldView | null;
+  /** The person's devices, newest sign-in first; empty until the first hello. */
+  get presence(): readonly Device[];
   get tabId(): string;
   /** Ask the hub to make `platform` active; rapid calls coalesce, only the last is sent. */
   switchPlatform(platform: number): Promise<Decision>;
@@ -178,6 +197,8 @@ export declare class HubClient extends EventTarget {
   extendSession(): Promise<string>;
   /** Log out this browser's session, or with `everywhere` every session of the user. */
   logout(options?: { everywhere?: boolean }): Promise<{ sessions: number; tabs: number }>;
+  /** End one of the person's devices (its session id from `presence`); its tabs end. */
+  revokeDevice(session: number): Promise<{ sessions: number; tabs: number }>;
   /** Stop for good: close the connection, cancel timers and pending switches. */
   close(): void;
 

@@ -18,6 +18,7 @@
  * @typedef {{expires_at: string}} SessionInfo
  * @typedef {{kind: "switch"|"platforms"|"resync", tab: string|null, request: string}} Cause
  * @typedef {{reason: string, expires_at: string}} HoldView
+ * @typedef {{session: number, description: string, signed_in_at: string, last_active_at: string, tabs: number, current: boolean}} Device
  * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"|"busy"} RejectReason
  * @typedef {"logout"|"expired"|"revoked"} SessionEndReason
  * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"|"unknown_platform"|"inactive_platform"|"last_active_platform"|"name_taken"|"account_taken"|"unknown_user"|"unknown_session"} ErrorCode
@@ -28,8 +29,9 @@
  * @typedef {Switch|Ping} ClientMessage
  *
  * From the hub:
- * @typedef {{type: "hello", protocol: number, tab: string, user: UserInfo, state: StateView, session: SessionInfo, heartbeat_s: number, hold: HoldView|null}} Hello
+ * @typedef {{type: "hello", protocol: number, tab: string, user: UserInfo, state: StateView, session: SessionInfo, heartbeat_s: number, hold: HoldView|null, devices: Device[]}} Hello
  * @typedef {{type: "hold", hold: HoldView|null}} HoldMessage
+ * @typedef {{type: "presence", devices: Device[]}} PresenceMessage
  * @typedef {{type: "pong"}} Pong
  * @typedef {{type: "switched", id: string, version: number}} Switched
  * @typedef {{type: "rejected", id: string, reason: RejectReason, message: string, state: StateView|null}} Rejected
@@ -37,7 +39,7 @@
  * @typedef {{type: "session_expiring", expires_at: string}} SessionExpiring
  * @typedef {{type: "session_ended", reason: SessionEndReason, message: string}} SessionEnded
  * @typedef {{type: "error", code: ErrorCode, message: string}} ErrorMessage
- * @typedef {Hello|Pong|Switched|Rejected|StateMessage|HoldMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
+ * @typedef {Hello|Pong|Switched|Rejected|StateMessage|HoldMessage|PresenceMessage|SessionExpiring|SessionEnded|ErrorMessage} ServerMessage
  *
  * HTTP bodies:
  * @typedef {{user: UserInfo, state: StateView, session: SessionInfo, hold: HoldView|null}} StateResponse
@@ -497,6 +499,7 @@ export class HubClient extends EventTarget {
   #pongTimer = null;
   #expiresAt = null;
   #hold = null; // the hold on switches the hub announced, or null
+  /** @type {Device[]} */ #devices = []; // the person's devices, as the hub last told them
   #reported = new Set(); // unknown message types already warned about (null: frames that are none)
   #mismatched = false; // a hello named another protocol version (reported once)
   #nonce = randomId();
@@ -566,6 +569,15 @@ export class HubClient extends EventTarget {
   }
 
   /**
+   * The person's devices (live login sessions), newest sign-in first, each with its open tabs
+   * and whether it is this tab's own; empty until the first hello. Kept while disconnected.
+   * @returns {Device[]}
+   */
+  get presence() {
+    return this.#devices;
+  }
+
+  /**
    * This tab's id: kept across reloads in sessionStorage, renewed when a duplicated tab
    * clashes. A second HubClient in the same page gets an id of its own (not stored).
    */
@@ -605,6 +617,18 @@ export class HubClient extends EventTarget {
     const body = await this.#post(everywhere ? "logout-all" : "logout");
     this.#endSession("logout", true);
     return body;
+  }
+
+  /**
+   * End another device of the person (or this one): its tabs end with "revoked". `session` is
+   * a device's `session` from `presence`; resolves with what ended, and rejects with the hub's
+   * words when it is not a live session of the person.
+   */
+  async revokeDevice(session) {
+    if (!Number.isSafeInteger(session) || session < 1) {
+      throw new Error("Name a device by its session id, from hub.presence.");
+    }
+    return this.#post(`sessions/${session}/revoke`);
   }
 
   /** Stop for good: close the connection, cancel timers and pending switches. */
@@ -731,6 +755,7 @@ export class HubClient extends EventTarget {
         this.#startHeartbeat(message.heartbeat_s);
         this.#apply(message.state);
         this.#setHold(message.hold ?? null);
+        this.#setPresence(message.devices ?? []);
         this.#setStatus(Status.OPEN);
         this.switcher.resend();
         break;
@@ -739,6 +764,9 @@ export class HubClient extends EventTarget {
         break;
       case "hold":
         this.#setHold(message.hold);
+        break;
+      case "presence":
+        this.#setPresence(message.devices);
         break;
       case "switched":
         this.#switched(message.id, message.version);
@@ -790,6 +818,14 @@ export class HubClient extends EventTarget {
       this.#apply({ ...confirmed, version, active: request.platform });
     }
     this.switcher.settle(id, { ok: true, version, platform: request.platform });
+  }
+
+  /** Emit "presence" when the person's devices or their tabs change. */
+  #setPresence(devices) {
+    if (!Array.isArray(devices)) return;
+    if (JSON.stringify(devices) === JSON.stringify(this.#devices)) return;
+    this.#devices = devices;
+    this.#emit("presence", devices);
   }
 
   /** Emit "hold" when a hold starts, changes or ends. */

@@ -11,7 +11,15 @@ import msgspec
 
 from server.protocol import Cause, HoldView, SessionEndReason
 
-__all__ = ["SHARDS", "Event", "HoldChanged", "SessionsEnded", "StateChanged", "shard_of"]
+__all__ = [
+    "SHARDS",
+    "DevicesChanged",
+    "Event",
+    "HoldChanged",
+    "SessionsEnded",
+    "StateChanged",
+    "shard_of",
+]
 
 # Changes travel between processes by shard of their user (server/storage/feed.py): a process
 # reads and is woken for the shards of the users with tabs on it. Every process of a database
@@ -49,4 +57,11 @@ class HoldChanged(msgspec.Struct, tag="hold", frozen=True):
     hold: HoldView | None
 
 
-Event = StateChanged | SessionsEnded | HoldChanged
+class DevicesChanged(msgspec.Struct, tag="devices", frozen=True):
+    """A user's devices changed: a login session was opened, or a process's count of tabs of
+    the user's sessions moved (server/storage/presence.py). Read them anew."""
+
+    user: int
+
+
+Event = StateChanged | SessionsEnded | HoldChanged | DevicesChanged

@@ -9,18 +9,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
-from server.events import Event, HoldChanged, SessionsEnded, StateChanged
-from server.limits import Bucket, Cooldown, SharedBuckets, TokenBuckets
+from server.events import DevicesChanged, Event, HoldChanged, SessionsEnded, StateChanged
+from server.limits import Cooldown, HttpSwitchLimit
 from server.logs import bound
+from server.presence import Presence
 from server.protocol import (
     PROTOCOL_VERSION,
     Cause,
     CloseCode,
+    Device,
     Error,
     ErrorCode,
     Hello,
@@ -61,6 +63,8 @@ class Store(Protocol):
     async def load_state(self, user_id: int) -> StateView: ...
 
     async def load_hold(self, user_id: int) -> HoldView | None: ...
+
+    async def load_devices(self, user_id: int) -> Sequence[Device]: ...
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
@@ -111,12 +115,12 @@ class Hub:
         # Login sessions whose tab was closed for abuse (4002) wait until its rate limit
         # would have refilled before they may have a tab again: see cooldown().
         self._cooling = Cooldown(message_burst / messages_per_second)
-        # The rate limit of switches over HTTP (POST /api/switch), a bucket per login session,
-        # here and, with several processes, in buckets they share (server/limits.py).
-        self._http_buckets = TokenBuckets(messages_per_second, message_burst)
-        self.shared_limits: SharedBuckets | None = None
+        # The rate limit of switches over HTTP (POST /api/switch): server/limits.py.
+        self.http_switches = HttpSwitchLimit(messages_per_second, message_burst)
         # Catching up with other processes' commits: see server/catchup.py.
         self._catchup = CatchUp(self._rooms, store)
+        # Each user's devices, told to their tabs: see server/presence.py.
+        self.presence = Presence(self._rooms, store)
 
     # Tabs joining and leaving.
 
@@ -149,6 +153,7 @@ class Hub:
                 hold = await self.store.load_hold(user.id)
                 if not room.hold_known:
                     room.set_hold(hold)
+            devices = await self.presence.join(room, user.id, tab)
         except BaseException:
             self._remove(tab)
             raise
@@ -162,6 +167,7 @@ class Hub:
             session=SessionInfo(expires_at=expires_at),
             heartbeat_s=self.heartbeat_s,
             hold=room.hold,
+            devices=devices,
         )
         tab.open(encode(hello), state.version)
         return tab
@@ -242,7 +248,7 @@ class Hub:
         tab (over HTTP), the session's own bucket rate-limits it, as a tab's bucket limits its
         WebSocket (Hub.receive), so the fallback is no way around the limit.
         """
-        refusal = None if tab is not None else await self._http_refusal(session_id)
+        refusal = None if tab is not None else await self.http_switches.refusal(session_id)
         if refusal is not None:
             state = self.state_of(user_id)
             if state is None and refusal is RejectReason.RATE_LIMITED:
@@ -300,6 +306,8 @@ class Hub:
             case SessionsEnded(sessions=ended, reason=reason):
                 for session_id in ended:
                     self.end_session(session_id, reason)
+            case DevicesChanged(user=user):
+                self.presence.changed(user)
 
     def publish(self, user_id: int, state: StateView, cause: Cause) -> None:
         """Send a committed state to every tab of its user; never waits for a tab."""
@@ -336,9 +344,17 @@ class Hub:
             return self._sessions.count(session_id)
         return sum(not tab.closing for tab in self.tabs(user_id))
 
+    def session_opened(self, user_id: int, displaced: Sequence[int] = ()) -> None:
+        """A login session of the user was opened, ending ``displaced`` (the oldest, past
+        max_sessions_per_user): end their tabs, and tell the user's tabs of the new device."""
+        for session_id in displaced:
+            self.end_session(session_id, SessionEndReason.REVOKED)
+        self.presence.changed(user_id)
+
     def end_session(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a login session and close each with 4001."""
         ended = self._sessions.end(session_id, reason)
+        self.presence.ended(session_id)
         if ended:
             self.sessions_ended[reason.value] = self.sessions_ended.get(reason.value, 0) + 1
         return ended
@@ -364,6 +380,7 @@ class Hub:
     async def close(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every tab with ``code`` and wait briefly for the closes to go out."""
         await self._catchup.close()
+        await self.presence.close()
         tabs = self.tabs()
         for tab in tabs:
             tab.close(code, "hub shutting down")
@@ -397,27 +414,8 @@ class Hub:
         room = self._rooms.get(tab.user.id)
         if room is not None and room.tabs.get(tab.id) is tab:
             del room.tabs[tab.id]
+            self.presence.mark(tab.user.id)
             self._forget_if_empty(tab.user.id)
-
-    async def _http_refusal(self, session_id: int) -> RejectReason | None:
-        """Take a token for a switch over HTTP: here, then in the shared buckets if any;
-        return why not, if not (the token taken here is given back when the shared one
-        refuses, as a login's is)."""
-        here = self._http_buckets.get(session_id)
-        if not here.take():
-            return RejectReason.RATE_LIMITED
-        if self.shared_limits is None:
-            return None
-        bucket = Bucket(f"switch:{session_id}", self.messages_per_second, self.message_burst)
-        try:
-            wait = await self.shared_limits.take([bucket])
-        except StoreUnavailable:
-            here.give()
-            return RejectReason.UNAVAILABLE  # the switch would meet the same outage
-        if wait > 0:
-            here.give()
-            return RejectReason.RATE_LIMITED
-        return None
 
     def _open_room(self, user_id: int) -> Room:
         room = self._rooms[user_id] = Room()
@@ -428,6 +426,7 @@ class Hub:
         room = self._rooms.get(user_id)
         if room is not None and not room.tabs:
             room.cancel_timer()
+            self.presence.forget(room)
             del self._rooms[user_id]
             self.interest.remove(user_id)
 

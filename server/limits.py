@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.errors import Overloaded, StoreUnavailable
+from server.protocol import RejectReason
 
-__all__ = ["Bucket", "Cooldown", "LoginThrottle", "SharedBuckets", "TokenBucket", "TokenBuckets"]
+__all__ = [
+    "Bucket",
+    "Cooldown",
+    "HttpSwitchLimit",
+    "LoginThrottle",
+    "SharedBuckets",
+    "TokenBucket",
+    "TokenBuckets",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,36 @@ class TokenBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class HttpSwitchLimit:
+    """The rate limit of switches over HTTP (POST /api/switch): a bucket per login session
+    here and, with several processes, in the buckets they share (``shared``), as a tab's own
+    bucket limits its WebSocket, so the fallback is no way around the limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._here = TokenBuckets(rate, burst)
+        self.shared: SharedBuckets | None = None
+
+    async def refusal(self, session_id: int) -> RejectReason | None:
+        """Take a token for a switch: here, then in the shared buckets if any; return why
+        not, if not (the token taken here is given back when the shared one refuses, as a
+        login's is)."""
+        here = self._here.get(session_id)
+        if not here.take():
+            return RejectReason.RATE_LIMITED
+        if self.shared is None:
+            return None
+        try:
+            wait = await self.shared.take([Bucket(f"switch:{session_id}", self.rate, self.burst)])
+        except StoreUnavailable:
+            here.give()
+            return RejectReason.UNAVAILABLE  # the switch would meet the same outage
+        if wait > 0:
+            here.give()
+            return RejectReason.RATE_LIMITED
+        return None
 
 
 class Cooldown:

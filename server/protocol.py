@@ -25,6 +25,7 @@ __all__ = [
     "Cause",
     "ClientMessage",
     "CloseCode",
+    "Device",
     "Error",
     "ErrorCode",
     "Hello",
@@ -33,6 +34,7 @@ __all__ = [
     "Ping",
     "PlatformView",
     "Pong",
+    "PresenceMessage",
     "RejectReason",
     "Rejected",
     "ServerMessage",
@@ -154,6 +156,26 @@ class SessionInfo(_Frozen, frozen=True):
     expires_at: str
 
 
+class Device(_Frozen, frozen=True):
+    """One of a person's devices: a live login session, as that person's tabs may see it.
+
+    No token and no IP address: ``session`` is the session's id, which only its person can
+    revoke (``POST /api/sessions/{id}/revoke``).
+    """
+
+    session: int
+    # From the user agent: "Chrome on macOS", "Firefox on Linux", or "Unknown device".
+    description: str
+    signed_in_at: str
+    # When a tab of it last connected, or it last made a request (to within
+    # HUB_SESSION_TOUCH_S).
+    last_active_at: str
+    # Its open tabs, on every hub process.
+    tabs: int = 0
+    # Whether this is the receiving tab's own session.
+    current: bool = False
+
+
 class Cause(_Frozen, frozen=True):
     """What produced a state broadcast: a switch, or a resync after lost notifications."""
 
@@ -201,6 +223,14 @@ class Hello(_Frozen, frozen=True, tag="hello", tag_field="type"):
     session: SessionInfo
     heartbeat_s: float
     hold: HoldView | None = None
+    # The person's devices, newest sign-in first; "presence" messages replace the list.
+    devices: tuple[Device, ...] = ()
+
+
+class PresenceMessage(_Frozen, frozen=True, tag="presence", tag_field="type"):
+    """Tell a tab its person's devices anew: one came or went, or opened or closed a tab."""
+
+    devices: tuple[Device, ...]
 
 
 class HoldMessage(_Frozen, frozen=True, tag="hold", tag_field="type"):
@@ -277,6 +307,7 @@ ServerMessage = (
     | Rejected
     | StateMessage
     | HoldMessage
+    | PresenceMessage
     | SessionExpiring
     | SessionEnded
     | Error

@@ -16,6 +16,7 @@ from server.events import shard_of
 from server.protocol import (
     Cause,
     CloseCode,
+    Device,
     HoldMessage,
     HoldView,
     SessionEnded,
@@ -31,9 +32,19 @@ __all__ = ["Interest", "Room", "SessionIndex"]
 
 
 class Room:
-    """One user's tabs on this process, the newest state they were sent, and the hold."""
+    """One user's tabs on this process, the newest state they were sent, the hold and the
+    user's devices."""
 
-    __slots__ = ("hold", "hold_known", "hold_timer", "reload_until", "reloading", "state", "tabs")
+    __slots__ = (
+        "devices",
+        "hold",
+        "hold_known",
+        "hold_timer",
+        "reload_until",
+        "reloading",
+        "state",
+        "tabs",
+    )
 
     def __init__(self) -> None:
         self.tabs: dict[str, Tab] = {}
@@ -47,6 +58,8 @@ class Room:
         # the highest version notified meanwhile, which the read must reach.
         self.reloading: asyncio.Task[None] | None = None
         self.reload_until = 0
+        # The user's live sessions by id, once read (server/presence.py).
+        self.devices: dict[int, Device] | None = None
 
     def remember(self, state: StateView) -> None:
         """Keep ``state`` as the newest, unless an older version (at an equal version the

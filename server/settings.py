@@ -114,6 +114,11 @@ class Settings:
     # thousand rows per transaction). About 220 bytes per switch while kept.
     feed_poll_s: float = 0.2
     feed_retention_s: float = 120
+    # Presence across processes (PostgreSQL, server/storage/presence.py): each process writes
+    # its tab counts within a quarter second of a change and vouches for them every
+    # presence_heartbeat_s; the tabs of a process that stops (killed, cut off) drop out of
+    # every list within 4 heartbeats (ignored after 3, noticed within one more).
+    presence_heartbeat_s: float = 5
 
     # SIGTERM: every tab is closed with 1012 at once (it reconnects elsewhere, with jitter);
     # the switches already received are still decided and committed (a retry with the same

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from server.errors import HubError
 from server.limits import TokenBucket
 from server.outbox import Close, Outbox
-from server.protocol import CloseCode, UserInfo
+from server.protocol import CloseCode, Device, UserInfo
 
 if TYPE_CHECKING:
     from server.hub import Hub
@@ -79,6 +79,8 @@ class Tab:
         self.excess_messages = 0  # messages over the rate limit, in a row
         self.last_heard = time.monotonic()
         self.warned_for: str | None = None
+        # The devices this tab was last told of (server/presence.py).
+        self.devices: tuple[Device, ...] = ()
         self.expires_at: str = ""
         # Runs only while the outbox holds something: an idle tab has no task.
         self.writer: asyncio.Task[None] | None = None
@@ -125,6 +127,11 @@ class Tab:
             logger.warning("closing slow tab %s of user %s", self.id, self.user.id)
             self._hub.slow_closed += 1
             self.outbox.close(CloseCode.SLOW_CONSUMER, "outbox overflow")
+
+    def send_presence(self, frame: str) -> None:
+        """Queue a presence frame in place of any unsent one; as ``send`` when full."""
+        if not self.outbox.put_presence(frame):
+            self.send(frame)  # full: closes the tab as slow
 
     def close(self, code: int, reason: str, last: str | None = None, *, drop: bool = True) -> None:
         """Close the tab after sending ``last``, without waiting; past the hub's close

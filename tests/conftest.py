@@ -131,6 +131,7 @@ class Tab:
         self.hello: dict[str, Any] = {}
         self.version = -1
         self.received: list[dict[str, Any]] = []
+        self.devices: list[dict[str, Any]] = []  # as the hello or the last presence said
 
     async def send(self, message: dict[str, Any] | str | bytes) -> None:
         await self.connection.send(
@@ -138,23 +139,33 @@ class Tab:
         )
 
     async def receive(self, within: float = TIMEOUT) -> dict[str, Any]:
-        """Receive the next message: a whole server message (``protocol.decode_server``
-        refuses a frame with a missing, extra or mistyped field), as a plain dict."""
-        frame = await asyncio.wait_for(self.connection.recv(), within)
-        decode_server(frame)
-        message: dict[str, Any] = json.loads(frame)
-        self.received.append(message)
-        if "state" in message and message["state"] and message["type"] in {"hello", "state"}:
-            self.version = message["state"]["version"]
+        """Receive the next message other than ``presence``: a whole server message
+        (``protocol.decode_server`` refuses a frame with a missing, extra or mistyped field),
+        as a plain dict. Presence (a tab of the user came or went) is kept in ``received``
+        and ``devices``, and is read with ``receive_type("presence")``: the tests of other
+        behaviour need not foresee it."""
+        async with asyncio.timeout(within):
+            while (message := await self._next())["type"] == "presence":
+                pass
         return message
 
     async def receive_type(self, kind: str, within: float = TIMEOUT) -> dict[str, Any]:
         """Receive until a message of ``kind`` arrives."""
         async with asyncio.timeout(within):
-            while True:
-                message = await self.receive()
-                if message["type"] == kind:
-                    return message
+            while (message := await self._next())["type"] != kind:
+                pass
+        return message
+
+    async def _next(self) -> dict[str, Any]:
+        frame = await self.connection.recv()
+        decode_server(frame)
+        message: dict[str, Any] = json.loads(frame)
+        self.received.append(message)
+        if "state" in message and message["state"] and message["type"] in {"hello", "state"}:
+            self.version = message["state"]["version"]
+        if message["type"] in {"hello", "presence"}:
+            self.devices = message["devices"]
+        return message
 
     async def switch(self, request: str, platform: int, base: int | None = None) -> dict[str, Any]:
         """Send a switch and return the answer to it (switched or rejected)."""

@@ -74,6 +74,11 @@ def idle_expiry(now: dt.datetime, absolute: dt.datetime, idle_s: float) -> dt.da
     return min(now + dt.timedelta(seconds=idle_s), absolute)
 
 
+def format_time(moment: dt.datetime) -> str:
+    """Format a moment as ISO 8601 UTC with a Z, to the millisecond."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def expires_at(row: SessionTimes) -> dt.datetime:
     """Return when a session ends unless extended: the earlier of its two expiries."""
     return min(row.idle_expires_at, row.absolute_expires_at)

@@ -24,7 +24,7 @@ from server.db import Database
 from server.events import HoldChanged
 from server.protocol import HoldView
 from server.storage import backplane
-from server.storage.sessions import format_time
+from server.storage.expiry import format_time
 from server.storage.switches import read_holds, read_state
 
 __all__ = ["place", "release", "state_of"]

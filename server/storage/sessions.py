@@ -23,10 +23,17 @@ from server import db
 from server.api import SessionDetail
 from server.db import Database
 from server.errors import AuthenticationError, StoreUnavailable, UsageError
-from server.events import SessionsEnded
+from server.events import DevicesChanged, SessionsEnded
 from server.protocol import SessionEndReason
 from server.storage import backplane, expiry
-from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, expires_at, idle_expiry
+from server.storage.devices import describe
+from server.storage.expiry import (
+    LIVENESS_COLUMNS,
+    ended_reason,
+    expires_at,
+    format_time,
+    idle_expiry,
+)
 from server.storage.passwords import (
     NO_PASSWORD,
     dummy_hash,
@@ -72,11 +79,6 @@ class LoginSession:
     # Opening it ended these older sessions of the user (past max_sessions_per_user): the
     # caller ends their tabs here; other processes hear it with the commit.
     displaced: tuple[int, ...] = ()
-
-
-def format_time(moment: dt.datetime) -> str:
-    """Format a moment as ISO 8601 UTC with a Z, to the millisecond."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def token_hash(token: str) -> str:
@@ -143,6 +145,10 @@ async def open_session(
     The token has 256 random bits; only its SHA-256 is stored.
     """
     token = secrets.token_urlsafe(32)
+    agent = _CONTROL.sub("", user_agent or "")[:300] or None
+    # Described once, here (a millisecond or so of regular expressions, off the loop), so that
+    # presence reads it rather than parsing every device's user agent on every read.
+    device = await asyncio.to_thread(describe, agent) if agent else None
     settings = database.settings
     now = database.clock()
     absolute = now + dt.timedelta(seconds=settings.session_absolute_s)
@@ -155,7 +161,8 @@ async def open_session(
         "idle_expires_at": idle,
         "absolute_expires_at": absolute,
         # A header may hold what the protocol refuses in bodies; keep what can be shown.
-        "user_agent": _CONTROL.sub("", user_agent or "")[:300] or None,
+        "user_agent": agent,
+        "device": device,
         "ip": ip,
     }
     locked_user = select(_users.c.name).where(_users.c.id == user_id).with_for_update()
@@ -181,6 +188,8 @@ async def open_session(
         _end(database, connection, user_id, displaced, SessionEndReason.REVOKED)
         session_id = connection.scalar(insert(_sessions).values(row).returning(_sessions.c.id))
         assert session_id is not None
+        # The user's tabs on every other process list the new device (server/presence.py).
+        backplane.stage(connection, database.origin, [DevicesChanged(user_id)])
         return LoginSession(session_id, user_id, name, min(idle, absolute), tuple(displaced))
 
     return token, await database.write(store)

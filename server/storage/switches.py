@@ -21,6 +21,7 @@ from server.db import (
     Database,
 )
 from server.protocol import (
+    Device,
     HoldView,
     RejectReason,
     SessionEndReason,
@@ -42,9 +43,9 @@ from server.rules import (
 from server.settings import Settings
 from server.storage import backplane
 from server.storage.commits import GroupCommit
-from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, slide
+from server.storage.devices import live_devices
+from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, format_time, slide
 from server.storage.reads import GroupRead
-from server.storage.sessions import format_time
 
 __all__ = [
     "PLATFORM_ROWS",
@@ -76,6 +77,9 @@ class SqlStore:
         # Concurrent joins (a reconnect storm) share their reads of states and holds.
         self._states: GroupRead[int, StateView] = GroupRead(self._fetch_states)
         self._holds: GroupRead[int, HoldView] = GroupRead(self._fetch_holds)
+        self._devices: GroupRead[int, list[Device]] = GroupRead(
+            functools.partial(live_devices, database)
+        )
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
         # on_commit: told each batch's size and commit time (metrics).
         self.commits: GroupCommit[PendingSwitch, Decision] = GroupCommit(
@@ -95,6 +99,10 @@ class SqlStore:
     async def load_hold(self, user_id: int) -> HoldView | None:
         """Read the hold in force for a user, if any (batched as the states are)."""
         return await self._holds.get(user_id)
+
+    async def load_devices(self, user_id: int) -> list[Device]:
+        """Read a user's live sessions as devices (batched as the states are)."""
+        return await self._devices.get(user_id) or []
 
     async def _fetch_states(self, user_ids: Sequence[int]) -> dict[int, StateView]:
         def work(connection: Connection) -> dict[int, StateView]:

@@ -40,6 +40,7 @@ __all__ = [
     "platforms",
     "rate_limits",
     "switch_log",
+    "tab_counts",
     "users",
 ]
 
@@ -151,6 +152,7 @@ login_sessions = Table(
     _text("revoked_reason", 16, nullable=True),
     _text("user_agent", 300, nullable=True),
     _text("ip", 64, nullable=True),
+    _text("device", 80, nullable=True),  # described from user_agent (presence)
 )
 
 # The decision taken on one switch request, kept for idempotent retries.
@@ -214,4 +216,17 @@ rate_limits = Table(
     metadata,
     Column("key", String(40), primary_key=True),
     Column("tat", Float(precision=53), nullable=False),
+)
+
+# Presence across processes (server/storage/presence.py): each process's open tabs per login
+# session, with the time the process last vouched for them; a row its process stopped
+# refreshing is ignored, then deleted. Deleted with its session.
+tab_counts = Table(
+    "tab_counts",
+    metadata,
+    _text("origin", 64, primary_key=True),  # the process's Database.origin
+    _id("session_id", ForeignKey("login_sessions.id", ondelete="CASCADE"), primary_key=True),
+    _user_id(),
+    Column("tabs", Integer, nullable=False),
+    _time("seen_at"),
 )

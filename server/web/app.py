@@ -22,6 +22,7 @@ from server.protocol import CloseCode
 from server.settings import Settings
 from server.storage import backplane, feed
 from server.storage.buckets import DatabaseBuckets
+from server.storage.presence import TabCounts
 from server.storage.switches import SqlStore
 from server.web import health, host_api, pages, tasks
 from server.web.bodies import BodyLimit
@@ -100,7 +101,7 @@ def create_app(
         # Several processes share a PostgreSQL database: they share the limits too. On
         # SQLite one process serves, and its limits in memory are the whole budget.
         shared = DatabaseBuckets(database) if listener is not None else None
-        hub.shared_limits = shared
+        hub.http_switches.shared = shared
         login_throttle = LoginThrottle(
             settings.login_failure_rate,
             settings.login_failure_burst,
@@ -119,6 +120,12 @@ def create_app(
         ]
         if reader is not None:
             background.append(asyncio.create_task(reader.run_forever(), name="feed-reader"))
+        # Presence across processes: this process's tab counts, for the others.
+        counts = TabCounts(database) if listener is not None else None
+        if counts is not None:
+            hub.presence.report = counts.report
+            counts.on_beat = hub.presence.refresh_elsewhere
+            background.append(asyncio.create_task(counts.run_forever(), name="tab-counts"))
         if listener is not None:
             background.append(asyncio.create_task(listener.run_forever(), name="backplane"))
             # Serve once listening: a tab that joins earlier could miss a notification.
@@ -139,6 +146,8 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await hub.close(CloseCode.SERVICE_RESTART)
+            if counts is not None:
+                await counts.close()
             await store.close()
             await database.dispose()
 

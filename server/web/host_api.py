@@ -233,8 +233,7 @@ async def _mint_session(database: Database, hub: Hub, request: Request, user: in
     token, login = await sessions.open_session(
         database, user, user_agent=body.user_agent, ip=body.ip
     )
-    for displaced in login.displaced:
-        hub.end_session(displaced, SessionEndReason.REVOKED)
+    hub.session_opened(login.user_id, login.displaced)
     minted = next(s for s in await sessions.live_sessions(database, user) if s.id == login.id)
     return json_response(201, SessionMinted(token=token, session=minted))
 

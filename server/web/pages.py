@@ -124,8 +124,7 @@ async def login(request: Request) -> Response:
         raise
     await throttle.refund(body.username, address)
     hub: Hub = request.state.hub
-    for displaced in login.displaced:
-        hub.end_session(displaced, SessionEndReason.REVOKED)
+    hub.session_opened(login.user_id, login.displaced)
     response = json_response(200, _session_view(login))
     settings: Settings = request.state.settings
     response.set_cookie(

@@ -202,3 +202,39 @@ async def test_the_page_renders_any_platform_data_and_never_throws(
     await expect(page.locator(".managed-row.inactive")).to_have_count(3)
     assert await page.evaluate(fits)
     await expect(page.locator("#message")).to_have_text("")
+
+
+async def test_the_page_lists_the_persons_devices_and_signs_another_out(
+    running: RunningHub, devices: Any
+) -> None:
+    """Alice on a laptop (two tabs) and a phone: each page says "Signed in on 2 devices", with
+    the other's open tabs; "Sign out" on the phone's row from the laptop ends the phone's page
+    at once, in the person's words, and the laptop's list is back to one device."""
+    laptop, phone = await devices(running), await devices(running)
+    await laptop.log_in()
+    await phone.log_in()
+    laptop_page = await laptop.open_tab()
+    await laptop.open_tab()
+    phone_page = await phone.open_tab()
+    for page in (laptop_page, phone_page):
+        await page.click("#devices-box summary")
+        await expect(page.locator("#devices-title")).to_have_text(
+            "Signed in on 2 devices", timeout=WITHIN_MS
+        )
+    # On the phone's page: the laptop's row (with a Sign out) and its own (without).
+    other = phone_page.locator(".device", has=phone_page.locator("button"))
+    own = phone_page.locator(".device", has_not=phone_page.locator("button"))
+    await expect(other.locator(".when")).to_contain_text("2 tabs open", timeout=WITHIN_MS)
+    await expect(own.locator(".when")).to_contain_text("this device · 1 tab open")
+    # Both described from Chromium's own user agent.
+    await expect(laptop_page.locator(".device .name").first).to_contain_text("Chrome")
+    await laptop_page.click(".device button")  # the laptop's only Sign out: the phone's
+    await expect(phone_page.locator("#login-view")).to_be_visible(timeout=WITHIN_MS)
+    await expect(phone_page.locator("#message")).to_have_text(
+        "Your session was ended. Sign in again to continue."
+    )
+    await expect(laptop_page.locator("#devices-title")).to_have_text(
+        "Signed in on 1 device", timeout=WITHIN_MS
+    )
+    await expect(laptop_page.locator(".device button")).to_have_count(0)
+    await expect(laptop_page.locator("#message")).to_have_text("")

@@ -514,6 +514,37 @@ describe("HubClient", () => {
     });
   });
 
+  test("presence: the hello's devices, then each presence message, as hub.presence and one event per change", () => {
+    const { hub, socket } = client({});
+    const told = [];
+    hub.addEventListener("presence", (event) => told.push(event.detail));
+    assert.deepEqual(hub.presence, [], "empty before the first hello");
+    const laptop = { session: 4, description: "Chrome on macOS", signed_in_at: "2026-01-01T00:00:00.000Z", last_active_at: "2026-01-01T00:00:00.000Z", tabs: 1, current: true };
+    const phone = { ...laptop, session: 9, description: "Mobile Safari on iOS", tabs: 0, current: false };
+    socket().deliver({ ...hello(hub), devices: [phone, laptop] });
+    assert.deepEqual(hub.presence, [phone, laptop]);
+    socket().deliver({ type: "presence", devices: [{ ...phone, tabs: 2 }, laptop] });
+    socket().deliver({ type: "presence", devices: [{ ...phone, tabs: 2 }, laptop] }); // no change: no event
+    socket().deliver({ type: "presence", devices: "not a list" }); // ignored
+    assert.deepEqual(told, [[phone, laptop], [{ ...phone, tabs: 2 }, laptop]]);
+    assert.deepEqual(hub.presence, [{ ...phone, tabs: 2 }, laptop]);
+  });
+
+  test("revokeDevice posts to the device's session and refuses what is not a session id", async () => {
+    const { hub } = client({});
+    const calls = [];
+    globalThis.fetch = async (url, init = {}) => {
+      calls.push([String(url), init.method]);
+      return { status: 200, ok: true, json: async () => ({ sessions: 1, tabs: 2 }) };
+    };
+    assert.deepEqual(await hub.revokeDevice(9), { sessions: 1, tabs: 2 });
+    assert.deepEqual(calls, [[new URL("/api/sessions/9/revoke", "http://localhost/").href, "POST"]]);
+    for (const wrong of [0, -1, 1.5, "9", null, 2 ** 53]) {
+      await assert.rejects(hub.revokeDevice(wrong), /session id/);
+    }
+    assert.equal(calls.length, 1);
+  });
+
   test("a 4001 without session_ended is a revocation, in the client's own words", () => {
     const { socket, events } = client({});
     socket().deliver(hello(clients[0]));

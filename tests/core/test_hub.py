@@ -12,7 +12,9 @@ from server.protocol import (
     Cause,
     Hello,
     PlatformView,
+    PresenceMessage,
     RejectReason,
+    SessionEndReason,
     StateMessage,
     StateView,
     Switch,
@@ -206,3 +208,65 @@ async def test_a_change_from_another_process_during_a_first_join_reaches_the_tab
         store.release.set()
         await hub.close()
         await store.close()
+
+
+async def test_presence_is_told_once_for_tabs_joining_together_and_per_session() -> None:
+    """Five tabs of the phone joining in one go reach the laptop's tab as one presence
+    message (not five), counting them; each tab is told which device is its own; a tab
+    leaving and a session ending are told too, and another user hears nothing."""
+    store = MemoryStore()
+    alice, _ = store.add_user([("Pixelfed", True)])
+    bob, _ = store.add_user([("Pixelfed", True)])
+    laptop, phone, bobs = (
+        store.open_session(alice),
+        store.open_session(alice),
+        store.open_session(bob),
+    )
+    hub = Hub(store)
+    hub.presence.delay_s = 0.05
+    user = UserInfo(id=alice, name="alice")
+    watcher, bystander = RecordingTransport(), RecordingTransport()
+    try:
+        tabs = [
+            await hub.join(watcher, tab_id="w", user=user, session_id=laptop, expires_at="x"),
+            await hub.join(
+                bystander,
+                tab_id="b",
+                user=UserInfo(id=bob, name="bob"),
+                session_id=bobs,
+                expires_at="x",
+            ),
+        ]
+        hello = watcher.messages[0]
+        assert isinstance(hello, Hello)
+        assert [(d.session, d.tabs, d.current) for d in hello.devices] == [
+            (phone, 0, False),
+            (laptop, 1, True),
+        ]
+        phones = [RecordingTransport() for _ in range(5)]
+        tabs += await asyncio.gather(
+            *(
+                hub.join(t, tab_id=f"p{n}", user=user, session_id=phone, expires_at="x")
+                for n, t in enumerate(phones)
+            )
+        )
+        await asyncio.sleep(0.2)
+        told = [m for m in watcher.messages if isinstance(m, PresenceMessage)]
+        assert [[(d.session, d.tabs, d.current) for d in m.devices] for m in told] == [
+            [(phone, 5, False), (laptop, 1, True)]
+        ]
+        # Each phone tab hears its own device as current, once the last has joined.
+        for transport in phones:
+            seen = [m for m in transport.messages if isinstance(m, PresenceMessage | Hello)]
+            assert [(d.tabs, d.current) for d in seen[-1].devices] == [(5, True), (1, False)]
+        for tab in tabs[2:5]:
+            await hub.leave(tab)
+        hub.end_session(laptop, SessionEndReason.REVOKED)
+        await asyncio.sleep(0.2)
+        last = [m for m in phones[4].messages if isinstance(m, PresenceMessage)][-1]
+        assert [(d.session, d.tabs, d.current) for d in last.devices] == [(phone, 2, True)]
+        assert [type(m) for m in bystander.messages] == [Hello]
+        for tab in tabs:
+            await hub.leave(tab)
+    finally:
+        await hub.close()

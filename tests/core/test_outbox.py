@@ -87,3 +87,23 @@ def test_the_outbox_calls_on_ready_for_whatever_it_queues() -> None:
     assert calls == [1, 2, 2]
     assert drain(outbox) == ["x", "s3"]
     assert outbox.take().code == 4000  # type: ignore[union-attr]
+
+
+def test_a_newer_presence_replaces_the_unsent_one_and_states_keep_theirs() -> None:
+    """Presence coalesces to the newest unsent one, apart from states (each kind keeps its
+    newest), and the hello drops a queued presence (its devices are newer). A full outbox
+    refuses a presence it cannot replace."""
+    outbox = Outbox(3)
+    assert outbox.put_presence("p1")
+    outbox.put_state(1, "s1")
+    assert outbox.put_presence("p2")
+    outbox.put_state(2, "s2")
+    assert drain(outbox) == ["p2", "s2"]
+    outbox.put_presence("p3")
+    outbox.put("reply")
+    outbox.put_state(3, "hello", first=True)
+    assert drain(outbox) == ["hello", "reply"]
+    for frame in ("a", "b", "c"):
+        outbox.put(frame)
+    assert not outbox.put_presence("p4")
+    assert drain(outbox) == ["a", "b", "c"]

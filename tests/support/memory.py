@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from server.protocol import (
+    Device,
     HoldView,
     SessionEndReason,
     StateView,
@@ -50,6 +51,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._users: dict[int, _User] = {}
         self._sessions: dict[int, SessionEndReason | None] = {}  # None: live
+        self._owners: dict[int, int] = {}  # session: its user
         self._ids = 0
         self._lock = asyncio.Lock()  # a switch reads and writes as one, as a transaction does
 
@@ -69,6 +71,7 @@ class MemoryStore:
         """Open a live session of a user; return its id."""
         session_id = self._next()
         self._sessions[session_id] = None
+        self._owners[session_id] = user_id
         return session_id
 
     def end_session(self, session_id: int, reason: SessionEndReason) -> None:
@@ -92,6 +95,15 @@ class MemoryStore:
         """Read the hold in force for a user, if any."""
         user = self._users.get(user_id)
         return user.hold if user is not None else None
+
+    async def load_devices(self, user_id: int) -> list[Device]:
+        """Read a user's live sessions as devices, newest first (all signed in at once here)."""
+        at = "2026-01-01T00:00:00.000Z"
+        return [
+            Device(session=session, description="Test device", signed_in_at=at, last_active_at=at)
+            for session, owner in sorted(self._owners.items(), reverse=True)
+            if owner == user_id and self._sessions[session] is None
+        ]
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None

@@ -46,6 +46,13 @@ hub.addEventListener("hold", (event) => {
   const until: string | undefined = event.detail?.expires_at;
   void until;
 });
+hub.addEventListener("presence", (event) => {
+  const others = event.detail.filter((device) => !device.current);
+  const first: number | undefined = others[0]?.session;
+  const tabs: number = hub.presence.reduce((sum, device) => sum + device.tabs, 0);
+  if (first !== undefined) void hub.revokeDevice(first).then((ended) => ended.tabs + tabs);
+  void others.map((device) => `${device.description} since ${device.signed_in_at}`);
+});
 hub.addEventListener("session", (event) => {
   const detail = event.detail;
   if (detail.kind === "ended") {

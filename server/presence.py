@@ -1,0 +1,191 @@
+"""Presence: a person's devices (live login sessions) and their open tabs, told to each tab.
+
+Each room (server/rooms.py) keeps its user's devices, with the tabs other processes hold of
+each: read when the user's first tab joins this process (a group read, so a reconnect storm
+shares it), and again when a tab of a session it does not know joins or the devices change
+(a session opened, another process's tabs came or went: ``changed``). A tab counts on its
+device here from its join to its leave. A change marks the user; within ``delay_s`` every
+marked user's tabs get one ``presence`` message, encoded once per session (``current``
+differs), and a tab's outbox keeps only the newest unsent one (server/outbox.py): a
+reconnect storm is not a message storm. With several processes, ``report`` carries this
+process's counts to the others (server/storage/presence.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from server.errors import StoreUnavailable
+from server.protocol import Device, PresenceMessage, encode
+from server.rooms import Room
+from server.tab import Tab, TabState
+
+__all__ = ["DeviceStore", "Presence"]
+
+logger = logging.getLogger("hub.presence")
+
+
+class DeviceStore(Protocol):
+    """Where a user's live sessions are read from (server/storage/devices.py)."""
+
+    async def load_devices(self, user_id: int) -> Sequence[Device]: ...
+
+
+class Presence:
+    """Keep each room's devices and tell its tabs when a device or tab comes or goes."""
+
+    def __init__(self, rooms: dict[int, Room], store: DeviceStore, delay_s: float = 0.1) -> None:
+        self._rooms = rooms
+        self._store = store
+        self.delay_s = delay_s
+        # The user of each session in a room's devices here, to find the room when the
+        # session ends (it may have no tab here).
+        self._owners: dict[int, int] = {}
+        self._due: set[int] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reloads: dict[int, asyncio.Task[None]] = {}
+        # With several processes: told (user, session, tabs here) when a count changes.
+        self.report: Callable[[int, int, int], None] | None = None
+        self._reported: dict[int, dict[int, int]] = {}  # user: session: tabs here, as told
+
+    async def join(self, room: Room, user_id: int, tab: Tab) -> tuple[Device, ...]:
+        """Learn the devices for a tab that is joining; return its hello's list."""
+        if room.devices is None or tab.session_id not in room.devices:
+            await self._load(user_id, room)
+        assert room.devices is not None
+        if (device := room.devices.get(tab.session_id)) is not None:
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            active = now.replace("+00:00", "Z")
+            room.devices[tab.session_id] = msgspec.structs.replace(device, last_active_at=active)
+        self.mark(user_id)
+        devices = self._view(room, _counts(room), tab.session_id)
+        tab.devices = devices
+        return devices
+
+    def mark(self, user_id: int) -> None:
+        """Tell the user's tabs their devices within ``delay_s`` (a tab came or went)."""
+        self._due.add(user_id)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush)
+
+    def ended(self, session_id: int) -> None:
+        """Drop an ended session from its person's devices here."""
+        user_id = self._owners.pop(session_id, None)
+        if user_id is None:
+            return
+        room = self._rooms.get(user_id)
+        if room is not None and room.devices is not None:
+            room.devices.pop(session_id, None)
+            self.mark(user_id)
+
+    def changed(self, user_id: int) -> None:
+        """Read the user's devices anew in the background, if the user has tabs here: a
+        session of theirs was opened, or another process's count of their tabs moved."""
+        room = self._rooms.get(user_id)
+        if room is None or room.devices is None or user_id in self._reloads:
+            return
+        task = asyncio.get_running_loop().create_task(self._reload(user_id, room))
+        self._reloads[user_id] = task
+        task.add_done_callback(lambda _: self._reloads.pop(user_id, None))
+
+    def refresh_elsewhere(self) -> None:
+        """Read anew the devices of the users with tabs on other processes (a process that
+        died stops counting once its heartbeat is old: server/storage/presence.py)."""
+        for user_id, room in self._rooms.items():
+            if room.devices and any(device.tabs for device in room.devices.values()):
+                self.changed(user_id)
+
+    def forget(self, room: Room) -> None:
+        """Drop what the hub kept for a room it forgets (its user has no tab here)."""
+        for session_id in room.devices or ():
+            self._owners.pop(session_id, None)
+
+    async def close(self) -> None:
+        """Stop the timer and any reads in flight."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._reloads.values()):
+            task.cancel()
+        await asyncio.gather(*self._reloads.values(), return_exceptions=True)
+
+    async def _reload(self, user_id: int, room: Room) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._load(user_id, room)
+            self.mark(user_id)
+
+    async def _load(self, user_id: int, room: Room) -> None:
+        devices = await self._store.load_devices(user_id)
+        if self._rooms.get(user_id) is not room:
+            # Every tab left meanwhile; a new room reads its own.
+            room.devices = room.devices or {}
+            return
+        self.forget(room)
+        room.devices = {device.session: device for device in devices}
+        for device in devices:
+            self._owners[device.session] = user_id
+
+    def _flush(self) -> None:
+        self._timer = None
+        due, self._due = self._due, set()
+        for user_id in due:
+            room = self._rooms.get(user_id)
+            counts = _counts(room) if room is not None else Counter[int]()
+            if self.report is not None:
+                self._report(self.report, user_id, counts)
+            if room is None or room.devices is None:
+                continue
+            views: dict[int, tuple[Device, ...]] = {}
+            frames: dict[int, str] = {}
+            for tab in list(room.tabs.values()):
+                if tab.state is not TabState.OPEN or tab.closing:
+                    continue  # a joining tab's hello carries the list
+                if (devices := views.get(tab.session_id)) is None:
+                    devices = views[tab.session_id] = self._view(room, counts, tab.session_id)
+                if devices == tab.devices:
+                    continue
+                if (frame := frames.get(tab.session_id)) is None:
+                    frame = frames[tab.session_id] = encode(PresenceMessage(devices=devices))
+                tab.devices = devices
+                tab.send_presence(frame)
+
+    def _report(
+        self, report: Callable[[int, int, int], None], user_id: int, counts: Counter[int]
+    ) -> None:
+        """Tell ``report`` each session whose count here changed since last told."""
+        told = self._reported.pop(user_id, {})
+        for session_id in told.keys() - counts.keys():
+            report(user_id, session_id, 0)
+        for session_id, tabs in counts.items():
+            if told.get(session_id) != tabs:
+                report(user_id, session_id, tabs)
+        if counts:
+            self._reported[user_id] = dict(counts)
+
+    @staticmethod
+    def _view(room: Room, counts: Counter[int], current: int) -> tuple[Device, ...]:
+        """The devices as a tab of ``current`` sees them: ``tabs`` elsewhere plus here."""
+        devices = room.devices or {}
+        return tuple(
+            msgspec.structs.replace(
+                device,
+                tabs=device.tabs + counts[device.session],
+                current=device.session == current,
+            )
+            for device in sorted(
+                devices.values(), key=lambda d: (d.signed_in_at, d.session), reverse=True
+            )
+        )
+
+
+def _counts(room: Room) -> Counter[int]:
+    """Count each session's open tabs in a room."""
+    return Counter(tab.session_id for tab in room.tabs.values() if not tab.closing)
