@@ -236,7 +236,7 @@ function renderDevices(devices) {
 }
 
 $("devices").addEventListener("click", async (e) => {
-  const session = Number(e.target.dataset?.session);
+  const session = e.target.dataset?.session;
   if (!hub || !session || e.target.tagName !== "BUTTON") return;
   e.target.disabled = true;
   try {

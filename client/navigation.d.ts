@@ -33,8 +33,8 @@ export interface HoldView {
 
 /** One of the person's devices: a live login session (never its token, never an address). */
 export interface Device {
-  /** The session's id: pass it to revokeDevice() to end that device. */
-  session: number;
+  /** The session's handle (random, never its token): pass it to revokeDevice(). */
+  session: string;
   /** From the user agent: "Chrome on macOS", or "Unknown device". */
   description: string;
   signed_in_at: string;
@@ -197,8 +197,8 @@ export declare class HubClient extends EventTarget {
   extendSession(): Promise<string>;
   /** Log out this browser's session, or with `everywhere` every session of the user. */
   logout(options?: { everywhere?: boolean }): Promise<{ sessions: number; tabs: number }>;
-  /** End one of the person's devices (its session id from `presence`); its tabs end. */
-  revokeDevice(session: number): Promise<{ sessions: number; tabs: number }>;
+  /** End one of the person's devices (its `session` from `presence`); its tabs end. */
+  revokeDevice(session: string): Promise<{ sessions: number; tabs: number }>;
   /** Stop for good: close the connection, cancel timers and pending switches. */
   close(): void;
 

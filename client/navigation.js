@@ -18,7 +18,7 @@
  * @typedef {{expires_at: string}} SessionInfo
  * @typedef {{kind: "switch"|"platforms"|"resync", tab: string|null, request: string}} Cause
  * @typedef {{reason: string, expires_at: string}} HoldView
- * @typedef {{session: number, description: string, signed_in_at: string, last_active_at: string, tabs: number, current: boolean}} Device
+ * @typedef {{session: string, description: string, signed_in_at: string, last_active_at: string, tabs: number, current: boolean}} Device
  * @typedef {"stale"|"unknown_platform"|"inactive_platform"|"rate_limited"|"unavailable"|"bad_request"|"busy"} RejectReason
  * @typedef {"logout"|"expired"|"revoked"} SessionEndReason
  * @typedef {"bad_message"|"bad_request"|"invalid_credentials"|"unauthenticated"|"forbidden_origin"|"unavailable"|"rate_limited"|"unknown_platform"|"inactive_platform"|"last_active_platform"|"name_taken"|"account_taken"|"unknown_user"|"unknown_session"} ErrorCode
@@ -111,6 +111,8 @@ export const DEFAULTS = Object.freeze({
 
 // The hub's rule for tab ids (server/web/websocket.py); request ids may be 1 to 64 characters of any kind.
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// A session's handle, as the hub's revoke path takes it (server/web/paths.py).
+const HANDLE = /^[A-Za-z0-9_-]{1,32}$/;
 // The tab ids held by live HubClients of this page: a second client in one page gets an id of
 // its own instead of the one in sessionStorage (which the first holds).
 const PAGE_TAB_IDS = new Set();
@@ -621,12 +623,12 @@ export class HubClient extends EventTarget {
 
   /**
    * End another device of the person (or this one): its tabs end with "revoked". `session` is
-   * a device's `session` from `presence`; resolves with what ended, and rejects with the hub's
-   * words when it is not a live session of the person.
+   * a device's `session` (its handle) from `presence`; resolves with what ended, and rejects
+   * with the hub's words when it is not a live session of the person.
    */
   async revokeDevice(session) {
-    if (!Number.isSafeInteger(session) || session < 1) {
-      throw new Error("Name a device by its session id, from hub.presence.");
+    if (typeof session !== "string" || !HANDLE.test(session)) {
+      throw new Error("Name a device by its session handle, from hub.presence.");
     }
     return this.#post(`sessions/${session}/revoke`);
   }

@@ -14,8 +14,6 @@ process's counts to the others (server/storage/presence.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,7 +34,9 @@ logger = logging.getLogger("hub.presence")
 class DeviceStore(Protocol):
     """Where a user's live sessions are read from (server/storage/devices.py)."""
 
-    async def load_devices(self, user_id: int) -> Sequence[Device]: ...
+    async def load_devices(self, user_id: int) -> Sequence[tuple[int, Device]]:
+        """The user's live sessions: each one's id, and its device as a page sees it."""
+        ...
 
 
 class Presence:
@@ -52,19 +52,23 @@ class Presence:
         self._due: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._reloads: dict[int, asyncio.Task[None]] = {}
+        # Sessions ended lately: a read that began before the end must not bring one back.
+        self._ended: dict[int, None] = {}
+        # Users whose reload failed (the database was unavailable): read again soon.
+        self._failed: set[int] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self.retry_s = 2.0
         # With several processes: told (user, session, tabs here) when a count changes.
         self.report: Callable[[int, int, int], None] | None = None
         self._reported: dict[int, dict[int, int]] = {}  # user: session: tabs here, as told
 
     async def join(self, room: Room, user_id: int, tab: Tab) -> tuple[Device, ...]:
         """Learn the devices for a tab that is joining; return its hello's list."""
-        if room.devices is None or tab.session_id not in room.devices:
-            await self._load(user_id, room)
+        known = room.devices is not None and tab.session_id in room.devices
+        # Changed during the read: read again, in the background.
+        if not known and await self._load(user_id, room) and user_id not in self._reloads:
+            self._start_reload(user_id, room)
         assert room.devices is not None
-        if (device := room.devices.get(tab.session_id)) is not None:
-            now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-            active = now.replace("+00:00", "Z")
-            room.devices[tab.session_id] = msgspec.structs.replace(device, last_active_at=active)
         self.mark(user_id)
         devices = self._view(room, _counts(room), tab.session_id)
         tab.devices = devices
@@ -78,23 +82,29 @@ class Presence:
 
     def ended(self, session_id: int) -> None:
         """Drop an ended session from its person's devices here."""
+        self._ended[session_id] = None
+        if len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
         user_id = self._owners.pop(session_id, None)
         if user_id is None:
             return
         room = self._rooms.get(user_id)
-        if room is not None and room.devices is not None:
-            room.devices.pop(session_id, None)
-            self.mark(user_id)
+        if room is not None:
+            room.device_changes += 1  # a read in flight began before: it must not count
+            if room.devices is not None:
+                room.devices.pop(session_id, None)
+                self.mark(user_id)
 
     def changed(self, user_id: int) -> None:
         """Read the user's devices anew in the background, if the user has tabs here: a
         session of theirs was opened, or another process's count of their tabs moved."""
         room = self._rooms.get(user_id)
-        if room is None or room.devices is None or user_id in self._reloads:
+        if room is None:
             return
-        task = asyncio.get_running_loop().create_task(self._reload(user_id, room))
-        self._reloads[user_id] = task
-        task.add_done_callback(lambda _: self._reloads.pop(user_id, None))
+        room.device_changes += 1
+        # A read in flight (a first tab's, or a reload) sees the count move and reads again.
+        if room.devices is not None and user_id not in self._reloads:
+            self._start_reload(user_id, room)
 
     def refresh_elsewhere(self) -> None:
         """Read anew the devices of the users with tabs on other processes (a process that
@@ -110,28 +120,49 @@ class Presence:
 
     async def close(self) -> None:
         """Stop the timer and any reads in flight."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._retry):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._retry = None
         for task in list(self._reloads.values()):
             task.cancel()
         await asyncio.gather(*self._reloads.values(), return_exceptions=True)
 
-    async def _reload(self, user_id: int, room: Room) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            await self._load(user_id, room)
-            self.mark(user_id)
+    def _start_reload(self, user_id: int, room: Room) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(user_id, room))
+        self._reloads[user_id] = task
+        task.add_done_callback(lambda _: self._reloads.pop(user_id, None))
 
-    async def _load(self, user_id: int, room: Room) -> None:
+    async def _reload(self, user_id: int, room: Room) -> None:
+        try:
+            while await self._load(user_id, room):
+                pass  # changed during the read: read again
+        except StoreUnavailable as error:
+            logger.debug("devices of user %d not read: %s", user_id, error)
+            self._failed.add(user_id)
+            if self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(self.retry_s, self._again)
+        self.mark(user_id)
+
+    def _again(self) -> None:
+        self._retry = None
+        failed, self._failed = self._failed, set()
+        for user_id in failed:
+            self.changed(user_id)
+
+    async def _load(self, user_id: int, room: Room) -> bool:
+        """Read the user's devices into the room; return whether they changed meanwhile."""
+        asked = room.device_changes
         devices = await self._store.load_devices(user_id)
         if self._rooms.get(user_id) is not room:
             # Every tab left meanwhile; a new room reads its own.
             room.devices = room.devices or {}
-            return
+            return False
         self.forget(room)
-        room.devices = {device.session: device for device in devices}
-        for device in devices:
-            self._owners[device.session] = user_id
+        room.devices = {id_: device for id_, device in devices if id_ not in self._ended}
+        for session_id in room.devices:
+            self._owners[session_id] = user_id
+        return room.device_changes != asked
 
     def _flush(self) -> None:
         self._timer = None
@@ -176,14 +207,16 @@ class Presence:
         devices = room.devices or {}
         return tuple(
             msgspec.structs.replace(
-                device,
-                tabs=device.tabs + counts[device.session],
-                current=device.session == current,
+                device, tabs=device.tabs + counts[session_id], current=session_id == current
             )
-            for device in sorted(
-                devices.values(), key=lambda d: (d.signed_in_at, d.session), reverse=True
+            for session_id, device in sorted(
+                devices.items(), key=lambda item: (item[1].signed_in_at, item[0]), reverse=True
             )
         )
+
+
+# How many ended sessions are remembered, for reads that began before they ended.
+_ENDED_KEPT = 10_000
 
 
 def _counts(room: Room) -> Counter[int]:

@@ -159,16 +159,15 @@ class SessionInfo(_Frozen, frozen=True):
 class Device(_Frozen, frozen=True):
     """One of a person's devices: a live login session, as that person's tabs may see it.
 
-    No token and no IP address: ``session`` is the session's id, which only its person can
-    revoke (``POST /api/sessions/{id}/revoke``).
+    No token and no IP address: ``session`` is the session's handle, random, which only its
+    person can revoke (``POST /api/sessions/{handle}/revoke``).
     """
 
-    session: int
+    session: str
     # From the user agent: "Chrome on macOS", "Firefox on Linux", or "Unknown device".
     description: str
     signed_in_at: str
-    # When a tab of it last connected, or it last made a request (to within
-    # HUB_SESSION_TOUCH_S).
+    # When the hub last saw it (a request, a tab connecting), to within HUB_SESSION_TOUCH_S.
     last_active_at: str
     # Its open tabs, on every hub process.
     tabs: int = 0

@@ -36,6 +36,7 @@ class Room:
     user's devices."""
 
     __slots__ = (
+        "device_changes",
         "devices",
         "hold",
         "hold_known",
@@ -58,8 +59,10 @@ class Room:
         # the highest version notified meanwhile, which the read must reach.
         self.reloading: asyncio.Task[None] | None = None
         self.reload_until = 0
-        # The user's live sessions by id, once read (server/presence.py).
+        # The user's live sessions by id, once read, and how many changes to them were
+        # told (a read that saw fewer is read again): server/presence.py.
         self.devices: dict[int, Device] | None = None
+        self.device_changes = 0
 
     def remember(self, state: StateView) -> None:
         """Keep ``state`` as the newest, unless an older version (at an equal version the

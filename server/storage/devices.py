@@ -14,32 +14,42 @@ import datetime as dt
 import functools
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, DateTime, Interval, bindparam, func, select
 from ua_parser import parse
 
 from server import db
 from server.db import Database
 from server.protocol import Device
-from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, format_time
+from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, format_time, handle_of
 
 __all__ = ["describe", "live_devices"]
 
 _sessions = db.login_sessions
 _counts = db.tab_counts
 _BY_USERS = (
-    select(*LIVENESS_COLUMNS, _sessions.c.created_at, _sessions.c.device, _sessions.c.user_agent)
+    select(
+        *LIVENESS_COLUMNS,
+        _sessions.c.created_at,
+        _sessions.c.device,
+        _sessions.c.user_agent,
+        _sessions.c.token_hash,
+    )
     .where(
         _sessions.c.user_id.in_(bindparam("users", expanding=True)),
         _sessions.c.revoked_at.is_(None),
     )
     .order_by(_sessions.c.created_at.desc(), _sessions.c.id.desc())
 )
+_NOW = func.timezone("UTC", func.now(), type_=DateTime())
 _ELSEWHERE = (
     select(_counts.c.session_id, func.sum(_counts.c.tabs))
     .where(
         _counts.c.user_id.in_(bindparam("users", expanding=True)),
         _counts.c.origin != bindparam("origin"),
-        _counts.c.seen_at > bindparam("since"),
+        # By the database's clock, as the processes vouch (server/storage/presence.py).
+        _counts.c.seen_at
+        > func.timezone("UTC", func.now(), type_=DateTime())
+        - bindparam("window", type_=Interval()),
     )
     .group_by(_counts.c.session_id)
 )
@@ -63,29 +73,34 @@ def describe(user_agent: str | None) -> str:
     return (browser or system or "Unknown device")[:80]
 
 
-async def live_devices(database: Database, user_ids: Sequence[int]) -> dict[int, list[Device]]:
-    """Return the live sessions of each user as devices, newest sign-in first, with ``tabs``
-    the tabs other processes vouched for within 3 heartbeats (none on SQLite: one process)."""
+async def live_devices(
+    database: Database, user_ids: Sequence[int]
+) -> dict[int, list[tuple[int, Device]]]:
+    """Return the live sessions of each user, by id, as devices, newest sign-in first, with
+    ``tabs`` the tabs other processes vouched for within 3 heartbeats (none on SQLite)."""
     now = database.clock()
-    since = now - dt.timedelta(seconds=3 * database.settings.presence_heartbeat_s)
+    window = dt.timedelta(seconds=3 * database.settings.presence_heartbeat_s)
     users = list(user_ids)
 
-    def work(connection: Connection) -> dict[int, list[Device]]:
+    def work(connection: Connection) -> dict[int, list[tuple[int, Device]]]:
         elsewhere: dict[int, int] = {}
         if connection.dialect.name == "postgresql":
-            found = {"users": users, "origin": database.origin, "since": since}
+            found = {"users": users, "origin": database.origin, "window": window}
             elsewhere = {row[0]: int(row[1]) for row in connection.execute(_ELSEWHERE, found)}
-        devices: dict[int, list[Device]] = {user_id: [] for user_id in users}
+        devices: dict[int, list[tuple[int, Device]]] = {user_id: [] for user_id in users}
         for row in connection.execute(_BY_USERS, {"users": users}):
             if ended_reason(row, now) is None:
                 devices[row.user_id].append(
-                    Device(
-                        session=row.id,
-                        # Described at sign-in; a session older than that, here.
-                        description=row.device or describe(row.user_agent),
-                        signed_in_at=format_time(row.created_at),
-                        last_active_at=format_time(row.last_seen_at),
-                        tabs=elsewhere.get(row.id, 0),
+                    (
+                        row.id,
+                        Device(
+                            session=handle_of(row.token_hash),
+                            # Described at sign-in; a session older than that, here.
+                            description=row.device or describe(row.user_agent),
+                            signed_in_at=format_time(row.created_at),
+                            last_active_at=format_time(row.last_seen_at),
+                            tabs=elsewhere.get(row.id, 0),
+                        ),
                     )
                 )
         return devices

@@ -4,6 +4,8 @@ A session ends when it is revoked (logout, logout everywhere, the host API) or w
 expiry passes: the idle one, which activity slides forward, or the absolute one, which never
 moves. Activity writes at most once per ``session_touch_s``; the writes of many sessions at
 once (every tab of a restarted process reconnecting) share one transaction (``extend``).
+What a page may know of a session is said here too: its times (``format_time``) and the
+handle it is called by (``handle_of``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from server.db import Database
 from server.protocol import SessionEndReason
 
 __all__ = [
+    "HANDLE_LENGTH",
     "LIVENESS_BY_IDS",
     "LIVENESS_COLUMNS",
     "SessionTimes",
     "ended_reason",
     "expires_at",
     "extend",
+    "format_time",
+    "handle_of",
     "idle_expiry",
     "slide",
     "statuses",
@@ -77,6 +82,18 @@ def idle_expiry(now: dt.datetime, absolute: dt.datetime, idle_s: float) -> dt.da
 def format_time(moment: dt.datetime) -> str:
     """Format a moment as ISO 8601 UTC with a Z, to the millisecond."""
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# The characters of a session's token hash that are its handle (64 bits).
+HANDLE_LENGTH = 16
+
+
+def handle_of(digest: str) -> str:
+    """The handle pages know a session by (presence, POST /api/sessions/{handle}/revoke): the
+    first 64 bits of its token's hash. Random, so unlike an id it tells a page nothing (ids
+    count the sign-ins between two of its own), and only part of a hash of the token, so it
+    gives nothing towards the token. Every session has one, however it was opened."""
+    return digest[:HANDLE_LENGTH]
 
 
 def expires_at(row: SessionTimes) -> dt.datetime:

@@ -18,8 +18,20 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import Connection, bindparam, delete, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Interval,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 
 from server import db
 from server.db import Database
@@ -33,6 +45,9 @@ logger = logging.getLogger("hub.presence")
 _counts = db.tab_counts
 _sessions = db.login_sessions
 
+# The database's clock, in UTC as the tables keep time: every process vouches and is judged
+# by the same clock, whatever its host's says.
+_NOW = func.timezone("UTC", func.now(), type_=DateTime())
 # A session's count, unless the session is gone (collected): then nothing, not an error.
 _INSERT = insert(_counts).from_select(
     ["origin", "session_id", "user_id", "tabs", "seen_at"],
@@ -41,7 +56,7 @@ _INSERT = insert(_counts).from_select(
         _sessions.c.id,
         _sessions.c.user_id,
         bindparam("tabs", type_=_counts.c.tabs.type),
-        bindparam("now", type_=_counts.c.seen_at.type),
+        _NOW,
     ).where(_sessions.c.id == bindparam("session")),
 )
 _UPSERT = _INSERT.on_conflict_do_update(
@@ -71,9 +86,12 @@ class TabCounts:
 
     async def run_forever(self) -> None:
         """Write reported counts in batches and vouch for them every heartbeat, until
-        cancelled; a database that fails is tried again at the next heartbeat."""
+        cancelled. A write that fails is tried again at the next heartbeat (a session
+        collected mid-write: at once), and the first vouch after a lapse of more than two
+        heartbeats tells the other processes, which had stopped counting these tabs."""
         loop = asyncio.get_running_loop()
-        beat = loop.time()
+        beat = vouched = loop.time()
+        lapsed = False
         while True:
             # asyncio.timeout, not wait_for: 3.11's wait_for can turn a cancellation that
             # meets its timeout into a TimeoutError, and this loop would never stop.
@@ -86,24 +104,33 @@ class TabCounts:
                 await asyncio.sleep(self.batch_s)  # a storm's changes share one write
             self._wake.clear()
             vouch = loop.time() >= beat
+            lapsed = lapsed or loop.time() - vouched > 2 * self.heartbeat_s  # a stalled loop
             try:
-                await self._write(vouch)
+                await self._write(vouch, tell_all=vouch and lapsed)
             except StoreUnavailable as error:
                 logger.warning("tab counts not written: %s", error)
-                beat = loop.time() + self.heartbeat_s
+                beat, lapsed = loop.time() + self.heartbeat_s, True
+                continue
+            except IntegrityError as error:
+                # A session deleted (collected) between the read and the insert of its row:
+                # the next write finds it gone and skips it.
+                logger.info("tab counts written again: %s", error.orig)
+                self._wake.set()
                 continue
             except Exception:
                 # Not the database's outage: a bug. Say so, and go on at the next heartbeat.
                 logger.exception("tab counts not written")
-                beat = loop.time() + self.heartbeat_s
+                beat, lapsed = loop.time() + self.heartbeat_s, True
                 continue
             if vouch:
-                beat = loop.time() + self.heartbeat_s
+                vouched = loop.time()
+                beat, lapsed = vouched + self.heartbeat_s, False
                 if self.on_beat is not None:
                     self.on_beat()
 
-    async def close(self) -> None:
-        """Delete this process's rows, telling the others (a clean stop)."""
+    async def close(self, within: float = 1.0) -> None:
+        """Delete this process's rows, telling the others (a clean stop); a database that
+        does not answer within ``within`` seconds leaves them to age out."""
         origin = self.origin
 
         def work(connection: Connection) -> None:
@@ -111,22 +138,23 @@ class TabCounts:
             users = sorted(set(connection.scalars(gone)))
             backplane.stage(connection, origin, [DevicesChanged(user) for user in users])
 
-        with contextlib.suppress(StoreUnavailable):
-            await self.database.write(work)
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            async with asyncio.timeout(within):
+                await self.database.write(work)
 
-    async def _write(self, vouch: bool) -> None:
+    async def _write(self, vouch: bool, *, tell_all: bool = False) -> None:
         pending, self._pending = self._pending, {}
         if not pending and not vouch:
             return
-        origin, now = self.origin, self.database.clock()
-        forgotten = now - dt.timedelta(seconds=20 * self.heartbeat_s)
+        origin = self.origin
         kept = [
-            {"origin": origin, "session": session, "tabs": tabs, "now": now}
+            {"origin": origin, "session": session, "tabs": tabs}
             for session, (_, tabs) in sorted(pending.items())
             if tabs > 0
         ]
         dropped = sorted(session for session, (_, tabs) in pending.items() if tabs == 0)
-        users = sorted({user for user, _ in pending.values()})
+        users = {user for user, _ in pending.values()}
+        forgotten = _NOW - literal(dt.timedelta(seconds=20 * self.heartbeat_s), Interval())
 
         def work(connection: Connection) -> None:
             if kept:
@@ -138,8 +166,11 @@ class TabCounts:
                     )
                 )
             if vouch:
-                mine = _counts.c.origin == origin
-                connection.execute(update(_counts).where(mine).values(seen_at=now))
+                mine = update(_counts).where(_counts.c.origin == origin).values(seen_at=_NOW)
+                # After a lapse the others stopped counting these rows: tell them all.
+                vouched = connection.scalars(mine.returning(_counts.c.user_id))
+                if tell_all:
+                    users.update(vouched)
                 # Rows of processes long gone (killed): ignored since, now deleted, but not
                 # those another process is deleting (no waiting on each other).
                 stale = (
@@ -149,7 +180,8 @@ class TabCounts:
                 )
                 key = tuple_(_counts.c.origin, _counts.c.session_id)
                 connection.execute(delete(_counts).where(key.in_(stale)))
-            backplane.stage(connection, origin, [DevicesChanged(user) for user in users])
+            events = [DevicesChanged(user) for user in sorted(users)]
+            backplane.stage(connection, origin, events)
 
         try:
             await self.database.write(work)

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
 from server import db
 from server.api import SessionDetail
@@ -28,6 +28,7 @@ from server.protocol import SessionEndReason
 from server.storage import backplane, expiry
 from server.storage.devices import describe
 from server.storage.expiry import (
+    HANDLE_LENGTH,
     LIVENESS_COLUMNS,
     ended_reason,
     expires_at,
@@ -45,6 +46,7 @@ from server.storage.passwords import (
 __all__ = [
     "LoginSession",
     "authenticate",
+    "by_handle",
     "collect",
     "extend",
     "format_time",
@@ -250,6 +252,16 @@ async def extend(database: Database, login: LoginSession) -> LoginSession:
     if isinstance(until, SessionEndReason):
         raise AuthenticationError(until.value, _ENDED_MESSAGES[until])
     return login if until is None else dataclasses.replace(login, expires_at=until)
+
+
+async def by_handle(database: Database, user_id: int, handle: str) -> int | None:
+    """Return the id of the user's session called ``handle``, if any."""
+    query = select(_sessions.c.id).where(
+        _sessions.c.user_id == user_id,  # indexed: at most max_sessions_per_user rows
+        func.substr(_sessions.c.token_hash, 1, HANDLE_LENGTH) == handle,
+    )
+    found: int | None = await database.read(lambda connection: connection.scalar(query))
+    return found
 
 
 async def revoke(

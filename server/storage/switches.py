@@ -77,7 +77,7 @@ class SqlStore:
         # Concurrent joins (a reconnect storm) share their reads of states and holds.
         self._states: GroupRead[int, StateView] = GroupRead(self._fetch_states)
         self._holds: GroupRead[int, HoldView] = GroupRead(self._fetch_holds)
-        self._devices: GroupRead[int, list[Device]] = GroupRead(
+        self._devices: GroupRead[int, list[tuple[int, Device]]] = GroupRead(
             functools.partial(live_devices, database)
         )
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
@@ -100,8 +100,8 @@ class SqlStore:
         """Read the hold in force for a user, if any (batched as the states are)."""
         return await self._holds.get(user_id)
 
-    async def load_devices(self, user_id: int) -> list[Device]:
-        """Read a user's live sessions as devices (batched as the states are)."""
+    async def load_devices(self, user_id: int) -> list[tuple[int, Device]]:
+        """Read a user's live sessions, by id, as devices (batched as the states are)."""
         return await self._devices.get(user_id) or []
 
     async def _fetch_states(self, user_ids: Sequence[int]) -> dict[int, StateView]:

@@ -145,9 +145,12 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await hub.close(CloseCode.SERVICE_RESTART)
-            if counts is not None:
-                await counts.close()
+            # The tab counts go as the tabs do (within a second: a stalled database must not
+            # hold the stop; left behind, they age out of every list).
+            await asyncio.gather(
+                hub.close(CloseCode.SERVICE_RESTART),
+                counts.close() if counts is not None else asyncio.sleep(0),
+            )
             await store.close()
             await database.dispose()
 
@@ -160,7 +163,7 @@ def create_app(
         Route("/api/logout", pages.logout, methods=["POST"]),
         Route("/api/logout-all", pages.logout_all, methods=["POST"]),
         Route("/api/session/extend", pages.extend, methods=["POST"]),
-        route("/api/sessions/{session:id}/revoke", POST=pages.session_revoke),
+        route("/api/sessions/{session:handle}/revoke", POST=pages.session_revoke),
         Route("/api/state", pages.state),
         Route("/api/switch", pages.switch, methods=["POST"]),
         route("/api/platforms", GET=pages.platforms_list, POST=pages.platforms_add),

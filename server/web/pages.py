@@ -71,7 +71,6 @@ def _client_dir() -> Path:
 
 
 CLIENT_DIR = _client_dir()
-CLIENT_DIR = _client_dir()
 
 _REJECT_STATUS = {
     RejectReason.STALE: 409,
@@ -176,9 +175,11 @@ async def session_revoke(request: Request) -> Response:
     database: Database = request.state.database
     hub: Hub = request.state.hub
     login = await sessions.authenticate(database, token(request), touch=False)
-    session_id = request.path_params["session"]
+    session_id = await sessions.by_handle(database, login.user_id, request.path_params["session"])
     reason = SessionEndReason.REVOKED
-    tabs = await end_session(database, hub, session_id, reason, user_id=login.user_id)
+    tabs = None
+    if session_id is not None:
+        tabs = await end_session(database, hub, session_id, reason, user_id=login.user_id)
     if tabs is None:
         return error_response(404, ErrorCode.UNKNOWN_SESSION, "You have no such live session.")
     return json_response(200, SessionsRevoked(sessions=1, tabs=tabs))

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-__all__ = ["MAX_ID", "IdConvertor", "route"]
+__all__ = ["MAX_ID", "HandleConvertor", "IdConvertor", "route"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -41,6 +41,22 @@ class IdConvertor(Convertor[int]):
 
 
 register_url_convertor("id", IdConvertor())
+
+
+class HandleConvertor(Convertor[str]):
+    """A session's handle in a path (server/storage/sessions.py): 1 to 32 URL-safe characters;
+    anything else matches no route (404)."""
+
+    regex = "[A-Za-z0-9_-]{1,32}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("handle", HandleConvertor())
 
 
 def route(path: str, **endpoints: Endpoint) -> Route:

@@ -519,8 +519,8 @@ describe("HubClient", () => {
     const told = [];
     hub.addEventListener("presence", (event) => told.push(event.detail));
     assert.deepEqual(hub.presence, [], "empty before the first hello");
-    const laptop = { session: 4, description: "Chrome on macOS", signed_in_at: "2026-01-01T00:00:00.000Z", last_active_at: "2026-01-01T00:00:00.000Z", tabs: 1, current: true };
-    const phone = { ...laptop, session: 9, description: "Mobile Safari on iOS", tabs: 0, current: false };
+    const laptop = { session: "Xk3_q9-aZ0pL2mNc", description: "Chrome on macOS", signed_in_at: "2026-01-01T00:00:00.000Z", last_active_at: "2026-01-01T00:00:00.000Z", tabs: 1, current: true };
+    const phone = { ...laptop, session: "b7Yt0Qw-Lm2_Zx9e", description: "Mobile Safari on iOS", tabs: 0, current: false };
     socket().deliver({ ...hello(hub), devices: [phone, laptop] });
     assert.deepEqual(hub.presence, [phone, laptop]);
     socket().deliver({ type: "presence", devices: [{ ...phone, tabs: 2 }, laptop] });
@@ -530,17 +530,17 @@ describe("HubClient", () => {
     assert.deepEqual(hub.presence, [{ ...phone, tabs: 2 }, laptop]);
   });
 
-  test("revokeDevice posts to the device's session and refuses what is not a session id", async () => {
+  test("revokeDevice posts to the device's session handle and refuses what is not one", async () => {
     const { hub } = client({});
     const calls = [];
     globalThis.fetch = async (url, init = {}) => {
       calls.push([String(url), init.method]);
       return { status: 200, ok: true, json: async () => ({ sessions: 1, tabs: 2 }) };
     };
-    assert.deepEqual(await hub.revokeDevice(9), { sessions: 1, tabs: 2 });
-    assert.deepEqual(calls, [[new URL("/api/sessions/9/revoke", "http://localhost/").href, "POST"]]);
-    for (const wrong of [0, -1, 1.5, "9", null, 2 ** 53]) {
-      await assert.rejects(hub.revokeDevice(wrong), /session id/);
+    assert.deepEqual(await hub.revokeDevice("b7Yt0Qw-Lm2_Zx9e"), { sessions: 1, tabs: 2 });
+    assert.deepEqual(calls, [[new URL("/api/sessions/b7Yt0Qw-Lm2_Zx9e/revoke", "http://localhost/").href, "POST"]]);
+    for (const wrong of [9, "", "../logout", "a/b", "a?b", "x".repeat(33), null, undefined]) {
+      await assert.rejects(hub.revokeDevice(wrong), /session handle/);
     }
     assert.equal(calls.length, 1);
   });

@@ -239,7 +239,7 @@ async def test_presence_is_told_once_for_tabs_joining_together_and_per_session()
         ]
         hello = watcher.messages[0]
         assert isinstance(hello, Hello)
-        assert [(d.session, d.tabs, d.current) for d in hello.devices] == [
+        assert [(int(d.session[1:]), d.tabs, d.current) for d in hello.devices] == [
             (phone, 0, False),
             (laptop, 1, True),
         ]
@@ -252,7 +252,7 @@ async def test_presence_is_told_once_for_tabs_joining_together_and_per_session()
         )
         await asyncio.sleep(0.2)
         told = [m for m in watcher.messages if isinstance(m, PresenceMessage)]
-        assert [[(d.session, d.tabs, d.current) for d in m.devices] for m in told] == [
+        assert [[(int(d.session[1:]), d.tabs, d.current) for d in m.devices] for m in told] == [
             [(phone, 5, False), (laptop, 1, True)]
         ]
         # Each phone tab hears its own device as current, once the last has joined.
@@ -264,7 +264,7 @@ async def test_presence_is_told_once_for_tabs_joining_together_and_per_session()
         hub.end_session(laptop, SessionEndReason.REVOKED)
         await asyncio.sleep(0.2)
         last = [m for m in phones[4].messages if isinstance(m, PresenceMessage)][-1]
-        assert [(d.session, d.tabs, d.current) for d in last.devices] == [(phone, 2, True)]
+        assert [(int(d.session[1:]), d.tabs, d.current) for d in last.devices] == [(phone, 2, True)]
         assert [type(m) for m in bystander.messages] == [Hello]
         for tab in tabs:
             await hub.leave(tab)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Interval, literal, select, update
 from websockets.asyncio.client import ClientConnection, connect
 
 from server import db
@@ -27,8 +27,9 @@ from server.storage.devices import live_devices
 from server.storage.presence import TabCounts
 from server.storage.users import add_user
 from tests.conftest import TIMEOUT
-from tests.storage.test_backplane import processes
-from tests.support.postgres import fresh_database
+from tests.storage.test_backplane import process_settings, processes
+from tests.support.population import populate
+from tests.support.postgres import Relay, fresh_database
 from tests.support.processes import HubProcess
 
 HEARTBEAT_S = 1.0
@@ -47,12 +48,12 @@ async def open_tab(hub: HubProcess, token: str, tab: str) -> tuple[ClientConnect
 
 
 async def devices_until(
-    tab: ClientConnection, wanted: dict[int, int], within: float = TIMEOUT
+    tab: ClientConnection, wanted: dict[str, int], within: float = TIMEOUT
 ) -> float:
     """Read presence until the devices' tab counts are ``wanted``; return the seconds taken."""
     started = time.monotonic()
     deadline = started + within
-    seen: dict[int, int] = {}
+    seen: dict[str, int] = {}
     while seen != wanted:
         left = deadline - time.monotonic()
         assert left > 0, f"presence still {seen}, not {wanted}"
@@ -63,6 +64,13 @@ async def devices_until(
         if message["type"] == "presence":
             seen = {device["session"]: device["tabs"] for device in message["devices"]}
     return time.monotonic() - started
+
+
+async def watcher_presence(tab: ClientConnection) -> dict[str, Any]:
+    """The tab's next presence message."""
+    while (message := json.loads(await _recv(tab, TIMEOUT)))["type"] != "presence":
+        pass
+    return message  # type: ignore[no-any-return]
 
 
 async def _recv(tab: ClientConnection, within: float) -> str | bytes:
@@ -81,9 +89,10 @@ async def test_tabs_on_other_processes_count_and_a_dead_process_drops_out(
     ) as (_, population, hubs):
         a, b, c = hubs
         user = next(iter(population.tokens))
-        token, session = population.tokens[user], population.sessions[user]
+        token = population.tokens[user]
         watcher, hello = await open_tab(a, token, "watcher")
-        assert [(d["session"], d["tabs"], d["current"]) for d in hello] == [(session, 1, True)]
+        [session] = [d["session"] for d in hello]  # its handle
+        assert [(d["tabs"], d["current"]) for d in hello] == [(1, True)]
         b_tabs = [(await open_tab(b, token, f"b{n}"))[0] for n in range(2)]
         c_tab, _ = await open_tab(c, token, "c0")
         await devices_until(watcher, {session: 4})
@@ -96,8 +105,11 @@ async def test_tabs_on_other_processes_count_and_a_dead_process_drops_out(
                 f"/api/host/users/{population.names[user]}/sessions", json={"user_agent": PHONE}
             )
         assert minted.status_code == 201, minted.text
-        phone = minted.json()["session"]["id"]
-        await devices_until(watcher, {phone: 0, session: 4})
+        while len(devices := (await watcher_presence(watcher))["devices"]) < 2:
+            pass
+        [phone] = [d["session"] for d in devices if d["session"] != session]
+        assert devices[0]["description"] == "Chrome Mobile on Android"
+        assert {d["session"]: d["tabs"] for d in devices} == {phone: 0, session: 4}
         # Signed out through A (the page's revoke): gone from B's lists too.
         async with httpx.AsyncClient(
             base_url=a.url, headers={"Authorization": f"Bearer {token}"}
@@ -117,6 +129,60 @@ async def test_tabs_on_other_processes_count_and_a_dead_process_drops_out(
         await watcher.close()
         for tab in [*b_tabs, c_tab, stranger]:
             await tab.close()
+
+
+async def age(database: Database, origin: str, seconds: float) -> None:
+    """Make a process's rows ``seconds`` older, as if it had stopped vouching that long."""
+    rows = db.tab_counts
+    older = rows.c.seen_at - literal(dt.timedelta(seconds=seconds), Interval())
+    await database.write(
+        lambda c: c.execute(update(rows).where(rows.c.origin == origin).values(seen_at=older))
+    )
+
+
+async def latest_counts(tab: ClientConnection, within: float) -> dict[int, int] | None:
+    """Read every presence for ``within`` seconds; return the last one's counts (None: none)."""
+    seen = None
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = json.loads(await asyncio.wait_for(tab.recv(), left))
+        except TimeoutError:
+            break
+        if message["type"] == "presence":
+            seen = {d["session"]: d["tabs"] for d in message["devices"]}
+    return seen
+
+
+async def test_a_process_back_from_a_partition_is_counted_again(tmp_path: Path) -> None:
+    """A's link to the database is cut for 5 heartbeats: B stops counting A's tab. Once A is
+    back, its first vouch tells the others, and B counts A's tab again. (Found by an attack:
+    A vouched silently, and B, with no tabs elsewhere to re-read, never looked again.)"""
+    relay = Relay()
+    async with fresh_database() as url:
+        direct = process_settings(url, presence_heartbeat_s=HEARTBEAT_S)
+        cut = process_settings(await relay.start(url), presence_heartbeat_s=HEARTBEAT_S)
+        population = await populate(direct, 1)
+        a = await HubProcess(cut, tmp_path / "a.log").start()
+        b = await HubProcess(direct, tmp_path / "b.log").start()
+        try:
+            user = next(iter(population.tokens))
+            token = population.tokens[user]
+            on_a, [device] = await open_tab(a, token, "a")
+            session = device["session"]
+            watcher, _ = await open_tab(b, token, "w")
+            await devices_until(watcher, {session: 2})
+            await relay.down()
+            await devices_until(watcher, {session: 1}, within=4 * HEARTBEAT_S + 10)
+            await relay.up()
+            took = await devices_until(watcher, {session: 2}, within=4 * HEARTBEAT_S + 10)
+            print(f"\nback from the cut, A's tab counted again on B after {took:.2f} s")
+            await on_a.close()
+            await watcher.close()
+        finally:
+            a.stop()
+            b.stop()
+            await relay.down()
 
 
 async def test_counts_of_gone_sessions_and_dead_processes_are_not_counted() -> None:
@@ -139,18 +205,17 @@ async def test_counts_of_gone_sessions_and_dead_processes_are_not_counted() -> N
             await theirs._write(vouch=True)
             # Each process sees the other's tabs only.
             seen = await live_devices(here, [user])
-            assert {d.session: d.tabs for d in seen[user]} == {phone.id: 3, laptop.id: 0}
+            assert {id_: d.tabs for id_, d in seen[user]} == {phone.id: 3, laptop.id: 0}
             seen = await live_devices(elsewhere, [user])
-            assert {d.session: d.tabs for d in seen[user]} == {phone.id: 0, laptop.id: 2}
-            # The other process stops vouching: after 3 heartbeats its tabs stop counting.
-            silent = dt.timedelta(seconds=3.5 * HEARTBEAT_S)
-            here.clock = lambda: dt.datetime.now(dt.UTC) + silent
+            assert {id_: d.tabs for id_, d in seen[user]} == {phone.id: 0, laptop.id: 2}
+            # The other process stops vouching: after 3 heartbeats its tabs stop counting
+            # (by the database's clock: its rows are made older).
+            await age(here, theirs.origin, 3.5 * HEARTBEAT_S)
             seen = await live_devices(here, [user])
-            assert {d.session: d.tabs for d in seen[user]} == {phone.id: 0, laptop.id: 0}
+            assert {id_: d.tabs for id_, d in seen[user]} == {phone.id: 0, laptop.id: 0}
             # After 20, a heartbeat here deletes its rows; a 0 deletes this process's own.
             counts.report(user, laptop.id, 0)
-            later = dt.timedelta(seconds=21 * HEARTBEAT_S)
-            here.clock = lambda: dt.datetime.now(dt.UTC) + later
+            await age(here, theirs.origin, 17 * HEARTBEAT_S)
             await counts._write(vouch=True)
             rows = await here.read(lambda c: c.execute(select(db.tab_counts)).all())
             assert rows == []

@@ -20,9 +20,10 @@ from sqlalchemy import Connection, create_engine, func, inspect, select, text
 
 from server import db
 from server.db import Database
-from server.storage import schema
+from server.storage import schema, sessions
+from server.storage.devices import live_devices
 from server.storage.schema import SchemaOutdated
-from server.storage.users import seed_demo
+from server.storage.users import add_user, seed_demo
 from tests.conftest import MakeSettings
 from tests.support.processes import HubProcess
 
@@ -222,6 +223,34 @@ async def test_downgrading_external_ids_keeps_every_users_active_platform(
         await database.prepare_schema(upgrade=True)
         async with database.engine.connect() as connection:
             assert await connection.run_sync(actives) == before
+            assert await connection.run_sync(differences) == []
+    finally:
+        await database.dispose()
+
+
+async def test_sessions_from_before_presence_are_listed_and_described(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """Migration 0008 on a database with sessions opened before it (no device words kept):
+    presence lists them, described from their user agents, each by its handle (not its id),
+    and down and up again leaves no difference."""
+    database = Database(make_on_each_engine())
+    try:
+        await database.create_schema()
+        user = await add_user(database, "alice", None)
+        agent = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
+        for _ in range(3):
+            await sessions.open_session(database, user, user_agent=agent)
+        async with database.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(schema.config(c), "0007"))
+        await database.prepare_schema(upgrade=True)
+        hashes = await database.read(
+            lambda c: list(c.scalars(select(db.login_sessions.c.token_hash)))
+        )
+        devices = [device for _, device in (await live_devices(database, [user]))[user]]
+        assert sorted(device.session for device in devices) == sorted(h[:16] for h in hashes)
+        assert {device.description for device in devices} == {"Firefox on Linux"}
+        async with database.engine.connect() as connection:
             assert await connection.run_sync(differences) == []
     finally:
         await database.dispose()

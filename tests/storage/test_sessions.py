@@ -20,6 +20,7 @@ from server.errors import AuthenticationError
 from server.protocol import SessionEndReason
 from server.settings import Settings
 from server.storage import expiry, sessions
+from server.storage.expiry import handle_of
 from server.storage.sessions import collect
 from server.storage.users import add_user
 from server.web.credentials import COOKIE
@@ -103,14 +104,17 @@ async def test_logout_ends_every_tab_of_that_session_only(running: RunningHub) -
 async def test_a_page_ends_another_device_of_its_person_and_no_one_elses(
     running: RunningHub,
 ) -> None:
-    """POST /api/sessions/{id}/revoke from the phone ends the laptop's tabs with
+    """POST /api/sessions/{handle}/revoke from the phone ends the laptop's tabs with
     session_ended (revoked) and 4001; the phone's and Bob's stay. Bob's session, an ended
-    one and ids that name no session (the edges of a bigint and past them) are 404 alike,
-    and a request from a foreign origin is refused before anything ends."""
+    one, the session's numeric id and handles that name no session (odd characters, too
+    long) are 404 alike, and a request from a foreign origin is refused before anything
+    ends."""
     phone, laptop = await running.login("alice"), await running.login("alice")
     bob = await running.login("bob")
-    ids = {row.token_hash: row.id for row in await session_rows(running)}
-    laptop_id, bob_id = ids[sessions.token_hash(laptop)], ids[sessions.token_hash(bob)]
+    rows = {row.token_hash: row for row in await session_rows(running)}
+    laptop_row = rows[sessions.token_hash(laptop)]
+    laptop_id = handle_of(laptop_row.token_hash)
+    bob_id = handle_of(rows[sessions.token_hash(bob)].token_hash)
     laptop_tabs = [await running.tab(laptop, f"l{n}") for n in range(2)]
     stayers = [await running.tab(phone, "p"), await running.tab(bob, "b")]
 
@@ -118,7 +122,8 @@ async def test_a_page_ends_another_device_of_its_person_and_no_one_elses(
         forged = await client.post(f"/api/sessions/{laptop_id}/revoke")
     assert forged.status_code == 403 and forged.json()["error"] == "forbidden_origin"
     async with running.http(phone) as client:
-        for wrong in (bob_id, 0, -1, 2**63 - 1, 2**63):
+        wrongs = (bob_id, laptop_row.id, "x" * 33, "a.b", "%00", laptop_id.upper() + "!")
+        for wrong in wrongs:
             refused = await client.post(f"/api/sessions/{wrong}/revoke")
             assert refused.status_code == 404, (wrong, refused.text)
         assert refused.json()["error"] in {"unknown_session", "not_found"}

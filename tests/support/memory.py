@@ -96,11 +96,12 @@ class MemoryStore:
         user = self._users.get(user_id)
         return user.hold if user is not None else None
 
-    async def load_devices(self, user_id: int) -> list[Device]:
-        """Read a user's live sessions as devices, newest first (all signed in at once here)."""
+    async def load_devices(self, user_id: int) -> list[tuple[int, Device]]:
+        """Read a user's live sessions, by id, as devices, newest first (all signed in at
+        once here; a session's handle is "s" and its id)."""
         at = "2026-01-01T00:00:00.000Z"
         return [
-            Device(session=session, description="Test device", signed_in_at=at, last_active_at=at)
+            (session, Device(f"s{session}", "Test device", signed_in_at=at, last_active_at=at))
             for session, owner in sorted(self._owners.items(), reverse=True)
             if owner == user_id and self._sessions[session] is None
         ]

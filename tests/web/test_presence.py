@@ -34,8 +34,8 @@ def settings(settings_on_each_engine: Settings) -> Settings:
     return settings_on_each_engine
 
 
-async def sign_in(running: RunningHub, name: str, user_agent: str) -> tuple[str, int]:
-    """Log in from a device; return its token and its session's id."""
+async def sign_in(running: RunningHub, name: str, user_agent: str) -> tuple[str, str]:
+    """Log in from a device; return its token and its session's handle."""
     async with running.http(**{"User-Agent": user_agent}) as client:
         response = await client.post(
             "/api/login", json={"username": name, "password": f"{name}-demo-pw"}
@@ -43,17 +43,17 @@ async def sign_in(running: RunningHub, name: str, user_agent: str) -> tuple[str,
     assert response.status_code == 200, response.text
     token = response.cookies[COOKIE]
     digest = sessions.token_hash(token)
-    query = select(db.login_sessions.c.id).where(db.login_sessions.c.token_hash == digest)
-    session_id = await running.database.read(lambda connection: connection.scalar(query))
-    assert session_id is not None
-    return token, session_id
+    sessions_ = db.login_sessions
+    query = select(sessions_.c.id).where(sessions_.c.token_hash == digest)
+    assert await running.database.read(lambda connection: connection.scalar(query))
+    return token, digest[:16]
 
 
-def tabs_by_device(devices: list[dict[str, Any]]) -> dict[int, int]:
+def tabs_by_device(devices: list[dict[str, Any]]) -> dict[str, int]:
     return {device["session"]: device["tabs"] for device in devices}
 
 
-async def presence_until(tab: Tab, wanted: dict[int, int]) -> list[dict[str, Any]]:
+async def presence_until(tab: Tab, wanted: dict[str, int]) -> list[dict[str, Any]]:
     """Read presence messages until the tab counts are ``wanted``; return the devices."""
     while True:
         devices: list[dict[str, Any]] = (await tab.receive_type("presence"))["devices"]

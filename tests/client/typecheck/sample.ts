@@ -48,7 +48,7 @@ hub.addEventListener("hold", (event) => {
 });
 hub.addEventListener("presence", (event) => {
   const others = event.detail.filter((device) => !device.current);
-  const first: number | undefined = others[0]?.session;
+  const first: string | undefined = others[0]?.session;
   const tabs: number = hub.presence.reduce((sum, device) => sum + device.tabs, 0);
   if (first !== undefined) void hub.revokeDevice(first).then((ended) => ended.tabs + tabs);
   void others.map((device) => `${device.description} since ${device.signed_in_at}`);
