@@ -48,12 +48,7 @@ def scenario_settings(tmp_path: Path) -> Settings:
 async def judge(load: Load, settings: Settings, hub: HubProcess, open_tabs: bool = True) -> History:
     """Fill in the database's facts and check the whole history, and the hub's pool."""
     await wait_until(lambda: all(t.connected.is_set() for t in load.tabs), 120, "reconnected")
-    # A unit of work may be running this instant; a leaked connection stays checked out.
-    for _ in range(50):
-        health = await hub.health()
-        if health["connections_checked_out"] == 0:
-            break
-        await asyncio.sleep(0.05)
+    health = await hub.settled_health()
     assert health["connections_checked_out"] == 0, health
     assert health["tabs"] == len(load.tabs), health
     await record_facts(load, settings, open_tabs=open_tabs)

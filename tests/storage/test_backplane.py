@@ -229,7 +229,7 @@ async def test_three_processes_agree_on_every_switch(tmp_path: Path) -> None:
         print(f"\nthree processes: {summary}; converged {took:.2f} s after the last answer")
         assert accepted > 0 and counts.get("rejected:stale", 0) > 0
         for hub in hubs:
-            health = await hub.health()
+            health = await hub.settled_health()
             assert health["backplane"]["listening"] and health["connections_checked_out"] == 0
 
 
@@ -460,7 +460,7 @@ async def test_a_killed_process_loses_no_acknowledged_switch(tmp_path: Path) -> 
         assert changes.get("renamed", 0) > 0 and changes.get("held and released", 0) > 0
         assert await host.lost_renames(hubs[0].url) == []
         for hub in hubs[:2]:
-            assert (await hub.health())["connections_checked_out"] == 0
+            assert (await hub.settled_health())["connections_checked_out"] == 0
 
 
 class _Refusal:

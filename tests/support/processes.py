@@ -76,6 +76,17 @@ class HubProcess:
             body: dict[str, Any] = (await http.get("/healthz")).json()
             return body
 
+    async def settled_health(self, within: float = 2.5) -> dict[str, Any]:
+        """/healthz once no connection is checked out, or after ``within`` seconds: a unit
+        of work (a heartbeat, a periodic look) may run at any instant; a leaked connection
+        stays checked out."""
+        deadline = time.monotonic() + within
+        while True:
+            health = await self.health()
+            if health["connections_checked_out"] == 0 or time.monotonic() > deadline:
+                return health
+            await asyncio.sleep(0.05)
+
     def kill(self) -> None:
         """kill -9: no shutdown of any kind."""
         assert self.process is not None
