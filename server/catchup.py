@@ -17,7 +17,7 @@ from server.protocol import PLATFORMS_CAUSE, Cause, StateView
 from server.rooms import Room
 
 if TYPE_CHECKING:
-    from server.hub import Store
+    from server.store import Store
 
 __all__ = ["CatchUp"]
 

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from server.catchup import CatchUp
 from server.errors import BadMessage, HubError, StoreUnavailable
@@ -22,7 +21,6 @@ from server.protocol import (
     PROTOCOL_VERSION,
     Cause,
     CloseCode,
-    Device,
     Error,
     ErrorCode,
     Hello,
@@ -42,6 +40,7 @@ from server.protocol import (
 )
 from server.rooms import Interest, Room, SessionIndex
 from server.rules import Accepted, Decision, Refused, SessionGone, describe
+from server.store import Store
 from server.tab import Tab, Transport
 
 __all__ = [
@@ -55,22 +54,6 @@ logger = logging.getLogger("hub")
 
 class TabLimitReached(HubError):
     """The user already has the maximum number of tabs connected."""
-
-
-class Store(Protocol):
-    """The durable side of the hub: it decides switches and holds the state."""
-
-    async def load_state(self, user_id: int) -> StateView: ...
-
-    async def load_hold(self, user_id: int) -> HoldView | None: ...
-
-    async def load_devices(self, user_id: int) -> Sequence[tuple[int, Device]]: ...
-
-    async def switch(
-        self, user_id: int, session_id: int, request: Switch, tab_id: str | None
-    ) -> Decision: ...
-
-    async def close(self) -> None: ...
 
 
 class Hub:
@@ -148,12 +131,15 @@ class Hub:
         room.tabs[tab_id] = tab
         self._sessions.add(tab)
         try:
-            state = await self.store.load_state(user.id)
-            if not room.hold_known:  # the user's first tab here: read it, then follow events
-                hold = await self.store.load_hold(user.id)
-                if not room.hold_known:
+            if room.hold_known and self.presence.knows(room, tab.session_id):
+                state = await self.store.load_state(user.id)
+            else:  # the user's first tab here (or a new device): all it needs in one read
+                asked = room.device_changes
+                state, hold, found = await self.store.load_joining(user.id)
+                if not room.hold_known:  # then follow events
                     room.set_hold(hold)
-            devices = await self.presence.join(room, user.id, tab)
+                self.presence.install(user.id, room, found, asked)
+            devices = self.presence.join(room, user.id, tab)
         except BaseException:
             self._remove(tab)
             raise

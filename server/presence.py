@@ -62,13 +62,22 @@ class Presence:
         self.report: Callable[[int, int, int], None] | None = None
         self._reported: dict[int, dict[int, int]] = {}  # user: session: tabs here, as told
 
-    async def join(self, room: Room, user_id: int, tab: Tab) -> tuple[Device, ...]:
-        """Learn the devices for a tab that is joining; return its hello's list."""
-        known = room.devices is not None and tab.session_id in room.devices
-        # Changed during the read: read again, in the background.
-        if not known and await self._load(user_id, room) and user_id not in self._reloads:
+    def knows(self, room: Room, session_id: int) -> bool:
+        """Tell whether the room's devices are read and hold this session."""
+        return room.devices is not None and session_id in room.devices
+
+    def install(
+        self, user_id: int, room: Room, devices: Sequence[tuple[int, Device]], asked: int
+    ) -> None:
+        """Take devices read for a joining tab (with its state, by the hub), the room's count
+        of changes ``asked`` before the read; changed since, they are read again."""
+        if self._install(user_id, room, devices, asked) and user_id not in self._reloads:
             self._start_reload(user_id, room)
-        assert room.devices is not None
+
+    def join(self, room: Room, user_id: int, tab: Tab) -> tuple[Device, ...]:
+        """Count a joining tab (its devices installed); return its hello's list."""
+        if room.devices is None:
+            room.devices = {}
         self.mark(user_id)
         devices = self._view(room, _counts(room), tab.session_id)
         tab.devices = devices
@@ -153,7 +162,11 @@ class Presence:
     async def _load(self, user_id: int, room: Room) -> bool:
         """Read the user's devices into the room; return whether they changed meanwhile."""
         asked = room.device_changes
-        devices = await self._store.load_devices(user_id)
+        return self._install(user_id, room, await self._store.load_devices(user_id), asked)
+
+    def _install(
+        self, user_id: int, room: Room, devices: Sequence[tuple[int, Device]], asked: int
+    ) -> bool:
         if self._rooms.get(user_id) is not room:
             # Every tab left meanwhile; a new room reads its own.
             room.devices = room.devices or {}

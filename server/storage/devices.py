@@ -22,7 +22,7 @@ from server.db import Database
 from server.protocol import Device
 from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, format_time, handle_of
 
-__all__ = ["describe", "live_devices"]
+__all__ = ["describe", "live_devices", "read_devices"]
 
 _sessions = db.login_sessions
 _counts = db.tab_counts
@@ -79,30 +79,33 @@ async def live_devices(
     """Return the live sessions of each user, by id, as devices, newest sign-in first, with
     ``tabs`` the tabs other processes vouched for within 3 heartbeats (none on SQLite)."""
     now = database.clock()
+    return await database.read(lambda c: read_devices(c, database, user_ids, now))
+
+
+def read_devices(
+    connection: Connection, database: Database, user_ids: Sequence[int], now: dt.datetime
+) -> dict[int, list[tuple[int, Device]]]:
+    """``live_devices`` in the transaction open on ``connection``."""
     window = dt.timedelta(seconds=3 * database.settings.presence_heartbeat_s)
     users = list(user_ids)
-
-    def work(connection: Connection) -> dict[int, list[tuple[int, Device]]]:
-        elsewhere: dict[int, int] = {}
-        if connection.dialect.name == "postgresql":
-            found = {"users": users, "origin": database.origin, "window": window}
-            elsewhere = {row[0]: int(row[1]) for row in connection.execute(_ELSEWHERE, found)}
-        devices: dict[int, list[tuple[int, Device]]] = {user_id: [] for user_id in users}
-        for row in connection.execute(_BY_USERS, {"users": users}):
-            if ended_reason(row, now) is None:
-                devices[row.user_id].append(
-                    (
-                        row.id,
-                        Device(
-                            session=handle_of(row.token_hash),
-                            # Described at sign-in; a session older than that, here.
-                            description=row.device or describe(row.user_agent),
-                            signed_in_at=format_time(row.created_at),
-                            last_active_at=format_time(row.last_seen_at),
-                            tabs=elsewhere.get(row.id, 0),
-                        ),
-                    )
+    elsewhere: dict[int, int] = {}
+    if connection.dialect.name == "postgresql":
+        found = {"users": users, "origin": database.origin, "window": window}
+        elsewhere = {row[0]: int(row[1]) for row in connection.execute(_ELSEWHERE, found)}
+    devices: dict[int, list[tuple[int, Device]]] = {user_id: [] for user_id in users}
+    for row in connection.execute(_BY_USERS, {"users": users}):
+        if ended_reason(row, now) is None:
+            devices[row.user_id].append(
+                (
+                    row.id,
+                    Device(
+                        session=handle_of(row.token_hash),
+                        # Described at sign-in; a session older than that, here.
+                        description=row.device or describe(row.user_agent),
+                        signed_in_at=format_time(row.created_at),
+                        last_active_at=format_time(row.last_seen_at),
+                        tabs=elsewhere.get(row.id, 0),
+                    ),
                 )
-        return devices
-
-    return await database.read(work)
+            )
+    return devices

@@ -43,7 +43,7 @@ from server.rules import (
 from server.settings import Settings
 from server.storage import backplane
 from server.storage.commits import GroupCommit
-from server.storage.devices import live_devices
+from server.storage.devices import live_devices, read_devices
 from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, format_time, slide
 from server.storage.reads import GroupRead
 
@@ -55,6 +55,10 @@ __all__ = [
     "read_state",
     "read_states",
 ]
+
+
+# What a user's first tab on a process reads: state, hold, and devices by session id.
+Joining = tuple[StateView, HoldView | None, list[tuple[int, Device]]]
 
 
 class SqlStore:
@@ -80,6 +84,7 @@ class SqlStore:
         self._devices: GroupRead[int, list[tuple[int, Device]]] = GroupRead(
             functools.partial(live_devices, database)
         )
+        self._joinings: GroupRead[int, Joining] = GroupRead(self._fetch_joinings)
         batch = database.settings.commit_batch_max if max_batch is None else max_batch
         # on_commit: told each batch's size and commit time (metrics).
         self.commits: GroupCommit[PendingSwitch, Decision] = GroupCommit(
@@ -103,6 +108,24 @@ class SqlStore:
     async def load_devices(self, user_id: int) -> list[tuple[int, Device]]:
         """Read a user's live sessions, by id, as devices (batched as the states are)."""
         return await self._devices.get(user_id) or []
+
+    async def load_joining(self, user_id: int) -> Joining:
+        """Read a user's state, hold and devices in one transaction (batched as the states
+        are): what the user's first tab on this process needs, in one hop to the database."""
+        joining = await self._joinings.get(user_id)
+        assert joining is not None  # every user asked has one
+        return joining
+
+    async def _fetch_joinings(self, user_ids: Sequence[int]) -> dict[int, Joining]:
+        database, now = self.database, self.database.clock()
+
+        def work(connection: Connection) -> dict[int, Joining]:
+            states = read_states(connection, user_ids)
+            holds = read_holds(connection, user_ids, now)
+            devices = read_devices(connection, database, user_ids, now)
+            return {u: (states[u][2], holds.get(u), devices[u]) for u in user_ids}
+
+        return await database.read(work)
 
     async def _fetch_states(self, user_ids: Sequence[int]) -> dict[int, StateView]:
         def work(connection: Connection) -> dict[int, StateView]:

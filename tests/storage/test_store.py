@@ -16,12 +16,12 @@ import pytest
 
 from server.api import PlatformCreate
 from server.db import Database
-from server.hub import Store
 from server.protocol import HoldView, RejectReason, SessionEndReason, Switch
 from server.rules import Accepted, Refused, SessionGone
 from server.storage import holds, sessions
 from server.storage.switches import SqlStore
 from server.storage.users import add_user
+from server.store import Store
 from tests.conftest import make_settings
 from tests.support.memory import MemoryStore
 from tests.support.postgres import fresh_database

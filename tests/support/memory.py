@@ -106,6 +106,14 @@ class MemoryStore:
             if owner == user_id and self._sessions[session] is None
         ]
 
+    async def load_joining(
+        self, user_id: int
+    ) -> tuple[StateView, HoldView | None, list[tuple[int, Device]]]:
+        """Read a user's state, hold and devices (through the three reads above, so a
+        subclass that slows one slows this too)."""
+        state = await self.load_state(user_id)
+        return state, await self.load_hold(user_id), list(await self.load_devices(user_id))
+
     async def switch(
         self, user_id: int, session_id: int, request: Switch, tab_id: str | None
     ) -> Decision:
