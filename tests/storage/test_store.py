@@ -6,6 +6,7 @@ hub's unit tests on the memory store (tests/support/memory.py) speak for the rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -161,3 +162,29 @@ async def test_every_store_decides_and_remembers_alike(kind: str, tmp_path: Path
         assert gone == SessionGone(SessionEndReason.REVOKED)
         last = await store.load_state(user)
         assert (last.version, last.active) == (2, fosst)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql"])
+async def test_a_joining_read_is_the_three_reads_at_once(kind: str, tmp_path: Path) -> None:
+    """load_joining gives what load_state, load_hold and load_devices give, user by user,
+    also when many users join at once (one batch on the SQL stores): each gets its own."""
+    async with world(kind, tmp_path) as w:
+        store = w.store
+        users = []
+        for n in range(6):
+            user, _ = await w.add_user(f"u{n}", [("A", n % 2 == 0), ("B", n % 2 == 1)])
+            for _ in range(n % 3):
+                await w.open_session(user)
+            if n % 2:
+                await w.hold(user, f"held {n}")
+            users.append(user)
+        await w.revoke(await w.open_session(users[0]))  # ended: not a device
+
+        joined = await asyncio.gather(*(store.load_joining(user) for user in users))
+        for user, (state, hold, devices) in zip(users, joined, strict=True):
+            assert state == await store.load_state(user)
+            assert hold == await store.load_hold(user)
+            assert list(devices) == list(await store.load_devices(user))
+        assert [len(devices) for _, _, devices in joined] == [0, 1, 2, 0, 1, 2]
+        assert [hold is not None for _, hold, _ in joined] == [False, True] * 3
+        assert len({state.platforms[0].id for state, _, _ in joined}) == 6  # each its own
