@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_TARGETS = {node_ceiling, node_socketio, node_socketio_tuned}
 
 
+def require_node() -> None:
+    """Skip without Node.js and npm, except under CI, where it fails."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("the Node targets and tabs need Node.js 20+ and npm under CI=true")
+        pytest.skip("the Node targets and tabs need Node.js 20+ and npm")
+
+
 @pytest.mark.parametrize(
     "start",
     [ceiling, node_ceiling, peer, node_socketio, node_socketio_tuned],
@@ -30,10 +38,8 @@ async def test_the_load_generator_measures_the_ceilings_and_the_peers(start: obj
     """Both protocols, on Python and Node: every switch is answered and every accepted one
     reaches every tab. The Node targets need Node.js and npm (the client's tests need them
     too): without them they skip, except under CI."""
-    if start in NODE_TARGETS and shutil.which("npm") is None:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail("the Node targets need Node.js 20+ and npm under CI=true")
-        pytest.skip("the Node targets need Node.js 20+ and npm")
+    if start in NODE_TARGETS:
+        require_node()
     async with start(5) as target:  # type: ignore[operator]
         args = argparse.Namespace(users=5, tabs=3, duration=0.5)
         for mode in ("rate", "saturate"):
@@ -72,11 +78,14 @@ async def test_the_scale_benchmark_spreads_each_users_tabs_over_the_processes() 
             assert result["deliveries_per_s"] > 0 and result["p50_ms"] >= 0, result
 
 
-async def test_the_storm_benchmark_brings_every_tab_back_after_a_restart() -> None:
-    """bench/storm.py on 40 tabs: the hub and the ceiling are restarted under their tabs,
-    which come back by themselves with the client's backoff; none gives up, and nothing but
-    the restart's refused connections counts as an error."""
-    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0)
+@pytest.mark.parametrize("client", ["node", "python"])
+async def test_the_storm_benchmark_brings_every_tab_back_after_a_restart(client: str) -> None:
+    """bench/storm.py on 40 tabs, from either tabs' process: the hub and the ceiling are
+    restarted under their tabs, which come back by themselves with the client's backoff;
+    none gives up, and nothing but the restart's refused connections counts as an error."""
+    if client == "node":
+        require_node()
+    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0, client=client)
     for kind in ("ceiling", "hub"):
         result = await storm.restart(kind, args)
         assert result["tabs"] == 40 and result["back"] == 40, result
@@ -89,7 +98,8 @@ async def test_the_storm_benchmark_times_a_witness_on_another_process() -> None:
     on the process left running are answered and reach both its tabs, before the restart of
     the other and through it."""
     await require_postgres()
-    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0)
+    require_node()
+    args = argparse.Namespace(tabs=40, per_user=4, within=60.0, witness_rate=20.0, client="node")
     result = await storm.restart("hub-pg", args)
     assert result["back"] == 40 and result["errors"] == {}, result
     for phase in ("witness_before", "witness_storm"):
