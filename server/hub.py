@@ -131,8 +131,14 @@ class Hub:
         room.tabs[tab_id] = tab
         self._sessions.add(tab)
         try:
-            if room.hold_known and self.presence.knows(room, tab.session_id):
-                state = await self.store.load_state(user.id)
+            if (
+                room.state is not None
+                and room.hold_known
+                and self.presence.knows(room, tab.session_id)
+            ):
+                # Another tab of the user's is here: the room has followed every commit since
+                # its first read, and this tab, registered above, gets every one after.
+                state = room.state
             else:  # the user's first tab here (or a new device): all it needs in one read
                 asked = room.device_changes
                 state, hold, found = await self.store.load_joining(user.id)

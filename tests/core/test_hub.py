@@ -10,7 +10,9 @@ from server.events import StateChanged, shard_of
 from server.hub import Hub
 from server.protocol import (
     Cause,
+    Device,
     Hello,
+    HoldView,
     PlatformView,
     PresenceMessage,
     RejectReason,
@@ -21,6 +23,7 @@ from server.protocol import (
     UserInfo,
 )
 from server.rules import Accepted, describe
+from server.tab import Tab
 from tests.conftest import TIMEOUT
 from tests.support.memory import MemoryStore
 from tests.support.processes import wait_until
@@ -102,6 +105,73 @@ async def test_a_broadcast_during_a_join_goes_out_after_the_hello() -> None:
             [current.version, newer.version],
         )
         await hub.leave(tab)
+    finally:
+        await hub.close()
+        await store.close()
+
+
+class _CountedReads(MemoryStore):
+    """The memory store, counting the reads a join makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def load_state(self, user_id: int) -> StateView:
+        self.reads.append("state")
+        return await super().load_state(user_id)
+
+    async def load_joining(
+        self, user_id: int
+    ) -> tuple[StateView, HoldView | None, list[tuple[int, Device]]]:
+        self.reads.append("joining")
+        state = await MemoryStore.load_state(self, user_id)  # not counted again
+        return state, await self.load_hold(user_id), list(await self.load_devices(user_id))
+
+
+async def test_a_further_tab_of_a_user_here_is_greeted_without_a_read() -> None:
+    """The first tab of a user reads state, hold and devices at once, as does the first tab
+    of a device signed in since; any other tab reads nothing, and its hello carries the
+    newest state the room was told. Once every tab has left, the next first tab reads again."""
+    store = _CountedReads()
+    user, _ = store.add_user([("Pixelfed", True), ("Mastodon", False)])
+    laptop, phone = store.open_session(user), store.open_session(user)
+    hub = Hub(store)
+    alice = UserInfo(id=user, name="alice")
+
+    async def join(tab_id: str, session: int) -> tuple[Tab, RecordingTransport]:
+        transport = RecordingTransport()
+        tab = await hub.join(
+            transport,
+            tab_id=tab_id,
+            user=alice,
+            session_id=session,
+            expires_at="2100-01-01T00:00:00Z",
+        )
+        await asyncio.wait_for(transport.sent.wait(), TIMEOUT)
+        return tab, transport
+
+    try:
+        first, _ = await join("a", laptop)
+        assert store.reads == ["joining"]
+        current = await MemoryStore.load_state(store, user)
+        newer = msgspec.structs.replace(current, version=current.version + 1)
+        hub.publish(user, newer, Cause(kind="switch", tab="a", request="r"))
+        second, seen = await join("b", laptop)
+        assert store.reads == ["joining"]  # nothing read for it
+        hello = seen.messages[0]
+        assert isinstance(hello, Hello) and hello.state.version == newer.version
+        assert [d.tabs for d in hello.devices if d.current] == [2]
+        third, _ = await join("c", phone)  # its row came with the first read
+        assert store.reads == ["joining"]
+        tablet = store.open_session(user)  # signed in since: read
+        fourth, _ = await join("d", tablet)
+        assert store.reads == ["joining", "joining"]
+        for tab in (first, second, third, fourth):
+            await hub.leave(tab)
+        again, _ = await join("e", laptop)
+        assert store.reads == ["joining", "joining", "joining"]
+        await hub.leave(again)
     finally:
         await hub.close()
         await store.close()
