@@ -21,6 +21,7 @@ from server import db
 from server.db import Database
 from server.protocol import Device
 from server.storage.expiry import LIVENESS_COLUMNS, ended_reason, format_time, handle_of
+from server.storage.lists import one_of
 
 __all__ = ["describe", "live_devices", "read_devices"]
 
@@ -35,7 +36,7 @@ _BY_USERS = (
         _sessions.c.token_hash,
     )
     .where(
-        _sessions.c.user_id.in_(bindparam("users", expanding=True)),
+        one_of(_sessions.c.user_id, "users"),
         _sessions.c.revoked_at.is_(None),
     )
     .order_by(_sessions.c.created_at.desc(), _sessions.c.id.desc())
@@ -44,7 +45,7 @@ _NOW = func.timezone("UTC", func.now(), type_=DateTime())
 _ELSEWHERE = (
     select(_counts.c.session_id, func.sum(_counts.c.tabs))
     .where(
-        _counts.c.user_id.in_(bindparam("users", expanding=True)),
+        one_of(_counts.c.user_id, "users"),
         _counts.c.origin != bindparam("origin"),
         # By the database's clock, as the processes vouch (server/storage/presence.py).
         _counts.c.seen_at

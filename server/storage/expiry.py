@@ -19,6 +19,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from server import db
 from server.db import Database
 from server.protocol import SessionEndReason
+from server.storage.lists import one_of
 
 __all__ = [
     "HANDLE_LENGTH",
@@ -48,9 +49,7 @@ LIVENESS_COLUMNS = (
     _sessions.c.revoked_reason,
 )
 # The liveness of the sessions with the given ids: the switch batch and the session watcher.
-LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(
-    _sessions.c.id.in_(bindparam("ids", expanding=True))
-)
+LIVENESS_BY_IDS = select(*LIVENESS_COLUMNS).where(one_of(_sessions.c.id, "ids"))
 # A slide never waits for a row lock (PostgreSQL): a session another transaction holds is
 # being changed by it (revoked, collected, slid by another process), and waiting would hold
 # every handshake of the batch behind it, or deadlock with a revocation.

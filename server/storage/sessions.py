@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from server import db
 from server.api import SessionDetail
@@ -35,6 +35,7 @@ from server.storage.expiry import (
     format_time,
     idle_expiry,
 )
+from server.storage.lists import one_of
 from server.storage.passwords import (
     NO_PASSWORD,
     dummy_hash,
@@ -66,7 +67,7 @@ _users = db.users
 _BY_TOKENS = (
     select(*LIVENESS_COLUMNS, _users.c.name, _sessions.c.token_hash)
     .join_from(_sessions, _users, _users.c.id == _sessions.c.user_id)
-    .where(_sessions.c.token_hash.in_(bindparam("digests", expanding=True)))
+    .where(one_of(_sessions.c.token_hash, "digests"))
 )
 
 

@@ -45,6 +45,7 @@ from server.storage import backplane
 from server.storage.commits import GroupCommit
 from server.storage.devices import live_devices, read_devices
 from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, format_time, slide
+from server.storage.lists import one_of
 from server.storage.reads import GroupRead
 
 __all__ = [
@@ -343,7 +344,7 @@ def _logged_sql(paramstyle: str, pairs: int) -> str:
 
 # The hot path's statements, built once: building one costs more than running it.
 _STATES = select(_states.c.user_id, _states.c.version, _states.c.active_platform_id).where(
-    _states.c.user_id.in_(bindparam("users", expanding=True))
+    one_of(_states.c.user_id, "users")
 )
 # On PostgreSQL, FOR UPDATE (in user order, against deadlocks) makes the batch's reads the
 # arbiter's; SQLite already holds the database's write lock and ignores the clause.
@@ -362,12 +363,12 @@ PLATFORM_ROWS = (
         _platforms.c.is_default,
         _platforms.c.external_id,
     )
-    .where(_platforms.c.user_id.in_(bindparam("users", expanding=True)))
+    .where(one_of(_platforms.c.user_id, "users"))
     .order_by(_platforms.c.id)
 )
 _ACTIVE_PLATFORMS = PLATFORM_ROWS.where(_platforms.c.is_active)
 _HOLDS = select(_holds.c.user_id, _holds.c.reason, _holds.c.expires_at).where(
-    _holds.c.user_id.in_(bindparam("users", expanding=True))
+    one_of(_holds.c.user_id, "users")
 )
 _MOVE = update(_states).where(
     _states.c.user_id == bindparam("b_user_id"), _states.c.version == bindparam("b_base")
