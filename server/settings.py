@@ -90,6 +90,10 @@ class Settings:
     # Open connections (HTTP and WebSocket); past it, new ones get 503 at once. 0 means the
     # descriptor limit (ulimit -n) less 100, kept for the database and logs.
     max_connections: int = 0
+    # Connections the kernel may hold accepted for the hub before it takes them (listen's
+    # backlog; Linux caps it at net.core.somaxconn, 4096 by default). In a reconnect storm
+    # uvicorn's 2048 overflowed: the dropped handshakes were retransmitted seconds later.
+    accept_backlog: int = 4096
 
     # PostgreSQL: the most any database call may wait (connecting, a statement, a pool
     # checkout, a unit of work) before it is answered unavailable; a stalled server costs each
@@ -144,6 +148,8 @@ class Settings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.max_sessions_per_user < 1 or self.max_platforms_per_user < 1:
             raise ValueError("max_sessions_per_user and max_platforms_per_user must be at least 1")
+        if self.accept_backlog < 1:
+            raise ValueError("accept_backlog must be at least 1")
         if self.commit_batch_max < 1:
             raise ValueError("commit_batch_max must be at least 1")
         if self.password_cost < 2**10 or self.password_cost & (self.password_cost - 1):

@@ -79,6 +79,7 @@ def uvicorn_config(app: Starlette | str, settings: Settings, **overrides: Any) -
         "http": BoundedHttpProtocol,
         "ws": BoundedWebSocketProtocol,
         "lifespan": "on",
+        "backlog": settings.accept_backlog,
     }
     options.update(overrides)
     served = app if isinstance(app, str) else _FrontDoor(app, options.get("root_path", ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -296,6 +297,27 @@ async def test_the_starlette_app_alone_serves_tabs_too(tmp_path: Path) -> None:
         assert (await second.receive_type("state"))["state"]["version"] == answer["version"]
     finally:
         await running.stop()
+
+
+async def test_the_listening_socket_has_the_configured_backlog(tmp_path: Path) -> None:
+    """HUB_ACCEPT_BACKLOG reaches listen(): the kernel reports it as the listening socket's
+    Send-Q (ss(8)), capped at net.core.somaxconn."""
+    running = RunningHub(make_settings(tmp_path, accept_backlog=1234))
+    await running.start()
+    try:
+        port = running.url.rsplit(":", 1)[1]
+
+        def listen_queue() -> tuple[list[str], int]:
+            command = ["ss", "-Hltn", f"sport = :{port}"]
+            listing = subprocess.run(command, capture_output=True, text=True, check=True)
+            return listing.stdout.split(), int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+        listing, cap = await asyncio.to_thread(listen_queue)
+        assert int(listing[2]) == min(1234, cap), listing
+    finally:
+        await running.stop()
+    with pytest.raises(ValueError, match="accept_backlog"):
+        make_settings(tmp_path, accept_backlog=0)
 
 
 async def test_pages_scripts_and_answers_carry_the_security_headers(running: RunningHub) -> None:
