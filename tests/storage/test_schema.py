@@ -5,6 +5,7 @@ On a fresh SQLite file and a fresh PostgreSQL database each; the command line on
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -31,6 +32,49 @@ from tests.support.processes import HubProcess
 def differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
     return list(compare_metadata(context, db.metadata))
+
+
+def test_the_head_known_without_alembic_is_alembics() -> None:
+    """schema.HEAD, which a start compares without loading Alembic, is the newest script."""
+    assert schema.head() == schema.HEAD
+
+
+_START = """
+import asyncio, sys
+from server.db import Database
+from server.settings import Settings
+
+async def start():
+    database = Database(Settings.from_environ())
+    try:
+        await database.prepare_schema(upgrade=False)
+    finally:
+        await database.dispose()
+
+asyncio.run(start())
+print("alembic loaded" if "alembic" in sys.modules else "alembic not loaded")
+"""
+
+
+async def test_a_start_on_an_up_to_date_schema_does_not_load_alembic(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """`hub serve`'s look at the schema: on an up-to-date one Alembic (0.5 s of imports) is
+    not loaded; on an empty one it is, and builds the schema."""
+    settings = make_on_each_engine()
+    env = {**os.environ, **settings.to_environ()}
+
+    def start() -> str:
+        command = [sys.executable, "-c", _START]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+
+    assert await asyncio.to_thread(start) == "alembic loaded\n"  # empty: built
+    assert await asyncio.to_thread(start) == "alembic not loaded\n"
+    database = Database(settings)
+    try:
+        assert (await schema.inspect_schema(database.engine)).up_to_date
+    finally:
+        await database.dispose()
 
 
 async def test_the_migrations_build_exactly_what_the_tables_describe(
