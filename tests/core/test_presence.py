@@ -10,6 +10,7 @@ import asyncio
 from server.errors import StoreUnavailable
 from server.hub import Hub
 from server.protocol import Device, Hello, PresenceMessage, SessionEndReason, UserInfo
+from server.tab import Tab
 from tests.support.memory import MemoryStore
 from tests.support.transport import RecordingTransport
 
@@ -33,18 +34,28 @@ def _last(transport: RecordingTransport) -> list[tuple[int, int, bool]]:
     return [(int(d.session[1:]), d.tabs, d.current) for d in seen[-1].devices]
 
 
-async def test_a_sign_in_during_a_reload_is_read_again() -> None:
-    """Two sign-ins 10 ms apart while the reads take 50 ms: the second, told while the
-    first reload was reading, is read again and shows."""
-    store = SlowDevices()
+def _alice(store: MemoryStore) -> tuple[Hub, int, int]:
+    """alice with one platform and a laptop session, on a hub that tells presence in 10 ms."""
     alice, _ = store.add_user([("Pixelfed", True)])
     laptop = store.open_session(alice)
     hub = Hub(store)
     hub.presence.delay_s = 0.01
+    return hub, alice, laptop
+
+
+async def _join(hub: Hub, alice: int, laptop: int, transport: RecordingTransport) -> Tab:
+    """alice's laptop tab "w" joins."""
+    user = UserInfo(id=alice, name="alice")
+    return await hub.join(transport, tab_id="w", user=user, session_id=laptop, expires_at="x")
+
+
+async def test_a_sign_in_during_a_reload_is_read_again() -> None:
+    """Two sign-ins 10 ms apart while the reads take 50 ms: the second, told while the
+    first reload was reading, is read again and shows."""
+    store = SlowDevices()
+    hub, alice, laptop = _alice(store)
     t = RecordingTransport()
-    tab = await hub.join(
-        t, tab_id="w", user=UserInfo(id=alice, name="alice"), session_id=laptop, expires_at="x"
-    )
+    tab = await _join(hub, alice, laptop, t)
     store.delay = 0.05
     phone = store.open_session(alice)
     hub.session_opened(alice)  # reload 1 starts, reads {laptop, phone}
@@ -62,14 +73,9 @@ async def test_a_sign_in_during_a_reload_is_read_again() -> None:
 async def test_a_read_in_flight_does_not_bring_a_revoked_session_back() -> None:
     """A read that began before a revocation lands after it: the revoked device stays gone."""
     store = SlowDevices()
-    alice, _ = store.add_user([("Pixelfed", True)])
-    laptop = store.open_session(alice)
-    hub = Hub(store)
-    hub.presence.delay_s = 0.01
+    hub, alice, laptop = _alice(store)
     t = RecordingTransport()
-    tab = await hub.join(
-        t, tab_id="w", user=UserInfo(id=alice, name="alice"), session_id=laptop, expires_at="x"
-    )
+    tab = await _join(hub, alice, laptop, t)
     store.delay = 0.05
     phone = store.open_session(alice)
     hub.session_opened(alice)  # a reload starts, reads {laptop, phone}
@@ -88,14 +94,9 @@ async def test_a_reload_that_changed_nothing_sends_nothing() -> None:
     """A reload that finds the devices as they were (another process's heartbeat refresh)
     sends no presence: last_active_at is the store's, never stamped here."""
     store = MemoryStore()
-    alice, _ = store.add_user([("Pixelfed", True)])
-    laptop = store.open_session(alice)
-    hub = Hub(store)
-    hub.presence.delay_s = 0.01
+    hub, alice, laptop = _alice(store)
     t = RecordingTransport()
-    tab = await hub.join(
-        t, tab_id="w", user=UserInfo(id=alice, name="alice"), session_id=laptop, expires_at="x"
-    )
+    tab = await _join(hub, alice, laptop, t)
     await asyncio.sleep(0.05)
     hub.presence.changed(alice)  # e.g. another process's heartbeat refresh: nothing changed
     await asyncio.sleep(0.1)
@@ -115,17 +116,10 @@ async def test_a_sign_in_during_a_first_join_is_read_again() -> None:
     """A change told while a user's first tab reads its devices (before the room has any)
     is read again once that read lands."""
     store = SlowDevices()
-    alice, _ = store.add_user([("Pixelfed", True)])
-    laptop = store.open_session(alice)
-    hub = Hub(store)
-    hub.presence.delay_s = 0.01
+    hub, alice, laptop = _alice(store)
     store.delay = 0.05
     t = RecordingTransport()
-    joining = asyncio.create_task(
-        hub.join(
-            t, tab_id="w", user=UserInfo(id=alice, name="alice"), session_id=laptop, expires_at="x"
-        )
-    )
+    joining = asyncio.create_task(_join(hub, alice, laptop, t))
     await asyncio.sleep(0.01)
     phone = store.open_session(alice)
     hub.session_opened(alice)  # the first read is in flight: read again after it
@@ -153,15 +147,10 @@ class FlakyDevices(MemoryStore):
 async def test_a_reload_that_meets_an_outage_is_tried_again() -> None:
     """One failed read after a sign-in: tried again after retry_s, and the device shows."""
     store = FlakyDevices()
-    alice, _ = store.add_user([("Pixelfed", True)])
-    laptop = store.open_session(alice)
-    hub = Hub(store)
-    hub.presence.delay_s = 0.01
+    hub, alice, laptop = _alice(store)
     hub.presence.retry_s = 0.1
     t = RecordingTransport()
-    tab = await hub.join(
-        t, tab_id="w", user=UserInfo(id=alice, name="alice"), session_id=laptop, expires_at="x"
-    )
+    tab = await _join(hub, alice, laptop, t)
     phone = store.open_session(alice)
     store.fail = 1
     hub.session_opened(alice)
