@@ -29,6 +29,8 @@ _RESYNC = Cause(kind="resync", tab=None, request="")
 class CatchUp:
     """Bring the rooms of this process up to what the store holds."""
 
+    retry_base_s = 0.1  # a reload's first wait after a failed read, doubling up to 16x
+
     def __init__(self, rooms: dict[int, Room], store: Store) -> None:
         self._rooms = rooms
         self.store = store
@@ -78,9 +80,8 @@ class CatchUp:
                 try:
                     state = await self.store.load_state(user_id)
                 except StoreUnavailable as error:
-                    # The listener's resync after the outage covers it if this gives up.
                     logger.warning("reloading user %s: %s", user_id, error)
-                    await asyncio.sleep(0.1 * 2 ** min(attempt, 4))
+                    await asyncio.sleep(self.retry_base_s * 2 ** min(attempt, 4))
                     continue
                 if self._rooms.get(user_id) is not room:
                     return
@@ -88,6 +89,10 @@ class CatchUp:
                     room.publish(state, PLATFORMS_CAUSE)
                 if state.version >= max(wanted, room.reload_until):
                     return
+            # Given up (about 27 s): the room's state may lack the change until the user's
+            # next commit here, which no event forces; the next tab to join reads it.
+            logger.warning("reloading user %s: given up; the next tab to join reads", user_id)
+            room.stale = True
         finally:
             room.reloading = None
 
@@ -123,6 +128,7 @@ class CatchUp:
             room.set_hold(hold)
             if room.state is not None and state.version < room.state.version:
                 continue
+            room.stale = False
             room.publish(state, _RESYNC)
 
     async def close(self) -> None:

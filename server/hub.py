@@ -18,6 +18,7 @@ from server.limits import Cooldown, HttpSwitchLimit
 from server.logs import bound
 from server.presence import Presence
 from server.protocol import (
+    PLATFORMS_CAUSE,
     PROTOCOL_VERSION,
     Cause,
     CloseCode,
@@ -133,6 +134,7 @@ class Hub:
         try:
             if (
                 room.state is not None
+                and not room.stale
                 and room.hold_known
                 and self.presence.knows(room, tab.session_id)
             ):
@@ -145,6 +147,10 @@ class Hub:
                 if not room.hold_known:  # then follow events
                     room.set_hold(hold)
                 self.presence.install(user.id, room, found, asked)
+                if room.stale and state.version >= room.reload_until:
+                    room.stale = False  # and the room's other tabs get what was missed
+                    if room.state is None or state.version >= room.state.version:
+                        room.publish(state, PLATFORMS_CAUSE)
             devices = self.presence.join(room, user.id, tab)
         except BaseException:
             self._remove(tab)

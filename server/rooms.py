@@ -43,6 +43,7 @@ class Room:
         "hold_timer",
         "reload_until",
         "reloading",
+        "stale",
         "state",
         "tabs",
     )
@@ -59,6 +60,10 @@ class Room:
         # the highest version notified meanwhile, which the read must reach.
         self.reloading: asyncio.Task[None] | None = None
         self.reload_until = 0
+        # The state may be behind the store: a reload gave up (the database was unavailable
+        # throughout). The next tab to join reads instead of taking the room's state, and
+        # publishes what it read; a resync clears it too.
+        self.stale = False
         # The user's live sessions by id, once read, and how many changes to them were
         # told (a read that saw fewer is read again): server/presence.py.
         self.devices: dict[int, Device] | None = None

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+from pytest import LogCaptureFixture, MonkeyPatch
 
+from server.catchup import CatchUp
+from server.errors import StoreUnavailable
 from server.events import StateChanged, shard_of
 from server.hub import Hub
 from server.protocol import (
+    PLATFORMS_CAUSE,
     Cause,
     Device,
     Hello,
@@ -172,6 +176,58 @@ async def test_a_further_tab_of_a_user_here_is_greeted_without_a_read() -> None:
         again, _ = await join("e", laptop)
         assert store.reads == ["joining", "joining", "joining"]
         await hub.leave(again)
+    finally:
+        await hub.close()
+        await store.close()
+
+
+class _Outage(MemoryStore):
+    """The memory store, whose state reads fail while ``down``."""
+
+    down = False
+
+    async def load_state(self, user_id: int) -> StateView:
+        if self.down:
+            raise StoreUnavailable("the database is down")
+        return await super().load_state(user_id)
+
+
+async def test_a_reload_that_gave_up_makes_the_next_tab_read(
+    monkeypatch: MonkeyPatch, caplog: LogCaptureFixture
+) -> None:
+    """Another process renames a platform while the database is down through the whole
+    reload, which gives up: the room's state lacks the rename. The next tab to join reads
+    the store instead of taking the room's state, and the room's older tab gets it too."""
+    monkeypatch.setattr(CatchUp, "retry_base_s", 0.0001)
+    store = _Outage()
+    user, (pixelfed, _) = store.add_user([("Pixelfed", True), ("Mastodon", False)])
+    laptop = store.open_session(user)
+    hub = Hub(store)
+    alice = UserInfo(id=user, name="alice")
+    seen = [RecordingTransport(), RecordingTransport()]
+    try:
+        first = await hub.join(
+            seen[0], tab_id="a", user=alice, session_id=laptop, expires_at="2100-01-01T00:00:00Z"
+        )
+        version = store.rename(user, pixelfed, "Renamed")
+        store.down = True
+        hub.apply(StateChanged(user=user, version=version, active=None, cause=PLATFORMS_CAUSE))
+        gave_up = lambda: any("given up" in r.getMessage() for r in caplog.records)  # noqa: E731
+        await wait_until(gave_up, TIMEOUT, "the reload gives up")
+        assert hub.state_of(user).version < version  # type: ignore[union-attr]
+        store.down = False
+        second = await hub.join(
+            seen[1], tab_id="b", user=alice, session_id=laptop, expires_at="2100-01-01T00:00:00Z"
+        )
+        await wait_until(lambda: len(seen[0].messages) >= 2, TIMEOUT, "the first tab is told")
+        hello = seen[1].messages[0]
+        assert isinstance(hello, Hello) and hello.state.version == version
+        assert hello.state.platforms[0].name == "Renamed"
+        told = seen[0].messages[-1]
+        assert isinstance(told, StateMessage) and told.state.version == version
+        assert told.state.platforms[0].name == "Renamed"
+        await hub.leave(first)
+        await hub.leave(second)
     finally:
         await hub.close()
         await store.close()

@@ -106,6 +106,13 @@ class MemoryStore:
             if owner == user_id and self._sessions[session] is None
         ]
 
+    def rename(self, user_id: int, platform_id: int, name: str) -> int:
+        """Rename a platform, as the host app would: a version of its own; return it."""
+        user = self._users[user_id]
+        user.rows = [(*r[:2], name, *r[3:]) if r[0] == platform_id else r for r in user.rows]
+        user.version += 1
+        return user.version
+
     async def load_joining(
         self, user_id: int
     ) -> tuple[StateView, HoldView | None, list[tuple[int, Device]]]:
