@@ -21,8 +21,10 @@ import WebSocket from "ws";
 const BASE_S = 0.5; // client/navigation.js's baseDelayMs
 const CAP_S = 20; // and maxDelayMs
 const HEARTBEAT_S = 20; // under the hub's heartbeat (25 s): a tab pings, as the client does
-const OPEN_TIMEOUT_MS = 10_000;
-const HELLO_TIMEOUT_MS = 10_000;
+const OPEN_TIMEOUT_MS = 10_000; // the opening handshake, as websockets' open_timeout
+const HELLO_TIMEOUT_MS = 10_000; // then the hello
+// Errors by the names the Python role counts them under, so the two reports compare.
+const PYTHON_NAMES = { ECONNRESET: "ConnectionResetError", EPIPE: "BrokenPipeError" };
 
 const { values } = parseArgs({
   options: {
@@ -81,13 +83,8 @@ function hold(tab) {
       handshakeTimeout: OPEN_TIMEOUT_MS,
       perMessageDeflate: false,
     });
-    const helloTimer = setTimeout(() => {
-      if (!hello) {
-        count(opened ? "no hello within 10 s" : "TimeoutError");
-        failed = true;
-        socket.terminate();
-      }
-    }, OPEN_TIMEOUT_MS + HELLO_TIMEOUT_MS);
+    let helloTimer = null; // from the open, as the Python role's 10 s for the hello
+
     const quiet = () => {
       clearTimeout(silence);
       silence = setTimeout(() => {
@@ -102,6 +99,13 @@ function hold(tab) {
     });
     socket.on("open", () => {
       opened = true;
+      helloTimer = setTimeout(() => {
+        if (!hello) {
+          count("no hello within 10 s");
+          failed = true;
+          socket.terminate();
+        }
+      }, HELLO_TIMEOUT_MS);
     });
     socket.on("message", () => {
       if (!hello) {
@@ -117,12 +121,14 @@ function hold(tab) {
       failed = true;
       if (error.code === "ECONNREFUSED") refused += 1;
       else if (/timed out/i.test(error.message)) count("TimeoutError");
-      else count(error.code ?? error.message.slice(0, 60));
+      else count(PYTHON_NAMES[error.code] ?? error.code ?? error.message.slice(0, 60));
     });
     socket.on("close", (code) => {
       clearTimeout(helloTimer);
       clearTimeout(silence);
-      if (opened && !hello && !failed) count(`closed before its hello (${code})`);
+      if (opened && !hello && !failed) {
+        count(`closed before its hello (${code === 1006 ? "abnormal" : code})`);
+      }
       retry();
     });
   }
@@ -130,8 +136,9 @@ function hold(tab) {
   open();
 }
 
+// Listening from the start: a line written early is not lost.
 const lines = createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
+const firstLine = new Promise((resolve) => lines.once("line", resolve));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const started = monotonic();
@@ -142,7 +149,7 @@ errors = new Map();
 refused = 0;
 console.log(JSON.stringify({ connected: tabs.length, connect_tabs_per_s: Math.round(connectRate) }));
 
-const term = Number(await nextLine());
+const term = Number(await firstLine);
 const deadline = monotonic() + withinS;
 const back = (tab) => tab.hellos.find((t) => t > term);
 while (monotonic() < deadline && !tabs.every(back)) await sleep(50);
