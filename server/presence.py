@@ -76,8 +76,7 @@ class Presence:
 
     def join(self, room: Room, user_id: int, tab: Tab) -> tuple[Device, ...]:
         """Count a joining tab (its devices installed); return its hello's list."""
-        if room.devices is None:
-            room.devices = {}
+        assert room.devices is not None
         self.mark(user_id)
         devices = self._view(room, _counts(room), tab.session_id)
         tab.devices = devices

@@ -12,7 +12,11 @@ from typing import Protocol
 from server.protocol import Device, HoldView, StateView, Switch
 from server.rules import Decision
 
-__all__ = ["Store"]
+__all__ = ["Joining", "Store"]
+
+# What a user's first tab on a process reads at once: its state, hold, and devices by
+# session id.
+Joining = tuple[StateView, HoldView | None, Sequence[tuple[int, Device]]]
 
 
 class Store(Protocol):
@@ -24,9 +28,7 @@ class Store(Protocol):
 
     async def load_devices(self, user_id: int) -> Sequence[tuple[int, Device]]: ...
 
-    async def load_joining(
-        self, user_id: int
-    ) -> tuple[StateView, HoldView | None, Sequence[tuple[int, Device]]]:
+    async def load_joining(self, user_id: int) -> Joining:
         """State, hold and devices at once: what a user's first tab here needs."""
         ...
 

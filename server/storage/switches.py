@@ -47,6 +47,7 @@ from server.storage.devices import live_devices, read_devices
 from server.storage.expiry import LIVENESS_BY_IDS, ended_reason, format_time, slide
 from server.storage.lists import one_of
 from server.storage.reads import GroupRead
+from server.store import Joining
 
 __all__ = [
     "PLATFORM_ROWS",
@@ -56,10 +57,6 @@ __all__ = [
     "read_state",
     "read_states",
 ]
-
-
-# What a user's first tab on a process reads: state, hold, and devices by session id.
-Joining = tuple[StateView, HoldView | None, list[tuple[int, Device]]]
 
 
 class SqlStore:

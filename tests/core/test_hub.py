@@ -14,9 +14,7 @@ from server.hub import Hub
 from server.protocol import (
     PLATFORMS_CAUSE,
     Cause,
-    Device,
     Hello,
-    HoldView,
     PlatformView,
     PresenceMessage,
     RejectReason,
@@ -27,6 +25,7 @@ from server.protocol import (
     UserInfo,
 )
 from server.rules import Accepted, describe
+from server.store import Joining
 from server.tab import Tab
 from tests.conftest import TIMEOUT
 from tests.support.memory import MemoryStore
@@ -125,9 +124,7 @@ class _CountedReads(MemoryStore):
         self.reads.append("state")
         return await super().load_state(user_id)
 
-    async def load_joining(
-        self, user_id: int
-    ) -> tuple[StateView, HoldView | None, list[tuple[int, Device]]]:
+    async def load_joining(self, user_id: int) -> Joining:
         self.reads.append("joining")
         state = await MemoryStore.load_state(self, user_id)  # not counted again
         return state, await self.load_hold(user_id), list(await self.load_devices(user_id))

@@ -29,6 +29,7 @@ from server.rules import (
     announced,
     decide,
 )
+from server.store import Joining
 
 __all__ = ["MemoryStore"]
 
@@ -113,9 +114,7 @@ class MemoryStore:
         user.version += 1
         return user.version
 
-    async def load_joining(
-        self, user_id: int
-    ) -> tuple[StateView, HoldView | None, list[tuple[int, Device]]]:
+    async def load_joining(self, user_id: int) -> Joining:
         """Read a user's state, hold and devices (through the three reads above, so a
         subclass that slows one slows this too)."""
         state = await self.load_state(user_id)
