@@ -241,10 +241,11 @@ class Database:
         task = asyncio.ensure_future(unit)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        if self._deadline is None:
-            return await asyncio.shield(task)
+        # asyncio.timeout, not wait_for: 3.11's wait_for returns the result to a caller
+        # cancelled at the instant its unit ends, and a loop of units then never stops.
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self._deadline)
+            async with asyncio.timeout(self._deadline):
+                return await asyncio.shield(task)
         except TimeoutError:
             if write:
                 task.add_done_callback(self._finished_late)

@@ -19,7 +19,14 @@ from server.protocol import Switch
 from server.storage import sessions
 from server.storage.switches import SqlStore
 from server.storage.users import seed_demo
-from tests.conftest import RunningHub, make_settings, other_platform, serve, session_ended
+from tests.conftest import (
+    MakeSettings,
+    RunningHub,
+    make_settings,
+    other_platform,
+    serve,
+    session_ended,
+)
 from tests.support.population import seed_demo_file
 from tests.support.processes import HubProcess
 
@@ -268,3 +275,41 @@ async def test_a_wal_deleted_under_the_running_hub_loses_no_acknowledged_switch(
     finally:
         hub.stop()
     assert "was deleted under the running hub" in (tmp_path / "hub.log").read_text()
+
+
+async def test_a_caller_cancelled_as_its_unit_of_work_ends_is_cancelled(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A background loop is stopped by cancelling it, and its cancellation may arrive at any
+    instant, the one at which its database call finishes included: the call then raises
+    CancelledError, never returns as if it had not been asked to stop. 3.11's wait_for did
+    that: the session collector, cancelled once at shutdown, ran on, and a hub on PostgreSQL
+    hung in its stop (CI, test_collector_runs_by_itself[postgresql])."""
+    database = Database(make_on_each_engine())
+    await database.create_schema()
+    try:
+        swallowed = []
+        # Cancel 0, 1, 2, ... loop turns after the unit of work itself has ended: one of
+        # those turns is the instant at which the caller is being woken with its result.
+        for turns in range(12):
+            for unit in (database.read, database.write):
+                caller = asyncio.create_task(
+                    unit(lambda connection: connection.scalar(text("SELECT 1")))
+                )
+                await asyncio.sleep(0)  # the caller starts its unit of work
+                (ending,) = database._running
+                await asyncio.wait([ending])
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                if caller.cancel():  # not done yet: it must end cancelled
+                    try:
+                        await caller
+                    except asyncio.CancelledError:
+                        continue
+                    swallowed.append((unit.__name__, turns))
+                else:
+                    assert await caller == 1
+        assert swallowed == []
+        assert database.checked_out() == 0
+    finally:
+        await database.dispose()
