@@ -6,7 +6,8 @@
 A target holds --tabs tabs (--per-user of each user); then it gets SIGTERM and, once it has
 exited, is started again on the same port. The tabs reconnect as the shipped client does
 (client/navigation.js): after a loss, a delay drawn uniformly from [0, min(20 s, 0.5 s x
-2^attempt)), the attempt counted up by every failed try; a tab never gives up. The tabs are a
+2^attempt)), or over the window a restart's 1012 names (HUB_RECONNECT_RATE) when that is
+wider, the attempt counted up by every failed try; a tab never gives up. The tabs are a
 separate process on the same machine's monotonic clock: bench/node/storm-tabs.mjs (Node's ws,
 the default), or ``python -m bench.storm tabs`` (``--client python``). 10,000 tabs in one
 Python process took a whole core of the 2 here and were the limit of every figure; in Node
@@ -47,6 +48,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.targets import NODE, ROOT, node_packages, settle, spawn, wait_port
+from server.protocol import CloseCode, restart_window_ms
 from server.settings import Settings
 from tests.support.population import populate
 from tests.support.postgres import fresh_database
@@ -73,7 +75,7 @@ class Storm:
 
 async def hold(storm: Storm, tab: StormTab, url: str, headers: dict[str, str]) -> None:
     """Keep one tab connected for ever, reconnecting with the client's backoff."""
-    attempt = 0
+    attempt, window = 0, 0.0
     while True:
         try:
             connection = await connect(
@@ -110,8 +112,11 @@ async def hold(storm: Storm, tab: StormTab, url: str, headers: dict[str, str]) -
                                 await connection.recv()
                         except TimeoutError:
                             await connection.send('{"type":"ping"}')
-        await asyncio.sleep(random.random() * min(CAP_S, BASE_S * 2**attempt))
-        attempt += 1
+                if connection.close_code == CloseCode.SERVICE_RESTART:
+                    # The window the restart asked for, as the client draws over it.
+                    window = restart_window_ms(connection.close_reason or "") / 1000
+        await asyncio.sleep(random.random() * min(CAP_S, max(window, BASE_S * 2**attempt)))
+        attempt, window = attempt + 1, 0.0
 
 
 @dataclass

@@ -243,14 +243,18 @@ export declare function backoffDelay(
   baseMs: number,
   capMs: number,
   random?: () => number,
+  windowMs?: number,
 ): number;
+
+/** The window, in ms, a 1012 close's reason asks to reconnect within (0: none). */
+export declare function restartWindowMs(reason: unknown): number;
 
 export declare class Backoff {
   constructor(
     options: { baseDelayMs: number; maxDelayMs: number; healthyAfterMs: number },
     random?: () => number,
   );
-  next(): number;
+  next(windowMs?: number): number;
   connected(): void;
   lost(): void;
 }

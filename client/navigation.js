@@ -182,9 +182,22 @@ export function describePlatform(platform) {
   };
 }
 
-/** Full-jitter backoff: a delay drawn uniformly from [0, min(cap, base * 2**attempt)). */
-export function backoffDelay(attempt, baseMs, capMs, random = Math.random) {
-  return random() * Math.min(capMs, baseMs * 2 ** attempt);
+/**
+ * Full-jitter backoff: a delay drawn uniformly from [0, min(cap, base * 2**attempt)), or from
+ * a window the hub asked for (`windowMs`, a restart's) when that is wider, still under the cap.
+ */
+export function backoffDelay(attempt, baseMs, capMs, random = Math.random, windowMs = 0) {
+  return random() * Math.min(capMs, Math.max(windowMs, baseMs * 2 ** attempt));
+}
+
+/**
+ * The window a 1012 close's reason asks the tab to reconnect within, in milliseconds ("hub
+ * restarting; reconnect within 8000 ms"), or 0 when it names none: the hub spreads a
+ * restart's tabs over it, so they do not all come back at once.
+ */
+export function restartWindowMs(reason) {
+  const match = /reconnect within (\d{1,9}) ms/.exec(typeof reason === "string" ? reason : "");
+  return match ? Number(match[1]) : 0;
 }
 
 /**
@@ -202,10 +215,13 @@ export class Backoff {
     this.healthyTimer = null;
   }
 
-  /** The delay before the next attempt; each call counts one more attempt. */
-  next() {
+  /**
+   * The delay before the next attempt, drawn over `windowMs` if the hub asked for that window
+   * and it is the wider; each call counts one more attempt.
+   */
+  next(windowMs = 0) {
     this.lost();
-    return backoffDelay(this.attempt++, this.baseDelayMs, this.maxDelayMs, this.random);
+    return backoffDelay(this.attempt++, this.baseDelayMs, this.maxDelayMs, this.random, windowMs);
   }
 
   /** A connection is up: forget the failures once it has stayed up for a while. */
@@ -677,7 +693,7 @@ export class HubClient extends EventTarget {
       if (this.#socket === socket) this.#receive(event.data);
     };
     socket.onclose = (event) => {
-      if (this.#socket === socket) this.#lost(event.code);
+      if (this.#socket === socket) this.#lost(event.code, event.reason);
     };
   }
 
@@ -695,7 +711,7 @@ export class HubClient extends EventTarget {
     this.#lost(code);
   }
 
-  #lost(code) {
+  #lost(code, reason = "") {
     this.#socket = null;
     this.#stopHeartbeat();
     this.backoff.lost();
@@ -712,12 +728,13 @@ export class HubClient extends EventTarget {
       this.#probe();
     }
     if (this.#status !== Status.DEGRADED) this.#setStatus(Status.RECONNECTING);
-    this.#scheduleReconnect();
+    // A restart's 1012 may say within how long to come back: the tabs spread over it.
+    this.#scheduleReconnect(code === CloseCode.SERVICE_RESTART ? restartWindowMs(reason) : 0);
   }
 
-  #scheduleReconnect() {
+  #scheduleReconnect(windowMs = 0) {
     clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = setTimeout(() => this.#connect(), this.backoff.next());
+    this.#reconnectTimer = setTimeout(() => this.#connect(), this.backoff.next(windowMs));
   }
 
   /** Back online, or the tab is visible again: try at once instead of waiting out the backoff. */

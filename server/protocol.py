@@ -52,6 +52,8 @@ __all__ = [
     "encode",
     "is_line",
     "readable",
+    "restart_reason",
+    "restart_window_ms",
 ]
 
 PROTOCOL_VERSION = 1
@@ -85,6 +87,23 @@ class CloseCode(enum.IntEnum):
     TAB_REPLACED = 4005
     # The tab did not read its messages and its outbox overflowed.
     SLOW_CONSUMER = 4008
+
+
+def restart_reason(within_ms: int) -> str:
+    """The reason of a 1012 close that asks the tab to reconnect within ``within_ms``
+    milliseconds (a delay drawn uniformly over that window: a restart's tabs come back spread
+    over it instead of all at once; docs/protocol.md)."""
+    return f"hub restarting; reconnect within {within_ms} ms"
+
+
+_RESTART_WINDOW = re.compile(r"reconnect within (\d{1,9}) ms")
+
+
+def restart_window_ms(reason: str) -> int:
+    """The window a 1012's reason asks to reconnect within, in milliseconds; 0 if none (as
+    navigation.js's restartWindowMs reads it)."""
+    found = _RESTART_WINDOW.search(reason)
+    return int(found[1]) if found else 0
 
 
 class RejectReason(enum.StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -79,7 +80,7 @@ class Settings:
     # A connection must complete its request headers (or WebSocket handshake request) in this
     # long, or it is closed: slow or stalled clients cannot hold connections open for free.
     handshake_timeout_s: float = 10
-    # HTTP requests (server/web/uvicorn_protocols.py, server/web/bodies.py): the whole
+    # HTTP requests (server/web/http_protocol.py, server/web/bodies.py): the whole
     # request, headers and body, must arrive within request_timeout_s (else 408); a body is
     # at most max_body_bytes (413); headers at most max_header_bytes and max_headers of them
     # (431).
@@ -128,6 +129,11 @@ class Settings:
     # the switches already received are still decided and committed (a retry with the same
     # id gets that decision); connections still open after this many seconds are cut.
     shutdown_timeout_s: float = 5
+    # The rate, in tabs a second, at which a restart's tabs are asked to come back: each 1012
+    # says "reconnect within" the tabs this process closes / reconnect_rate seconds, and the
+    # client draws its delay over that window (the next process, or this one back, takes
+    # them at about this rate instead of all at once). 0: no window, the client's backoff.
+    reconnect_rate: float = 1000
     log_level: str = "info"
     # "text" (a line per record, ids as key=value) or "json" (an object per line).
     log_format: str = "text"
@@ -148,6 +154,8 @@ class Settings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.max_sessions_per_user < 1 or self.max_platforms_per_user < 1:
             raise ValueError("max_sessions_per_user and max_platforms_per_user must be at least 1")
+        if not 0 <= self.reconnect_rate < math.inf:
+            raise ValueError("reconnect_rate must be 0 (no window) or a positive rate")
         if self.accept_backlog < 1:
             raise ValueError("accept_backlog must be at least 1")
         if self.commit_batch_max < 1:

@@ -6,9 +6,10 @@
 //     node bench/node/storm-tabs.mjs --target ws://127.0.0.1:8000/ws --tabs 10000
 //                                    [--per-user 4] [--within 60] [--tokens tokens.json]
 //
-// Each tab reconnects as client/navigation.js does: after a loss, a delay drawn uniformly
-// from [0, min(20 s, 0.5 s x 2^attempt)), the attempt counted up by every failed try, reset
-// by a hello; it never gives up. Once every tab has had a hello it prints
+// Each tab reconnects as client/navigation.js does, with its backoffDelay: after a loss, a
+// delay drawn uniformly from [0, min(20 s, 0.5 s x 2^attempt)), or over the window a
+// restart's 1012 names when that is wider (restartWindowMs), the attempt counted up by every
+// failed try, reset by a hello; it never gives up. Once every tab has had a hello it prints
 // {"connected", "connect_tabs_per_s"}; then it reads one line from stdin, the SIGTERM's time
 // on the machine's monotonic clock (Python's time.monotonic()), and prints when each tab had
 // its first hello after it, or what is missing after --within seconds, with the handshake
@@ -18,8 +19,10 @@ import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import WebSocket from "ws";
 
-const BASE_S = 0.5; // client/navigation.js's baseDelayMs
-const CAP_S = 20; // and maxDelayMs
+import { backoffDelay, restartWindowMs } from "../../client/navigation.js";
+
+const BASE_MS = 500; // client/navigation.js's baseDelayMs
+const CAP_MS = 20_000; // and maxDelayMs
 const HEARTBEAT_S = 20; // under the hub's heartbeat (25 s): a tab pings, as the client does
 const OPEN_TIMEOUT_MS = 10_000; // the opening handshake, as websockets' open_timeout
 const HELLO_TIMEOUT_MS = 10_000; // then the hello
@@ -67,10 +70,9 @@ function hold(tab) {
   let attempt = 0;
   const [url, headers] = address(tab);
 
-  const retry = () => {
-    const delay = Math.random() * Math.min(CAP_S, BASE_S * 2 ** attempt);
+  const retry = (windowMs) => {
+    setTimeout(open, backoffDelay(attempt, BASE_MS, CAP_MS, Math.random, windowMs));
     attempt += 1;
-    setTimeout(open, delay * 1000);
   };
 
   function open() {
@@ -123,13 +125,13 @@ function hold(tab) {
       else if (/timed out/i.test(error.message)) count("TimeoutError");
       else count(PYTHON_NAMES[error.code] ?? error.code ?? error.message.slice(0, 60));
     });
-    socket.on("close", (code) => {
+    socket.on("close", (code, reason) => {
       clearTimeout(helloTimer);
       clearTimeout(silence);
       if (opened && !hello && !failed) {
         count(`closed before its hello (${code === 1006 ? "abnormal" : code})`);
       }
-      retry();
+      retry(code === 1012 ? restartWindowMs(reason.toString()) : 0);
     });
   }
 

@@ -2,7 +2,7 @@
 
 uvicorn gives each WebSocket connection an ``asyncio.Queue`` and an ``asyncio.Event`` (four
 deques, 3.7 KiB together) for its whole life; a tab is mostly idle, and a process may hold
-10,000. ``BoundedWebSocketProtocol`` (server/web/uvicorn_protocols.py) uses these instead:
+10,000. ``BoundedWebSocketProtocol`` (server/web/websocket_protocol.py) uses these instead:
 what uvicorn calls of each, for one reader, holding nothing while empty.
 """
 

@@ -12,8 +12,9 @@ from starlette.websockets import WebSocket
 from server.logs import log_config, redact_secrets
 from server.settings import Settings
 from server.web.app import create_app
-from server.web.uvicorn_protocols import BoundedHttpProtocol, BoundedWebSocketProtocol
+from server.web.http_protocol import BoundedHttpProtocol
 from server.web.websocket import websocket_endpoint
+from server.web.websocket_protocol import BoundedWebSocketProtocol
 
 __all__ = ["app_from_environ", "tune_gc", "uvicorn_config"]
 

@@ -24,7 +24,7 @@ from server.tab import Tab, TransportClosed
 from server.web.credentials import forbidden_origin, origin_allowed, token
 from server.web.hosts import allowed_hosts, host_allowed
 from server.web.responses import error_response, hub_error_response
-from server.web.uvicorn_protocols import PROTOCOL_EXTENSION, BoundedWebSocketProtocol
+from server.web.websocket_protocol import PROTOCOL_EXTENSION, BoundedWebSocketProtocol
 
 __all__ = ["websocket_endpoint"]
 

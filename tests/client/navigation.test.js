@@ -17,6 +17,7 @@ import {
   describePlatform,
   mergeState,
   randomId,
+  restartWindowMs,
 } from "../../client/navigation.js";
 
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "setInterval"] }));
@@ -38,6 +39,23 @@ describe("backoffDelay", () => {
       const delay = backoffDelay(10, 500, 20000);
       assert.ok(delay >= 0 && delay < 20000, `delay ${delay}`);
     }
+  });
+});
+
+describe("restartWindowMs", () => {
+  test("reads the window a restart's 1012 names, and 0 from any other reason", () => {
+    assert.equal(restartWindowMs("hub restarting; reconnect within 8000 ms"), 8000);
+    assert.equal(restartWindowMs("hub restarting; reconnect within 0 ms"), 0);
+    for (const other of ["", "hub shutting down", "reconnect within 1e9 ms", "reconnect within -5 ms", "reconnect within 12345678901 ms", undefined, null, 42]) {
+      assert.equal(restartWindowMs(other), 0, String(other));
+    }
+  });
+
+  test("widens the backoff's draw to the window, never past the cap, never below the backoff's own", () => {
+    assert.equal(backoffDelay(0, 500, 20000, () => 1, 8000), 8000);
+    assert.equal(backoffDelay(0, 500, 20000, () => 0.5, 8000), 4000);
+    assert.equal(backoffDelay(0, 500, 20000, () => 1, 600000), 20000);
+    assert.equal(backoffDelay(4, 500, 20000, () => 1, 100), 8000);
   });
 });
 
@@ -354,10 +372,10 @@ class FakeWebSocket {
     this.onmessage?.({ data });
   }
 
-  /** The connection is gone, with `code`. */
-  drop(code) {
+  /** The connection is gone, with `code` (and the close frame's `reason`). */
+  drop(code, reason = "") {
     this.readyState = 3;
-    this.onclose?.({ code });
+    this.onclose?.({ code, reason });
   }
 }
 
@@ -489,6 +507,30 @@ describe("HubClient", () => {
       mock.timers.tick(4000);
       assert.equal(socket().closedWith, null);
       assert.equal(hub.status, Status.OPEN);
+    });
+
+    test("a restart's 1012 spreads the reconnect over the window it names; without one, the backoff", () => {
+      mock.method(Math, "random", () => 0.99);
+      const { hub, socket } = client({});
+      socket().deliver(hello(hub));
+      socket().drop(CloseCode.SERVICE_RESTART, "hub restarting; reconnect within 8000 ms");
+      mock.timers.tick(7919);
+      assert.equal(FakeWebSocket.made.length, 1, "not before its draw over the 8 s window");
+      mock.timers.tick(1);
+      assert.equal(FakeWebSocket.made.length, 2);
+      socket().deliver(hello(hub));
+      socket().drop(CloseCode.SERVICE_RESTART, "hub restarting; reconnect within 8000 ms");
+      mock.timers.tick(7920);
+      assert.equal(FakeWebSocket.made.length, 3, "the next restart draws over its window again");
+      socket().drop(CloseCode.ABNORMAL); // that try failed (the hub still down): the backoff goes on
+      mock.timers.tick(1979);
+      assert.equal(FakeWebSocket.made.length, 3);
+      mock.timers.tick(1);
+      assert.equal(FakeWebSocket.made.length, 4, "0.99 of the third attempt's 2 s");
+      socket().deliver(hello(hub));
+      socket().drop(CloseCode.TRY_AGAIN_LATER, "reconnect within 8000 ms"); // only a 1012's counts
+      mock.timers.tick(3960);
+      assert.equal(FakeWebSocket.made.length, 5, "0.99 of the fourth attempt's 4 s");
     });
 
     test("SESSION_ENDED ends the session for good; TAB_REPLACED retries with a new tab id", () => {

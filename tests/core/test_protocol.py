@@ -25,6 +25,8 @@ from server.protocol import (
     decode,
     decode_server,
     encode,
+    restart_reason,
+    restart_window_ms,
 )
 from tests.conftest import ENDED_WORDS as ENDED_WORDS_PROMISED
 
@@ -99,3 +101,14 @@ def test_the_words_for_an_ended_session_are_the_same_in_the_hub_and_the_client()
     assert client == hub == ENDED_WORDS_PROMISED
     for reason in SessionEndReason:
         assert SessionEnded.because(reason).message == ENDED_WORDS_PROMISED[reason.value]
+
+
+def test_a_restart_window_reads_back_and_fits_a_close_frame() -> None:
+    """The 1012's reason carries its window both ways, fits the 123 bytes a close frame's
+    reason may hold at the largest window, and any other reason names none (navigation.js's
+    restartWindowMs reads it the same way: tests/client/navigation.test.js)."""
+    for window in (0, 1, 1500, 999_999_999):
+        assert restart_window_ms(restart_reason(window)) == window
+    assert len(restart_reason(999_999_999).encode()) <= 123
+    for other in ("", "hub shutting down", "reconnect within -5 ms", "reconnect within 1e9 ms"):
+        assert restart_window_ms(other) == 0

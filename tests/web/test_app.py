@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from server.protocol import restart_reason
 from server.storage.users import seed_demo
 from server.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
@@ -206,11 +207,32 @@ async def test_silent_tab_is_closed_with_4004(tmp_path: Path) -> None:
 
 
 async def test_shutdown_closes_every_tab_with_1012(running: RunningHub) -> None:
-    """Stopping the hub closes every tab with 1012 (service restart)."""
+    """Stopping the hub closes every tab with 1012 (service restart), and tells each within
+    how long to come back: its connections at HUB_RECONNECT_RATE (1,000 a second)."""
     tabs = [await running.tab(await running.login(name), name) for name in ("alice", "bob")]
+    connections = running.server.server_state.connections
+    await wait_until(lambda: len(connections) == 2, TIMEOUT, "the logins' connections closed")
     await running.stop()
     for tab in tabs:
         assert (await tab.closed())[0] == 1012
+        assert tab.connection.close_reason == "hub restarting; reconnect within 2 ms"
+
+
+@pytest.mark.parametrize(("rate", "reason"), [(4, restart_reason(1500)), (0, "")])
+async def test_the_restart_window_is_the_tabs_at_the_reconnect_rate(
+    tmp_path: Path, rate: float, reason: str
+) -> None:
+    """Six tabs at four a second: each is asked to come back within 1.5 s; with no rate (0),
+    a bare 1012 (the client's backoff alone)."""
+    async with serve(make_settings(tmp_path, reconnect_rate=rate)) as running:
+        token = await running.login("alice")
+        tabs = [await running.tab(token, f"t{n}") for n in range(6)]
+        connections = running.server.server_state.connections
+        await wait_until(lambda: len(connections) == 6, TIMEOUT, "the login's connection closed")
+        await running.stop()
+    for tab in tabs:
+        assert (await tab.closed())[0] == 1012
+        assert tab.connection.close_reason == reason
 
 
 async def test_http_fallback_has_the_same_semantics_and_broadcast(running: RunningHub) -> None:

@@ -1,5 +1,5 @@
-"""server/web/uvicorn_protocols.py: the lean WebSocket protocol keeps nothing an idle tab does
-not need.
+"""server/web/http_protocol.py and websocket_protocol.py: the lean WebSocket protocol keeps
+nothing an idle tab does not need, and what both rely on in uvicorn is still there.
 
 The header deadline and the bounded reads are tested with the hostile input they stop
 (tests/web/test_hostile.py); here, what a live connection keeps, and the small primitives that
@@ -16,9 +16,9 @@ import re
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from server.web import uvicorn_protocols
+from server.web import http_protocol, websocket_protocol
 from server.web.mailbox import Flag, Mailbox
-from server.web.uvicorn_protocols import BoundedWebSocketProtocol
+from server.web.websocket_protocol import BoundedWebSocketProtocol
 from tests.conftest import TIMEOUT, RunningHub, other_platform
 
 
@@ -93,21 +93,23 @@ async def test_the_flag_blocks_writers_until_set() -> None:
     assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [True, True, True]
 
 
-# What server/web/uvicorn_protocols.py relies on in uvicorn's own protocol classes: attributes
-# they set and methods the subclasses override or call. None is public API, so pyproject.toml
-# caps uvicorn below its next minor release; before lifting the cap, this names what to check.
+# What server/web/http_protocol.py and websocket_protocol.py rely on in uvicorn's own protocol
+# classes: attributes they set and methods the subclasses override or call. None is public API,
+# so pyproject.toml caps uvicorn below its next minor release; before lifting the cap, this
+# names what to check.
 RELIED_ON = {
-    HttpToolsProtocol: (
+    (http_protocol, HttpToolsProtocol): (
         "app_state", "client", "connections", "cycle", "flow", "headers", "loop", "scope",
         "transport", "url", "connection_lost", "connection_made", "data_received",
         "handle_websocket_upgrade", "on_header", "on_headers_complete", "on_message_begin",
         "on_message_complete",
     ),
-    WebSocketsSansIOProtocol: (
+    (websocket_protocol, WebSocketsSansIOProtocol): (
         "app_state", "client", "close_sent", "close_timer", "conn", "connections",
         "handshake_complete", "handshake_initiated", "loop", "queue", "read_paused", "request",
-        "response", "scope", "transport", "writable", "connection_lost", "connection_made",
-        "data_received", "handle_connect", "handle_ping", "handle_pong", "receive", "send",
+        "response", "scope", "transport", "writable", "initial_response", "connection_lost",
+        "connection_made", "data_received", "handle_connect", "handle_ping", "handle_pong",
+        "receive", "send", "shutdown", "stop_keepalive",
     ),
 }  # fmt: skip
 
@@ -115,9 +117,9 @@ RELIED_ON = {
 def test_the_uvicorn_internals_the_protocols_rely_on_are_still_there() -> None:
     """Every uvicorn attribute and method the bounded protocols use is still set or defined
     by uvicorn's class, and the subclasses use nothing else of it."""
-    source = inspect.getsource(uvicorn_protocols)
-    used = set(re.findall(r"self\.(\w+)", source)) | set(re.findall(r"super\(\)\.(\w+)", source))
-    for base, names in RELIED_ON.items():
+    for (module, base), names in RELIED_ON.items():
+        source = inspect.getsource(module)
+        used = {*re.findall(r"self\.(\w+)", source), *re.findall(r"super\(\)\.(\w+)", source)}
         base_source = inspect.getsource(base)
         provided = set(re.findall(r"self\.(\w+)\s*(?::[^=\n]+)?=", base_source))
         provided |= {name for name in dir(base) if callable(getattr(base, name, None))}
