@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.storm [--tabs 10000] [--per-user 4] [--within 60]
                                     [--target hub|hub-pg|ceiling|both] [--client node|python]
+                                    [--reconnect-rate TABS_PER_S]
 
 A target holds --tabs tabs (--per-user of each user); then it gets SIGTERM and, once it has
 exited, is started again on the same port. The tabs reconnect as the shipped client does
@@ -295,6 +296,8 @@ async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             if kind == "hub-pg":
                 url = await stack.enter_async_context(fresh_database())
             settings = Settings(database_url=url, log_level="warning")
+            if args.reconnect_rate is not None:
+                settings = settings.replace(reconnect_rate=args.reconnect_rate)
             population = await populate(settings, args.tabs // args.per_user + (kind == "hub-pg"))
             found_tokens = {str(u): t for u, t in population.tokens.items()}
             if kind == "hub-pg":
@@ -344,6 +347,7 @@ async def restart(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     median = found.pop("median_hello")
     result = {
         "target": kind,
+        "reconnect_rate": settings.reconnect_rate if hub is not None else None,
         "tabs": connected["connected"],
         "connect_tabs_per_s": connected["connect_tabs_per_s"],
         "shutdown_s": round(down - term, 2),
@@ -378,6 +382,8 @@ if __name__ == "__main__":
     parser.add_argument("--tokens")
     parser.add_argument("--witness-rate", type=float, default=20.0)
     parser.add_argument("--client", choices=["node", "python"], default="node")
+    # The hub's HUB_RECONNECT_RATE (0: a bare 1012, the tabs' backoff alone).
+    parser.add_argument("--reconnect-rate", type=float)
     arguments = parser.parse_args()
     arguments.token_map = (
         json.loads(Path(arguments.tokens).read_text()) if arguments.tokens else None

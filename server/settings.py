@@ -131,9 +131,12 @@ class Settings:
     shutdown_timeout_s: float = 5
     # The rate, in tabs a second, at which a restart's tabs are asked to come back: each 1012
     # says "reconnect within" the tabs this process closes / reconnect_rate seconds, and the
-    # client draws its delay over that window (the next process, or this one back, takes
-    # them at about this rate instead of all at once). 0: no window, the client's backoff.
-    reconnect_rate: float = 1000
+    # client draws its delay over that window (the processes that take them get them at
+    # about this rate instead of all at once). 0, the default: a bare 1012, the client's
+    # backoff alone. Measured on one process restarting under 10,000 tabs, 1,000 a second
+    # brought them all back later (bench/RESULTS.md): it is for several processes behind a
+    # balancer, where the others take a stopping one's tabs.
+    reconnect_rate: float = 0
     log_level: str = "info"
     # "text" (a line per record, ids as key=value) or "json" (an object per line).
     log_format: str = "text"
