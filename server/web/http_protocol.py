@@ -7,7 +7,6 @@ each request's headers and on the whole request, limits on header size and count
 on open connections. Its WebSocket twin is server/web/websocket_protocol.py.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -255,5 +254,3 @@ def _max_connections(settings: Settings) -> int:
     # Keep a hundred descriptors for the database, log files and the listener.
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return max(16, soft - 100) if soft != resource.RLIM_INFINITY else 1_000_000
-
-
