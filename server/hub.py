@@ -19,19 +19,18 @@ from server.logs import bound
 from server.presence import Presence
 from server.protocol import (
     PLATFORMS_CAUSE,
-    PROTOCOL_VERSION,
+    Attach,
     Cause,
     CloseCode,
+    Detach,
     Error,
     ErrorCode,
-    Hello,
     HoldView,
     Ping,
     Pong,
     Rejected,
     RejectReason,
     SessionEndReason,
-    SessionInfo,
     StateView,
     Switch,
     Switched,
@@ -41,6 +40,7 @@ from server.protocol import (
 )
 from server.rooms import Interest, Room, SessionIndex
 from server.rules import Accepted, Decision, Refused, SessionGone, describe
+from server.sharing import Sharing, width
 from server.store import Store
 from server.tab import Tab, Transport
 
@@ -105,6 +105,8 @@ class Hub:
         self._catchup = CatchUp(self._rooms, store)
         # Each user's devices, told to their tabs: see server/presence.py.
         self.presence = Presence(self._rooms, store)
+        # Connections that carry several tabs of a browser: see server/sharing.py.
+        self._sharing = Sharing(self, self._rooms)
 
     # Tabs joining and leaving.
 
@@ -120,11 +122,12 @@ class Hub:
         """Register a tab and queue its hello; raise TabLimitReached when the user is full."""
         room = self._rooms.get(user.id) or self._open_room(user.id)
         previous = room.tabs.get(tab_id)
-        if previous is None and len(room.tabs) >= self.max_tabs_per_user:
+        if previous is None and width(room) >= self.max_tabs_per_user:
             self._forget_if_empty(user.id)
             raise TabLimitReached(f"at most {self.max_tabs_per_user} tabs per user")
         if previous is not None:
             previous.close(CloseCode.TAB_REPLACED, "tab id reused by a newer connection")
+        self._sharing.release(room, tab_id)  # a member that now has a connection of its own
         tab = Tab(self, transport, tab_id=tab_id, user=user, session_id=session_id)
         tab.expires_at = expires_at
         # Registered before the snapshot is read, so no broadcast can fall between the two;
@@ -157,17 +160,7 @@ class Hub:
             raise
         room.remember(state)
         state = room.state or state
-        hello = Hello(
-            protocol=PROTOCOL_VERSION,
-            tab=tab_id,
-            user=user,
-            state=state,
-            session=SessionInfo(expires_at=expires_at),
-            heartbeat_s=self.heartbeat_s,
-            hold=room.hold,
-            devices=devices,
-        )
-        tab.open(encode(hello), state.version)
+        tab.open(self._sharing.hello(room, tab, tab_id, devices), state.version)
         return tab
 
     async def drain(self, tab: Tab, within: float = 5.0) -> None:
@@ -202,12 +195,8 @@ class Hub:
 
     def cooldown(self, session_id: int) -> float:
         """Return how long a new tab of this session must wait: a tab of it was just closed
-        for abuse (4002), and the wait is the time its rate limit takes to refill.
-
-        A flooder that reconnects at once got a fresh burst each time: 24 connections a
-        second, each 40 switches decided and written before the close (docs/performance.md,
-        "Flood"). Waiting before the accept costs the hub a timer, not a connection's work.
-        """
+        for abuse (4002), and the wait is the time its rate limit takes to refill (a flooder
+        reconnecting at once got a fresh burst each time: docs/performance.md, "Flood")."""
         return self._cooling.left(session_id)
 
     # Messages from tabs.
@@ -221,10 +210,11 @@ class Hub:
             if isinstance(frame, bytes):
                 raise BadMessage("Binary frames are not supported; send JSON text frames")
             message = decode(frame)
+            member = self._sharing.asker(tab, message)  # a switch of a shared connection's
         except BadMessage as error:
             self._bad_message(tab, str(error))
             return
-        if not tab.admit():
+        if not (self._sharing.admit(tab, member) if member else tab.admit()):
             if tab.closing:
                 return
             if isinstance(message, Switch):
@@ -232,10 +222,15 @@ class Hub:
             else:
                 tab.send(encode(Error(code=ErrorCode.RATE_LIMITED, message=_RATE_MESSAGE)))
             return
-        if isinstance(message, Ping):
-            tab.send(_PONG)
-        else:
-            await self.switch(tab.user.id, tab.session_id, message, tab=tab)
+        match message:
+            case Ping():
+                tab.send(_PONG)
+            case Attach(tab=member_id):
+                self._sharing.attach(tab, member_id)
+            case Detach(tab=member_id):
+                self._sharing.detach(tab, member_id)
+            case Switch():
+                await self.switch(tab.user.id, tab.session_id, message, tab=tab)
 
     async def switch(
         self, user_id: int, session_id: int, request: Switch, *, tab: Tab | None = None
@@ -253,7 +248,9 @@ class Hub:
                 with contextlib.suppress(StoreUnavailable):
                     state = await self.store.load_state(user_id)
             return self._rejection(request, refusal, state)
-        tab_id = tab.id if tab else None
+        # Over a shared connection, the member that asked (Hub.receive checked it is one).
+        member = request.tab if tab is not None and request.tab != tab.id else None
+        tab_id = member or (tab.id if tab else None)
         arrived = time.monotonic()
         with bound(request=request.id):
             try:
@@ -269,11 +266,15 @@ class Hub:
                 self.end_session(session_id, ended)
                 return None
             case Accepted():
-                reply = Switched(id=request.id, version=decision.version)
+                reply = Switched(id=request.id, version=decision.version, tab=member)
             case Refused():
                 message = describe(decision.reason, decision.state, decision.detail)
                 reply = Rejected(
-                    id=request.id, reason=decision.reason, message=message, state=decision.state
+                    id=request.id,
+                    reason=decision.reason,
+                    message=message,
+                    state=decision.state,
+                    tab=member,
                 )
         # The asking tab hears its decision before the broadcast of what it caused.
         if tab is not None and not tab.closing:
@@ -340,7 +341,7 @@ class Hub:
         counted before the sessions are revoked, since the commit itself may close them."""
         if session_id is not None:
             return self._sessions.count(session_id)
-        return sum(not tab.closing for tab in self.tabs(user_id))
+        return sum(tab.width for tab in self.tabs(user_id) if not tab.closing)
 
     def session_opened(self, user_id: int, displaced: Sequence[int] = ()) -> None:
         """A login session of the user was opened, ending ``displaced`` (the oldest, past
@@ -394,18 +395,21 @@ class Hub:
     def _bad_message(self, tab: Tab, detail: str) -> None:
         tab.bad_messages += 1
         if tab.bad_messages > self.max_bad_messages:
-            # Keep the queued errors: they tell the client what it did wrong.
-            self._spend(tab)
-            tab.close(CloseCode.PROTOCOL_ABUSE, "too many malformed messages", drop=False)
+            tab.close_for_abuse("too many malformed messages")
             return
         tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))
 
     def _reply_rejected(self, tab: Tab, request: Switch, reason: RejectReason) -> None:
-        tab.send(encode(self._rejection(request, reason, self.state_of(tab.user.id))))
+        member = request.tab if request.tab != tab.id else None
+        rejected = self._rejection(request, reason, self.state_of(tab.user.id), member)
+        tab.send(encode(rejected))
 
     @staticmethod
-    def _rejection(request: Switch, reason: RejectReason, state: StateView | None) -> Rejected:
-        return Rejected(id=request.id, reason=reason, message=describe(reason, state), state=state)
+    def _rejection(
+        request: Switch, reason: RejectReason, state: StateView | None, tab: str | None = None
+    ) -> Rejected:
+        message = describe(reason, state)
+        return Rejected(id=request.id, reason=reason, message=message, state=state, tab=tab)
 
     def _remove(self, tab: Tab) -> None:
         self._sessions.remove(tab)

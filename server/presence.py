@@ -232,5 +232,9 @@ _ENDED_KEPT = 10_000
 
 
 def _counts(room: Room) -> Counter[int]:
-    """Count each session's open tabs in a room."""
-    return Counter(tab.session_id for tab in room.tabs.values() if not tab.closing)
+    """Count each session's open tabs in a room, a shared connection's members included."""
+    counts: Counter[int] = Counter()
+    for tab in room.tabs.values():
+        if not tab.closing:
+            counts[tab.session_id] += tab.width
+    return counts

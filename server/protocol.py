@@ -22,9 +22,13 @@ __all__ = [
     "LINE",
     "PLATFORMS_CAUSE",
     "PROTOCOL_VERSION",
+    "TAB_ID",
+    "Attach",
     "Cause",
     "ClientMessage",
     "CloseCode",
+    "Detach",
+    "Detached",
     "Device",
     "Error",
     "ErrorCode",
@@ -46,6 +50,7 @@ __all__ = [
     "StateView",
     "Switch",
     "Switched",
+    "TabId",
     "UserInfo",
     "decode",
     "decode_server",
@@ -62,6 +67,9 @@ PROTOCOL_VERSION = 1
 # PostgreSQL cannot store, nor any other C0 control character), from the host bodies.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE)]
+# A tab's id: the ?tab= of its handshake, or a member's of a shared connection (Attach).
+TAB_ID = r"^[A-Za-z0-9_-]{1,64}$"
+TabId = Annotated[str, msgspec.Meta(pattern=TAB_ID)]
 PlatformId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
@@ -148,6 +156,8 @@ class ErrorCode(enum.StrEnum):
     # The host API (server/web/host_api.py).
     UNKNOWN_USER = "unknown_user"
     UNKNOWN_SESSION = "unknown_session"
+    # A shared connection's attach past max_tabs_per_user (the user's tabs, members counted).
+    TAB_LIMIT = "tab_limit"
 
 
 class SessionEndReason(enum.StrEnum):
@@ -213,19 +223,34 @@ class Switch(_Frozen, frozen=True, tag="switch", tag_field="type"):
     """Ask to make ``platform`` active, given that the tab last saw version ``base``.
 
     Also the body of ``POST /api/switch``: decoded as this type alone, ``type`` may be left
-    out (and must be "switch" if given).
+    out (and must be "switch" if given). On a shared connection, ``tab`` names the member
+    tab that asks (attached before); left out, it is the connection's own tab.
     """
 
     id: RequestId
     platform: PlatformId
     base: Version
+    tab: TabId | None = None
 
 
 class Ping(_Frozen, frozen=True, tag="ping", tag_field="type"):
     """Check that the connection is alive; answered with ``pong``."""
 
 
-ClientMessage = Switch | Ping
+class Attach(_Frozen, frozen=True, tag="attach", tag_field="type"):
+    """Carry another tab of this browser on this connection (shared connections): answered
+    with that tab's ``hello``; from then on, the connection's broadcasts are its too."""
+
+    tab: TabId
+
+
+class Detach(_Frozen, frozen=True, tag="detach", tag_field="type"):
+    """Stop carrying a member tab (it closed); not answered."""
+
+    tab: TabId
+
+
+ClientMessage = Switch | Ping | Attach | Detach
 
 
 # From the hub.
@@ -261,14 +286,16 @@ class Pong(_Frozen, frozen=True, tag="pong", tag_field="type"):
     """Answer a ping."""
 
 
-class Switched(_Frozen, frozen=True, tag="switched", tag_field="type"):
+class Switched(_Frozen, frozen=True, tag="switched", tag_field="type", omit_defaults=True):
     """Tell the asking tab its switch was accepted and committed at ``version``."""
 
     id: str
     version: int
+    # The member tab that asked, on a shared connection (left out for the connection's own).
+    tab: str | None = None
 
 
-class Rejected(_Frozen, frozen=True, tag="rejected", tag_field="type"):
+class Rejected(_Frozen, frozen=True, tag="rejected", tag_field="type", omit_defaults=True):
     """Tell the asking tab its switch was refused, why, and what the state is."""
 
     id: str
@@ -276,6 +303,14 @@ class Rejected(_Frozen, frozen=True, tag="rejected", tag_field="type"):
     message: str
     # Null only when the database is unreachable and the hub holds no state of this user.
     state: StateView | None
+    tab: str | None = None  # as Switched's
+
+
+class Detached(_Frozen, frozen=True, tag="detached", tag_field="type"):
+    """Tell a shared connection that it no longer carries member ``tab``: another connection
+    (or the tab's own) took it."""
+
+    tab: str
 
 
 class StateMessage(_Frozen, frozen=True, tag="state", tag_field="type"):
@@ -311,11 +346,13 @@ ENDED_WORDS = {
 }
 
 
-class Error(_Frozen, frozen=True, tag="error", tag_field="type"):
+class Error(_Frozen, frozen=True, tag="error", tag_field="type", omit_defaults=True):
     """Report a frame the hub could not accept; the connection stays open."""
 
     code: ErrorCode
     message: str
+    # The member tab the frame named, on a shared connection (an attach refused).
+    tab: str | None = None
 
 
 ServerMessage = (
@@ -328,10 +365,12 @@ ServerMessage = (
     | PresenceMessage
     | SessionExpiring
     | SessionEnded
+    | Detached
     | Error
 )
 
 _client_decoder = msgspec.json.Decoder(ClientMessage)
+_CLIENT_TYPES = "switch, ping, attach, detach"
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 _encoder = msgspec.json.Encoder()
 
@@ -373,7 +412,7 @@ def readable(detail: str) -> str:
 def _explain(detail: str) -> str:
     detail = readable(detail)
     if "Invalid value" in detail and "`$.type`" in detail:
-        return f"Unknown message type ({detail}); expected one of: switch, ping"
+        return f"Unknown message type ({detail}); expected one of: {_CLIENT_TYPES}"
     if "missing required field `type`" in detail:
-        return "Message has no `type` field; expected one of: switch, ping"
+        return f"Message has no `type` field; expected one of: {_CLIENT_TYPES}"
     return f"Invalid message: {detail}"

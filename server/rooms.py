@@ -139,8 +139,8 @@ class SessionIndex:
         return {session_id: next(iter(tabs)).expires_at for session_id, tabs in self._tabs.items()}
 
     def count(self, session_id: int) -> int:
-        """Return how many tabs of a session are open (not closing)."""
-        return sum(not tab.closing for tab in self._tabs.get(session_id, ()))
+        """Return how many tabs of a session are open (not closing), members included."""
+        return sum(tab.width for tab in self._tabs.get(session_id, ()) if not tab.closing)
 
     def end(self, session_id: int, reason: SessionEndReason) -> int:
         """Send session_ended to every tab of a session and close each with 4001; return

@@ -19,6 +19,7 @@ from server.protocol import CloseCode, Device, UserInfo
 
 if TYPE_CHECKING:
     from server.hub import Hub
+    from server.sharing import Member
 
 __all__ = ["Tab", "TabState", "Transport", "TransportClosed"]
 
@@ -81,6 +82,8 @@ class Tab:
         self.warned_for: str | None = None
         # The devices this tab was last told of (server/presence.py).
         self.devices: tuple[Device, ...] = ()
+        # The other tabs this connection carries (a shared connection: server/sharing.py).
+        self.members: dict[str, Member] | None = None
         self.expires_at: str = ""
         # Runs only while the outbox holds something: an idle tab has no task.
         self.writer: asyncio.Task[None] | None = None
@@ -94,6 +97,11 @@ class Tab:
     def closing(self) -> bool:
         """Tell whether the tab is being closed."""
         return self.outbox.closing
+
+    @property
+    def width(self) -> int:
+        """Return how many tabs this connection is: its own and its members."""
+        return 1 + len(self.members) if self.members else 1
 
     @property
     def gone(self) -> bool:
@@ -152,9 +160,14 @@ class Tab:
         # (4002), before its answers could pile up unread.
         self.excess_messages += 1
         if self.excess_messages > self._hub.max_bad_messages and not self.closing:
-            self._hub._spend(self)
-            self.close(CloseCode.PROTOCOL_ABUSE, "too many messages", drop=False)
+            self.close_for_abuse("too many messages")
         return False
+
+    def close_for_abuse(self, reason: str) -> None:
+        """Close the tab with 4002 after what is queued (its errors say what it did wrong),
+        and cool its session down (Hub.cooldown)."""
+        self._hub._spend(self)
+        self.close(CloseCode.PROTOCOL_ABUSE, reason, drop=False)
 
     def overflowed(self) -> None:
         """Close a tab whose connection holds more unsent than it may (4008)."""

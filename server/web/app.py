@@ -90,7 +90,8 @@ def create_app(
         app.state.database, app.state.hub, app.state.listener = database, hub, listener
         app.state.feed_reader = reader
         metrics.watch(
-            tabs=lambda: len(hub.tabs()),
+            tabs=lambda: sum(tab.width for tab in hub.tabs()),
+            connections=lambda: len(hub.tabs()),
             sessions=lambda: len(hub.session_ids()),
             checked_out=database.checked_out,
             coalesced=hub.coalesced,

@@ -51,7 +51,7 @@ def _health(request: Request, code: int, status: str, reason: str | None = None)
     body: dict[str, Any] = {
         "status": status,
         "version": __version__,
-        "tabs": len(hub.tabs()),
+        "tabs": sum(tab.width for tab in hub.tabs()),  # a shared connection's members too
         "pid": os.getpid(),  # which process answered: several serve one port with --workers
         # Pool hygiene at a glance: 0 whenever no unit of work is running.
         "connections_checked_out": database.checked_out(),

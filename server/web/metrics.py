@@ -60,7 +60,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-        self._tabs = Gauge("hub_tabs", "Tabs connected to this process.", registry=registry)
+        self._tabs = Gauge(
+            "hub_tabs",
+            "Tabs connected to this process (a shared connection's members included).",
+            registry=registry,
+        )
+        self._connections = Gauge(
+            "hub_connections",
+            "WebSocket connections to this process (a shared connection carries several tabs).",
+            registry=registry,
+        )
         self._sessions = Gauge(
             "hub_sessions_connected",
             "Login sessions with at least one tab connected to this process.",
@@ -87,6 +96,7 @@ class Metrics:
         self,
         *,
         tabs: Callable[[], float],
+        connections: Callable[[], float],
         sessions: Callable[[], float],
         checked_out: Callable[[], float],
         coalesced: Callable[[], float],
@@ -96,6 +106,7 @@ class Metrics:
     ) -> None:
         """Read these figures from the running hub whenever the metrics are scraped."""
         self._tabs.set_function(tabs)
+        self._connections.set_function(connections)
         self._sessions.set_function(sessions)
         self._checked_out.set_function(checked_out)
         if reconnects is not None:

@@ -1,0 +1,140 @@
+"""Shared connections: one WebSocket carrying several tabs of one browser.
+
+A browser's tabs may share one connection (navigation.js's ``shareConnection``): the tab that
+holds it attaches the others (``attach``), and the hub counts each member as a tab of its own
+(presence, ``max_tabs_per_user``), decides each member's switches under the member's own rate
+limit, and tags what is one member's alone (its hello, its switch's answer) with its id; what
+every tab of the user gets (states, holds, presence, session notices) goes down the
+connection once.
+
+A member is of the connection's login session by construction: the connection authenticated
+it, and the hub takes the member's word for nothing else. A tab id is carried by one
+connection at a time: attached elsewhere, or connecting with a socket of its own, it leaves the
+connection that had it (``detached``), as a reused tab id replaces an older socket (4005).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from server.errors import BadMessage
+from server.limits import TokenBucket
+from server.protocol import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    CloseCode,
+    Detached,
+    Device,
+    Error,
+    ErrorCode,
+    Hello,
+    SessionInfo,
+    Switch,
+    encode,
+)
+from server.rooms import Room
+from server.tab import Tab
+
+if TYPE_CHECKING:
+    from server.hub import Hub
+
+__all__ = ["Member", "Sharing", "width"]
+
+
+class Member:
+    """A tab carried by another tab's connection: its own rate limit."""
+
+    __slots__ = ("bucket", "excess")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.bucket = TokenBucket(rate, burst)
+        self.excess = 0  # frames over the rate limit, in a row
+
+
+def width(room: Room) -> int:
+    """Count a room's open tabs, members included."""
+    return sum(tab.width for tab in room.tabs.values() if not tab.closing)
+
+
+class Sharing:
+    """Attach and detach the members of shared connections, and admit their frames."""
+
+    def __init__(self, hub: Hub, rooms: dict[int, Room]) -> None:
+        self._hub = hub
+        self._rooms = rooms
+
+    def attach(self, tab: Tab, member_id: str) -> None:
+        """Carry ``member_id`` on ``tab``'s connection and queue its hello (again, if it is
+        already carried: a new leader re-attaches every tab)."""
+        hub, room = self._hub, self._rooms[tab.user.id]
+        if member_id == tab.id:
+            self._refuse(tab, member_id, ErrorCode.BAD_MESSAGE, "A connection carries its own tab.")
+            return
+        if tab.members is None or member_id not in tab.members:
+            replaced = room.tabs.get(member_id)
+            if width(room) - (replaced is not None) >= hub.max_tabs_per_user:
+                limit = f"at most {hub.max_tabs_per_user} tabs per user"
+                self._refuse(tab, member_id, ErrorCode.TAB_LIMIT, limit)
+                return
+            if replaced is not None:
+                replaced.close(CloseCode.TAB_REPLACED, "tab id taken by a shared connection")
+            self.release(room, member_id)
+            if tab.members is None:
+                tab.members = {}
+            tab.members[member_id] = Member(hub.messages_per_second, hub.message_burst)
+        tab.send(self.hello(room, tab, member_id, hub.presence.join(room, tab.user.id, tab)))
+
+    def hello(self, room: Room, tab: Tab, tab_id: str, devices: tuple[Device, ...]) -> str:
+        """Return the hello of ``tab_id``, carried by ``tab``'s connection (its own, or a
+        member's): the room's state and hold, the devices given."""
+        assert room.state is not None  # read (or followed) by the connection's own join
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            tab=tab_id,
+            user=tab.user,
+            state=room.state,
+            session=SessionInfo(expires_at=tab.expires_at),
+            heartbeat_s=self._hub.heartbeat_s,
+            hold=room.hold,
+            devices=devices,
+        )
+        return encode(hello)
+
+    def detach(self, tab: Tab, member_id: str) -> None:
+        """Stop carrying ``member_id`` (unknown: nothing to do)."""
+        if tab.members is not None and tab.members.pop(member_id, None) is not None:
+            self._hub.presence.mark(tab.user.id)
+
+    def release(self, room: Room, tab_id: str, keep: Tab | None = None) -> None:
+        """Take ``tab_id`` off any connection of the room that carries it, telling it so."""
+        for carrier in room.tabs.values():
+            if carrier.members and carrier is not keep and tab_id in carrier.members:
+                del carrier.members[tab_id]
+                carrier.send(encode(Detached(tab=tab_id)))
+                self._hub.presence.mark(carrier.user.id)
+
+    @staticmethod
+    def asker(tab: Tab, message: ClientMessage) -> Member | None:
+        """Return the member a switch is for (None: the connection's own tab); raise
+        BadMessage if it names a tab the connection does not carry."""
+        if not isinstance(message, Switch) or message.tab in (None, tab.id):
+            return None
+        member = tab.members.get(message.tab) if tab.members else None
+        if member is None:
+            raise BadMessage(f"Tab {message.tab!r} is not attached to this connection")
+        return member
+
+    def admit(self, tab: Tab, member: Member) -> bool:
+        """Take a token of a member's rate limit; as Tab.admit, a connection whose members
+        keep sending past it is closed (4002)."""
+        if member.bucket.take():
+            member.excess = 0
+            return True
+        member.excess += 1
+        if member.excess > self._hub.max_bad_messages and not tab.closing:
+            tab.close_for_abuse("too many messages")
+        return False
+
+    @staticmethod
+    def _refuse(tab: Tab, member_id: str, code: ErrorCode, message: str) -> None:
+        tab.send(encode(Error(code=code, message=message, tab=member_id)))
