@@ -150,6 +150,14 @@ export interface HubClientOptions {
   channelName?: string | null;
   /** The sessionStorage key of the tab id. */
   tabKey?: string;
+  /**
+   * One WebSocket for all the tabs of this browser profile and origin: a leader elected with
+   * Web Locks holds it, the others reach the hub through it over a BroadcastChannel. Where
+   * either API is missing, each tab keeps a socket of its own. Default false.
+   */
+  shareConnection?: boolean;
+  /** The name of the lock and the channel the shared connection uses. */
+  shareName?: string;
   /** Where the tab id is kept (default: sessionStorage). */
   storage?: TabIdStorage;
 }
@@ -177,10 +185,22 @@ export interface HubClientEventMap {
   unknown: CustomEvent<{ message: unknown }>;
 }
 
+/** The connection shared by a browser's tabs (`shareConnection`). */
+export declare class SharedLink {
+  /** Whether Web Locks and BroadcastChannel are both here. */
+  static available(): boolean;
+  /** Whether this tab holds the shared WebSocket. */
+  get leader(): boolean;
+  /** Settles once this tab knows whether it leads now. */
+  readonly decided: Promise<void>;
+}
+
 export declare class HubClient extends EventTarget {
   constructor(options?: HubClientOptions);
   readonly url: URL;
   readonly api: URL;
+  /** The connection shared with this browser's other tabs, or null: a socket of its own. */
+  readonly link: SharedLink | null;
   /** The state to show: authoritative, with the pending choice; null before the first. */
   get state(): Readonly<ClientState> | null;
   get status(): StatusValue;

@@ -107,12 +107,19 @@ export const DEFAULTS = Object.freeze({
   claimWindowMs: 80,
   channelName: "platform-hub",
   tabKey: "platform-hub.tab",
+  // One WebSocket for all the tabs of this browser profile and origin (SharedLink): off
+  // unless asked; where Web Locks or BroadcastChannel is missing, a socket per tab anyway.
+  shareConnection: false,
+  shareName: "platform-hub.link",
 });
 
 // The hub's rule for tab ids (server/web/websocket.py); request ids may be 1 to 64 characters of any kind.
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // A session's handle, as the hub's revoke path takes it (server/web/paths.py).
 const HANDLE = /^[A-Za-z0-9_-]{1,32}$/;
+// A member a shared connection's leader has not heard from this long (it pings every
+// heartbeat_s, 25 s by default) closed without a word: the leader detaches it.
+const MEMBER_SILENCE_MS = 75000;
 // The tab ids held by live HubClients of this page: a second client in one page gets an id of
 // its own instead of the one in sessionStorage (which the first holds).
 const PAGE_TAB_IDS = new Set();
@@ -447,6 +454,233 @@ export class TabChannel {
 }
 
 /**
+ * One WebSocket shared by the tabs of a browser profile and origin (`shareConnection`).
+ *
+ * The tabs elect a leader with the Web Locks API (the lock `shareName`): the leader holds the
+ * only WebSocket and carries the others on it (the hub's `attach`); the others reach the hub
+ * through it over a BroadcastChannel of the same name. To its HubClient each side is a
+ * socket as a WebSocket is (`open()`): the leader's wraps the real one, relaying what the hub
+ * says to one member (tagged with its `tab`) to that member and what it says to all to every
+ * member; a member's posts what its client sends to the leader, which sends it as the
+ * member's (a switch with its `tab`) and answers its pings itself. When the leader goes
+ * (closed, crashed), the browser gives the lock to another tab, which announces itself: every
+ * member's socket closes, and its client reconnects through the new leader as after any loss
+ * (a switch in flight goes again with its id: the hub applies it once).
+ */
+export class SharedLink {
+  #leader = false;
+  #members = new Map(); // tab id: when last heard (the leader's)
+  #hub = null; // the leader's socket, while it has had its hello
+  #local = null; // this tab's socket (either kind)
+  #release = null;
+  #pruner = null;
+  #closed = false;
+
+  constructor({ name, tabId, onLeader, locks = globalThis.navigator?.locks, Channel = globalThis.BroadcastChannel }) {
+    this.name = name;
+    this.tabId = tabId; // () => this tab's id
+    this.onLeader = onLeader; // called when this tab becomes the leader
+    this.channel = new Channel(name);
+    this.channel.onmessage = (event) => this.#fromTab(event.data);
+    const held = new Promise((resolve) => {
+      this.#release = resolve;
+    });
+    let decide;
+    /** Settles once this tab knows whether it leads now (it may lead later, on a handover). */
+    this.decided = new Promise((resolve) => {
+      decide = resolve;
+    });
+    const lead = () => {
+      this.#leader = true;
+      decide();
+      this.#post({ kind: "leader", tab: this.tabId() });
+      this.#pruner = setInterval(() => this.#prune(), MEMBER_SILENCE_MS / 4);
+      this.onLeader();
+      return held; // held until close()
+    };
+    locks
+      .request(name, { ifAvailable: true }, (lock) => {
+        if (lock) return lead();
+        decide(); // another tab leads: wait in line for its end
+        locks.request(name, lead).catch(() => {});
+        return null;
+      })
+      .catch(() => decide());
+  }
+
+  /** Whether Web Locks and BroadcastChannel are both here. */
+  static available() {
+    return typeof globalThis.navigator?.locks?.request === "function" && typeof BroadcastChannel === "function";
+  }
+
+  get leader() {
+    return this.#leader;
+  }
+
+  /** A socket for this tab: the real WebSocket if it leads, else a relay through the leader. */
+  open(url) {
+    this.#local = this.#leader ? this.#leaderSocket(url) : this.#memberSocket();
+    return this.#local;
+  }
+
+  close() {
+    if (!this.#leader) this.#post({ kind: "detach", tab: this.tabId() });
+    clearInterval(this.#pruner);
+    this.#closed = true;
+    this.channel.close();
+    this.#release();
+  }
+
+  #post(message) {
+    if (!this.#closed) this.channel.postMessage(message);
+  }
+
+  /** Detach the members not heard for MEMBER_SILENCE_MS: closed without a word (a crash). */
+  #prune() {
+    const silent = Date.now() - MEMBER_SILENCE_MS;
+    for (const [tab, heard] of this.#members) {
+      if (heard >= silent) continue;
+      this.#members.delete(tab);
+      this.#hub?.send(JSON.stringify({ type: "detach", tab }));
+    }
+  }
+
+  #leaderSocket(url) {
+    const link = this;
+    const ws = new WebSocket(url);
+    const socket = {
+      get readyState() {
+        return ws.readyState;
+      },
+      send: (data) => ws.send(data),
+      close: (code) => ws.close(code),
+      onmessage: null,
+      onclose: null,
+    };
+    ws.onmessage = (event) => {
+      if (link.#fromHub(ws, event.data)) socket.onmessage?.(event);
+    };
+    ws.onclose = (event) => {
+      link.#hub = null;
+      link.#post({ kind: "closed", code: event.code, reason: event.reason });
+      socket.onclose?.(event);
+    };
+    return socket;
+  }
+
+  /** Route a frame of the hub's: to a member, to every member, or here too (true). */
+  #fromHub(ws, data) {
+    let message = null;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return true;
+    }
+    const to = message?.tab;
+    if (message?.type === "hello" && to === this.tabId()) {
+      this.#hub = ws; // carry every member known: a new leader's, or after a reconnect
+      for (const tab of this.#members.keys()) ws.send(JSON.stringify({ type: "attach", tab }));
+      return true;
+    }
+    if (typeof to === "string" && to !== this.tabId()) {
+      if (message.type === "detached") this.#members.delete(to);
+      this.#post({ kind: "down", to, data });
+      return false;
+    }
+    if (message?.type !== "pong") this.#post({ kind: "down", to: null, data });
+    return true;
+  }
+
+  #memberSocket() {
+    const link = this;
+    const tab = this.tabId();
+    const socket = {
+      readyState: WebSocket.OPEN,
+      send: (data) => link.#post({ kind: "up", tab, data }),
+      close: () => {
+        socket.readyState = WebSocket.CLOSED;
+        link.#post({ kind: "detach", tab });
+      },
+      onmessage: null,
+      onclose: null,
+    };
+    this.#post({ kind: "attach", tab });
+    return socket;
+  }
+
+  /** A member's socket ends as the leader's did (or on a new leader: it reconnects). */
+  #endMember(code, reason = "") {
+    const socket = this.#local;
+    if (!socket || this.#leader || socket.readyState === WebSocket.CLOSED) return;
+    socket.readyState = WebSocket.CLOSED;
+    socket.onclose?.({ code, reason });
+  }
+
+  #fromTab(message) {
+    if (!message || typeof message !== "object") return;
+    if (this.#leader) {
+      this.#asLeader(message);
+      return;
+    }
+    switch (message.kind) {
+      case "down":
+        if (message.to === null || message.to === this.tabId()) {
+          const socket = this.#local;
+          if (!socket || socket.readyState !== WebSocket.OPEN) break;
+          if (message.to !== null && message.data.includes('"detached"')) {
+            this.#endMember(CloseCode.ABNORMAL); // another connection took this tab: again
+            break;
+          }
+          socket.onmessage?.({ data: message.data });
+        }
+        break;
+      case "closed":
+        this.#endMember(message.code, message.reason);
+        break;
+      case "leader":
+        this.#endMember(CloseCode.ABNORMAL); // reconnects through the new leader
+        break;
+      default:
+        break;
+    }
+  }
+
+  #asLeader(message) {
+    const tab = message.tab;
+    if (typeof tab !== "string" || !TAB_ID.test(tab) || tab === this.tabId()) return;
+    const hub = this.#hub;
+    switch (message.kind) {
+      case "attach":
+        this.#members.set(tab, Date.now());
+        hub?.send(JSON.stringify({ type: "attach", tab }));
+        break;
+      case "detach":
+        if (this.#members.delete(tab)) hub?.send(JSON.stringify({ type: "detach", tab }));
+        break;
+      case "up": {
+        if (!this.#members.has(tab) || typeof message.data !== "string") return;
+        this.#members.set(tab, Date.now());
+        let frame = null;
+        try {
+          frame = JSON.parse(message.data);
+        } catch {
+          return;
+        }
+        if (frame?.type === "ping") {
+          // The leader answers: the member learns that its leader (and its link) is alive.
+          if (hub) this.#post({ kind: "down", to: tab, data: '{"type":"pong"}' });
+        } else if (frame?.type === "switch") {
+          hub?.send(JSON.stringify({ ...frame, tab }));
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/**
  * The HTTP fallback, kept apart from the WebSocket path as centrifuge-js keeps its transports:
  * `GET state` (the session probe after a failed attempt, and degraded mode's poll), `POST switch`
  * (degraded mode's switches, with the request ids the WebSocket would use) and the poll timer.
@@ -552,6 +786,11 @@ export class HubClient extends EventTarget {
     this.channel = this.options.channelName
       ? new TabChannel(this.options.channelName, (message) => this.#fromTab(message))
       : null;
+    /** The connection shared with this browser's other tabs, or null: a socket of its own. */
+    this.link =
+      this.options.shareConnection && SharedLink.available()
+        ? new SharedLink({ name: this.options.shareName, tabId: () => this.tabId, onLeader: () => this.#lead() })
+        : null;
     this.#listen(globalThis, "online", () => this.#wake());
     if (globalThis.document) {
       this.#listen(document, "visibilitychange", () => {
@@ -671,6 +910,17 @@ export class HubClient extends EventTarget {
         this.#takeId(randomId(), true);
       }
     }
+    if (this.link) await this.link.decided;
+    this.#connect();
+  }
+
+  /** This tab now leads the shared connection: trade its relay for the real socket at once. */
+  #lead() {
+    const socket = this.#socket;
+    if (!socket || this.#over()) return;
+    socket.onmessage = socket.onclose = null;
+    this.#socket = null;
+    this.#stopHeartbeat();
     this.#connect();
   }
 
@@ -682,7 +932,7 @@ export class HubClient extends EventTarget {
     url.searchParams.set("tab", this.tabId);
     let socket;
     try {
-      socket = new WebSocket(url);
+      socket = this.link ? this.link.open(url) : new WebSocket(url);
     } catch {
       this.#lost(CloseCode.ABNORMAL);
       return;
@@ -1058,6 +1308,7 @@ export class HubClient extends EventTarget {
     }
     this.#listeners = [];
     this.channel?.close();
+    this.link?.close();
     PAGE_TAB_IDS.delete(this.#tabId);
   }
 

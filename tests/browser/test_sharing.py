@@ -1,0 +1,70 @@
+"""One WebSocket per browser (``shareConnection``), in a real Chromium against a real hub:
+the tabs of a context elect a leader with Web Locks and reach the hub through it over a
+BroadcastChannel."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from playwright.async_api import expect
+
+from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
+from tests.browser.test_client import choose, others, shows, state
+from tests.conftest import RunningHub
+from tests.support.processes import wait_until
+
+
+def carried(running: RunningHub) -> list[tuple[str, int]]:
+    """The hub's connections: each one's own tab id and how many tabs it is."""
+    return sorted((tab.id, tab.width) for tab in running.hub.tabs())
+
+
+async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
+    running: RunningHub, devices: Any
+) -> None:
+    """Five tabs of one context: the hub counts one connection and five tabs, and a switch
+    from each shows in all. Closing the leader: another tab leads (one connection, four tabs),
+    switching from every tab keeps working; a second context gets its own connection; logout
+    ends all of the first context's tabs."""
+    laptop = await devices(running, shareConnection=True)
+    await laptop.log_in()
+    tabs = [await laptop.open_tab() for _ in range(5)]
+    await wait_until(lambda: [w for _, w in carried(running)] == [5], 5, "one connection, 5 tabs")
+    version = (await state(tabs[0]))["version"]
+    for tab in tabs:
+        target = others(await state(tab))[0]
+        await choose(tab, target)
+        version += 1
+        for each in tabs:
+            await shows(each, version, target)
+
+    ((leader_id, _),) = carried(running)
+    ids = [await tab.evaluate("window.hub.tabId") for tab in tabs]
+    leader = tabs[ids.index(leader_id)]
+    await leader.close()
+    tabs.remove(leader)
+    closed_at = time.monotonic()
+    await wait_until(
+        lambda: [w for _, w in carried(running)] == [4], PATIENCE_MS / 1000, "a new leader"
+    )
+    print(f"handover: one connection of 4 tabs {time.monotonic() - closed_at:.2f} s after")
+    assert carried(running)[0][0] in ids and carried(running)[0][0] != leader_id
+    for tab in tabs:
+        await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    for tab in tabs:
+        target = others(await state(tab))[0]
+        await choose(tab, target)
+        version += 1
+        for each in tabs:
+            await shows(each, version, target, within_ms=PATIENCE_MS)
+
+    phone = await devices(running, shareConnection=True)
+    await phone.log_in()
+    await phone.open_tab()
+    await wait_until(lambda: sorted(w for _, w in carried(running)) == [1, 4], 5, "two devices")
+
+    await tabs[0].click("#logout")
+    for tab in tabs:
+        await expect(tab.locator("#login-view")).to_be_visible(timeout=WITHIN_MS)
+    await wait_until(lambda: [w for _, w in carried(running)] == [1], 5, "the phone alone")
