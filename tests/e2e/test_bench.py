@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import scale, storm
+from bench import scale, sharing, storm
 from bench.run import idle_memory, load
 from bench.targets import ceiling, node_ceiling, node_socketio, node_socketio_tuned, peer
 from tests.support.postgres import require_postgres
@@ -106,3 +106,16 @@ async def test_the_storm_benchmark_times_a_witness_on_another_process() -> None:
         assert result[phase]["switches"] > 0 and result[phase]["unanswered"] == 0, result
         assert 0 < result[phase]["p50_ms"] <= result[phase]["p99_ms"], result
     assert result["witness_rejected"] == {}, result
+
+
+async def test_the_sharing_benchmark_counts_one_connection_per_user_and_every_delivery() -> None:
+    """bench/sharing.py on 4 users of 5 tabs: own sockets are 20 connections, shared ones 4,
+    both 20 tabs; every switch made a version, told to every tab: down each tab's socket (a
+    frame each), or down the shared one once (relayed by its leader)."""
+    own = await sharing.measure(users=4, tabs=5, switches=3, shared=False)
+    shared = await sharing.measure(users=4, tabs=5, switches=3, shared=True)
+    assert (own["hub_connections"], shared["hub_connections"]) == (20, 4)
+    assert own["hub_tabs"] == shared["hub_tabs"] == 20
+    for result in (own, shared):
+        assert result["versions"] == 12 and result["deliveries"] == 60, result
+    assert (own["state_frames_sent"], shared["state_frames_sent"]) == (60, 12)
