@@ -68,8 +68,9 @@ PROTOCOL_VERSION = 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE)]
 # A tab's id: the ?tab= of its handshake, or a member's of a shared connection (Attach).
-TAB_ID = r"^[A-Za-z0-9_-]{1,64}$"
-TabId = Annotated[str, msgspec.Meta(pattern=TAB_ID)]
+# ("$(?!\n)": Python's $, which msgspec's pattern uses, also matches before a final newline.)
+TAB_ID = r"^[A-Za-z0-9_-]{1,64}$(?!\n)"
+TabId = Annotated[str, msgspec.Meta(max_length=64, pattern=TAB_ID)]
 PlatformId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 

@@ -48,12 +48,13 @@ __all__ = [
 
 # Text that every engine can store and every page can show on one line: no NUL (PostgreSQL
 # cannot store it) and no other C0 control character. msgspec refuses lone surrogates and
-# invalid UTF-8 itself.
-LINE = r"^[^\x00-\x1f\x7f]*$"
+# invalid UTF-8 itself. ("$(?!\n)": Python's $, which msgspec's pattern uses, also matches
+# before a final newline, and "a\n" passed.)
+LINE = r"^[^\x00-\x1f\x7f]*$(?!\n)"
 # A user name or an external id: a LINE that a host API path can carry as one segment of its
 # own (no "/" in a user name; neither may be "." or "..", which URLs resolve away).
-USER_NAME = r"^(?!\.\.?$)[^\x00-\x1f\x7f/]*$"
-EXTERNAL_ID = r"^(?!\.\.?$)[^\x00-\x1f\x7f]*$"
+USER_NAME = r"^(?!\.\.?$)[^\x00-\x1f\x7f/]*$(?!\n)"
+EXTERNAL_ID = r"^(?!\.\.?$)[^\x00-\x1f\x7f]*$(?!\n)"
 ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=EXTERNAL_ID)]
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from platform_hub_client.bodies import EXTERNAL_ID, LINE, USER_NAME
 from server.api import LoginRequest, decode_body
 from server.errors import BadMessage
 from server.protocol import (
     ENDED_WORDS,
+    Attach,
     Cause,
     CloseCode,
     Ping,
@@ -112,3 +114,21 @@ def test_a_restart_window_reads_back_and_fits_a_close_frame() -> None:
     assert len(restart_reason(999_999_999).encode()) <= 123
     for other in ("", "hub shutting down", "reconnect within -5 ms", "reconnect within 1e9 ms"):
         assert restart_window_ms(other) == 0
+
+
+def test_no_id_or_line_ends_in_a_newline() -> None:
+    """Python's $ (which msgspec's patterns use) also matches before a final newline: a
+    request id, a tab id, an external id or a platform name ending in one passed, and a tab
+    id of 64 characters and a newline reached a VARCHAR(64) on PostgreSQL (a helper's attack
+    of the shared connections)."""
+    for frame in (
+        {"type": "switch", "id": "a\n", "platform": 1, "base": 0},
+        {"type": "switch", "id": "a", "platform": 1, "base": 0, "tab": "m1\n"},
+        {"type": "attach", "tab": "x" * 64 + "\n"},
+        {"type": "detach", "tab": "m1\n"},
+    ):
+        with pytest.raises(BadMessage):
+            decode(json.dumps(frame))
+    assert decode(json.dumps({"type": "attach", "tab": "x" * 64})) == Attach(tab="x" * 64)
+    for pattern in (LINE, USER_NAME, EXTERNAL_ID):
+        assert re.search(pattern, "name\n") is None and re.search(pattern, "name")
