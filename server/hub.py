@@ -40,7 +40,7 @@ from server.protocol import (
 )
 from server.rooms import Interest, Room, SessionIndex
 from server.rules import Accepted, Decision, Refused, SessionGone, describe
-from server.sharing import Sharing, width
+from server.sharing import Sharing, carrier, width
 from server.store import Store
 from server.tab import Tab, Transport
 
@@ -121,11 +121,11 @@ class Hub:
     ) -> Tab:
         """Register a tab and queue its hello; raise TabLimitReached when the user is full."""
         room = self._rooms.get(user.id) or self._open_room(user.id)
-        previous = room.tabs.get(tab_id)
+        previous = room.tabs.get(tab_id) or carrier(room, tab_id)  # one that moves: no more
         if previous is None and width(room) >= self.max_tabs_per_user:
             self._forget_if_empty(user.id)
             raise TabLimitReached(f"at most {self.max_tabs_per_user} tabs per user")
-        if previous is not None:
+        if previous is not None and previous.id == tab_id:
             previous.close(CloseCode.TAB_REPLACED, "tab id reused by a newer connection")
         self._sharing.release(room, tab_id)  # a member that now has a connection of its own
         tab = Tab(self, transport, tab_id=tab_id, user=user, session_id=session_id)
@@ -214,13 +214,16 @@ class Hub:
         except BadMessage as error:
             self._bad_message(tab, str(error))
             return
+        if member is False:
+            return  # answered: the tab it names is not carried here
         if not (self._sharing.admit(tab, member) if member else tab.admit()):
             if tab.closing:
                 return
             if isinstance(message, Switch):
                 self._reply_rejected(tab, message, RejectReason.RATE_LIMITED)
-            else:
-                tab.send(encode(Error(code=ErrorCode.RATE_LIMITED, message=_RATE_MESSAGE)))
+            else:  # an attach refused names its tab (a ping has none)
+                named = getattr(message, "tab", None)
+                tab.send(encode(Error(ErrorCode.RATE_LIMITED, _RATE_MESSAGE, named)))
             return
         match message:
             case Ping():
@@ -235,12 +238,9 @@ class Hub:
     async def switch(
         self, user_id: int, session_id: int, request: Switch, *, tab: Tab | None = None
     ) -> Switched | Rejected | None:
-        """Decide a switch, answer ``tab`` if given, broadcast any new version, return the answer.
-
-        Returns None when the login session had ended: its tabs are being closed. Without a
-        tab (over HTTP), the session's own bucket rate-limits it, as a tab's bucket limits its
-        WebSocket (Hub.receive), so the fallback is no way around the limit.
-        """
+        """Decide a switch, answer ``tab`` if given, broadcast any new version, return the answer
+        (None: the login session had ended). Without a tab (over HTTP), the session's own
+        bucket rate-limits it, as a tab's bucket limits its WebSocket (Hub.receive)."""
         refusal = None if tab is not None else await self.http_switches.refusal(session_id)
         if refusal is not None:
             state = self.state_of(user_id)
@@ -383,8 +383,7 @@ class Hub:
         tabs = self.tabs()
         for tab in tabs:
             tab.close(code, "hub shutting down")
-        writers = [tab.writer for tab in tabs if tab.writer is not None]
-        if writers:
+        if writers := [tab.writer for tab in tabs if tab.writer is not None]:
             await asyncio.wait(writers, timeout=2)
 
     # Internals.

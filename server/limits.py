@@ -84,6 +84,11 @@ class TokenBucket:
         self._refill()
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
+    def set_rate(self, rate: float) -> None:
+        """Refill at ``rate`` from now on (what was saved up so far stays)."""
+        self._refill()
+        self.rate = rate
+
     def full(self) -> bool:
         """Tell whether the bucket has refilled to its burst (a fresh one is no different)."""
         self._refill()

@@ -126,6 +126,8 @@ class RejectReason(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     # A job of the host app holds the user's switches (the message says which job).
     BUSY = "busy"
+    # A shared connection's switch for a tab it does not carry (any more: it moved).
+    NOT_ATTACHED = "not_attached"
 
 
 class ErrorCode(enum.StrEnum):

@@ -226,3 +226,5 @@ def describe(reason: RejectReason, state: StateView | None, detail: str | None =
             return "The hub cannot reach its database right now; nothing was changed. Try again."
         case RejectReason.BAD_REQUEST:
             return "The switch request is malformed."
+        case RejectReason.NOT_ATTACHED:
+            return "This tab is not on this connection any more; nothing was changed. Try again."

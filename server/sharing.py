@@ -15,9 +15,8 @@ connection that had it (``detached``), as a reused tab id replaces an older sock
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from server.errors import BadMessage
 from server.limits import TokenBucket
 from server.protocol import (
     PROTOCOL_VERSION,
@@ -28,6 +27,7 @@ from server.protocol import (
     Error,
     ErrorCode,
     Hello,
+    RejectReason,
     SessionInfo,
     Switch,
     encode,
@@ -38,7 +38,7 @@ from server.tab import Tab
 if TYPE_CHECKING:
     from server.hub import Hub
 
-__all__ = ["Member", "Sharing", "width"]
+__all__ = ["Carried", "Member", "Sharing", "width"]
 
 
 class Member:
@@ -51,9 +51,30 @@ class Member:
         self.excess = 0  # frames over the rate limit, in a row
 
 
+class Carried(dict[str, Member]):
+    """A shared connection's members, and one budget for all their frames: as many tabs'
+    rate as it carries, one tab's burst. A member detached and attached again (or a new id
+    each time) starts with a full bucket of its own, but never with a fresh budget: a
+    connection that churned ids got 440 switches decided in a second, where a tab gets 60."""
+
+    __slots__ = ("budget",)
+
+    def __init__(self, rate: float, burst: int) -> None:
+        super().__init__()
+        self.budget = TokenBucket(rate, burst)
+
+
 def width(room: Room) -> int:
     """Count a room's open tabs, members included."""
     return sum(tab.width for tab in room.tabs.values() if not tab.closing)
+
+
+def carrier(room: Room, tab_id: str, but: Tab | None = None) -> Tab | None:
+    """Return the open connection of the room that carries ``tab_id`` as a member, if any."""
+    for tab in room.tabs.values():
+        if tab is not but and tab.members and tab_id in tab.members and not tab.closing:
+            return tab
+    return None
 
 
 class Sharing:
@@ -72,7 +93,10 @@ class Sharing:
             return
         if tab.members is None or member_id not in tab.members:
             replaced = room.tabs.get(member_id)
-            if width(room) - (replaced is not None) >= hub.max_tabs_per_user:
+            # A tab moving here from a socket of its own or another connection: not one more.
+            moving = replaced is not None and not replaced.closing
+            moving = moving or carrier(room, member_id, but=tab) is not None
+            if width(room) - moving >= hub.max_tabs_per_user:
                 limit = f"at most {hub.max_tabs_per_user} tabs per user"
                 self._refuse(tab, member_id, ErrorCode.TAB_LIMIT, limit)
                 return
@@ -80,8 +104,9 @@ class Sharing:
                 replaced.close(CloseCode.TAB_REPLACED, "tab id taken by a shared connection")
             self.release(room, member_id)
             if tab.members is None:
-                tab.members = {}
+                tab.members = Carried(hub.messages_per_second, hub.message_burst)
             tab.members[member_id] = Member(hub.messages_per_second, hub.message_burst)
+            tab.members.budget.set_rate(hub.messages_per_second * len(tab.members))
         tab.send(self.hello(room, tab, member_id, hub.presence.join(room, tab.user.id, tab)))
 
     def hello(self, room: Room, tab: Tab, tab_id: str, devices: tuple[Device, ...]) -> str:
@@ -103,6 +128,7 @@ class Sharing:
     def detach(self, tab: Tab, member_id: str) -> None:
         """Stop carrying ``member_id`` (unknown: nothing to do)."""
         if tab.members is not None and tab.members.pop(member_id, None) is not None:
+            tab.members.budget.set_rate(self._hub.messages_per_second * max(1, len(tab.members)))
             self._hub.presence.mark(tab.user.id)
 
     def release(self, room: Room, tab_id: str, keep: Tab | None = None) -> None:
@@ -113,23 +139,30 @@ class Sharing:
                 carrier.send(encode(Detached(tab=tab_id)))
                 self._hub.presence.mark(carrier.user.id)
 
-    @staticmethod
-    def asker(tab: Tab, message: ClientMessage) -> Member | None:
-        """Return the member a switch is for (None: the connection's own tab); raise
-        BadMessage if it names a tab the connection does not carry."""
+    def asker(self, tab: Tab, message: ClientMessage) -> Member | Literal[False] | None:
+        """Return the member a switch is for (None: the connection's own tab), or False when
+        it names a tab the connection does not carry: answered ``not_attached`` (the tab may
+        have just moved to another connection; a retry there with the same id is decided
+        once), not counted as a bad message."""
         if not isinstance(message, Switch) or message.tab in (None, tab.id):
             return None
         member = tab.members.get(message.tab) if tab.members else None
         if member is None:
-            raise BadMessage(f"Tab {message.tab!r} is not attached to this connection")
+            state = self._hub.state_of(tab.user.id)
+            reason = RejectReason.NOT_ATTACHED
+            tab.send(encode(self._hub._rejection(message, reason, state, message.tab)))
+            return False
         return member
 
     def admit(self, tab: Tab, member: Member) -> bool:
-        """Take a token of a member's rate limit; as Tab.admit, a connection whose members
-        keep sending past it is closed (4002)."""
+        """Take a token of a member's rate limit and of its connection's budget; as
+        Tab.admit, a connection whose members keep sending past them is closed (4002)."""
+        assert tab.members is not None
         if member.bucket.take():
-            member.excess = 0
-            return True
+            if tab.members.budget.take():
+                member.excess = 0
+                return True
+            member.bucket.give()
         member.excess += 1
         if member.excess > self._hub.max_bad_messages and not tab.closing:
             tab.close_for_abuse("too many messages")

@@ -19,7 +19,7 @@ from server.protocol import CloseCode, Device, UserInfo
 
 if TYPE_CHECKING:
     from server.hub import Hub
-    from server.sharing import Member
+    from server.sharing import Carried
 
 __all__ = ["Tab", "TabState", "Transport", "TransportClosed"]
 
@@ -83,7 +83,7 @@ class Tab:
         # The devices this tab was last told of (server/presence.py).
         self.devices: tuple[Device, ...] = ()
         # The other tabs this connection carries (a shared connection: server/sharing.py).
-        self.members: dict[str, Member] | None = None
+        self.members: Carried | None = None
         self.expires_at: str = ""
         # Runs only while the outbox holds something: an idle tab has no task.
         self.writer: asyncio.Task[None] | None = None

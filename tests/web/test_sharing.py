@@ -102,8 +102,9 @@ async def test_detach_and_the_connections_end_take_the_members_out_of_presence(
     await leader.send({"type": "detach", "tab": "never-attached"})
     await counted(watcher, {handle: 5})
     await leader.send({"type": "switch", "id": "r", "platform": 1, "base": 0, "tab": "m2"})
-    error = await leader.receive_type("error")
-    assert error["code"] == "bad_message" and "'m2' is not attached" in error["message"]
+    refused = await leader.receive_type("rejected")
+    assert (refused["reason"], refused["tab"]) == ("not_attached", "m2")
+    assert refused["message"].startswith("This tab is not on this connection any more")
     await leader.connection.close()
     await counted(watcher, {handle: 1})
 
@@ -198,3 +199,72 @@ async def test_logout_ends_the_shared_connection_once(running: RunningHub) -> No
     code, messages = await leader.closed()
     assert code == 4001
     assert [m["type"] for m in messages].count("session_ended") == 1
+
+
+async def test_churning_member_ids_gets_no_fresh_budget(make_on_each_engine: MakeSettings) -> None:
+    """A member detached and attached again, or a new id each time, starts with a full bucket
+    of its own, but the connection's members share one budget (as many tabs' rate as it
+    carries, one tab's burst): churning ids buys no switches (a helper's attack got 440
+    decided in a second where a tab gets 60)."""
+    settings = make_on_each_engine(messages_per_second=0.01, message_burst=6)
+    async with serve(settings) as running:
+        token = await running.login("alice")
+        leader = await running.tab(token, "leader")
+        version = leader.version
+        await attach(leader, "m1")
+        for n in range(6):
+            switch = {"type": "switch", "id": f"a{n}", "platform": 1, "base": version, "tab": "m1"}
+            await leader.send(switch)
+            assert (await leader.receive())["id"] == f"a{n}"
+        for churned in ("m1", "m2"):
+            await leader.send({"type": "detach", "tab": "m1"})
+            await attach(leader, churned)
+            switch = {"type": "switch", "id": f"b-{churned}", "platform": 1, "base": version}
+            await leader.send({**switch, "tab": churned})
+            refused = await leader.receive_type("rejected")
+            assert (refused["reason"], refused["tab"]) == ("rate_limited", churned)
+
+
+async def test_a_tab_moving_at_the_tab_limit_is_not_one_more(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """At max_tabs_per_user, a member that opens a socket of its own (a new leader while the
+    old one's socket lingers), or that another connection attaches, moves: it is not refused."""
+    async with serve(make_on_each_engine(max_tabs_per_user=3)) as running:
+        token = await running.login("alice")
+        leader = await running.tab(token, "leader")
+        await attach(leader, "m1")
+        await attach(leader, "m2")
+        own = await running.tab(token, "m1")  # not 4003
+        assert await leader.receive_type("detached") == {"type": "detached", "tab": "m1"}
+        await attach(own, "m2")  # not tab_limit
+        assert await leader.receive_type("detached") == {"type": "detached", "tab": "m2"}
+        assert running.hub.open_tabs(user_id=1) == 3
+
+
+async def test_a_switch_for_a_tab_that_moved_is_answered_not_attached(
+    make_on_each_engine: MakeSettings,
+) -> None:
+    """A leader that relays a switch of a tab another connection has just taken gets
+    ``rejected`` ``not_attached`` with the request's id and the tab (a retry with the same id
+    through the new carrier is decided once), and it does not count as a bad message."""
+    async with serve(make_on_each_engine(max_bad_messages=2)) as running:
+        token = await running.login("alice")
+        first = await running.tab(token, "first")
+        second = await running.tab(token, "second")
+        await attach(first, "m1")
+        await attach(second, "m1")
+        base = first.version
+        for n in range(4):
+            await first.send(
+                {"type": "switch", "id": f"r{n}", "platform": 1, "base": base, "tab": "m1"}
+            )
+            answer = await first.receive_type("rejected")
+            assert (answer["id"], answer["reason"], answer["tab"]) == (
+                f"r{n}",
+                "not_attached",
+                "m1",
+            )
+            assert answer["state"]["version"] == base
+        await first.send({"type": "ping"})
+        assert (await first.receive())["type"] == "pong"  # still open: no 4002
