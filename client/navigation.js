@@ -117,6 +117,9 @@ export const DEFAULTS = Object.freeze({
 const TAB_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // A session's handle, as the hub's revoke path takes it (server/web/paths.py).
 const HANDLE = /^[A-Za-z0-9_-]{1,32}$/;
+// How often the tab a person looks at checks that its shared connection's leader answers; one
+// that missed the last check is replaced (Web Locks' steal).
+const LEADER_CHECK_MS = 1000;
 // A member a shared connection's leader has not heard from this long (it pings every
 // heartbeat_s, 25 s by default) closed without a word: the leader detaches it.
 const MEMBER_SILENCE_MS = 75000;
@@ -472,40 +475,79 @@ export class SharedLink {
   #members = new Map(); // tab id: when last heard (the leader's)
   #hub = null; // the leader's socket, while it has had its hello
   #local = null; // this tab's socket (either kind)
-  #release = null;
+  #release = () => {};
+  #decide = () => {};
   #pruner = null;
+  #checker = null;
+  #awaiting = false; // a check of the leader went unanswered so far
+  #quiet = null; // a socket whose close the members need not hear (this tab was demoted)
   #closed = false;
 
   constructor({ name, tabId, onLeader, locks = globalThis.navigator?.locks, Channel = globalThis.BroadcastChannel }) {
     this.name = name;
     this.tabId = tabId; // () => this tab's id
     this.onLeader = onLeader; // called when this tab becomes the leader
+    this.locks = locks;
     this.channel = new Channel(name);
     this.channel.onmessage = (event) => this.#fromTab(event.data);
-    const held = new Promise((resolve) => {
-      this.#release = resolve;
-    });
-    let decide;
     /** Settles once this tab knows whether it leads now (it may lead later, on a handover). */
     this.decided = new Promise((resolve) => {
-      decide = resolve;
+      this.#decide = resolve;
     });
-    const lead = () => {
-      this.#leader = true;
-      decide();
-      this.#post({ kind: "leader", tab: this.tabId() });
-      this.#pruner = setInterval(() => this.#prune(), MEMBER_SILENCE_MS / 4);
-      this.onLeader();
-      return held; // held until close()
-    };
-    locks
-      .request(name, { ifAvailable: true }, (lock) => {
-        if (lock) return lead();
-        decide(); // another tab leads: wait in line for its end
-        locks.request(name, lead).catch(() => {});
+    this.#request({ ifAvailable: true });
+    // The tab a person looks at checks its leader every LEADER_CHECK_MS: a leader that does
+    // not answer (its page frozen by the browser, say) has its lock taken (steal).
+    this.#checker = setInterval(() => this.#check(), LEADER_CHECK_MS);
+  }
+
+  /** Ask for the lock; lead once it is granted, until close() (or until it is stolen). */
+  #request(options) {
+    this.locks
+      .request(this.name, options, (lock) => {
+        if (lock) return this.#lead();
+        this.#decide(); // another tab leads: wait in line for its end
+        this.#request({});
         return null;
       })
-      .catch(() => decide());
+      .catch(() => {
+        this.#decide();
+        if (this.#leader && !this.#closed) this.#demote(); // another tab took the lock
+      });
+  }
+
+  #lead() {
+    this.#leader = true;
+    this.#awaiting = false;
+    this.#decide();
+    this.#post({ kind: "leader", tab: this.tabId() });
+    this.#pruner = setInterval(() => this.#prune(), MEMBER_SILENCE_MS / 4);
+    this.onLeader();
+    return new Promise((resolve) => {
+      this.#release = resolve; // held until close()
+    });
+  }
+
+  /** The lock was stolen from this tab (it was thought frozen): be a member again. */
+  #demote() {
+    this.#leader = false;
+    clearInterval(this.#pruner);
+    this.#members.clear();
+    const hub = this.#hub;
+    this.#hub = null;
+    this.#quiet = hub; // its close is not the members' to hear: they follow the new leader
+    hub?.close();
+    this.#request({});
+  }
+
+  #check() {
+    if (this.#leader || this.#closed || globalThis.document?.visibilityState === "hidden") return;
+    if (this.#awaiting) {
+      this.#awaiting = false;
+      this.#request({ steal: true });
+      return;
+    }
+    this.#awaiting = true;
+    this.#post({ kind: "alive?", tab: this.tabId() });
   }
 
   /** Whether Web Locks and BroadcastChannel are both here. */
@@ -526,6 +568,7 @@ export class SharedLink {
   close() {
     if (!this.#leader) this.#post({ kind: "detach", tab: this.tabId() });
     clearInterval(this.#pruner);
+    clearInterval(this.#checker);
     this.#closed = true;
     this.channel.close();
     this.#release();
@@ -561,8 +604,8 @@ export class SharedLink {
       if (link.#fromHub(ws, event.data)) socket.onmessage?.(event);
     };
     ws.onclose = (event) => {
-      link.#hub = null;
-      link.#post({ kind: "closed", code: event.code, reason: event.reason });
+      if (link.#hub === ws) link.#hub = null;
+      if (link.#quiet !== ws) link.#post({ kind: "closed", code: event.code, reason: event.reason });
       socket.onclose?.(event);
     };
     return socket;
@@ -595,6 +638,7 @@ export class SharedLink {
     const link = this;
     const tab = this.tabId();
     const socket = {
+      member: true,
       readyState: WebSocket.OPEN,
       send: (data) => link.#post({ kind: "up", tab, data }),
       close: () => {
@@ -611,7 +655,7 @@ export class SharedLink {
   /** A member's socket ends as the leader's did (or on a new leader: it reconnects). */
   #endMember(code, reason = "") {
     const socket = this.#local;
-    if (!socket || this.#leader || socket.readyState === WebSocket.CLOSED) return;
+    if (!socket?.member || this.#leader || socket.readyState === WebSocket.CLOSED) return;
     socket.readyState = WebSocket.CLOSED;
     socket.onclose?.({ code, reason });
   }
@@ -626,7 +670,7 @@ export class SharedLink {
       case "down":
         if (message.to === null || message.to === this.tabId()) {
           const socket = this.#local;
-          if (!socket || socket.readyState !== WebSocket.OPEN) break;
+          if (!socket?.member || socket.readyState !== WebSocket.OPEN) break;
           if (message.to !== null && message.data.includes('"detached"')) {
             this.#endMember(CloseCode.ABNORMAL); // another connection took this tab: again
             break;
@@ -636,6 +680,9 @@ export class SharedLink {
         break;
       case "closed":
         this.#endMember(message.code, message.reason);
+        break;
+      case "alive":
+        if (message.to === this.tabId()) this.#awaiting = false;
         break;
       case "leader":
         this.#endMember(CloseCode.ABNORMAL); // reconnects through the new leader
@@ -650,6 +697,9 @@ export class SharedLink {
     if (typeof tab !== "string" || !TAB_ID.test(tab) || tab === this.tabId()) return;
     const hub = this.#hub;
     switch (message.kind) {
+      case "alive?":
+        this.#post({ kind: "alive", to: tab });
+        break;
       case "attach":
         this.#members.set(tab, Date.now());
         hub?.send(JSON.stringify({ type: "attach", tab }));

@@ -68,3 +68,46 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
     for tab in tabs:
         await expect(tab.locator("#login-view")).to_be_visible(timeout=WITHIN_MS)
     await wait_until(lambda: [w for _, w in carried(running)] == [1], 5, "the phone alone")
+
+
+async def test_a_frozen_leader_is_replaced_and_rejoins_as_a_member(
+    running: RunningHub, devices: Any
+) -> None:
+    """The leader's page stops running script with its lock held (as a page the browser
+    froze; paused here in the debugger, since Chromium freezes only hidden pages and every
+    page of a headless browser is visible): the tab in front takes the lock and the
+    connection, and the others switch through it. Running again, the old leader gives up its
+    socket and is carried by the new one."""
+    laptop = await devices(running, shareConnection=True)
+    await laptop.log_in()
+    tabs = [await laptop.open_tab() for _ in range(3)]
+    await wait_until(lambda: [w for _, w in carried(running)] == [3], 5, "one connection, 3 tabs")
+    ((leader_id, _),) = carried(running)
+    ids = [await tab.evaluate("window.hub.tabId") for tab in tabs]
+    leader = tabs[ids.index(leader_id)]
+    rest = [tab for tab in tabs if tab is not leader]
+    await rest[0].bring_to_front()
+    cdp = await laptop.context.new_cdp_session(leader)
+    await cdp.send("Debugger.enable")
+    await cdp.send("Debugger.pause")
+    frozen_at = time.monotonic()
+    # The frozen page's socket stays open (the hub still counts it), carrying nothing more.
+    await wait_until(
+        lambda: sorted(w for _, w in carried(running)) == [1, 2], PATIENCE_MS / 1000, "a new leader"
+    )
+    print(f"takeover from a frozen leader: {time.monotonic() - frozen_at:.2f} s")
+    version = (await state(rest[0]))["version"]
+    for tab in rest:
+        target = others(await state(tab))[0]
+        await choose(tab, target)
+        version += 1
+        for each in rest:
+            await shows(each, version, target, within_ms=PATIENCE_MS)
+
+    await cdp.send("Debugger.resume")
+    await wait_until(
+        lambda: [w for _, w in carried(running)] == [3], PATIENCE_MS / 1000, "rejoined"
+    )
+    assert carried(running)[0][0] != leader_id
+    await expect(leader.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
+    await shows(leader, version, (await state(rest[0]))["active"], within_ms=PATIENCE_MS)
