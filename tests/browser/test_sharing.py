@@ -10,7 +10,7 @@ from typing import Any
 from playwright.async_api import expect
 
 from tests.browser.conftest import PATIENCE_MS, WITHIN_MS
-from tests.browser.test_client import choose, others, shows, state
+from tests.browser.test_client import choose, others, shows, state, switch_log
 from tests.conftest import RunningHub
 from tests.support.processes import wait_until
 
@@ -25,8 +25,8 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
 ) -> None:
     """Five tabs of one context: the hub counts one connection and five tabs, and a switch
     from each shows in all. Closing the leader: another tab leads (one connection, four tabs),
-    switching from every tab keeps working; a second context gets its own connection; logout
-    ends all of the first context's tabs."""
+    a click made during the handover is applied once, and switching from every tab keeps
+    working; a second context gets its own connection; logout ends the first one's tabs."""
     laptop = await devices(running, shareConnection=True)
     await laptop.log_in()
     tabs = [await laptop.open_tab() for _ in range(5)]
@@ -45,11 +45,20 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
     await leader.close()
     tabs.remove(leader)
     closed_at = time.monotonic()
+    # A click during the handover: sent again with its id through the new leader, applied once.
+    target = others(await state(tabs[0]))[0]
+    await choose(tabs[0], target)
+    version += 1
     await wait_until(
         lambda: [w for _, w in carried(running)] == [4], PATIENCE_MS / 1000, "a new leader"
     )
     print(f"handover: one connection of 4 tabs {time.monotonic() - closed_at:.2f} s after")
     assert carried(running)[0][0] in ids and carried(running)[0][0] != leader_id
+    for each in tabs:
+        await shows(each, version, target, within_ms=PATIENCE_MS)
+    accepted = [row for row in await switch_log(running, 1) if row.accepted]
+    assert [row.version for row in accepted] == list(range(1, version + 1))  # each once
+    assert {row.tab_id for row in accepted} <= set(ids)  # each by the tab that asked
     for tab in tabs:
         await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
     for tab in tabs:

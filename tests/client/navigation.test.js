@@ -630,6 +630,15 @@ describe("HubClient", () => {
     ]);
   });
 
+  test("shareConnection without Web Locks (or BroadcastChannel) falls back to a socket of its own", () => {
+    assert.equal(globalThis.navigator?.locks, undefined, "node has no Web Locks");
+    const { hub, socket } = client({ shareConnection: true });
+    assert.equal(hub.link, null);
+    assert.equal(FakeWebSocket.made.length, 1, "connected at once, as without the option");
+    socket().deliver(hello(hub));
+    assert.equal(hub.status, Status.OPEN);
+  });
+
   describe("tab ids", () => {
     const tabOf = (socket) => new URL(socket.url).searchParams.get("tab");
 

@@ -222,3 +222,40 @@ async def test_counts_of_gone_sessions_and_dead_processes_are_not_counted() -> N
         finally:
             await here.dispose()
             await elsewhere.dispose()
+
+
+async def test_a_shared_connections_members_count_and_switch_across_processes(
+    tmp_path: Path,
+) -> None:
+    """A leader on A carrying three members: a tab of the same person on B counts the
+    device's five tabs (the four and itself), a member's switch reaches B's tab with the
+    member as its cause, and the leader's end takes the four out of B's list."""
+    async with processes(tmp_path, users=1, count=2, presence_heartbeat_s=HEARTBEAT_S) as (
+        _,
+        population,
+        (a, b),
+    ):
+        token = next(iter(population.tokens.values()))
+        leader = await connect(
+            f"ws://127.0.0.1:{a.port}/ws?tab=leader",
+            additional_headers={"Authorization": f"Bearer {token}"},
+        )
+        hello = json.loads(await leader.recv())
+        [session] = [d["session"] for d in hello["devices"]]
+        for member in ("m1", "m2", "m3"):
+            await leader.send(json.dumps({"type": "attach", "tab": member}))
+            while (message := json.loads(await _recv(leader, TIMEOUT)))["type"] != "hello":
+                pass
+            assert message["tab"] == member
+        watcher, _ = await open_tab(b, token, "watcher")
+        await devices_until(watcher, {session: 5})
+        platforms = [p["id"] for p in hello["state"]["platforms"]]
+        target = next(p for p in platforms if p != hello["state"]["active"])
+        switch = {"type": "switch", "id": "r1", "platform": target, "base": 0, "tab": "m2"}
+        await leader.send(json.dumps(switch))
+        while (message := json.loads(await _recv(watcher, TIMEOUT)))["type"] != "state":
+            pass
+        assert message["state"]["active"] == target
+        assert message["cause"] == {"kind": "switch", "tab": "m2", "request": "r1"}
+        await leader.close()
+        await devices_until(watcher, {session: 1})
