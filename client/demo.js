@@ -4,8 +4,10 @@
 import { HubClient, Status, TabChannel, describePlatform } from "./navigation.js";
 
 const $ = (id) => document.getElementById(id);
-// Tests (and developers) may tune the client before the page loads: window.hubOptions.
-const options = window.hubOptions ?? {};
+// Tests (and developers) may tune the client before the page loads: window.hubOptions; and
+// "?share" in the address shares one connection among this browser's tabs (shareConnection).
+const options = { ...(window.hubOptions ?? {}) };
+if (new URLSearchParams(location.search).has("share")) options.shareConnection = true;
 // Another tab of this browser signed in: follow it. (The client's own channel carries states and
 // session ends; this page adds the "login" message, which the client ignores.)
 const pages = new TabChannel(options.channelName ?? "platform-hub", (message) => {
@@ -235,6 +237,15 @@ function renderDevices(devices) {
   }));
 }
 
+// With a shared connection (shareConnection), which tab of this browser carries it.
+function renderLink() {
+  $("link").hidden = !hub?.link;
+  if (!hub?.link) return;
+  $("link").textContent = hub.link.leader
+    ? "This browser's tabs share one connection to the hub, and this tab carries it."
+    : "This browser's tabs share one connection to the hub, carried by another tab.";
+}
+
 $("devices").addEventListener("click", async (e) => {
   const session = e.target.dataset?.session;
   if (!hub || !session || e.target.tagName !== "BUTTON") return;
@@ -273,6 +284,7 @@ function connect(user) {
   $("tab").textContent = hub.tabId.slice(0, 8);
   hub.addEventListener("state", (e) => {
     render(e.detail);
+    renderLink(); // a new leader's hello comes with a state, not a new status
     if ($("manage").open) refreshManaged(e.detail.version);
   });
   hub.addEventListener("status", (e) => {
@@ -280,6 +292,7 @@ function connect(user) {
     $("status").textContent = STATUS_WORDS[status] ?? status;
     $("status").className = `badge ${status}`;
     $("tab").textContent = hub.tabId.slice(0, 8);
+    renderLink();
     if (status === Status.RECONNECTING) announce("Connection lost. Reconnecting…");
     else if (status === Status.DEGRADED) announce("Live updates are blocked; using the HTTP fallback.");
     else if (status === Status.OPEN && previous !== Status.CONNECTING) announce("Connected again.");

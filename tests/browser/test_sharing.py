@@ -41,7 +41,11 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
 
     ((leader_id, _),) = carried(running)
     ids = [await tab.evaluate("window.hub.tabId") for tab in tabs]
-    leader = tabs[ids.index(leader_id)]
+    by_id = dict(zip(ids, tabs, strict=True))
+    leader = by_id[leader_id]
+    for tab in tabs:  # the demo page says which tab carries the connection
+        said = "this tab carries it" if tab is leader else "carried by another tab"
+        await expect(tab.locator("#link")).to_contain_text(said)
     await leader.close()
     tabs.remove(leader)
     closed_at = time.monotonic()
@@ -56,6 +60,8 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
     assert carried(running)[0][0] in ids and carried(running)[0][0] != leader_id
     for each in tabs:
         await shows(each, version, target, within_ms=PATIENCE_MS)
+    new_leader = by_id[carried(running)[0][0]]
+    await expect(new_leader.locator("#link")).to_contain_text("this tab carries it")
     accepted = [row for row in await switch_log(running, 1) if row.accepted]
     assert [row.version for row in accepted] == list(range(1, version + 1))  # each once
     assert {row.tab_id for row in accepted} <= set(ids)  # each by the tab that asked
