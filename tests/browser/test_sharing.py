@@ -15,6 +15,18 @@ from tests.conftest import RunningHub
 from tests.support.processes import wait_until
 
 
+async def switch_from_each(tabs: list[Any], version: int, within_ms: int = WITHIN_MS) -> int:
+    """Click another platform in each tab in turn; each shows in every tab. Return the
+    version after them."""
+    for tab in tabs:
+        target = others(await state(tab))[0]
+        await choose(tab, target)
+        version += 1
+        for each in tabs:
+            await shows(each, version, target, within_ms=within_ms)
+    return version
+
+
 def carried(running: RunningHub) -> list[tuple[str, int]]:
     """The hub's connections: each one's own tab id and how many tabs it is."""
     return sorted((tab.id, tab.width) for tab in running.hub.tabs())
@@ -31,13 +43,7 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
     await laptop.log_in()
     tabs = [await laptop.open_tab() for _ in range(5)]
     await wait_until(lambda: [w for _, w in carried(running)] == [5], 5, "one connection, 5 tabs")
-    version = (await state(tabs[0]))["version"]
-    for tab in tabs:
-        target = others(await state(tab))[0]
-        await choose(tab, target)
-        version += 1
-        for each in tabs:
-            await shows(each, version, target)
+    version = await switch_from_each(tabs, (await state(tabs[0]))["version"])
 
     ((leader_id, _),) = carried(running)
     ids = [await tab.evaluate("window.hub.tabId") for tab in tabs]
@@ -67,12 +73,7 @@ async def test_five_tabs_share_one_connection_and_survive_their_leaders_close(
     assert {row.tab_id for row in accepted} <= set(ids)  # each by the tab that asked
     for tab in tabs:
         await expect(tab.locator("#status")).to_have_text("Live", timeout=PATIENCE_MS)
-    for tab in tabs:
-        target = others(await state(tab))[0]
-        await choose(tab, target)
-        version += 1
-        for each in tabs:
-            await shows(each, version, target, within_ms=PATIENCE_MS)
+    version = await switch_from_each(tabs, version, PATIENCE_MS)
 
     phone = await devices(running, shareConnection=True)
     await phone.log_in()
@@ -111,13 +112,7 @@ async def test_a_frozen_leader_is_replaced_and_rejoins_as_a_member(
         lambda: sorted(w for _, w in carried(running)) == [1, 2], PATIENCE_MS / 1000, "a new leader"
     )
     print(f"takeover from a frozen leader: {time.monotonic() - frozen_at:.2f} s")
-    version = (await state(rest[0]))["version"]
-    for tab in rest:
-        target = others(await state(tab))[0]
-        await choose(tab, target)
-        version += 1
-        for each in rest:
-            await shows(each, version, target, within_ms=PATIENCE_MS)
+    version = await switch_from_each(rest, (await state(rest[0]))["version"], PATIENCE_MS)
 
     await cdp.send("Debugger.resume")
     await wait_until(
