@@ -482,6 +482,10 @@ export class SharedLink {
   #awaiting = false; // a check of the leader went unanswered so far
   #quiet = null; // a socket whose close the members need not hear (this tab was demoted)
   #closed = false;
+  #led = false; // this tab has held the lock
+  #unavailable = false; // the lock was refused: this tab keeps a socket of its own
+  #abort = new AbortController();
+  #leaving = null;
 
   constructor({ name, tabId, onLeader, locks = globalThis.navigator?.locks, Channel = globalThis.BroadcastChannel }) {
     this.name = name;
@@ -495,6 +499,11 @@ export class SharedLink {
       this.#decide = resolve;
     });
     this.#request({ ifAvailable: true });
+    // A member tab closing says so, or the leader would count it until it is pruned.
+    this.#leaving = () => {
+      if (!this.#leader && this.#local?.member) this.#post({ kind: "detach", tab: this.tabId() });
+    };
+    globalThis.addEventListener?.("pagehide", this.#leaving);
     // The tab a person looks at checks its leader every LEADER_CHECK_MS: a leader that does
     // not answer (its page frozen by the browser, say) has its lock taken (steal).
     this.#checker = setInterval(() => this.#check(), LEADER_CHECK_MS);
@@ -502,21 +511,28 @@ export class SharedLink {
 
   /** Ask for the lock; lead once it is granted, until close() (or until it is stolen). */
   #request(options) {
+    // A queued request is aborted by close(), or it would be granted to a closed link. (Web
+    // Locks refuses a signal beside ifAvailable or steal: those never queue.)
+    const queued = !options.steal && !options.ifAvailable;
+    const request = queued ? { ...options, signal: this.#abort.signal } : options;
     this.locks
-      .request(this.name, options, (lock) => {
+      .request(this.name, request, (lock) => {
+        if (this.#closed) return null;
         if (lock) return this.#lead();
         this.#decide(); // another tab leads: wait in line for its end
         this.#request({});
         return null;
       })
       .catch(() => {
+        if (this.#closed) return;
+        if (this.#leader) this.#demote(); // another tab took the lock
+        else if (!this.#led) this.#unavailable = true; // refused (a SecurityError): go alone
         this.#decide();
-        if (this.#leader && !this.#closed) this.#demote(); // another tab took the lock
       });
   }
 
   #lead() {
-    this.#leader = true;
+    this.#leader = this.#led = true;
     this.#awaiting = false;
     this.#decide();
     this.#post({ kind: "leader", tab: this.tabId() });
@@ -561,6 +577,7 @@ export class SharedLink {
 
   /** A socket for this tab: the real WebSocket if it leads, else a relay through the leader. */
   open(url) {
+    if (this.#unavailable) return new WebSocket(url);
     this.#local = this.#leader ? this.#leaderSocket(url) : this.#memberSocket();
     return this.#local;
   }
@@ -569,6 +586,8 @@ export class SharedLink {
     if (!this.#leader) this.#post({ kind: "detach", tab: this.tabId() });
     clearInterval(this.#pruner);
     clearInterval(this.#checker);
+    this.#abort.abort();
+    globalThis.removeEventListener?.("pagehide", this.#leaving);
     this.#closed = true;
     this.channel.close();
     this.#release();
@@ -605,7 +624,12 @@ export class SharedLink {
     };
     ws.onclose = (event) => {
       if (link.#hub === ws) link.#hub = null;
-      if (link.#quiet !== ws) link.#post({ kind: "closed", code: event.code, reason: event.reason });
+      // Only the socket in use speaks for the members (an abandoned one may close much later),
+      // and a 4005 is the leader's own id's: to them it is a loss like any other.
+      if (link.#quiet !== ws && link.#local === socket) {
+        const code = event.code === CloseCode.TAB_REPLACED ? CloseCode.ABNORMAL : event.code;
+        link.#post({ kind: "closed", code, reason: event.reason });
+      }
       socket.onclose?.(event);
     };
     return socket;
@@ -628,6 +652,12 @@ export class SharedLink {
     if (typeof to === "string" && to !== this.tabId()) {
       if (message.type === "detached") this.#members.delete(to);
       this.#post({ kind: "down", to, data });
+      if (message.type === "hello" && Array.isArray(message.devices)) {
+        // Its devices are the connection's newest list (the hub sends no presence for them).
+        const presence = JSON.stringify({ type: "presence", devices: message.devices });
+        this.#post({ kind: "down", to: null, data: presence });
+        this.#local?.onmessage?.({ data: presence });
+      }
       return false;
     }
     if (message?.type !== "pong") this.#post({ kind: "down", to: null, data });
@@ -671,11 +701,10 @@ export class SharedLink {
         if (message.to === null || message.to === this.tabId()) {
           const socket = this.#local;
           if (!socket?.member || socket.readyState !== WebSocket.OPEN) break;
-          if (message.to !== null && message.data.includes('"detached"')) {
-            this.#endMember(CloseCode.ABNORMAL); // another connection took this tab: again
-            break;
-          }
-          socket.onmessage?.({ data: message.data });
+          const ended = message.to === null ? null : memberEnd(message.data);
+          if (ended !== CloseCode.ABNORMAL) socket.onmessage?.({ data: message.data });
+          // Then reconnect with the client's backoff, and attach again.
+          if (ended !== null) this.#endMember(ended);
         }
         break;
       case "closed":
@@ -685,6 +714,7 @@ export class SharedLink {
         if (message.to === this.tabId()) this.#awaiting = false;
         break;
       case "leader":
+        this.#awaiting = false; // it answers from now on: no second steal from it
         this.#endMember(CloseCode.ABNORMAL); // reconnects through the new leader
         break;
       default:
@@ -728,6 +758,24 @@ export class SharedLink {
         break;
     }
   }
+}
+
+/**
+ * The close a member's socket takes for a frame the hub addressed to it, or null to deliver
+ * it: `detached` (another connection took the tab) and an attach refused (`error` naming the
+ * tab: the tab limit, or the rate) end it, so the client retries with its backoff.
+ */
+function memberEnd(data) {
+  let message = null;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  if (message?.type === "detached") return CloseCode.ABNORMAL;
+  if (message?.type !== "error") return null;
+  if (message.code === "tab_limit") return CloseCode.TAB_LIMIT;
+  return message.code === "rate_limited" ? CloseCode.TRY_AGAIN_LATER : null;
 }
 
 /**
