@@ -19,6 +19,7 @@ import {
   randomId,
   restartWindowMs,
 } from "../../client/navigation.js";
+import { memoryStorage } from "./support.js";
 
 beforeEach(() => mock.timers.enable({ apis: ["setTimeout", "setInterval"] }));
 afterEach(() => mock.timers.reset());
@@ -392,15 +393,6 @@ function hello(hub, heartbeatS = 25) {
     session: { expires_at: "2030-01-01T00:00:00Z" },
     heartbeat_s: heartbeatS,
     hold: null,
-  };
-}
-
-function memoryStorage() {
-  const items = new Map();
-  return {
-    getItem: (key) => items.get(key) ?? null,
-    setItem: (key, value) => items.set(key, String(value)),
-    removeItem: (key) => items.delete(key),
   };
 }
 

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 
 import { CloseCode, HubClient, Status } from "../../client/navigation.js";
+import { memoryStorage } from "./support.js";
 
 const flush = async (rounds = 20) => {
   for (let i = 0; i < rounds; i++) await new Promise((resolve) => setImmediate(resolve));
@@ -120,15 +121,6 @@ const hello = (tab, state = STATE) => ({
   devices: [],
 });
 
-function memoryStorage() {
-  const items = new Map();
-  return {
-    getItem: (key) => items.get(key) ?? null,
-    setItem: (key, value) => items.set(key, String(value)),
-    removeItem: (key) => items.delete(key),
-  };
-}
-
 let locks;
 let tabs;
 const saved = {};
@@ -180,7 +172,6 @@ async function leaderAndMember() {
   assert.equal(b.status, Status.OPEN);
   return { a, b, ws };
 }
-
 
 /** A fake hub on every fake socket: a hello for the connection, one per attach, a pong per ping. */
 function autoHub(state = STATE) {
