@@ -149,8 +149,9 @@ async def test_a_row_the_reader_cannot_read_costs_a_resync_not_the_reader(
     assert alice is not None
     tab = await running.tab(await running.login("alice"), "t")
     reader: feed.Reader = running.app.state.feed_reader
+    # Its first look: where it is depends on whether the login's row committed before it
+    # (the test asserted an empty feed, and failed when it had not).
     await wait_until(lambda: reader.position is not None, 5, "the first look")
-    assert reader.position == 0  # an empty feed
     reader._close()  # as after a failed look: the next one reopens the file
     await holds.place(other, alice, "after a reopen", 30)
     assert (await tab.receive_type("hold"))["hold"]["reason"] == "after a reopen"
