@@ -40,7 +40,7 @@ from server.protocol import (
 )
 from server.rooms import Interest, Room, SessionIndex
 from server.rules import Accepted, Decision, Refused, SessionGone, describe
-from server.sharing import Sharing, carrier, width
+from server.sharing import Sharing, carrier, member_of, width
 from server.store import Store
 from server.tab import Tab, Transport
 
@@ -249,7 +249,7 @@ class Hub:
                     state = await self.store.load_state(user_id)
             return self._rejection(request, refusal, state)
         # Over a shared connection, the member that asked (Hub.receive checked it is one).
-        member = request.tab if tab is not None and request.tab != tab.id else None
+        member = member_of(tab, request) if tab is not None else None
         tab_id = member or (tab.id if tab else None)
         arrived = time.monotonic()
         with bound(request=request.id):
@@ -399,9 +399,8 @@ class Hub:
         tab.send(encode(Error(code=ErrorCode.BAD_MESSAGE, message=detail)))
 
     def _reply_rejected(self, tab: Tab, request: Switch, reason: RejectReason) -> None:
-        member = request.tab if request.tab != tab.id else None
-        rejected = self._rejection(request, reason, self.state_of(tab.user.id), member)
-        tab.send(encode(rejected))
+        state = self.state_of(tab.user.id)
+        tab.send(encode(self._rejection(request, reason, state, member_of(tab, request))))
 
     @staticmethod
     def _rejection(

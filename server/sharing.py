@@ -38,7 +38,7 @@ from server.tab import Tab
 if TYPE_CHECKING:
     from server.hub import Hub
 
-__all__ = ["Carried", "Member", "Sharing", "width"]
+__all__ = ["Carried", "Member", "Sharing", "carrier", "member_of", "width"]
 
 
 class Member:
@@ -62,6 +62,23 @@ class Carried(dict[str, Member]):
     def __init__(self, rate: float, burst: int) -> None:
         super().__init__()
         self.budget = TokenBucket(rate, burst)
+
+    def add(self, member_id: str, rate: float, burst: int) -> None:
+        """Carry a member: its own bucket, and the budget's rate one tab's more."""
+        self[member_id] = Member(rate, burst)
+        self.budget.set_rate(rate * len(self))
+
+    def drop(self, member_id: str, rate: float) -> bool:
+        """Stop carrying a member (the budget's rate one tab's less); tell whether it was."""
+        if self.pop(member_id, None) is None:
+            return False
+        self.budget.set_rate(rate * max(1, len(self)))
+        return True
+
+
+def member_of(tab: Tab, request: Switch) -> str | None:
+    """Return the member a switch on ``tab``'s connection names (None: the connection's own)."""
+    return request.tab if request.tab not in (None, tab.id) else None
 
 
 def width(room: Room) -> int:
@@ -105,8 +122,7 @@ class Sharing:
             self.release(room, member_id)
             if tab.members is None:
                 tab.members = Carried(hub.messages_per_second, hub.message_burst)
-            tab.members[member_id] = Member(hub.messages_per_second, hub.message_burst)
-            tab.members.budget.set_rate(hub.messages_per_second * len(tab.members))
+            tab.members.add(member_id, hub.messages_per_second, hub.message_burst)
         tab.send(self.hello(room, tab, member_id, hub.presence.join(room, tab.user.id, tab)))
 
     def hello(self, room: Room, tab: Tab, tab_id: str, devices: tuple[Device, ...]) -> str:
@@ -125,32 +141,31 @@ class Sharing:
         )
         return encode(hello)
 
-    def detach(self, tab: Tab, member_id: str) -> None:
-        """Stop carrying ``member_id`` (unknown: nothing to do)."""
-        if tab.members is not None and tab.members.pop(member_id, None) is not None:
-            tab.members.budget.set_rate(self._hub.messages_per_second * max(1, len(tab.members)))
-            self._hub.presence.mark(tab.user.id)
+    def detach(self, tab: Tab, member_id: str) -> bool:
+        """Stop carrying ``member_id``; tell whether it was carried (unknown: nothing to do)."""
+        if tab.members is None or not tab.members.drop(member_id, self._hub.messages_per_second):
+            return False
+        self._hub.presence.mark(tab.user.id)
+        return True
 
-    def release(self, room: Room, tab_id: str, keep: Tab | None = None) -> None:
+    def release(self, room: Room, tab_id: str) -> None:
         """Take ``tab_id`` off any connection of the room that carries it, telling it so."""
         for carrier in room.tabs.values():
-            if carrier.members and carrier is not keep and tab_id in carrier.members:
-                del carrier.members[tab_id]
+            if self.detach(carrier, tab_id):
                 carrier.send(encode(Detached(tab=tab_id)))
-                self._hub.presence.mark(carrier.user.id)
 
     def asker(self, tab: Tab, message: ClientMessage) -> Member | Literal[False] | None:
         """Return the member a switch is for (None: the connection's own tab), or False when
         it names a tab the connection does not carry: answered ``not_attached`` (the tab may
         have just moved to another connection; a retry there with the same id is decided
         once), not counted as a bad message."""
-        if not isinstance(message, Switch) or message.tab in (None, tab.id):
+        if not isinstance(message, Switch) or (member_id := member_of(tab, message)) is None:
             return None
-        member = tab.members.get(message.tab) if tab.members else None
+        member = tab.members.get(member_id) if tab.members else None
         if member is None:
             state = self._hub.state_of(tab.user.id)
             reason = RejectReason.NOT_ATTACHED
-            tab.send(encode(self._hub._rejection(message, reason, state, message.tab)))
+            tab.send(encode(self._hub._rejection(message, reason, state, member_id)))
             return False
         return member
 
