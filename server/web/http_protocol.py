@@ -21,7 +21,7 @@ from server.api import ErrorBody
 from server.protocol import ErrorCode, encode
 from server.settings import Settings
 
-__all__ = ["BoundedHttpProtocol"]
+__all__ = ["BoundedHttpProtocol", "served_settings"]
 
 logger = logging.getLogger("hub.guard")
 
@@ -142,8 +142,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         return self.cycle is not None and self.cycle.scope is self.scope
 
     def _settings(self) -> Settings:
-        settings = self.app_state.get("settings")
-        return settings if isinstance(settings, Settings) else self.defaults
+        return served_settings(self.app_state)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -246,6 +245,13 @@ _REASONS = {
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
+
+
+def served_settings(app_state: dict[str, Any]) -> Settings:
+    """The served app's settings (its lifespan state carries them), or the defaults before
+    the app has started."""
+    settings = app_state.get("settings")
+    return settings if isinstance(settings, Settings) else BoundedHttpProtocol.defaults
 
 
 def _max_connections(settings: Settings) -> int:

@@ -29,8 +29,7 @@ from websockets.protocol import State
 
 from server.limits import TokenBucket
 from server.protocol import CloseCode, restart_reason
-from server.settings import Settings
-from server.web.http_protocol import BoundedHttpProtocol
+from server.web.http_protocol import served_settings
 from server.web.mailbox import Flag, Mailbox
 
 __all__ = ["PROTOCOL_EXTENSION", "BoundedWebSocketProtocol"]
@@ -67,8 +66,7 @@ class BoundedWebSocketProtocol(_SansIO):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = self.app_state.get("settings")
-        settings = settings if isinstance(settings, Settings) else BoundedHttpProtocol.defaults
+        settings = served_settings(self.app_state)
         self._max_unsent = settings.max_unsent_bytes
         self._close_timeout = settings.close_timeout_s
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -119,8 +117,7 @@ class BoundedWebSocketProtocol(_SansIO):
             return
         self.stop_keepalive()
         self.queue.put_nowait({"type": "websocket.disconnect", "code": 1012})
-        settings = self.app_state.get("settings")
-        rate = settings.reconnect_rate if isinstance(settings, Settings) else 0
+        rate = served_settings(self.app_state).reconnect_rate
         # Within (this process's connections / rate) s: uvicorn shuts them all down in one
         # go, and each leaves the set only later, so every tab is told the same window.
         reason = restart_reason(math.ceil(1000 * len(self.connections) / rate)) if rate else ""
