@@ -740,12 +740,7 @@ export class SharedLink {
       case "up": {
         if (!this.#members.has(tab) || typeof message.data !== "string") return;
         this.#members.set(tab, Date.now());
-        let frame = null;
-        try {
-          frame = JSON.parse(message.data);
-        } catch {
-          return;
-        }
+        const frame = decode(message.data);
         if (frame?.type === "ping") {
           // The leader answers: the member learns that its leader (and its link) is alive.
           if (hub) this.#post({ kind: "down", to: tab, data: '{"type":"pong"}' });
@@ -766,12 +761,7 @@ export class SharedLink {
  * tab: the tab limit, or the rate) end it, so the client retries with its backoff.
  */
 function memberEnd(data) {
-  let message = null;
-  try {
-    message = JSON.parse(data);
-  } catch {
-    return null;
-  }
+  const message = decode(data);
   if (message?.type === "detached") return CloseCode.ABNORMAL;
   if (message?.type !== "error") return null;
   if (message.code === "tab_limit") return CloseCode.TAB_LIMIT;
