@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from server.protocol import restart_reason
 from server.storage.users import seed_demo
 from server.web.security_headers import CONTENT_SECURITY_POLICY
-from tests.conftest import TIMEOUT, RunningHub, make_settings, other_platform, serve
+from tests.conftest import TIMEOUT, MakeSettings, RunningHub, make_settings, other_platform, serve
 from tests.support.processes import wait_until
 
 
@@ -219,11 +219,11 @@ async def test_shutdown_closes_every_tab_with_1012(running: RunningHub) -> None:
 
 @pytest.mark.parametrize(("rate", "reason"), [(4, restart_reason(1500)), (0, "")])
 async def test_the_restart_window_is_the_tabs_at_the_reconnect_rate(
-    tmp_path: Path, rate: float, reason: str
+    make_on_each_engine: MakeSettings, rate: float, reason: str
 ) -> None:
     """Six tabs at four a second: each is asked to come back within 1.5 s; with no rate (0),
-    a bare 1012 (the client's backoff alone)."""
-    async with serve(make_settings(tmp_path, reconnect_rate=rate)) as running:
+    a bare 1012 (the client's backoff alone). On each engine."""
+    async with serve(make_on_each_engine(reconnect_rate=rate)) as running:
         token = await running.login("alice")
         tabs = [await running.tab(token, f"t{n}") for n in range(6)]
         connections = running.server.server_state.connections
